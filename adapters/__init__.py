@@ -1,0 +1,1 @@
+"""Department adapters: stores, ingest validation, predicates, the HTTP service."""

@@ -1,0 +1,166 @@
+"""人社 Human resources and social security: employment, social insurance, maternity
+allowance (生育津贴) and childcare subsidy payments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    or_,
+    select,
+)
+
+from ..department import Columns, Department, Predicate, RecordCheck, common_tables
+from ._sql import exists
+
+metadata = MetaData()
+common_tables(metadata)
+employment = Table(
+    "employment",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", String(18), nullable=False),
+    Column("employer_code", String(18), nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date),
+    Index("ix_employment_person", "person_id"),
+)
+insurance = Table(
+    "social_insurance",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", String(18), nullable=False),
+    Column("insurance_type", String(16), nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date),
+    Column("district", String(6), nullable=False),
+    Index("ix_insurance_person", "person_id", "insurance_type"),
+)
+maternity_payments = Table(
+    "maternity_allowance_payments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", String(18), nullable=False),
+    Column("child_birth_date", Date, nullable=False),
+    Column("paid_date", Date, nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("district", String(6), nullable=False),
+    Index("ix_maternity_person", "person_id"),
+    Index("ix_maternity_district_paid", "district", "paid_date"),
+)
+childcare_payments = Table(
+    "childcare_subsidy_payments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("applicant_id", String(18), nullable=False),
+    Column("child_id", String(18), nullable=False),
+    Column("paid_date", Date, nullable=False),
+    Column("amount", Integer, nullable=False),
+    Index("ix_childcare_applicant", "applicant_id", "paid_date"),
+)
+
+INSURANCE_TYPES = ("pension", "maternity", "unemployment")
+
+
+def _ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    end = cols["end_date"]
+    return ~np.isnat(end) & (end <= cols["start_date"])  # type: ignore[operator, no-any-return]
+
+
+def _unknown_type(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    return ~np.isin(cols["insurance_type"], INSURANCE_TYPES)
+
+
+def _paid_before_birth(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    return cols["paid_date"] < cols["child_birth_date"]  # type: ignore[operator, no-any-return]
+
+
+_maternity = (
+    select(insurance.c.id)
+    .where(
+        insurance.c.person_id == bindparam("s"),
+        insurance.c.insurance_type == "maternity",
+        insurance.c.start_date <= bindparam("as_of"),
+        or_(insurance.c.end_date.is_(None), insurance.c.end_date > bindparam("as_of")),
+    )
+    .limit(1)
+)
+_childcare_paid = (
+    select(childcare_payments.c.id)
+    .where(
+        childcare_payments.c.applicant_id == bindparam("s"),
+        childcare_payments.c.paid_date > bindparam("since"),
+        childcare_payments.c.paid_date <= bindparam("as_of"),
+    )
+    .limit(1)
+)
+
+
+def maternity_insurance_active(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    return exists(conn, _maternity, {"s": subject, "as_of": as_of})
+
+
+def childcare_subsidy_paid_within_year(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    since = as_of - dt.timedelta(days=365)
+    return exists(conn, _childcare_paid, {"s": subject, "as_of": as_of, "since": since})
+
+
+DEPARTMENT = Department(
+    name="hrss",
+    title="人社 Human resources and social security",
+    metadata=metadata,
+    id_columns={
+        "employment": ("person_id",),
+        "social_insurance": ("person_id",),
+        "maternity_allowance_payments": ("person_id",),
+        "childcare_subsidy_payments": ("applicant_id", "child_id"),
+    },
+    checks=(
+        RecordCheck("employment", "ends_before_start", _ends_before_start),
+        RecordCheck("social_insurance", "ends_before_start", _ends_before_start),
+        RecordCheck("social_insurance", "unknown_insurance_type", _unknown_type),
+        RecordCheck("maternity_allowance_payments", "paid_before_birth", _paid_before_birth),
+    ),
+    predicates={
+        p.name: p
+        for p in (
+            Predicate(
+                "maternity_insurance_active",
+                "The subject has maternity insurance (生育保险) in force.",
+                maternity_insurance_active,
+                tables=("social_insurance",),
+            ),
+            Predicate(
+                "childcare_subsidy_paid_within_year",
+                "The subject received a childcare subsidy payment in the last 365 days.",
+                childcare_subsidy_paid_within_year,
+                tables=("childcare_subsidy_payments",),
+            ),
+        )
+    },
+)
+
+__all__ = [
+    "DEPARTMENT",
+    "INSURANCE_TYPES",
+    "childcare_payments",
+    "employment",
+    "insurance",
+    "maternity_payments",
+]

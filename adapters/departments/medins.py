@@ -1,0 +1,82 @@
+"""医保 Medical insurance: insured periods."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    or_,
+    select,
+)
+
+from ..department import Columns, Department, Predicate, RecordCheck, common_tables
+from ._sql import exists
+
+metadata = MetaData()
+common_tables(metadata)
+insured = Table(
+    "insured_periods",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", String(18), nullable=False),
+    Column("scheme", String(16), nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date),
+    Column("district", String(6), nullable=False),
+    Index("ix_insured_person", "person_id"),
+)
+
+SCHEMES = ("employee", "resident")
+
+
+def _ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    end = cols["end_date"]
+    return ~np.isnat(end) & (end <= cols["start_date"])  # type: ignore[operator, no-any-return]
+
+
+_active = (
+    select(insured.c.id)
+    .where(
+        insured.c.person_id == bindparam("s"),
+        insured.c.start_date <= bindparam("as_of"),
+        or_(insured.c.end_date.is_(None), insured.c.end_date > bindparam("as_of")),
+    )
+    .limit(1)
+)
+
+
+def medical_insurance_active(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    return exists(conn, _active, {"s": subject, "as_of": as_of})
+
+
+DEPARTMENT = Department(
+    name="medins",
+    title="医保 Medical insurance",
+    metadata=metadata,
+    id_columns={"insured_periods": ("person_id",)},
+    checks=(RecordCheck("insured_periods", "ends_before_start", _ends_before_start),),
+    predicates={
+        "medical_insurance_active": Predicate(
+            "medical_insurance_active",
+            "The subject is covered by basic medical insurance now.",
+            medical_insurance_active,
+            tables=("insured_periods",),
+        )
+    },
+)
+
+__all__ = ["DEPARTMENT", "SCHEMES", "insured"]

@@ -1,0 +1,137 @@
+"""公安 Public security: household registration (户籍)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+)
+
+from primitives.regions import DISTRICTS, PROVINCES
+
+from ..department import Columns, Department, Param, Predicate, RecordCheck, common_tables
+from ._sql import exists
+
+metadata = MetaData()
+common_tables(metadata)
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_id", String(18), nullable=False),
+    Column("household_no", String(20), nullable=False),
+    Column("district", String(6), nullable=False),
+    Column("relation", String(16), nullable=False),
+    Column("since", Date, nullable=False),
+    Index("ix_registrations_person", "person_id", "since"),
+    Index("ix_registrations_household", "household_no"),
+)
+
+RELATIONS = ("head", "spouse", "child", "other")
+
+
+def _future_since(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    return cols["since"] > np.datetime64(as_of, "D")  # type: ignore[no-any-return, operator]
+
+
+def _unknown_relation(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
+    return ~np.isin(cols["relation"], RELATIONS)
+
+
+_c = registrations.c
+_registered = (
+    select(_c.id).where(_c.person_id == bindparam("s"), _c.since <= bindparam("as_of")).limit(1)
+)
+_in_district = (
+    select(_c.id)
+    .where(
+        _c.person_id == bindparam("s"),
+        _c.since <= bindparam("as_of"),
+        _c.district == bindparam("district"),
+    )
+    .limit(1)
+)
+_in_province = (
+    select(_c.id)
+    .where(
+        _c.person_id == bindparam("s"),
+        _c.since <= bindparam("as_of"),
+        func.substr(_c.district, 1, 2) == bindparam("province"),
+    )
+    .limit(1)
+)
+
+
+def registered_in_household(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    return exists(conn, _registered, {"s": subject, "as_of": as_of})
+
+
+def household_in_district(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    return exists(
+        conn, _in_district, {"s": subject, "as_of": as_of, "district": params["district"]}
+    )
+
+
+def household_in_province(
+    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
+) -> bool:
+    return exists(
+        conn, _in_province, {"s": subject, "as_of": as_of, "province": params["province"]}
+    )
+
+
+DEPARTMENT = Department(
+    name="police",
+    title="公安 Public security",
+    metadata=metadata,
+    id_columns={"registrations": ("person_id",)},
+    checks=(
+        RecordCheck("registrations", "future_date", _future_since),
+        RecordCheck("registrations", "unknown_relation", _unknown_relation),
+    ),
+    predicates={
+        p.name: p
+        for p in (
+            Predicate(
+                "registered_in_household",
+                "The subject is registered in a household (户口).",
+                registered_in_household,
+                tables=("registrations",),
+            ),
+            Predicate(
+                "household_in_district",
+                "The subject's household registration is in the given district.",
+                household_in_district,
+                tables=("registrations",),
+                params=(Param("district", tuple(DISTRICTS)),),
+            ),
+            Predicate(
+                "household_in_province",
+                "The subject's household registration is in the given province.",
+                household_in_province,
+                tables=("registrations",),
+                params=(Param("province", tuple(PROVINCES)),),
+            ),
+        )
+    },
+)
+
+__all__ = ["DEPARTMENT", "RELATIONS", "registrations"]

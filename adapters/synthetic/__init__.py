@@ -1,0 +1,1 @@
+"""Deterministic synthetic population: coherent families across the five departments."""

@@ -1,0 +1,133 @@
+"""The one error tree every tongban component raises.
+
+    TongbanError                      500 internal
+    ├── BadRequest                    400 (malformed JSON, wrong shape)
+    │   ├── InvalidIdNumber           400 (GB 11643 validation failed)
+    │   ├── UnknownPredicate          400
+    │   ├── UnknownParameter          400 (name or value outside the enumeration)
+    │   └── PayloadTooLarge           413
+    ├── Unauthenticated               401 (missing, forged, expired, replayed, wrong audience)
+    ├── Forbidden                     403
+    ├── NotFound                      404
+    ├── Conflict                      409
+    ├── DepartmentUnavailable         503 (an adapter did not answer in time)
+    └── StoreUnavailable              503 (a database could not be reached)
+
+Each error renders itself to RFC 9457 problem+json with a stable ``type`` URI. ``detail``
+names the field and what was expected, and never repeats personal data: callers must pass
+field names, not values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROBLEM_BASE",
+    "BadRequest",
+    "Conflict",
+    "DepartmentUnavailable",
+    "Forbidden",
+    "InvalidIdNumber",
+    "NotFound",
+    "PayloadTooLarge",
+    "StoreUnavailable",
+    "TongbanError",
+    "Unauthenticated",
+    "UnknownParameter",
+    "UnknownPredicate",
+]
+
+PROBLEM_BASE = "https://tongban.example/problems/"
+
+
+class TongbanError(Exception):
+    """Root of the tree. ``slug`` becomes the last segment of the problem ``type`` URI."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(TongbanError):
+    status = 400
+    slug = "bad-request"
+    title = "Malformed request"
+
+
+class InvalidIdNumber(BadRequest):
+    slug = "invalid-id-number"
+    title = "Invalid ID number"
+
+
+class UnknownPredicate(BadRequest):
+    slug = "unknown-predicate"
+    title = "Unknown predicate"
+
+
+class UnknownParameter(BadRequest):
+    slug = "unknown-parameter"
+    title = "Unknown or unenumerated parameter"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    slug = "payload-too-large"
+    title = "Request body too large"
+
+
+class Unauthenticated(TongbanError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication failed"
+
+
+class Forbidden(TongbanError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(TongbanError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(TongbanError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class DepartmentUnavailable(TongbanError):
+    status = 503
+    slug = "department-unavailable"
+    title = "A department did not answer"
+
+
+class StoreUnavailable(TongbanError):
+    status = 503
+    slug = "store-unavailable"
+    title = "A database is unavailable"

@@ -1,0 +1,75 @@
+"""Typed messages that cross process boundaries between the gateway and the adapters."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadRequest
+
+__all__ = ["PredicateCall", "Tri", "all_of"]
+
+
+class Tri(enum.StrEnum):
+    """Three-valued (Kleene) truth: a department may be unable to decide."""
+
+    TRUE = "true"
+    FALSE = "false"
+    UNKNOWN = "unknown"
+
+    def __invert__(self) -> Tri:
+        if self is Tri.UNKNOWN:
+            return self
+        return Tri.FALSE if self is Tri.TRUE else Tri.TRUE
+
+    @classmethod
+    def of(cls, value: bool | None) -> Tri:
+        if value is None:
+            return cls.UNKNOWN
+        return cls.TRUE if value else cls.FALSE
+
+
+def all_of(values: list[Tri]) -> Tri:
+    """Kleene conjunction: any FALSE decides; otherwise any UNKNOWN leaves it open."""
+    if Tri.FALSE in values:
+        return Tri.FALSE
+    if Tri.UNKNOWN in values:
+        return Tri.UNKNOWN
+    return Tri.TRUE
+
+
+@dataclass(frozen=True, slots=True)
+class PredicateCall:
+    """What the gateway asks one department: a predicate about one subject, nothing else."""
+
+    predicate: str
+    subject: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.predicate, str) or not self.predicate:
+            raise BadRequest("predicate: expected a non-empty string")
+        if not isinstance(self.subject, str):
+            raise BadRequest("subject: expected an ID number string")
+        if not isinstance(self.params, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.params.items()
+        ):
+            raise BadRequest("params: expected an object of string values")
+
+    @classmethod
+    def from_json(cls, body: Any) -> PredicateCall:
+        if not isinstance(body, Mapping):
+            raise BadRequest("body: expected a JSON object")
+        unknown = set(body) - {"predicate", "subject", "params"}
+        if unknown:
+            raise BadRequest(f"body: unexpected fields {sorted(unknown)}")
+        return cls(
+            predicate=body.get("predicate"),  # type: ignore[arg-type]
+            subject=body.get("subject"),  # type: ignore[arg-type]
+            params=dict(body.get("params") or {}),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"predicate": self.predicate, "subject": self.subject, "params": dict(self.params)}
