@@ -99,14 +99,16 @@ def _classify(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date)
             continue
         hit = check.fn(cols, as_of) & (kinds == "")
         kinds[hit] = check.kind
-    return kinds.tolist()  # type: ignore[no-any-return]
+    return list(kinds.tolist())
 
 
 def ingest(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date) -> TableReport:
     dept = store.department
     t = dept.table(table)
     names = [c.name for c in t.columns if c.name in cols]
-    missing = [c.name for c in t.columns if not c.nullable and not c.primary_key and c.name not in cols]
+    missing = [
+        c.name for c in t.columns if not c.nullable and not c.primary_key and c.name not in cols
+    ]
     if missing:
         raise ValueError(f"{dept.name}.{table}: batch lacks required columns {missing}")
     report = TableReport(table)
@@ -115,7 +117,9 @@ def ingest(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date) ->
     kinds = _classify(store, table, cols, as_of)
     bad = np.array([k != "" for k in kinds], dtype=bool)
     good = ~bad
-    lists = {name: to_pylist(np.asarray(cols[name])[good], t.c[name].nullable) for name in names}
+    lists = {
+        name: to_pylist(np.asarray(cols[name])[good], bool(t.c[name].nullable)) for name in names
+    }
     store.bulk_insert(table, names, zip(*(lists[name] for name in names), strict=True))
     report.loaded = int(good.sum())
     if bad.any():
@@ -138,7 +142,9 @@ def _quarantine(
     q = dept.table("quarantine")
     with store.engine.connect() as conn:
         start = int(conn.execute(select(func.coalesce(func.max(q.c.id), 0))).scalar_one()) + 1
-    picked = {name: to_pylist(np.asarray(cols[name])[rows], t.c[name].nullable) for name in names}
+    picked = {
+        name: to_pylist(np.asarray(cols[name])[rows], bool(t.c[name].nullable)) for name in names
+    }
     records, subjects = [], []
     for offset, row in enumerate(rows.tolist()):
         qid = start + offset

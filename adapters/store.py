@@ -72,16 +72,18 @@ class DepartmentStore:
 
     # --- data -----------------------------------------------------------------------
 
-    def bulk_insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def bulk_insert(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None:
         cols = ", ".join(columns)
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
             if self.dialect == "sqlite":
                 marks = ", ".join("?" * len(columns))
-                cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # noqa: S608
+                cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)  # type: ignore[arg-type]  # noqa: S608
             elif self.dialect == "postgresql":
-                with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
             else:

@@ -9,6 +9,7 @@
     ├── Unauthenticated               401 (missing, forged, expired, replayed, wrong audience)
     ├── Forbidden                     403
     ├── NotFound                      404
+    ├── MethodNotAllowed              405
     ├── Conflict                      409
     ├── DepartmentUnavailable         503 (an adapter did not answer in time)
     └── StoreUnavailable              503 (a database could not be reached)
@@ -29,6 +30,7 @@ __all__ = [
     "DepartmentUnavailable",
     "Forbidden",
     "InvalidIdNumber",
+    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "StoreUnavailable",
@@ -113,6 +115,12 @@ class NotFound(TongbanError):
     status = 404
     slug = "not-found"
     title = "Not found"
+
+
+class MethodNotAllowed(TongbanError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
 
 
 class Conflict(TongbanError):

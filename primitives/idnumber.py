@@ -23,8 +23,8 @@ from .regions import PROVINCES, district_name, province_of
 __all__ = [
     "WEIGHTS",
     "IdNumber",
-    "birth_yyyymmdd_many",
     "Reason",
+    "birth_yyyymmdd_many",
     "check_char",
     "check_chars_many",
     "make_id",
@@ -157,7 +157,7 @@ def _digits(values: npt.NDArray[np.int64], width: int) -> U8Matrix:
 def check_chars_many(body: U8Matrix) -> U8Matrix:
     """Check characters (ASCII codes) for an (n, 17) matrix of ASCII digits."""
     total = (body.astype(np.int64) - 48) @ WEIGHTS
-    return _CHECK_CODES[total % 11]
+    return np.asarray(_CHECK_CODES[total % 11], dtype=np.uint8)
 
 
 def make_ids_many(
@@ -175,9 +175,7 @@ def make_ids_many(
     return chars.view("S18").ravel().astype("U18")
 
 
-def validate_many(
-    numbers: npt.ArrayLike, *, today: dt.date | None = None
-) -> npt.NDArray[np.int8]:
+def validate_many(numbers: npt.ArrayLike, *, today: dt.date | None = None) -> npt.NDArray[np.int8]:
     """Vectorised :func:`validate`: one :class:`Reason` value per input."""
     arr = np.asarray(numbers, dtype="U")
     n = arr.shape[0]
@@ -229,7 +227,7 @@ def _real_dates(
     real = (month >= 1) & (month <= 12) & (day >= 1) & (day <= days_in)
     ymd = year * 10000 + month * 100 + day
     limit = today.year * 10000 + today.month * 100 + today.day
-    return real & (ymd >= 19000101) & (ymd <= limit)
+    return np.asarray(real & (ymd >= 19000101) & (ymd <= limit), dtype=bool)
 
 
 def birth_yyyymmdd_many(numbers: npt.ArrayLike) -> npt.NDArray[np.int64]:

@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from primitives.idnumber import birth_yyyymmdd_many
 
-from ..columns import yyyymmdd
+from ..columns import dates, end_not_after_start, yyyymmdd
 from ..department import Columns, Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
 
@@ -66,7 +66,7 @@ _MIN_AGE = {1: 22, 0: 20}
 
 
 def _under_legal_age(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    since = yyyymmdd(cols["since"])  # type: ignore[arg-type]
+    since = yyyymmdd(dates(cols["since"]))
     bad = np.zeros(len(since), dtype=bool)
     for column in ("party_a", "party_b"):
         ids = np.asarray(cols[column], dtype="U")
@@ -76,16 +76,6 @@ def _under_legal_age(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
         min_age = np.where(male, _MIN_AGE[1], _MIN_AGE[0]) * 10000
         bad |= (born > 0) & (since < born + min_age)
     return bad
-
-
-def _ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    until = cols["until"]
-    return ~np.isnat(until) & (until <= cols["since"])  # type: ignore[operator, no-any-return]
-
-
-def _allowance_ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    end = cols["end_date"]
-    return ~np.isnat(end) & (end <= cols["start_date"])  # type: ignore[operator, no-any-return]
 
 
 _married = (
@@ -132,8 +122,12 @@ DEPARTMENT = Department(
     },
     checks=(
         RecordCheck("marriages", "under_legal_age", _under_legal_age),
-        RecordCheck("marriages", "ends_before_start", _ends_before_start),
-        RecordCheck("low_income_allowance", "ends_before_start", _allowance_ends_before_start),
+        RecordCheck("marriages", "ends_before_start", end_not_after_start("since", "until")),
+        RecordCheck(
+            "low_income_allowance",
+            "ends_before_start",
+            end_not_after_start("start_date", "end_date"),
+        ),
     ),
     predicates={
         p.name: p

@@ -16,7 +16,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    and_,
     bindparam,
     func,
     or_,
@@ -25,7 +24,7 @@ from sqlalchemy import (
 
 from primitives.idnumber import birth_yyyymmdd_many
 
-from ..columns import years_before, yyyymmdd
+from ..columns import dates, in_future, precedes, years_before, yyyymmdd
 from ..department import Columns, Department, Param, Predicate, RecordCheck, common_tables
 from ._sql import exists
 
@@ -59,16 +58,7 @@ fp_archive = Table(
 
 def _mother_under_14(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
     mother_born = birth_yyyymmdd_many(cols["mother_id"])
-    return (mother_born > 0) & (yyyymmdd(cols["birth_date"]) < mother_born + 14_0000)  # type: ignore[arg-type]
-
-
-def _certificate_before_birth(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    issued = cols["certificate_issued"]
-    return ~np.isnat(issued) & (issued < cols["birth_date"])  # type: ignore[operator, no-any-return]
-
-
-def _future_birth(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    return cols["birth_date"] > np.datetime64(as_of, "D")  # type: ignore[no-any-return, operator]
+    return (mother_born > 0) & (yyyymmdd(dates(cols["birth_date"])) < mother_born + 14_0000)
 
 
 _certified = (
@@ -113,8 +103,10 @@ DEPARTMENT = Department(
     id_columns={"births": ("child_id", "mother_id", "father_id")},
     checks=(
         RecordCheck("births", "mother_under_14", _mother_under_14),
-        RecordCheck("births", "certificate_before_birth", _certificate_before_birth),
-        RecordCheck("births", "future_date", _future_birth),
+        RecordCheck(
+            "births", "certificate_before_birth", precedes("certificate_issued", "birth_date")
+        ),
+        RecordCheck("births", "future_date", in_future("birth_date")),
     ),
     predicates={
         p.name: p

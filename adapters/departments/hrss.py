@@ -22,6 +22,7 @@ from sqlalchemy import (
     select,
 )
 
+from ..columns import end_not_after_start, precedes
 from ..department import Columns, Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
 
@@ -74,17 +75,8 @@ childcare_payments = Table(
 INSURANCE_TYPES = ("pension", "maternity", "unemployment")
 
 
-def _ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    end = cols["end_date"]
-    return ~np.isnat(end) & (end <= cols["start_date"])  # type: ignore[operator, no-any-return]
-
-
 def _unknown_type(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
     return ~np.isin(cols["insurance_type"], INSURANCE_TYPES)
-
-
-def _paid_before_birth(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    return cols["paid_date"] < cols["child_birth_date"]  # type: ignore[operator, no-any-return]
 
 
 _maternity = (
@@ -132,10 +124,18 @@ DEPARTMENT = Department(
         "childcare_subsidy_payments": ("applicant_id", "child_id"),
     },
     checks=(
-        RecordCheck("employment", "ends_before_start", _ends_before_start),
-        RecordCheck("social_insurance", "ends_before_start", _ends_before_start),
+        RecordCheck(
+            "employment", "ends_before_start", end_not_after_start("start_date", "end_date")
+        ),
+        RecordCheck(
+            "social_insurance", "ends_before_start", end_not_after_start("start_date", "end_date")
+        ),
         RecordCheck("social_insurance", "unknown_insurance_type", _unknown_type),
-        RecordCheck("maternity_allowance_payments", "paid_before_birth", _paid_before_birth),
+        RecordCheck(
+            "maternity_allowance_payments",
+            "paid_before_birth",
+            precedes("paid_date", "child_birth_date"),
+        ),
     ),
     predicates={
         p.name: p

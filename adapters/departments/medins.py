@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import (
     Column,
     Connection,
@@ -21,7 +19,8 @@ from sqlalchemy import (
     select,
 )
 
-from ..department import Columns, Department, Predicate, RecordCheck, common_tables
+from ..columns import end_not_after_start
+from ..department import Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
 
 metadata = MetaData()
@@ -39,11 +38,6 @@ insured = Table(
 )
 
 SCHEMES = ("employee", "resident")
-
-
-def _ends_before_start(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    end = cols["end_date"]
-    return ~np.isnat(end) & (end <= cols["start_date"])  # type: ignore[operator, no-any-return]
 
 
 _active = (
@@ -68,7 +62,11 @@ DEPARTMENT = Department(
     title="医保 Medical insurance",
     metadata=metadata,
     id_columns={"insured_periods": ("person_id",)},
-    checks=(RecordCheck("insured_periods", "ends_before_start", _ends_before_start),),
+    checks=(
+        RecordCheck(
+            "insured_periods", "ends_before_start", end_not_after_start("start_date", "end_date")
+        ),
+    ),
     predicates={
         "medical_insurance_active": Predicate(
             "medical_insurance_active",

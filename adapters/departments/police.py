@@ -23,6 +23,7 @@ from sqlalchemy import (
 
 from primitives.regions import DISTRICTS, PROVINCES
 
+from ..columns import in_future
 from ..department import Columns, Department, Param, Predicate, RecordCheck, common_tables
 from ._sql import exists
 
@@ -42,10 +43,6 @@ registrations = Table(
 )
 
 RELATIONS = ("head", "spouse", "child", "other")
-
-
-def _future_since(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
-    return cols["since"] > np.datetime64(as_of, "D")  # type: ignore[no-any-return, operator]
 
 
 def _unknown_relation(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
@@ -104,7 +101,7 @@ DEPARTMENT = Department(
     metadata=metadata,
     id_columns={"registrations": ("person_id",)},
     checks=(
-        RecordCheck("registrations", "future_date", _future_since),
+        RecordCheck("registrations", "future_date", in_future("since")),
         RecordCheck("registrations", "unknown_relation", _unknown_relation),
     ),
     predicates={

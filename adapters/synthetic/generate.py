@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..departments import DEPARTMENTS
 from ..ingest import ValidationReport, ingest
@@ -62,7 +62,7 @@ class GenerationResult:
 
 
 def _redact(url: str) -> str:
-    return url.split("@")[-1] if "@" in url else url
+    return url.rsplit("@", maxsplit=1)[-1] if "@" in url else url
 
 
 def department_url(out_dir: Path, name: str) -> str:
@@ -113,7 +113,9 @@ def generate(
 ) -> GenerationResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "departments").mkdir(exist_ok=True)
-    all_urls = {name: (urls or {}).get(name) or department_url(out_dir, name) for name in DEPARTMENT_ORDER}
+    all_urls = {
+        name: (urls or {}).get(name) or department_url(out_dir, name) for name in DEPARTMENT_ORDER
+    }
     result = GenerationResult(out_dir, population, seed, reference, all_urls)
     workers = workers or min(len(DEPARTMENT_ORDER), os.cpu_count() or 1)
     console = console or Console(stderr=True)
@@ -134,64 +136,87 @@ def generate(
         result.seconds["model"] = time.perf_counter() - started
 
         _SHARED.update(population=pop, seed=seed, urls=all_urls)
-        tasks = {name: progress.add_task(f"load {name}", total=_expected_rows(pop, name)) for name in DEPARTMENT_ORDER}
-        injected: dict[str, Injected] = {}
+        tasks = {
+            name: progress.add_task(f"load {name}", total=_expected_rows(pop, name))
+            for name in DEPARTMENT_ORDER
+        }
         load_started = time.perf_counter()
-        if workers > 1:
-            ctx = mp.get_context("fork")
-            events = ctx.SimpleQueue()
-            _SHARED["events"] = events
-            stop = threading.Event()
-
-            def pump() -> None:
-                while not stop.is_set() or not events.empty():
-                    if events.empty():
-                        time.sleep(0.05)
-                        continue
-                    name, _table, rows = events.get()
-                    progress.advance(tasks[name], rows)
-
-            pumper = threading.Thread(target=pump, daemon=True)
-            pumper.start()
-            try:
-                with ctx.Pool(workers) as pool:
-                    for name, report, inj, secs in pool.imap_unordered(_load_department, _largest_first(pop)):
-                        result.reports[name], injected[name] = report, inj
-                        result.seconds[f"load_{name}"] = secs
-            finally:
-                stop.set()
-                pumper.join()
-                _SHARED.pop("events", None)
-        else:
-            for name in DEPARTMENT_ORDER:
-                _, report, inj, secs = _load_department(name)
-                result.reports[name], injected[name] = report, inj
-                result.seconds[f"load_{name}"] = secs
+        injected = _load_all(pop, result, progress, tasks, workers)
         for name in DEPARTMENT_ORDER:
             progress.update(tasks[name], completed=progress.tasks[tasks[name]].total)
             result.injected[name] = injected[name].counts()
         result.seconds["load"] = time.perf_counter() - load_started
-
         if truth is not None:
             truth_started = time.perf_counter()
-            truth_task = progress.add_task("truth", total=population)
-            tmp = truth.with_suffix(truth.suffix + ".tmp")
-            with tmp.open("w", encoding="utf-8") as fh:
-                buffer: list[str] = []
-                for i, line in enumerate(truth_lines(pop, injected)):
-                    buffer.append(line)
-                    if len(buffer) >= 50_000:
-                        fh.writelines(buffer)
-                        buffer.clear()
-                        progress.update(truth_task, completed=min(i + 1, population))
-                fh.writelines(buffer)
-            tmp.replace(truth)
-            progress.update(truth_task, completed=population)
+            _write_truth(truth, pop, injected, progress)
             result.seconds["truth"] = time.perf_counter() - truth_started
     _SHARED.clear()
     result.seconds["total"] = time.perf_counter() - started
-    (out_dir / "generation.json").write_text(json.dumps(result.manifest(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "generation.json").write_text(
+        json.dumps(result.manifest(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return result
+
+
+def _load_all(
+    pop: Population,
+    result: GenerationResult,
+    progress: Progress,
+    tasks: dict[str, TaskID],
+    workers: int,
+) -> dict[str, Injected]:
+    injected: dict[str, Injected] = {}
+    if workers <= 1:
+        for name in DEPARTMENT_ORDER:
+            _, report, inj, secs = _load_department(name)
+            result.reports[name], injected[name] = report, inj
+            result.seconds[f"load_{name}"] = secs
+        return injected
+    ctx = mp.get_context("fork")
+    events = ctx.SimpleQueue()
+    _SHARED["events"] = events
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set() or not events.empty():
+            if events.empty():
+                time.sleep(0.05)
+                continue
+            name, _table, rows = events.get()
+            progress.advance(tasks[name], rows)
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    try:
+        with ctx.Pool(workers) as pool:
+            for name, report, inj, secs in pool.imap_unordered(
+                _load_department, _largest_first(pop)
+            ):
+                result.reports[name], injected[name] = report, inj
+                result.seconds[f"load_{name}"] = secs
+    finally:
+        stop.set()
+        pumper.join()
+        _SHARED.pop("events", None)
+    return injected
+
+
+def _write_truth(
+    path: Path, pop: Population, injected: dict[str, Injected], progress: Progress
+) -> None:
+    task = progress.add_task("truth", total=pop.size)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        buffer: list[str] = []
+        for i, line in enumerate(truth_lines(pop, injected)):
+            buffer.append(line)
+            if len(buffer) >= 50_000:
+                fh.writelines(buffer)
+                buffer.clear()
+                progress.update(task, completed=min(i + 1, pop.size))
+        fh.writelines(buffer)
+    tmp.replace(path)
+    progress.update(task, completed=pop.size)
 
 
 def _expected_rows(p: Population, name: str) -> int:
@@ -199,7 +224,9 @@ def _expected_rows(p: Population, name: str) -> int:
         "health": len(p.child),
         "police": int((~_isnat(p.registered_since)).sum()),
         "civil": len(p.husband) + len(p.allowance_no) + len(p.member_person),
-        "hrss": 3 * int((~_isnat(p.employed_since)).sum()) + len(p.maternity_mother) + len(p.childcare_applicant),
+        "hrss": 3 * int((~_isnat(p.employed_since)).sum())
+        + len(p.maternity_mother)
+        + len(p.childcare_applicant),
         "medins": p.size,
     }[name]
 

@@ -102,7 +102,9 @@ def _uniform_days(rng: np.random.Generator, lo: np.datetime64, hi: np.datetime64
     return lo + rng.integers(0, span + 1, n).astype("timedelta64[D]")
 
 
-def _gamma_days(rng: np.random.Generator, shape: float, scale: float, n: int) -> npt.NDArray[np.timedelta64]:
+def _gamma_days(
+    rng: np.random.Generator, shape: float, scale: float, n: int
+) -> npt.NDArray[np.timedelta64]:
     return rng.gamma(shape, scale, n).astype(np.int64).astype("timedelta64[D]")
 
 
@@ -118,7 +120,9 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     gap = np.clip(rng.normal(2.5, 3.0, n0), -5, 12)
     husband_birth = wife_birth + (gap * 365.25).astype(np.int64).astype("timedelta64[D]")
     # 7307 and 8037 days always reach the 20th/22nd birthday: the legal marriage ages.
-    earliest = np.maximum(wife_birth + np.timedelta64(7307, "D"), husband_birth + np.timedelta64(8037, "D"))
+    earliest = np.maximum(
+        wife_birth + np.timedelta64(7307, "D"), husband_birth + np.timedelta64(8037, "D")
+    )
     married = earliest + _gamma_days(rng, 2.0, 700.0, n0)
     k = rng.choice(5, size=n0, p=[0.12, 0.36, 0.30, 0.15, 0.07])
     divorce_draw = rng.random(n0)
@@ -170,7 +174,9 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     birth[husband] = husband_birth[couples]
     birth[wife] = wife_birth[couples]
     birth[child] = slot_dates[fam_of_slot, order_of_slot]
-    birth[single] = _uniform_days(rng, _day("1950-01-01"), ref - np.timedelta64(6000, "D"), n_single)
+    birth[single] = _uniform_days(
+        rng, _day("1950-01-01"), ref - np.timedelta64(6000, "D"), n_single
+    )
     male = np.empty(size, dtype=bool)
     male[husband] = True
     male[wife] = False
@@ -211,7 +217,9 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     since[wife] = c_married
     split = ~np.isnat(c_divorced)
     # After a divorce the wife heads her own household, and the children live with her.
-    household_no[wife[split]] = np.char.add(district[wife[split]], np.char.zfill(serial[wife[split]].astype("U10"), 10))
+    household_no[wife[split]] = np.char.add(
+        district[wife[split]], np.char.zfill(serial[wife[split]].astype("U10"), 10)
+    )
     relation[wife[split]] = "head"
     since[wife[split]] = c_divorced[split]
     kid_family = couple_pos[fam_of_slot]
@@ -230,25 +238,43 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     age_days = (ref - birth).astype(np.int64)
     working_age = (age_days >= 6575) & (age_days <= 21915)
     employed = working_age & (rng.random(size) < np.where(male, 0.78, 0.68))
-    start = np.maximum(birth + np.timedelta64(6575, "D"), _day("2005-01-01")) + _gamma_days(rng, 1.5, 500.0, size)
+    start = np.maximum(birth + np.timedelta64(6575, "D"), _day("2005-01-01")) + _gamma_days(
+        rng, 1.5, 500.0, size
+    )
     employed &= start <= ref
     employed_since = np.where(employed, start, _NAT)
     left = employed & (rng.random(size) < 0.08)
     left_frac = rng.random(size)
     span = np.maximum((ref - employed_since).astype(np.int64), 2)
-    employed_until = np.where(left, employed_since + (1 + left_frac * (span - 1)).astype(np.int64).astype("timedelta64[D]"), _NAT)
+    employed_until = np.where(
+        left,
+        employed_since + (1 + left_frac * (span - 1)).astype(np.int64).astype("timedelta64[D]"),
+        _NAT,
+    )
     employed_until = np.where(employed_until > ref, _NAT, employed_until)
     lapsed = employed & (rng.random(size) < 0.05)
     lapse_frac = rng.random(size)
     maternity_until = np.where(
-        lapsed, employed_since + (1 + lapse_frac * (span - 1)).astype(np.int64).astype("timedelta64[D]"), employed_until
+        lapsed,
+        employed_since + (1 + lapse_frac * (span - 1)).astype(np.int64).astype("timedelta64[D]"),
+        employed_until,
     )
     maternity_until = np.where(maternity_until > ref, _NAT, maternity_until)
-    employer_code = np.char.add("91", np.char.add(district, np.char.zfill(rng.integers(0, 10**10, size).astype("U10"), 10)))
-    medins_start = np.maximum(birth, _day("2012-01-01")) + rng.integers(0, 90, size).astype("timedelta64[D]")
+    employer_code = np.char.add(
+        "91", np.char.add(district, np.char.zfill(rng.integers(0, 10**10, size).astype("U10"), 10))
+    )
+    medins_start = np.maximum(birth, _day("2012-01-01")) + rng.integers(0, 90, size).astype(
+        "timedelta64[D]"
+    )
     medins_start = np.minimum(medins_start, ref - np.timedelta64(1, "D"))
     medins_lapsed = rng.random(size) < 0.03
-    medins_end = np.where(medins_lapsed, medins_start + ((ref - medins_start).astype(np.int64) * 0.5).astype(np.int64).astype("timedelta64[D]") + np.timedelta64(1, "D"), _NAT)
+    medins_end = np.where(
+        medins_lapsed,
+        medins_start
+        + ((ref - medins_start).astype(np.int64) * 0.5).astype(np.int64).astype("timedelta64[D]")
+        + np.timedelta64(1, "D"),
+        _NAT,
+    )
 
     # --- births (卫健) ---------------------------------------------------------------------
     b_mother = wife[kid_family]
@@ -259,13 +285,16 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     certificate_issued = np.where(not_issued, _NAT, issued)
     letters = np.array(list("ABCDEFGHJKLMNOPQRSTUVWXYZ"))
     certificate_no = np.char.add(
-        letters[rng.integers(0, len(letters), n_kids)], np.char.zfill(np.arange(n_kids).astype("U9"), 9)
+        letters[rng.integers(0, len(letters), n_kids)],
+        np.char.zfill(np.arange(n_kids).astype("U9"), 9),
     )
 
     # --- maternity allowance: mothers insured at the birth, mostly paid ----------------------
     m_start = employed_since[b_mother]
     m_end = maternity_until[b_mother]
-    insured_at_birth = ~np.isnat(m_start) & (m_start <= b_birth) & (np.isnat(m_end) | (m_end > b_birth))
+    insured_at_birth = (
+        ~np.isnat(m_start) & (m_start <= b_birth) & (np.isnat(m_end) | (m_end > b_birth))
+    )
     paid = b_birth + rng.integers(20, 121, n_kids).astype("timedelta64[D]")
     gets = insured_at_birth & (rng.random(n_kids) < 0.95) & (paid <= ref)
     daily_wage = rng.integers(100, 401, n_kids)
@@ -287,7 +316,9 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     pay_frac = rng.random(n_couples)
     window = (ref - first_day).astype(np.int64)
     claimed &= window > 0
-    cc_paid = first_day + (pay_frac * np.maximum(window, 0)).astype(np.int64).astype("timedelta64[D]")
+    cc_paid = first_day + (pay_frac * np.maximum(window, 0)).astype(np.int64).astype(
+        "timedelta64[D]"
+    )
 
     # --- low-income allowance (民政) -------------------------------------------------------
     intact = np.isnat(c_divorced)
@@ -303,18 +334,28 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     end_frac = rng.random(n_allow)
     a_end = np.where(
         ended,
-        a_start + (1 + end_frac * ((ref - a_start).astype(np.int64) - 1)).astype(np.int64).astype("timedelta64[D]"),
+        a_start
+        + (1 + end_frac * ((ref - a_start).astype(np.int64) - 1))
+        .astype(np.int64)
+        .astype("timedelta64[D]"),
         _NAT,
     )
     a_district = district[a_applicant]
-    a_no = np.char.add("DB", np.char.add(a_district, np.char.zfill(np.arange(n_allow).astype("U8"), 8)))
+    a_no = np.char.add(
+        "DB", np.char.add(a_district, np.char.zfill(np.arange(n_allow).astype("U8"), 8))
+    )
     # Members: the applicant's family (both spouses and their children), or the single.
     allow_of_family = np.full(n_couples, -1, dtype=np.int64)
     allow_of_family[a_fam] = np.arange(len(a_fam))
     kid_allow = allow_of_family[kid_family]
     kid_in = kid_allow >= 0
     member_allowance = np.concatenate(
-        [np.arange(len(a_fam)), np.arange(len(a_fam)), kid_allow[kid_in], len(a_fam) + np.arange(len(a_single))]
+        [
+            np.arange(len(a_fam)),
+            np.arange(len(a_fam)),
+            kid_allow[kid_in],
+            len(a_fam) + np.arange(len(a_single)),
+        ]
     )
     member_person = np.concatenate([husband[a_fam], wife[a_fam], child[kid_in], a_single])
     members_count = np.bincount(member_allowance, minlength=n_allow)

@@ -29,6 +29,8 @@ class Injected:
     """Which rows of which table were corrupted, by kind."""
 
     rows: dict[str, dict[str, npt.NDArray[np.int64]]] = field(default_factory=dict)
+    # The ID numbers, as stored, in the corrupted records: who the quarantine names.
+    stored_ids: dict[str, npt.NDArray[np.str_]] = field(default_factory=dict)
 
     def add(self, table: str, kind: str, rows: npt.NDArray[np.int64]) -> None:
         self.rows.setdefault(table, {})[kind] = rows
@@ -39,6 +41,12 @@ class Injected:
             mask[rows] = True
         return mask
 
+    def named(self, table: str, people: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
+        stored = self.stored_ids.get(table)
+        if stored is None or len(stored) == 0:
+            return np.zeros(len(people), dtype=bool)
+        return np.isin(people, stored)
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for kinds in self.rows.values():
@@ -47,7 +55,9 @@ class Injected:
         return out
 
 
-def _pick(rng: np.random.Generator, candidates: npt.NDArray[np.int64], taken: set[int]) -> npt.NDArray[np.int64]:
+def _pick(
+    rng: np.random.Generator, candidates: npt.NDArray[np.int64], taken: set[int]
+) -> npt.NDArray[np.int64]:
     pool = np.array([c for c in candidates.tolist() if c not in taken], dtype=np.int64)
     if len(pool) < 50:
         return np.zeros(0, dtype=np.int64)
@@ -90,11 +100,15 @@ def _health(p: Population, rng: np.random.Generator, inj: Injected) -> dict[str,
     inj.add("births", "bad_check_digit", rows)
     rows = _pick(rng, everything, taken)
     mother_birth = p.birth[p.mother[rows]]
-    births["birth_date"][rows] = mother_birth + rng.integers(3000, 5000, len(rows)).astype("timedelta64[D]")
+    births["birth_date"][rows] = mother_birth + rng.integers(3000, 5000, len(rows)).astype(
+        "timedelta64[D]"
+    )
     inj.add("births", "mother_under_14", rows)
     issued = np.flatnonzero(~np.isnat(p.certificate_issued)).astype(np.int64)
     rows = _pick(rng, issued, taken)
-    births["certificate_issued"][rows] = births["birth_date"][rows] - rng.integers(1, 31, len(rows)).astype("timedelta64[D]")
+    births["certificate_issued"][rows] = births["birth_date"][rows] - rng.integers(
+        1, 31, len(rows)
+    ).astype("timedelta64[D]")
     inj.add("births", "certificate_before_birth", rows)
     return {"births": births}
 
@@ -146,7 +160,11 @@ def _civil(p: Population, rng: np.random.Generator, inj: Injected) -> dict[str, 
         "allowance_no": p.allowance_no[p.member_allowance],
         "member_id": ids[p.member_person],
     }
-    return {"marriages": marriages, "low_income_allowance": allowance, "low_income_members": members}
+    return {
+        "marriages": marriages,
+        "low_income_allowance": allowance,
+        "low_income_members": members,
+    }
 
 
 def _hrss(p: Population, rng: np.random.Generator, inj: Injected) -> dict[str, Batch]:
@@ -196,7 +214,9 @@ def _hrss(p: Population, rng: np.random.Generator, inj: Injected) -> dict[str, B
 
 
 def _medins(p: Population, rng: np.random.Generator, inj: Injected) -> dict[str, Batch]:
-    scheme = np.where(~np.isnat(p.employed_since) & np.isnat(p.employed_until), "employee", "resident")
+    scheme = np.where(
+        ~np.isnat(p.employed_since) & np.isnat(p.employed_until), "employee", "resident"
+    )
     insured: Batch = {
         "id": np.arange(1, p.size + 1, dtype=np.int64),
         "person_id": p.id_number.copy(),
@@ -220,7 +240,25 @@ _BUILDERS: dict[str, Callable[[Population, np.random.Generator, Injected], dict[
 }
 
 
-def department_batches(p: Population, department: str, seed: int) -> tuple[dict[str, Batch], Injected]:
+# ID-number columns per table, as the generator writes them.
+_ID_COLUMNS = {
+    "births": ("child_id", "mother_id", "father_id"),
+    "registrations": ("person_id",),
+    "marriages": ("party_a", "party_b"),
+    "social_insurance": ("person_id",),
+    "insured_periods": ("person_id",),
+}
+
+
+def department_batches(
+    p: Population, department: str, seed: int
+) -> tuple[dict[str, Batch], Injected]:
     rng = np.random.default_rng([seed, DEPARTMENT_ORDER.index(department), 0x7B])
     injected = Injected()
-    return _BUILDERS[department](p, rng, injected), injected
+    batches = _BUILDERS[department](p, rng, injected)
+    for table, kinds in injected.rows.items():
+        rows = np.concatenate(list(kinds.values())) if kinds else np.zeros(0, dtype=np.int64)
+        injected.stored_ids[table] = np.concatenate(
+            [np.asarray(batches[table][c])[rows] for c in _ID_COLUMNS[table]]
+        ).astype("U18")
+    return batches, injected

@@ -48,13 +48,6 @@ def _not(x: Tri) -> Tri:
     return np.where(x == _U, _U, 1 - x).astype(np.int8)
 
 
-def _named(p: Population, stored_ids: list[npt.NDArray[np.str_]]) -> npt.NDArray[np.bool_]:
-    """People whose (real) ID number appears in one of the quarantined records."""
-    if not stored_ids or not any(len(a) for a in stored_ids):
-        return np.zeros(p.size, dtype=bool)
-    return np.isin(p.id_number, np.concatenate(stored_ids))
-
-
 def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
     ref = p.reference
     ids = p.id_number
@@ -64,7 +57,7 @@ def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
     h = injected["health"]
     b_bad = h.excluded("births", len(p.child))
     b_ok = ~b_bad
-    births_named = _named(p, [ids[p.child[b_bad]], ids[p.mother[b_bad]], ids[p.father[b_bad]]])
+    births_named = h.named("births", ids)
     certified = np.zeros(n, dtype=bool)
     ok_cert = b_ok & ~np.isnat(p.certificate_issued) & (p.certificate_issued <= ref)
     certified[p.child[ok_cert]] = True
@@ -85,10 +78,12 @@ def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
     registered = np.zeros(n, dtype=bool)
     registered[reg_people[~r_bad]] = True
     registered &= p.registered_since <= ref
-    police_named = np.zeros(n, dtype=bool)  # corrupted numbers never name a real person
+    police_named = injected["police"].named("registrations", ids)
     police_reg = _tri(registered, police_named)
     in_district = police_reg  # evaluated for the subject's own household district
-    in_province = _tri(registered & (np.char.ljust(p.district, 2).astype("U2") == PROVINCE), police_named)
+    in_province = _tri(
+        registered & (np.char.ljust(p.district, 2).astype("U2") == PROVINCE), police_named
+    )
 
     # civil: marriages and allowance
     m_bad = injected["civil"].excluded("marriages", len(p.husband))
@@ -96,7 +91,7 @@ def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
     married = np.zeros(n, dtype=bool)
     married[p.husband[active_m]] = True
     married[p.wife[active_m]] = True
-    married_named = _named(p, [ids[p.husband[m_bad]]])
+    married_named = injected["civil"].named("marriages", ids)
     married_t = _tri(married, married_named)
 
     a_active = (p.allowance_start <= ref) & (np.isnat(p.allowance_end) | (p.allowance_end > ref))
@@ -106,12 +101,12 @@ def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
 
     # hrss: maternity insurance (row n_emp + i is employee i's maternity row) and subsidy
     emp = np.flatnonzero(~np.isnat(p.employed_since))
-    s_bad = injected["hrss"].excluded("social_insurance", 2 * len(emp))[len(emp):]
+    s_bad = injected["hrss"].excluded("social_insurance", 2 * len(emp))[len(emp) :]
     mat_until = p.maternity_until[emp]
     active_ins = ~s_bad & (p.employed_since[emp] <= ref) & (np.isnat(mat_until) | (mat_until > ref))
     maternity = np.zeros(n, dtype=bool)
     maternity[emp[active_ins]] = True
-    maternity_t = _tri(maternity, np.zeros(n, dtype=bool))
+    maternity_t = _tri(maternity, injected["hrss"].named("social_insurance", ids))
 
     recent = (p.childcare_paid > ref - np.timedelta64(365, "D")) & (p.childcare_paid <= ref)
     paid = np.zeros(n, dtype=bool)
@@ -131,12 +126,24 @@ def claim_table(p: Population, injected: dict[str, Injected]) -> dict[str, Tri]:
 def aggregates(p: Population, injected: dict[str, Injected]) -> Iterator[dict[str, object]]:
     ok = ~injected["health"].excluded("births", len(p.child))
     years = p.birth[p.child].astype("datetime64[Y]").astype(np.int64) + 1970
-    yield from _cells("births_by_district_year", p.birth_district[ok], years[ok], np.ones(int(ok.sum()), dtype=np.int64))
+    yield from _cells(
+        "births_by_district_year",
+        p.birth_district[ok],
+        years[ok],
+        np.ones(int(ok.sum()), dtype=np.int64),
+    )
     paid_year = p.maternity_paid.astype("datetime64[Y]").astype(np.int64) + 1970
-    yield from _cells("allowance_total_by_district_year", p.maternity_district, paid_year, p.maternity_amount)
+    yield from _cells(
+        "allowance_total_by_district_year", p.maternity_district, paid_year, p.maternity_amount
+    )
 
 
-def _cells(name: str, district: npt.NDArray[np.str_], year: npt.NDArray[np.int64], value: npt.NDArray[np.int64]) -> Iterator[dict[str, object]]:
+def _cells(
+    name: str,
+    district: npt.NDArray[np.str_],
+    year: npt.NDArray[np.int64],
+    value: npt.NDArray[np.int64],
+) -> Iterator[dict[str, object]]:
     keys = np.char.add(np.char.add(district, ":"), year.astype("U4"))
     uniq, inverse = np.unique(keys, return_inverse=True)
     sums = np.bincount(inverse, weights=value, minlength=len(uniq)).astype(np.int64)

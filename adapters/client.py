@@ -1,0 +1,163 @@
+"""Gateway side of the adapter protocol: sign, send through a transport, verify.
+
+The transport is the seam: :class:`HttpTransport` talks to adapter services over HTTP,
+:class:`InProcessTransport` calls an :class:`AdapterCore` directly (tests, embedded use).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+
+from primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
+from primitives.gm import SM2PublicKey
+from primitives.wire import PredicateCall
+
+from .protocol import AdapterCore, Answer, RequestSigner, verify_answer
+
+__all__ = [
+    "DepartmentClient",
+    "DepartmentRefused",
+    "HttpTransport",
+    "InProcessTransport",
+    "Reply",
+    "Transport",
+]
+
+JOSE = "application/jose"
+
+
+class DepartmentRefused(TongbanError):
+    """The adapter answered with an error: the gateway asked something it should not have."""
+
+    status = 502
+    slug = "department-refused"
+    title = "A department refused the request"
+
+
+Reply = tuple[int, bytes]
+
+
+class Transport(Protocol):
+    def send(self, department: str, token: str, timeout: float) -> Reply: ...
+
+    def health(self, department: str, timeout: float) -> dict[str, Any]: ...
+
+
+class InProcessTransport:
+    def __init__(self, cores: Mapping[str, AdapterCore]) -> None:
+        self.cores = dict(cores)
+
+    def send(self, department: str, token: str, timeout: float) -> Reply:
+        core = self.cores.get(department)
+        if core is None:
+            raise DepartmentUnavailable(f"department {department} is not connected")
+        try:
+            return 200, core.handle(token).encode("ascii")
+        except TongbanError as exc:
+            return exc.status, json.dumps(exc.to_problem()).encode()
+
+    def health(self, department: str, timeout: float) -> dict[str, Any]:
+        if department not in self.cores:
+            raise DepartmentUnavailable(f"department {department} is not connected")
+        return {"status": "ok", "department": department}
+
+
+class HttpTransport:
+    def __init__(self, urls: Mapping[str, str], *, max_connections: int = 64) -> None:
+        self.urls = {name: url.rstrip("/") for name, url in urls.items()}
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self.http = httpx.Client(limits=limits, trust_env=False)
+
+    def _url(self, department: str, path: str) -> str:
+        base = self.urls.get(department)
+        if base is None:
+            raise DepartmentUnavailable(f"department {department} is not configured")
+        return base + path
+
+    def send(self, department: str, token: str, timeout: float) -> Reply:
+        try:
+            resp = self.http.post(
+                self._url(department, "/v1/evaluate"),
+                content=token.encode("ascii"),
+                headers={"Content-Type": JOSE, "Accept": JOSE},
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise DepartmentUnavailable(f"department {department} did not answer") from exc
+        return resp.status_code, resp.content
+
+    def health(self, department: str, timeout: float) -> dict[str, Any]:
+        try:
+            resp = self.http.get(self._url(department, "/healthz"), timeout=timeout)
+            resp.raise_for_status()
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise DepartmentUnavailable(f"department {department} did not answer") from exc
+        return body if isinstance(body, dict) else {}
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class DepartmentClient:
+    """Asks one department one predicate and returns its verified, signed answer."""
+
+    def __init__(
+        self,
+        signer: RequestSigner,
+        transport: Transport,
+        department_keys: Mapping[str, SM2PublicKey],
+        *,
+        timeout: float = 2.0,
+    ) -> None:
+        self.signer = signer
+        self.transport = transport
+        self.keys = dict(department_keys)
+        self.timeout = timeout
+
+    @property
+    def departments(self) -> list[str]:
+        return sorted(self.keys)
+
+    def evaluate(self, department: str, call: PredicateCall) -> Answer:
+        key = self.keys.get(department)
+        if key is None:
+            raise DepartmentUnavailable(f"department {department} has no registered key")
+        token, jti = self.signer.sign(department, call)
+        status, body = self.transport.send(department, token, self.timeout)
+        if status >= 500:
+            raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
+        if status != 200:
+            raise DepartmentRefused(f"department {department} refused the request (HTTP {status})")
+        try:
+            answer_token = body.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise Unauthenticated("department answer is not a JWS") from exc
+        return verify_answer(
+            answer_token,
+            department=department,
+            department_key=key,
+            request_jti=jti,
+            predicate=call.predicate,
+            gateway_issuer=self.signer.issuer,
+            now=time.time(),
+        )
+
+    def health(self, department: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            body = self.transport.health(department, min(self.timeout, 1.0))
+        except DepartmentUnavailable:
+            return {"reachable": False}
+        return {
+            "reachable": True,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "status": body.get("status", "unknown"),
+        }

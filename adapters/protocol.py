@@ -1,0 +1,157 @@
+"""The gateway ↔ adapter protocol, both ends, without any HTTP.
+
+A request is a compact JWS signed by the gateway (``typ: tongban-predicate-request+jwt``)
+whose payload carries one :class:`PredicateCall`, the department as audience, a short
+lifetime and a unique ``jti``. The answer is a compact JWS signed by the department's own
+SM2 key (``typ: tongban-predicate-answer+jwt``) that names the request it answers, so the
+gateway can neither be fed an old answer nor one meant for another question.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from primitives.errors import Unauthenticated
+from primitives.gm import SM2PrivateKey, SM2PublicKey
+from primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
+from primitives.replay import MemoryReplayCache, ReplayCache
+from primitives.wire import PredicateCall, Tri
+
+from .evaluate import Evaluator
+
+__all__ = [
+    "ANSWER_TYP",
+    "GATEWAY_ISSUER",
+    "REQUEST_TYP",
+    "AdapterCore",
+    "Answer",
+    "RequestSigner",
+    "verify_answer",
+]
+
+REQUEST_TYP = "tongban-predicate-request+jwt"
+ANSWER_TYP = "tongban-predicate-answer+jwt"
+GATEWAY_ISSUER = "tongban-gateway"
+REQUEST_LIFETIME = 30  # seconds: a request is used at once or never
+_ALGS = ("SM2",)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    department: str
+    predicate: str
+    result: Tri
+    token: str  # the department's signed answer, kept as evidence
+
+
+class RequestSigner:
+    """Gateway side: signs predicate requests with the gateway's SM2 key."""
+
+    def __init__(self, key: SM2PrivateKey, *, issuer: str = GATEWAY_ISSUER) -> None:
+        self.key = key
+        self.issuer = issuer
+        self.kid = key.public_key.key_id
+
+    def sign(
+        self, department: str, call: PredicateCall, *, now: float | None = None
+    ) -> tuple[str, str]:
+        now = time.time() if now is None else now
+        jti = secrets.token_urlsafe(16)
+        payload = {
+            "iss": self.issuer,
+            "aud": department,
+            "iat": int(now),
+            "exp": int(now) + REQUEST_LIFETIME,
+            "jti": jti,
+            "call": call.to_json(),
+        }
+        return sign_compact(payload, self.key, typ=REQUEST_TYP, kid=self.kid), jti
+
+
+def _resolver(keys: Mapping[str, SM2PublicKey]) -> Callable[[str], SM2PublicKey | None]:
+    return keys.get
+
+
+class AdapterCore:
+    """Department side: authenticate, evaluate, sign. Raises :class:`TongbanError`s."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        key: SM2PrivateKey,
+        gateway_keys: Mapping[str, SM2PublicKey],
+        *,
+        replay: ReplayCache | None = None,
+        gateway_issuer: str = GATEWAY_ISSUER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.evaluator = evaluator
+        self.name = evaluator.department.name
+        self.key = key
+        self.kid = key.public_key.key_id
+        self.gateway_keys = dict(gateway_keys)
+        self.replay = replay or MemoryReplayCache()
+        self.gateway_issuer = gateway_issuer
+        self.clock = clock
+
+    def authenticate(self, token: str) -> tuple[PredicateCall, str]:
+        _, payload = verify_compact(
+            token, _resolver(self.gateway_keys), typ=REQUEST_TYP, algorithms=_ALGS
+        )
+        now = self.clock()
+        check_time_claims(payload, now=now)
+        check_audience(payload, self.name)
+        if payload.get("iss") != self.gateway_issuer:
+            raise Unauthenticated("unexpected issuer")
+        if payload["exp"] - payload["iat"] > REQUEST_LIFETIME:
+            raise Unauthenticated("request lifetime too long")
+        jti = payload.get("jti")
+        if not isinstance(jti, str) or not 16 <= len(jti) <= 64:
+            raise Unauthenticated("missing or malformed jti")
+        if not self.replay.first_use(jti, float(payload["exp"])):
+            raise Unauthenticated("request replayed")
+        return PredicateCall.from_json(payload.get("call")), jti
+
+    def handle(self, token: str) -> str:
+        call, jti = self.authenticate(token)
+        result = self.evaluator.evaluate(call)
+        now = int(self.clock())
+        answer = {
+            "iss": self.name,
+            "aud": self.gateway_issuer,
+            "iat": now,
+            "exp": now + REQUEST_LIFETIME,
+            "in_reply_to": jti,
+            "predicate": call.predicate,
+            "result": result.value,
+        }
+        return sign_compact(answer, self.key, typ=ANSWER_TYP, kid=self.kid)
+
+
+def verify_answer(
+    token: str,
+    *,
+    department: str,
+    department_key: SM2PublicKey,
+    request_jti: str,
+    predicate: str,
+    gateway_issuer: str = GATEWAY_ISSUER,
+    now: float | None = None,
+) -> Answer:
+    """Gateway side: the answer must be signed by this department and answer this request."""
+    kid = department_key.key_id
+    _, payload = verify_compact(token, {kid: department_key}.get, typ=ANSWER_TYP, algorithms=_ALGS)
+    check_time_claims(payload, now=time.time() if now is None else now)
+    check_audience(payload, gateway_issuer)
+    if payload.get("iss") != department or payload.get("in_reply_to") != request_jti:
+        raise Unauthenticated("answer does not match the request")
+    if payload.get("predicate") != predicate:
+        raise Unauthenticated("answer does not match the request")
+    try:
+        result = Tri(str(payload.get("result")))
+    except ValueError as exc:
+        raise Unauthenticated("answer carries no valid result") from exc
+    return Answer(department, predicate, result, token)

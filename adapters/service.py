@@ -1,0 +1,85 @@
+"""The adapter's HTTP shell (Flask). All logic lives in :class:`AdapterCore`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from primitives.errors import BadRequest, StoreUnavailable, TongbanError
+from primitives.jws import jwks
+from primitives.problem import PROBLEM_JSON, from_http_status, problem_body, request_id
+
+from .protocol import AdapterCore
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 16 * 1024
+log = logging.getLogger("tongban.adapter")
+
+
+def create_app(core: AdapterCore) -> Flask:
+    app = Flask(f"tongban.adapter.{core.name}")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request_id(request.headers.get("X-Request-Id"))
+
+    @app.after_request
+    def _tag(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.errorhandler(TongbanError)
+    def _problem(exc: TongbanError) -> Response:
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.slug, exc.detail)
+        return Response(
+            problem_body(exc, g.get("request_id", "")), exc.status, mimetype=PROBLEM_JSON
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        return _problem(from_http_status(exc.code, MAX_BODY))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error in adapter %s", core.name)
+        return _problem(TongbanError("internal error"))
+
+    @app.post("/v1/evaluate")
+    def evaluate() -> Response:
+        if request.mimetype not in ("application/jose", "text/plain"):
+            raise BadRequest("body: expected a compact JWS (application/jose)")
+        token = request.get_data(cache=False, as_text=False)
+        try:
+            text = token.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise BadRequest("body: expected a compact JWS (application/jose)") from None
+        return Response(core.handle(text), 200, mimetype="application/jose")
+
+    @app.get("/v1/predicates")
+    def predicates() -> Response:
+        dept = core.evaluator.department
+        return jsonify(
+            department=dept.name,
+            title=dept.title,
+            predicates=[p.describe() for p in dept.predicates.values()],
+        )
+
+    @app.get("/.well-known/jwks.json")
+    def keys() -> Response:
+        return jsonify(jwks({core.kid: core.key.public_key}))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        try:
+            as_of = core.evaluator.as_of()
+        except Exception as exc:
+            raise StoreUnavailable(f"{core.name} store is unavailable") from exc
+        return jsonify(status="ok", department=core.name, as_of=as_of.isoformat())
+
+    return app

@@ -1,0 +1,37 @@
+"""RFC 9457 problem details, framework-free: the HTTP shells wrap these in responses."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+
+from .errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, TongbanError
+
+__all__ = ["PROBLEM_JSON", "from_http_status", "problem_body", "request_id"]
+
+PROBLEM_JSON = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
+
+def request_id(incoming: str | None) -> str:
+    """Keep a caller's X-Request-Id if it is a plain token; otherwise mint one. A
+    malformed id is replaced, never echoed, so it cannot carry data into logs."""
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return secrets.token_hex(12)
+
+
+def problem_body(exc: TongbanError, instance: str) -> bytes:
+    return json.dumps(exc.to_problem(instance), ensure_ascii=False).encode("utf-8")
+
+
+def from_http_status(status: int | None, max_body: int) -> TongbanError:
+    """Translate the web framework's own HTTP errors into the tongban tree."""
+    if status == 404:
+        return NotFound("no such endpoint")
+    if status == 405:
+        return MethodNotAllowed("this endpoint does not accept that method")
+    if status == 413:
+        return PayloadTooLarge(f"body: at most {max_body} bytes")
+    return BadRequest("the request could not be read")
