@@ -13,7 +13,7 @@ from primitives.problem import PROBLEM_JSON, from_http_status, problem_body, req
 
 from .protocol import AdapterCore
 
-__all__ = ["MAX_BODY", "create_app"]
+__all__ = ["MAX_BODY", "create_app", "install_problem_handlers"]
 
 MAX_BODY = 16 * 1024
 log = logging.getLogger("tongban.adapter")
@@ -23,32 +23,7 @@ def create_app(core: AdapterCore) -> Flask:
     app = Flask(f"tongban.adapter.{core.name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
-    @app.before_request
-    def _request_id() -> None:
-        g.request_id = request_id(request.headers.get("X-Request-Id"))
-
-    @app.after_request
-    def _tag(resp: Response) -> Response:
-        resp.headers["X-Request-Id"] = g.get("request_id", "")
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
-
-    @app.errorhandler(TongbanError)
-    def _problem(exc: TongbanError) -> Response:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.slug, exc.detail)
-        return Response(
-            problem_body(exc, g.get("request_id", "")), exc.status, mimetype=PROBLEM_JSON
-        )
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        return _problem(from_http_status(exc.code, MAX_BODY))
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error in adapter %s", core.name)
-        return _problem(TongbanError("internal error"))
+    install_problem_handlers(app, MAX_BODY, log)
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -83,3 +58,33 @@ def create_app(core: AdapterCore) -> Flask:
         return jsonify(status="ok", department=core.name, as_of=as_of.isoformat())
 
     return app
+
+
+def install_problem_handlers(app: Flask, max_body: int, logger: logging.Logger) -> None:
+    """Request ids and RFC 9457 errors for a tongban HTTP shell (adapter or gateway)."""
+
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request_id(request.headers.get("X-Request-Id"))
+
+    @app.after_request
+    def _tag(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    def problem(exc: TongbanError) -> Response:
+        if exc.status >= 500:
+            logger.warning("%s: %s", exc.slug, exc.detail)
+        body = problem_body(exc, g.get("request_id", ""))
+        return Response(body, exc.status, mimetype=PROBLEM_JSON)
+
+    app.register_error_handler(TongbanError, problem)
+    app.register_error_handler(
+        HTTPException, lambda exc: problem(from_http_status(exc.code, max_body))
+    )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        logger.exception("unexpected error")
+        return problem(TongbanError("internal error"))

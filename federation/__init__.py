@@ -1,0 +1,1 @@
+"""Federation: Paillier statistics and Flower training (later issues)."""

@@ -1,0 +1,183 @@
+"""The claim catalog: declared data composing department predicates into yes/no claims.
+
+A claim is a conjunction of department predicates, each possibly negated, with parameters
+either fixed or taken from the caller's enumerated parameters. The catalog is validated
+against the departments' own declarations when it is loaded, so a typo fails at start-up,
+not on a citizen's request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from adapters.department import Department
+from primitives.errors import BadRequest, UnknownParameter
+from primitives.wire import PredicateCall, Tri, all_of
+
+__all__ = ["Catalog", "Claim", "Purpose", "Term", "UnknownClaim", "UnknownPurpose"]
+
+
+class UnknownClaim(BadRequest):
+    slug = "unknown-claim"
+    title = "Unknown claim"
+
+
+class UnknownPurpose(BadRequest):
+    slug = "unknown-purpose"
+    title = "Unknown purpose"
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    name: str
+    title: str
+    title_zh: str
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    department: str
+    predicate: str
+    params: Mapping[str, str]  # value, or "$name" for the claim parameter `name`
+    expect: bool = True
+
+    def call(self, subject: str, claim_params: Mapping[str, str]) -> PredicateCall:
+        bound = {k: claim_params[v[1:]] if v.startswith("$") else v for k, v in self.params.items()}
+        return PredicateCall(self.predicate, subject, bound)
+
+    def interpret(self, result: Tri) -> Tri:
+        return result if self.expect else ~result
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    name: str
+    title: str
+    title_zh: str
+    terms: tuple[Term, ...]
+    purposes: frozenset[str]
+    params: Mapping[str, tuple[str, ...]]
+    fertility_derived: bool = False
+
+    @property
+    def departments(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.department for t in self.terms))
+
+    def check_params(self, params: Any) -> dict[str, str]:
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise BadRequest("params: expected an object")
+        extra = sorted(set(params) - set(self.params))
+        if extra:
+            raise UnknownParameter(f"params: {self.name} takes no parameter {extra[0]!r}")
+        clean: dict[str, str] = {}
+        for name, allowed in self.params.items():
+            value = params.get(name)
+            if value is None:
+                raise UnknownParameter(f"params.{name}: required by {self.name}")
+            if not isinstance(value, str) or value not in allowed:
+                raise UnknownParameter(f"params.{name}: expected one of the enumerated values")
+            clean[name] = value
+        return clean
+
+    def combine(self, results: Sequence[Tri]) -> Tri:
+        return all_of([t.interpret(r) for t, r in zip(self.terms, results, strict=True)])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "title_zh": self.title_zh,
+            "params": {k: list(v) for k, v in self.params.items()},
+            "purposes": sorted(self.purposes),
+            "departments": list(self.departments),
+        }
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"catalog: {key!r} declared twice")
+        out[key] = value
+    return out
+
+
+class Catalog:
+    def __init__(self, claims: Mapping[str, Claim], purposes: Mapping[str, Purpose]) -> None:
+        self.claims = dict(claims)
+        self.purposes = dict(purposes)
+
+    @classmethod
+    def load(cls, departments: Mapping[str, Department], path: Path | None = None) -> Catalog:
+        if path is None:
+            text = resources.files("gateway").joinpath("claims.json").read_text("utf-8")
+        else:
+            text = path.read_text("utf-8")
+        return cls.from_json(json.loads(text, object_pairs_hook=_no_duplicates), departments)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], departments: Mapping[str, Department]) -> Catalog:
+        purposes = {
+            name: Purpose(name, p["title"], p["title_zh"]) for name, p in doc["purposes"].items()
+        }
+        claims: dict[str, Claim] = {}
+        for name, spec in doc["claims"].items():
+            params = {k: tuple(v) for k, v in spec.get("params", {}).items()}
+            terms = tuple(
+                Term(t["department"], t["predicate"], t.get("params", {}), t.get("expect", True))
+                for t in spec["all_of"]
+            )
+            claim = Claim(
+                name,
+                spec["title"],
+                spec["title_zh"],
+                terms,
+                frozenset(spec["purposes"]),
+                params,
+                bool(spec.get("fertility_derived", False)),
+            )
+            _validate(claim, purposes, departments)
+            claims[name] = claim
+        return cls(claims, purposes)
+
+    def claim(self, name: Any) -> Claim:
+        if not isinstance(name, str) or name not in self.claims:
+            raise UnknownClaim("claim: not in the catalog")
+        return self.claims[name]
+
+    def purpose(self, name: Any) -> Purpose:
+        if not isinstance(name, str) or name not in self.purposes:
+            raise UnknownPurpose("purpose: not in the catalog")
+        return self.purposes[name]
+
+
+def _validate(
+    claim: Claim, purposes: Mapping[str, Purpose], departments: Mapping[str, Department]
+) -> None:
+    where = f"catalog: claim {claim.name}"
+    unknown = sorted(claim.purposes - set(purposes))
+    if unknown:
+        raise ValueError(f"{where} names undeclared purposes {unknown}")
+    if not claim.terms:
+        raise ValueError(f"{where} has no terms")
+    for term in claim.terms:
+        dept = departments.get(term.department)
+        if dept is None:
+            raise ValueError(f"{where}: unknown department {term.department}")
+        predicate = dept.predicates.get(term.predicate)
+        if predicate is None:
+            raise ValueError(f"{where}: {term.department} has no predicate {term.predicate}")
+        declared = {p.name: set(p.values) for p in predicate.params}
+        if set(term.params) != set(declared):
+            raise ValueError(f"{where}: {term.predicate} needs parameters {sorted(declared)}")
+        for pname, value in term.params.items():
+            values = set(claim.params.get(value[1:], ("\0",))) if value.startswith("$") else {value}
+            if not values <= declared[pname]:
+                raise ValueError(f"{where}: {term.predicate}.{pname} outside its enumeration")

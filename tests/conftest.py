@@ -1,0 +1,105 @@
+"""Shared fixtures. Slow things (a generated population, PostgreSQL databases, keys) are
+session-scoped and built once."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from adapters.synthetic.generate import GenerationResult, generate
+from primitives.gm import SM2PrivateKey
+
+PG_URL = os.environ.get("TONGBAN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
+DEPARTMENT_NAMES = ("health", "police", "civil", "hrss", "medins")
+SMALL_POPULATION = 3000
+SMALL_SEED = 11
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generated population: where it is and what the generator says is true."""
+
+    dir: Path
+    truth_path: Path
+    result: GenerationResult
+    urls: dict[str, str]
+
+    def subjects(self) -> list[dict[str, object]]:
+        rows = []
+        with self.truth_path.open(encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if "id_number" in row:
+                    rows.append(row)
+        return rows
+
+    def cells(self) -> list[dict[str, object]]:
+        with self.truth_path.open(encoding="utf-8") as fh:
+            return [r for r in map(json.loads, fh) if "aggregate" in r]
+
+
+@pytest.fixture(scope="session")
+def small_population(tmp_path_factory: pytest.TempPathFactory) -> Generated:
+    out = tmp_path_factory.mktemp("population")
+    truth = out / "truth.jsonl"
+    result = generate(out, SMALL_POPULATION, SMALL_SEED, truth=truth, workers=2)
+    return Generated(out, truth, result, dict(result.urls))
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[dict[str, str]]:
+    """One fresh PostgreSQL database per department, dropped afterwards. PostgreSQL must be
+    up (``.ci/run`` starts it); these tests fail rather than skip when it is not."""
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    tag = secrets.token_hex(4)
+    names = {d: f"tongban_test_{tag}_{d}" for d in DEPARTMENT_NAMES}
+    try:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.execute(text(f'CREATE DATABASE "{db}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {PG_URL} is required for these tests: {exc}")
+    base = make_url(PG_URL)
+    urls = {
+        d: base.set(database=db).render_as_string(hide_password=False) for d, db in names.items()
+    }
+    try:
+        yield urls
+    finally:
+        with admin.connect() as conn:
+            for db in names.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_population(
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: dict[str, str]
+) -> Generated:
+    """The same population as ``small_population``, loaded into PostgreSQL."""
+    out = tmp_path_factory.mktemp("pg-population")
+    truth = out / "truth.jsonl"
+    result = generate(out, SMALL_POPULATION, SMALL_SEED, truth=truth, urls=pg_databases, workers=2)
+    return Generated(out, truth, result, dict(pg_databases))
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def population(request: pytest.FixtureRequest) -> Generated:
+    """Parametrised over both stores: tests using it run on SQLite and on PostgreSQL."""
+    name = "small_population" if request.param == "sqlite" else "pg_population"
+    generated: Generated = request.getfixturevalue(name)
+    return generated
+
+
+@pytest.fixture(scope="session")
+def party_keys() -> dict[str, SM2PrivateKey]:
+    """SM2 keys for the gateway and each department."""
+    return {p: SM2PrivateKey.generate() for p in ("gateway", *DEPARTMENT_NAMES)}

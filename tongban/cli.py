@@ -1,0 +1,152 @@
+"""``tongban``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from primitives.errors import InvalidIdNumber
+from primitives.idnumber import parse
+
+from .config import DEPARTMENTS, Settings
+
+__all__ = ["main"]
+
+
+def _id_check(args: argparse.Namespace) -> int:
+    try:
+        number = parse(args.number)
+    except InvalidIdNumber as exc:
+        print(f"invalid: {exc.detail.removeprefix('id_number: ')}", file=sys.stderr)
+        return 1
+    fields = {
+        "valid": True,
+        "region": number.region,
+        "region_name": number.region_name,
+        "province": number.province,
+        "birth_date": number.birth_date.isoformat(),
+        "sex": number.sex,
+        "sequence": f"{number.sequence:03d}",
+        "check": number.check,
+        "masked": number.masked(),
+    }
+    print(json.dumps(fields, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from adapters.synthetic.generate import generate
+
+    console = Console(stderr=True)
+    result = generate(
+        args.out,
+        args.population,
+        args.seed,
+        truth=args.truth,
+        workers=args.workers,
+        console=console,
+    )
+    table = Table(title=f"validation report — {args.population:,} citizens, seed {args.seed}")
+    for col in ("department", "received", "loaded", "quarantined", "errors by kind"):
+        table.add_column(col)
+    for name in DEPARTMENTS:
+        report = result.reports[name]
+        received = sum(t["received"] for t in report["tables"])
+        loaded = sum(t["loaded"] for t in report["tables"])
+        errors = ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "-"
+        table.add_row(name, f"{received:,}", f"{loaded:,}", f"{received - loaded:,}", errors)
+    console.print(table)
+    console.print(f"done in {result.seconds['total']:.1f} s → {args.out}")
+    return 0
+
+
+def _adapter_serve(args: argparse.Namespace) -> int:
+    from adapters.service import create_app
+
+    from .serve import serve
+    from .wiring import build_adapter
+
+    stores = {args.department: args.store_url} if args.store_url else None
+    settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
+    serve(
+        create_app(build_adapter(settings, args.department)), args.host, args.port, args.department
+    )
+    return 0
+
+
+def _gateway_serve(args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+
+    from .serve import serve
+    from .wiring import build_gateway
+
+    settings = Settings.from_env(data_dir=args.data_dir)
+    serve(create_app(build_gateway(settings)), args.host, args.port, "gateway")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.data_dir, args.port, args.population, args.seed, host=args.host)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tongban", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    id_cmd = sub.add_parser("id", help="GB 11643 ID number utilities")
+    id_sub = id_cmd.add_subparsers(dest="id_command", required=True)
+    check = id_sub.add_parser("check", help="validate and parse an ID number")
+    check.add_argument("number")
+    check.set_defaults(func=_id_check)
+
+    gen = sub.add_parser("generate", help="generate a synthetic population into department stores")
+    gen.add_argument("--population", type=int, required=True)
+    gen.add_argument("--seed", type=int, required=True)
+    gen.add_argument("--out", type=Path, required=True)
+    gen.add_argument("--truth", type=Path)
+    gen.add_argument("--workers", type=int, default=None)
+    gen.set_defaults(func=_generate)
+
+    adapter = sub.add_parser("adapter", help="department adapter")
+    adapter_sub = adapter.add_subparsers(dest="adapter_command", required=True)
+    a_serve = adapter_sub.add_parser("serve", help="serve a department's predicates over HTTP")
+    a_serve.add_argument("--department", choices=DEPARTMENTS, required=True)
+    a_serve.add_argument("--port", type=int, required=True)
+    a_serve.add_argument("--data-dir", type=Path, required=True)
+    a_serve.add_argument("--host", default="127.0.0.1")
+    a_serve.add_argument("--store-url", help="SQLAlchemy URL (default: DIR/departments/NAME.db)")
+    a_serve.set_defaults(func=_adapter_serve)
+
+    gateway = sub.add_parser("gateway", help="the verification gateway")
+    gateway_sub = gateway.add_subparsers(dest="gateway_command", required=True)
+    g_serve = gateway_sub.add_parser("serve", help="serve the gateway over HTTP")
+    g_serve.add_argument("--port", type=int, default=8080)
+    g_serve.add_argument("--data-dir", type=Path, required=True)
+    g_serve.add_argument("--host", default="127.0.0.1")
+    g_serve.set_defaults(func=_gateway_serve)
+
+    demo = sub.add_parser("demo", help="generate data and run the gateway with five adapters")
+    demo.add_argument("--data-dir", type=Path, default=Path("demo-data"))
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--population", type=int, default=10_000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # httpx logs every request URL at INFO; keep operators' logs to what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,193 @@
+"""``tongban demo``: synthetic data, one adapter process per department, and the gateway.
+
+The supervisor owns its children: they die with it (PR_SET_PDEATHSIG, so even a
+``kill -9`` of the demo leaves no orphans), a child that exits early stops the demo with
+its exit code, and Ctrl-C or SIGTERM stops them all cleanly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+
+from .config import DEPARTMENTS
+from .keys import KeyRing
+
+__all__ = ["needs_generation", "run_demo"]
+
+_PR_SET_PDEATHSIG = 1
+_STARTUP_TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port(host: str, preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def needs_generation(data_dir: Path, population: int, seed: int) -> bool:
+    manifest = data_dir / "generation.json"
+    if not manifest.exists() or not (data_dir / "truth.jsonl").exists():
+        return True
+    if not all((data_dir / "departments" / f"{d}.db").exists() for d in DEPARTMENTS):
+        return True
+    meta = json.loads(manifest.read_text())
+    return bool(meta.get("population") != population or meta.get("seed") != seed)
+
+
+class _Supervisor:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop = threading.Event()
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        # The supervisor runs no threads while spawning, so preexec_fn is safe here.
+        self.children[name] = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    def wait_healthy(self, name: str, url: str) -> None:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while time.monotonic() < deadline and not self.stop.is_set():
+            code = self.children[name].poll()
+            if code is not None:
+                raise RuntimeError(f"{name} exited with code {code} during start-up")
+            try:
+                if httpx.get(url + "/healthz", timeout=1.0, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become healthy")
+
+    def watch(self) -> int:
+        while not self.stop.wait(0.5):
+            for name, proc in self.children.items():
+                code = proc.poll()
+                if code is not None:
+                    self.console.print(f"[red]{name} exited with code {code}; stopping[/red]")
+                    return code or 1
+        return 0
+
+    def shutdown(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.children.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_demo(
+    data_dir: Path, port: int, population: int, seed: int, *, host: str = "127.0.0.1"
+) -> int:
+    console = Console(stderr=True)
+    data_dir = data_dir.resolve()
+    if needs_generation(data_dir, population, seed):
+        from adapters.synthetic.generate import generate
+
+        console.print(f"generating {population:,} citizens (seed {seed}) into {data_dir}")
+        generate(data_dir, population, seed, truth=data_dir / "truth.jsonl", console=console)
+    keys = KeyRing(data_dir / "keys")
+    for party in ("gateway", *DEPARTMENTS):
+        keys.ensure(party)
+
+    sup = _Supervisor(console)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        sup.stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    env["TONGBAN_DATA_DIR"] = str(data_dir)
+    cli = [sys.executable, "-m", "tongban"]
+    adapters: dict[str, str] = {}
+    code = 0
+    try:
+        for offset, dept in enumerate(DEPARTMENTS, start=1):
+            dept_port = _free_port(host, port + offset)
+            adapters[dept] = f"http://{host}:{dept_port}"
+            sup.spawn(
+                dept,
+                [*cli, "adapter", "serve", "--department", dept, "--port", str(dept_port),
+                 "--data-dir", str(data_dir), "--host", host],
+                env,
+            )  # fmt: skip
+        for dept, url in adapters.items():
+            sup.wait_healthy(dept, url)
+        gateway_env = dict(env)
+        for dept, url in adapters.items():
+            gateway_env[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
+        gateway_url = f"http://{host}:{port}"
+        gateway_env["TONGBAN_PUBLIC_URL"] = gateway_url
+        sup.spawn(
+            "gateway",
+            [
+                *cli,
+                "gateway",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                host,
+            ],
+            gateway_env,
+        )
+        sup.wait_healthy("gateway", gateway_url)
+        _write_demo_json(data_dir, gateway_url, adapters)
+        if not sup.stop.is_set():
+            console.print(
+                f"[green]tongban demo is up[/green]: gateway {gateway_url} "
+                f"(health: {gateway_url}/healthz), adapters {', '.join(adapters.values())}\n"
+                f"details in {data_dir / 'demo.json'}; Ctrl-C stops everything"
+            )
+            code = sup.watch()
+    except RuntimeError as exc:
+        console.print(f"[red]demo failed: {exc}[/red]")
+        code = 1
+    finally:
+        sup.shutdown()
+    console.print("demo stopped")
+    return code
+
+
+def _write_demo_json(data_dir: Path, gateway: str, adapters: dict[str, str]) -> None:
+    path = data_dir / "demo.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    doc = {
+        "gateway": gateway,
+        "adapters": adapters,
+        "clients": previous.get("clients", {}),
+        "truth": str(data_dir / "truth.jsonl"),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)

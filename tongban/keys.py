@@ -1,0 +1,42 @@
+"""Where the demo and a single-host deployment keep SM2 keys.
+
+``DIR/keys/<party>.key`` holds a party's private key (mode 0600) and
+``DIR/keys/<party>.jwk.json`` its public JWK. Each process reads only its own private key
+and the public keys of its peers, as it would on separate machines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from primitives.gm import SM2PrivateKey, SM2PublicKey, load_or_create_private_key, load_private_key
+
+__all__ = ["KeyRing"]
+
+
+class KeyRing:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def ensure(self, party: str) -> SM2PrivateKey:
+        """Create the party's key pair if absent; publish its public JWK."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_private_key(self.directory / f"{party}.key")
+        public = self.directory / f"{party}.jwk.json"
+        jwk = key.public_key.to_jwk(kid=key.public_key.key_id)
+        if not public.exists() or json.loads(public.read_text()) != jwk:
+            tmp = public.with_suffix(".tmp")
+            tmp.write_text(json.dumps(jwk, indent=2) + "\n")
+            tmp.replace(public)
+        return key
+
+    def private(self, party: str) -> SM2PrivateKey:
+        return load_private_key(self.directory / f"{party}.key")
+
+    def public(self, party: str) -> SM2PublicKey:
+        path = self.directory / f"{party}.jwk.json"
+        try:
+            return SM2PublicKey.from_jwk(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no public key for {party} in {self.directory}") from None
