@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, literal, or_, select
 
 from primitives.idnumber import parse
 from primitives.wire import PredicateCall, Tri
@@ -27,8 +27,12 @@ class Evaluator:
         self.department = store.department
         qs = self.department.table("quarantine_subjects")
         self._quarantined: dict[str, Select[tuple[int]]] = {
+            # OR of constants rather than IN: an expanding IN is re-rendered on every call.
             name: select(qs.c.quarantine_id)
-            .where(qs.c.id_number == bindparam("s"), qs.c.table_name.in_(p.tables))
+            .where(
+                qs.c.id_number == bindparam("s"),
+                or_(*(qs.c.table_name == literal(t) for t in p.tables)),
+            )
             .limit(1)
             for name, p in self.department.predicates.items()
         }
@@ -45,7 +49,7 @@ class Evaluator:
     def evaluate(self, call: PredicateCall) -> Tri:
         predicate, params, subject = self.check(call)
         as_of = self.as_of()
-        with self.store.connect() as conn:
+        with self.store.reading() as conn:
             if conn.execute(self._quarantined[predicate.name], {"s": subject}).first():
                 return Tri.UNKNOWN
             return Tri.of(predicate.query(conn, subject, params, as_of))

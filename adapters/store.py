@@ -7,6 +7,7 @@ ORM-level inserts are two orders of magnitude too slow for a million citizens.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -44,6 +45,7 @@ class DepartmentStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._as_of: dt.date | None = None
+        self._local = threading.local()
 
     @property
     def dialect(self) -> str:
@@ -126,6 +128,24 @@ class DepartmentStore:
             with self.engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"{self.department.name} store is unavailable") from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection kept per thread for hot read paths: checking one out of the pool
+        costs more than the indexed lookup itself. A failed connection is discarded and
+        the next call opens a new one, so a database restart heals without a restart."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None or conn.closed or conn.invalidated:
+                # Autocommit: single-statement reads need no BEGIN/ROLLBACK round trips.
+                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                self._local.conn = conn
+            yield conn
+        except SQLAlchemyError as exc:
+            self._local.conn = None
+            if conn is not None:
+                conn.invalidate()
             raise StoreUnavailable(f"{self.department.name} store is unavailable") from exc
 
     def count(self, table: str) -> int:

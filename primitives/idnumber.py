@@ -93,8 +93,11 @@ class IdNumber:
         return mask(self.number)
 
 
+_WEIGHTS_PY = tuple(int(w) for w in WEIGHTS)  # plain ints: the scalar path serves requests
+
+
 def check_char(body17: str) -> str:
-    total = sum(int(c) * int(w) for c, w in zip(body17, WEIGHTS, strict=True))
+    total = sum(int(c) * w for c, w in zip(body17, _WEIGHTS_PY, strict=True))
     return _CHECK[total % 11]
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints JSON figures beside a naive baseline measured in the same run."""
