@@ -22,6 +22,8 @@ from .department import Department
 
 __all__ = ["DepartmentStore", "sqlite_url"]
 
+_MAX_IDLE = 8
+
 
 def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
@@ -45,7 +47,8 @@ class DepartmentStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._as_of: dt.date | None = None
-        self._local = threading.local()
+        self._idle: list[Connection] = []
+        self._idle_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -132,21 +135,31 @@ class DepartmentStore:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A connection kept per thread for hot read paths: checking one out of the pool
-        costs more than the indexed lookup itself. A failed connection is discarded and
-        the next call opens a new one, so a database restart heals without a restart."""
-        conn: Connection | None = getattr(self._local, "conn", None)
+        """An open autocommit connection for hot read paths, reused across calls: a pool
+        checkout plus BEGIN/ROLLBACK costs more than the indexed lookup itself. Servers
+        may run each request on a new thread, so reuse goes through a free list, not a
+        thread-local. A connection that fails is discarded, and the next call opens a new
+        one, so a database restart heals without restarting the adapter."""
+        with self._idle_lock:
+            conn = self._idle.pop() if self._idle else None
         try:
-            if conn is None or conn.closed or conn.invalidated:
-                # Autocommit: single-statement reads need no BEGIN/ROLLBACK round trips.
+            if conn is None:
                 conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                self._local.conn = conn
             yield conn
         except SQLAlchemyError as exc:
-            self._local.conn = None
             if conn is not None:
                 conn.invalidate()
+                conn.close()
             raise StoreUnavailable(f"{self.department.name} store is unavailable") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < _MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def count(self, table: str) -> int:
         t = self.department.table(table)
@@ -154,4 +167,8 @@ class DepartmentStore:
             return int(conn.execute(select(t).with_only_columns(text("count(*)"))).scalar() or 0)
 
     def dispose(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
         self.engine.dispose()
