@@ -80,9 +80,14 @@ def install_problem_handlers(app: Flask, max_body: int, logger: logging.Logger) 
         return Response(body, exc.status, mimetype=PROBLEM_JSON)
 
     app.register_error_handler(TongbanError, problem)
-    app.register_error_handler(
-        HTTPException, lambda exc: problem(from_http_status(exc.code, max_body))
-    )
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        resp = problem(from_http_status(exc.code, max_body))
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:  # RFC 9110 §15.5.6: a 405 names the methods that are allowed
+            resp.headers["Allow"] = ", ".join(allowed)
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

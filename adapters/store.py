@@ -47,6 +47,7 @@ class DepartmentStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._as_of: dt.date | None = None
+        self._as_of_read = False
         self._idle: list[Connection] = []
         self._idle_lock = threading.Lock()
 
@@ -112,18 +113,17 @@ class DepartmentStore:
 
     def get_meta(self, key: str) -> str | None:
         meta = self.department.table("meta")
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def as_of(self) -> dt.date:
         """The date predicates are evaluated at: a synthetic data set declares its own
-        reference date so answers stay reproducible; real data uses today."""
-        if self._as_of is None:
+        reference date so answers stay reproducible; real data uses today. Read once."""
+        if not self._as_of_read:
             declared = self.get_meta("reference_date")
-            if declared is None:
-                return dt.date.today()
-            self._as_of = dt.date.fromisoformat(declared)
-        return self._as_of
+            self._as_of = dt.date.fromisoformat(declared) if declared else None
+            self._as_of_read = True
+        return self._as_of or dt.date.today()
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -12,12 +12,14 @@ __all__ = ["PROBLEM_JSON", "from_http_status", "problem_body", "request_id"]
 
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+# A long run of digits may be an ID or phone number: never echo or log it.
+_LONG_DIGITS = re.compile(r"[0-9]{11,}")
 
 
 def request_id(incoming: str | None) -> str:
     """Keep a caller's X-Request-Id if it is a plain token; otherwise mint one. A
     malformed id is replaced, never echoed, so it cannot carry data into logs."""
-    if incoming and _REQUEST_ID.fullmatch(incoming):
+    if incoming and _REQUEST_ID.fullmatch(incoming) and not _LONG_DIGITS.search(incoming):
         return incoming
     return secrets.token_hex(12)
 

@@ -65,10 +65,15 @@ class PredicateCall:
         unknown = set(body) - {"predicate", "subject", "params"}
         if unknown:
             raise BadRequest(f"body: unexpected fields {sorted(unknown)}")
+        params = body.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise BadRequest("params: expected an object of string values")
         return cls(
             predicate=body.get("predicate"),  # type: ignore[arg-type]
             subject=body.get("subject"),  # type: ignore[arg-type]
-            params=dict(body.get("params") or {}),
+            params=dict(params),
         )
 
     def to_json(self) -> dict[str, Any]:
