@@ -79,15 +79,27 @@ def to_pylist(values: npt.NDArray[Any], nullable: bool) -> list[Any]:
     return values.tolist()  # type: ignore[no-any-return]
 
 
+def _normalise_ids(store: DepartmentStore, table: str, cols: Columns) -> dict[str, Any]:
+    """Upper-case the check character (``x`` → ``X``) so that lookups, which parse the
+    subject the same way, find the record and its quarantine entries."""
+    out: dict[str, Any] = dict(cols)
+    for column in store.department.id_columns.get(table, ()):
+        out[column] = np.char.upper(np.asarray(cols[column], dtype="U"))
+    return out
+
+
 def _classify(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date) -> list[str]:
     """The first broken rule per record ('' where none): ID numbers first, then the
     department's own checks in declaration order."""
     n = len(next(iter(cols.values())))
     kinds = np.full(n, "", dtype=object)
     dept = store.department
+    t = dept.table(table)
     for column in dept.id_columns.get(table, ()):
         values = np.asarray(cols[column], dtype="U")
         present = values != ""
+        if not t.c[column].nullable:
+            kinds[~present & (kinds == "")] = "missing_id"
         reasons = validate_many(values, today=as_of)
         for reason in Reason:
             if reason is Reason.OK:
@@ -114,6 +126,7 @@ def ingest(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date) ->
     report = TableReport(table)
     n = len(cols[names[0]])
     report.received = n
+    cols = _normalise_ids(store, table, cols)
     kinds = _classify(store, table, cols, as_of)
     bad = np.array([k != "" for k in kinds], dtype=bool)
     good = ~bad

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -164,7 +164,7 @@ class DepartmentStore:
     def count(self, table: str) -> int:
         t = self.department.table(table)
         with self.engine.connect() as conn:
-            return int(conn.execute(select(t).with_only_columns(text("count(*)"))).scalar() or 0)
+            return int(conn.execute(select(func.count()).select_from(t)).scalar_one())
 
     def dispose(self) -> None:
         with self._idle_lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,16 +179,25 @@ def make_ids_many(
     return chars.view("S18").ravel().astype("U18")
 
 
-def validate_many(numbers: npt.ArrayLike, *, today: dt.date | None = None) -> npt.NDArray[np.int8]:
+def validate_many(
+    numbers: Sequence[str] | npt.NDArray[np.str_], *, today: dt.date | None = None
+) -> npt.NDArray[np.int8]:
     """Vectorised :func:`validate`: one :class:`Reason` value per input."""
+    # NumPy's fixed-width strings drop trailing NULs, so find those first and judge them
+    # with the scalar validator (they are rare and always invalid).
+    nul: list[int] = []
+    if not isinstance(numbers, np.ndarray):
+        nul = [i for i, s in enumerate(numbers) if "\x00" in s]
     arr = np.asarray(numbers, dtype="U")
     n = arr.shape[0]
     out = np.zeros(n, dtype=np.int8)
     if n == 0:
         return out
+    out[nul] = [validate(str(numbers[i]), today=today) for i in nul]
     lengths = np.char.str_len(arr)
-    out[lengths != 18] = Reason.BAD_LENGTH
-    ok = out == 0
+    lengths[nul] = -1  # already judged
+    out[(lengths != 18) & (lengths >= 0)] = Reason.BAD_LENGTH
+    ok = (out == 0) & (lengths >= 0)
     # UCS-4 code points, so non-ASCII characters stay distinguishable from digits.
     codes = np.zeros((n, 18), dtype=np.uint32)
     fixed = arr[ok].astype("U18")

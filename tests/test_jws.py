@@ -164,7 +164,8 @@ MALFORMED = {
     "four-segments": f"{GOOD}.{GOOD_SIG}",
     "bad-alphabet": f"{GOOD_HEAD}!.{GOOD_BODY}.{GOOD_SIG}",
     "padded-header": f"{GOOD_HEAD}=.{GOOD_BODY}.{GOOD_SIG}",
-    "std-base64-sig": f"{GOOD_HEAD}.{GOOD_BODY}.{GOOD_SIG.replace('-', '+').replace('_', '/')}",
+    # Standard base64 has "+" and "/"; a signature may contain neither, so append one.
+    "std-base64-sig": f"{GOOD_HEAD}.{GOOD_BODY}.{GOOD_SIG[:-1]}+",
     "extra-char": f"{GOOD_HEAD}A.{GOOD_BODY}.{GOOD_SIG}",
     "header-not-json": f"{_b64(b'{alg')}.{GOOD_BODY}.{GOOD_SIG}",
     "header-array": f"{_segment(['SM2'])}.{GOOD_BODY}.{GOOD_SIG}",
