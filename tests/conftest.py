@@ -3,12 +3,14 @@ session-scoped and built once."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -16,6 +18,10 @@ from sqlalchemy.engine import make_url
 
 from adapters.synthetic.generate import GenerationResult, generate
 from primitives.gm import SM2PrivateKey
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog
+    from policies import PolicyAdmin, PolicyEnforcer, PolicyStore
 
 PG_URL = os.environ.get("TONGBAN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 DEPARTMENT_NAMES = ("health", "police", "civil", "hrss", "medins")
@@ -103,3 +109,93 @@ def population(request: pytest.FixtureRequest) -> Generated:
 def party_keys() -> dict[str, SM2PrivateKey]:
     """SM2 keys for the gateway and each department."""
     return {p: SM2PrivateKey.generate() for p in ("gateway", *DEPARTMENT_NAMES)}
+
+
+@pytest.fixture(scope="session")
+def claim_catalog() -> Catalog:
+    """The shipped claim catalog, validated against the shipped departments. Imported here,
+    not at the top, so a change in flight elsewhere in ``gateway`` cannot break collection."""
+    from adapters.departments import DEPARTMENTS
+    from gateway.catalog import Catalog
+
+    return Catalog.load(DEPARTMENTS)
+
+
+@pytest.fixture(scope="session")
+def pg_scratch_url() -> Iterator[str]:
+    """One fresh, empty PostgreSQL database for the session, for components that create
+    their own tables (policy store, audit log). Tests share it, so each test resets the
+    tables it uses. PostgreSQL must be up; these tests fail rather than skip without it."""
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"tongban_test_{secrets.token_hex(4)}_scratch"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {PG_URL} is required for these tests: {exc}")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class RecordingAudit:
+    """The fake audit sink for policy administration (``policies.AuditSink``): keeps the
+    events it is given, checking each is canonical-JSON-able, or raises ``failure``."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.failure: Exception | None = None
+
+    def append(self, event: Mapping[str, Any]) -> int:
+        if self.failure is not None:
+            raise self.failure
+        json.dumps(event, sort_keys=True, allow_nan=False)
+        self.events.append(copy.deepcopy(dict(event)))
+        return len(self.events) - 1
+
+
+@dataclass
+class PolicyEnv:
+    """A seeded policy store with its enforcer, administration and audit fake."""
+
+    store: PolicyStore
+    enforcer: PolicyEnforcer
+    admin: PolicyAdmin
+    audit: RecordingAudit
+    catalog: Catalog
+
+    def fresh_version(self) -> str:
+        """The version another process starting on this store now would enforce."""
+        from policies import open_enforcer
+
+        return open_enforcer(self.store, self.catalog).version
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def policy_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PolicyStore]:
+    """An empty policy store, on SQLite (a file, so threads share it) and on PostgreSQL."""
+    from policies import PolicyStore
+    from policies.store import metadata
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'policy.db'}"
+    else:
+        url = request.getfixturevalue("pg_scratch_url")
+    store = PolicyStore.from_url(url)
+    metadata.drop_all(store.engine)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def policy_env(policy_store: PolicyStore, claim_catalog: Catalog) -> PolicyEnv:
+    """The demo policy seeded into ``policy_store``, with two-person administration."""
+    from policies import PolicyAdmin, open_enforcer
+
+    enforcer = open_enforcer(policy_store, claim_catalog)
+    audit = RecordingAudit()
+    admin = PolicyAdmin(policy_store, enforcer, claim_catalog, audit)
+    return PolicyEnv(policy_store, enforcer, admin, audit, claim_catalog)

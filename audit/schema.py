@@ -1,0 +1,49 @@
+"""The audit store's tables. Append-only by construction: the library has no code path
+that updates or deletes an entry (the vault, which holds the only link to a person, can
+be erased; entries never)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table, Text
+
+__all__ = ["checkpoints", "entries", "metadata", "vault"]
+
+metadata = MetaData()
+
+entries = Table(
+    "audit_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("entry", Text, nullable=False),  # canonical JSON, the hashed bytes
+    # Copies of entry fields, for officer queries; the entry text stays the evidence.
+    Column("kind", String(32), nullable=False),
+    Column("time", String(32), nullable=False),
+    Column("requester", String(64)),
+    Column("claim", String(64)),
+    Column("purpose", String(64)),
+    Column("subject", String(64)),
+    Column("decision", String(16)),
+    Column("result", String(16)),
+    Index("ix_audit_requester", "requester", "idx"),
+    Index("ix_audit_subject", "subject", "idx"),
+    Index("ix_audit_kind", "kind", "idx"),
+    Index("ix_audit_time", "time"),
+)
+
+checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created", String(32), nullable=False),
+)
+
+vault = Table(
+    "pseudonym_vault",
+    metadata,
+    Column("pseudonym", String(64), primary_key=True),
+    # SM4-GCM under the vault key, with the pseudonym as associated data.
+    Column("id_number", LargeBinary, nullable=False),
+)

@@ -1,0 +1,92 @@
+"""Why a bearer token was refused, as stable problem slugs.
+
+    Unauthenticated (primitives)              401
+    └── InvalidToken          token-invalid   malformed, forged, bad alg, unknown kid, bad claim
+        ├── TokenMissing      token-missing   no Authorization header, or not the Bearer scheme
+        ├── TokenExpired      token-expired   exp has passed
+        ├── TokenNotYetValid  token-not-yet-valid   nbf or iat lies in the future
+        ├── TokenWrongType    token-wrong-type      typ names another kind of token
+        ├── TokenWrongIssuer  token-wrong-issuer    iss is not the expected issuer
+        ├── TokenWrongAudience token-wrong-audience aud does not name this service
+        ├── TokenReplayed     token-replayed  a one-time token (client assertion) seen twice
+        └── TokenRevoked      token-revoked   the client was disabled after the token was issued
+    Forbidden (primitives)                    403
+    └── InsufficientScope     insufficient-scope    authentic token without the needed scope
+
+A client fixing its integration needs to know *which* check failed, so each failure class
+has its own slug; none of them says anything an attacker could not learn by decoding the
+token it sent. ``detail`` names the claim or header at fault and never repeats its value.
+Every detail is plain ASCII without quotes or backslashes, because the token endpoint
+copies it into an RFC 6749 ``error_description``, which forbids those characters.
+"""
+
+from __future__ import annotations
+
+from primitives.errors import Forbidden, Unauthenticated
+
+__all__ = [
+    "InsufficientScope",
+    "InvalidToken",
+    "TokenExpired",
+    "TokenMissing",
+    "TokenNotYetValid",
+    "TokenReplayed",
+    "TokenRevoked",
+    "TokenWrongAudience",
+    "TokenWrongIssuer",
+    "TokenWrongType",
+]
+
+
+class InvalidToken(Unauthenticated):
+    slug = "token-invalid"
+    title = "Invalid token"
+
+
+class TokenMissing(InvalidToken):
+    slug = "token-missing"
+    title = "No bearer token"
+
+
+class TokenExpired(InvalidToken):
+    slug = "token-expired"
+    title = "Token expired"
+
+
+class TokenNotYetValid(InvalidToken):
+    slug = "token-not-yet-valid"
+    title = "Token not yet valid"
+
+
+class TokenWrongType(InvalidToken):
+    slug = "token-wrong-type"
+    title = "Wrong kind of token"
+
+
+class TokenWrongIssuer(InvalidToken):
+    slug = "token-wrong-issuer"
+    title = "Token from an unexpected issuer"
+
+
+class TokenWrongAudience(InvalidToken):
+    slug = "token-wrong-audience"
+    title = "Token meant for another audience"
+
+
+class TokenReplayed(InvalidToken):
+    slug = "token-replayed"
+    title = "Token already used"
+
+
+class TokenRevoked(InvalidToken):
+    slug = "token-revoked"
+    title = "Token revoked"
+
+
+class InsufficientScope(Forbidden):
+    slug = "insufficient-scope"
+    title = "Insufficient scope"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"scope: this operation needs {scope}", required_scope=scope)
+        self.scope = scope

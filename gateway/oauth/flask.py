@@ -1,0 +1,168 @@
+"""Flask glue: the token endpoint, bearer-protected views, RFC 6750 challenges.
+
+The only module of :mod:`gateway.oauth` that imports Flask. The integrator calls
+:func:`init_oauth` once on the gateway app (after ``install_problem_handlers``) and
+decorates views with :func:`require_token` or :func:`require_citizen`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from flask import Flask, Response, current_app, g, request
+
+from primitives.errors import TongbanError
+from primitives.problem import PROBLEM_JSON, problem_body
+from primitives.replay import ReplayCache
+
+from .assertion import PrivateKeyJWT
+from .citizen import Citizen, CitizenTokenVerifier
+from .errors import InsufficientScope, InvalidToken, TokenMissing
+from .registry import ClientRegistry
+from .replay import SqlReplayCache
+from .server import configure_server
+from .tokens import AccessTokenVerifier, Principal, TokenIssuer, require_scope
+
+__all__ = [
+    "EXTENSION",
+    "OAuthState",
+    "current_citizen",
+    "current_principal",
+    "init_oauth",
+    "require_citizen",
+    "require_token",
+]
+
+EXTENSION = "tongban.oauth"
+REALM = "tongban"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class OAuthState:
+    """What :func:`init_oauth` put in ``app.extensions[EXTENSION]``."""
+
+    server: Any  # authlib AuthorizationServer (untyped)
+    verifier: AccessTokenVerifier
+    citizen_verifier: CitizenTokenVerifier | None
+
+
+def _discard(token: dict[str, Any], request: Any) -> None:
+    """Authlib's ``save_token``: JWT access tokens are self-contained; nothing to store."""
+
+
+def _challenge(exc: TongbanError) -> str:
+    """The RFC 6750 section 3 ``WWW-Authenticate`` value for a refused bearer request."""
+    if isinstance(exc, InsufficientScope):
+        return f'Bearer realm="{REALM}", error="insufficient_scope", scope="{exc.scope}"'
+    if isinstance(exc, TokenMissing):  # no credentials: no error code (section 3.1)
+        return f'Bearer realm="{REALM}"'
+    detail = exc.detail.replace('"', "'").replace("\\", "/")
+    return f'Bearer realm="{REALM}", error="invalid_token", error_description="{detail}"'
+
+
+def _bearer_problem(exc: TongbanError) -> Response:
+    """Same problem+json as the app's TongbanError handler, plus the challenge header.
+    Flask picks this handler over the base-class one by walking the exception's MRO."""
+    resp = Response(problem_body(exc, g.get("request_id", "")), exc.status, mimetype=PROBLEM_JSON)
+    resp.headers["WWW-Authenticate"] = _challenge(exc)
+    return resp
+
+
+def init_oauth(
+    app: Flask,
+    registry: ClientRegistry,
+    token_issuer: TokenIssuer,
+    *,
+    token_endpoint: str,
+    replay_cache: ReplayCache | None = None,
+    verifier: AccessTokenVerifier | None = None,
+    citizen_verifier: CitizenTokenVerifier | None = None,
+    path: str = "/oauth/token",
+) -> OAuthState:
+    """Register ``POST {path}`` and the bearer error handlers on ``app``.
+
+    ``token_endpoint`` is the endpoint's public URL, the ``aud`` client assertions must
+    name; it is configured, never taken from the request's Host header, which a client
+    controls. The replay cache defaults to the registry's database (shared by workers);
+    the verifier defaults to one matching ``token_issuer`` that also refuses tokens of
+    clients disabled since issue. Tables must exist (``registry.create_schema()``).
+    """
+    cache = replay_cache if replay_cache is not None else SqlReplayCache(registry.engine)
+    server = AuthorizationServer(query_client=registry.query_client, save_token=_discard)
+    server.init_app(app)
+    configure_server(server, token_issuer, PrivateKeyJWT(token_endpoint, cache))
+    if verifier is None:
+        verifier = token_issuer.verifier(client_active=registry.is_enabled)
+
+    def token() -> Response:
+        response: Response = server.create_token_response()
+        return response
+
+    app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
+    app.register_error_handler(InvalidToken, _bearer_problem)
+    app.register_error_handler(InsufficientScope, _bearer_problem)
+    state = OAuthState(server, verifier, citizen_verifier)
+    app.extensions[EXTENSION] = state
+    return state
+
+
+def _state() -> OAuthState:
+    state: OAuthState = current_app.extensions[EXTENSION]
+    return state
+
+
+def require_token(*scopes: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a view: authenticate the requester's access token, demand ``scopes``, and
+    make the principal available as :func:`current_principal`."""
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            principal = _state().verifier.authenticate_request(request.headers.get("Authorization"))
+            require_scope(principal, *scopes)
+            g.oauth_principal = principal
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def current_principal() -> Principal:
+    """The principal of a :func:`require_token` view (RuntimeError outside one)."""
+    principal: Principal | None = g.get("oauth_principal")
+    if principal is None:
+        raise RuntimeError("current_principal() outside a @require_token view")
+    return principal
+
+
+def require_citizen(view: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a citizen view: verify the IdP-signed citizen token (see
+    :func:`current_citizen`). Needs ``citizen_verifier`` in :func:`init_oauth`."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        citizen_verifier = _state().citizen_verifier
+        if citizen_verifier is None:
+            raise RuntimeError("init_oauth(citizen_verifier=...) is not configured")
+        g.oauth_citizen = citizen_verifier.verify_citizen_token(
+            request.headers.get("Authorization")
+        )
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def current_citizen() -> Citizen:
+    """The citizen of a :func:`require_citizen` view (RuntimeError outside one)."""
+    citizen: Citizen | None = g.get("oauth_citizen")
+    if citizen is None:
+        raise RuntimeError("current_citizen() outside a @require_citizen view")
+    return citizen

@@ -1,0 +1,218 @@
+"""Two-person policy administration: one administrator proposes, a different one approves.
+
+Why this shape: a policy change decides who may learn what about citizens, so no single
+administrator can make one. Pending changes have no effect. Approval applies the change, the
+approval record and the new head version in one database transaction, and the audit event
+is appended inside that transaction, before the commit: if the audit log refuses the event,
+the transaction rolls back and nothing changed (the audit write is part of the pipeline, not
+a notification). The enforcer is reloaded only after the commit, with a policy compiled
+before it, so a committed policy is always one the enforcer can load. The remaining gap is
+the commit failing after the append: the log then holds an "approved" event whose
+``new_policy_version`` never became the store's head version, which a reader can detect;
+the opposite order would allow an unaudited change, which no reader could.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from primitives.errors import BadRequest, TongbanError
+
+from .change import Change, apply_change
+from .enforcer import PolicyEnforcer, compile_policy
+from .errors import AuditFailed, ChangeNotPending, TwoPersonRule, UnknownChange
+from .rules import (
+    ClaimCatalog,
+    Policy,
+    Rule,
+    build_policy,
+    default_legal_bases,
+    default_model_text,
+    default_rules,
+)
+from .store import ChangeRecord, ChangeStatus, PolicyStore
+
+__all__ = ["AuditSink", "PolicyAdmin", "open_enforcer"]
+
+_ADMIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+
+
+class AuditSink(Protocol):
+    """Where policy administration events go (the audit log). ``append`` returns the entry's
+    index and raises if the event was not durably recorded."""
+
+    def append(self, event: Mapping[str, Any]) -> int: ...
+
+
+def open_enforcer(
+    store: PolicyStore, catalog: ClaimCatalog, *, model_text: str | None = None
+) -> PolicyEnforcer:
+    """Start-up: create the tables, seed the demo policy into an empty store, and return an
+    enforcer over what the store holds."""
+    model = default_model_text() if model_text is None else model_text
+    store.create_schema()
+    seed_rules, seed_bases = default_rules(), default_legal_bases()
+    seed = build_policy(seed_rules, seed_bases, catalog, model)
+    store.seed_if_empty(seed_rules, seed_bases, seed.version)
+    rules, bases = store.load()
+    return PolicyEnforcer(build_policy(rules, bases, catalog, model))
+
+
+def _check_admin(admin_id: object) -> str:
+    if not isinstance(admin_id, str) or not _ADMIN_ID.fullmatch(admin_id):
+        raise BadRequest("admin_id: expected 1-128 of [A-Za-z0-9_.:@-]")
+    return admin_id
+
+
+class PolicyAdmin:
+    """Propose, approve and reject policy changes. Use one instance per enforcer: its lock
+    keeps the enforcer's reloads in commit order within the process."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        enforcer: PolicyEnforcer,
+        catalog: ClaimCatalog,
+        audit: AuditSink,
+    ) -> None:
+        self._store = store
+        self._enforcer = enforcer
+        self._catalog = catalog
+        self._audit = audit
+        self._lock = threading.Lock()
+
+    def _policy(self, rules: frozenset[Rule], bases: Mapping[str, str]) -> Policy:
+        return build_policy(rules, bases, self._catalog, self._enforcer.policy.model_text)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        # Serialise first: an event the log could not canonicalise is a bug to catch here,
+        # inside the transaction, not in the audit package after the commit.
+        json.dumps(event, sort_keys=True, allow_nan=False)
+        try:
+            self._audit.append(event)
+        except TongbanError:
+            raise
+        except Exception as exc:
+            raise AuditFailed("audit: the policy event was not recorded") from exc
+
+    def propose(self, admin_id: str, change: Change | Mapping[str, Any]) -> str:
+        """Record ``change`` (a :class:`Change` or its JSON form) as pending and return its
+        id. Validated now against the catalog and the current policy, so a reviewer never
+        sees a change that cannot apply."""
+        admin = _check_admin(admin_id)
+        if not isinstance(change, Change):
+            change = Change.from_json(change)
+        change_id = uuid.uuid4().hex
+        with self._lock, self._store.transaction() as conn:
+            rules, bases = self._store.read(conn)
+            current = self._policy(rules, bases)
+            compile_policy(self._policy(*apply_change(rules, bases, change, self._catalog)))
+            self._store.insert_change(conn, change_id, admin, change.to_json(), current.version)
+            self._emit(
+                {
+                    "kind": "policy.change.proposed",
+                    "change_id": change_id,
+                    "admin": admin,
+                    "change": change.to_json(),
+                    "policy_version": current.version,
+                }
+            )
+        return change_id
+
+    def _pending(self, conn: Connection, change_id: object) -> ChangeRecord:
+        if not isinstance(change_id, str) or not change_id:
+            raise UnknownChange("change_id: no such policy change")
+        record = self._store.get_change(conn, change_id, for_update=True)
+        if record is None:
+            raise UnknownChange("change_id: no such policy change")
+        if record.status is not ChangeStatus.PENDING:
+            raise ChangeNotPending(f"change_id: the change is already {record.status.value}")
+        return record
+
+    def approve(self, change_id: str, admin_id: str) -> str:
+        """Apply a pending change proposed by someone else; returns the new policy version.
+        :class:`TwoPersonRule` if ``admin_id`` proposed it."""
+        admin = _check_admin(admin_id)
+        with self._lock:
+            with self._store.transaction() as conn:
+                self._store.lock_head(conn)
+                record = self._pending(conn, change_id)
+                if record.proposer == admin:
+                    raise TwoPersonRule("admin_id: the proposer may not approve their own change")
+                change = Change.from_json(record.body)
+                rules, bases = self._store.read(conn)
+                old = self._policy(rules, bases)
+                new_rules, new_bases = apply_change(rules, bases, change, self._catalog)
+                compiled = compile_policy(self._policy(new_rules, new_bases))
+                new = compiled.policy
+                for rule in rules - new_rules:
+                    self._store.remove_rule(conn, rule)
+                for rule in sorted(new_rules - rules):
+                    self._store.add_rule(conn, rule)
+                for purpose in bases.keys() - new_bases.keys():
+                    self._store.unset_legal_basis(conn, purpose)
+                for purpose, basis in new_bases.items():
+                    if bases.get(purpose) != basis:
+                        self._store.set_legal_basis(conn, purpose, basis)
+                if not self._store.finish_change(
+                    conn, record.id, ChangeStatus.APPROVED, admin, new.version
+                ):
+                    raise ChangeNotPending("change_id: the change was decided concurrently")
+                self._store.set_head(conn, new.version)
+                self._emit(
+                    {
+                        "kind": "policy.change.approved",
+                        "change_id": record.id,
+                        "admin": admin,
+                        "proposer": record.proposer,
+                        "change": change.to_json(),
+                        "old_policy_version": old.version,
+                        "new_policy_version": new.version,
+                    }
+                )
+            return self._enforcer.load(compiled)
+
+    def reject(self, change_id: str, admin_id: str) -> None:
+        """Close a pending change without applying it. The proposer may withdraw their own
+        change: discarding a change needs no second pair of eyes."""
+        admin = _check_admin(admin_id)
+        with self._lock, self._store.transaction() as conn:
+            record = self._pending(conn, change_id)
+            if not self._store.finish_change(conn, record.id, ChangeStatus.REJECTED, admin, None):
+                raise ChangeNotPending("change_id: the change was decided concurrently")
+            self._emit(
+                {
+                    "kind": "policy.change.rejected",
+                    "change_id": record.id,
+                    "admin": admin,
+                    "proposer": record.proposer,
+                    "change": dict(record.body),
+                    "policy_version": self._enforcer.version,
+                }
+            )
+
+    def pending(self) -> list[ChangeRecord]:
+        """Changes awaiting a second administrator."""
+        with self._store.transaction() as conn:
+            return self._store.list_changes(conn, ChangeStatus.PENDING)
+
+    def change(self, change_id: str) -> ChangeRecord:
+        with self._store.transaction() as conn:
+            record = self._store.get_change(conn, change_id)
+        if record is None:
+            raise UnknownChange("change_id: no such policy change")
+        return record
+
+    def reload(self) -> str:
+        """Reload from the store (e.g. when :meth:`PolicyStore.head_version` shows another
+        process approved a change); returns the version now enforced."""
+        with self._lock:
+            rules, bases = self._store.load()
+            return self._enforcer.load(self._policy(rules, bases))
