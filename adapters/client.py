@@ -18,6 +18,7 @@ from primitives.gm import SM2PublicKey
 from primitives.wire import PredicateCall
 
 from .protocol import AdapterCore, Answer, RequestSigner, verify_answer
+from .witness import Witness
 
 __all__ = [
     "DepartmentClient",
@@ -47,10 +48,26 @@ class Transport(Protocol):
 
     def health(self, department: str, timeout: float) -> dict[str, Any]: ...
 
+    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply: ...
+
 
 class InProcessTransport:
-    def __init__(self, cores: Mapping[str, AdapterCore]) -> None:
+    def __init__(
+        self, cores: Mapping[str, AdapterCore], witnesses: Mapping[str, Witness] | None = None
+    ) -> None:
         self.cores = dict(cores)
+        self.witnesses = dict(witnesses or {})
+
+    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
+        witness = self.witnesses.get(department)
+        if witness is None:
+            raise DepartmentUnavailable(f"department {department} is not a witness")
+        try:
+            proof = [bytes.fromhex(h) for h in request["consistency_path"]]
+            line = witness.cosign(request["note"], request["from_size"], proof).line()
+        except TongbanError as exc:
+            return exc.status, json.dumps(exc.to_problem()).encode()
+        return 200, json.dumps({"cosignature": line}).encode()
 
     def send(self, department: str, token: str, timeout: float) -> Reply:
         core = self.cores.get(department)
@@ -88,6 +105,15 @@ class HttpTransport:
                 content=token.encode("ascii"),
                 headers={"Content-Type": JOSE, "Accept": JOSE},
                 timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise DepartmentUnavailable(f"department {department} did not answer") from exc
+        return resp.status_code, resp.content
+
+    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
+        try:
+            resp = self.http.post(
+                self._url(department, "/v1/witness/cosign"), json=dict(request), timeout=timeout
             )
         except httpx.HTTPError as exc:
             raise DepartmentUnavailable(f"department {department} did not answer") from exc

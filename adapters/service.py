@@ -7,11 +7,12 @@ import logging
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from primitives.errors import BadRequest, StoreUnavailable, TongbanError
+from primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
 from primitives.jws import jwks
 from primitives.problem import PROBLEM_JSON, from_http_status, problem_body, request_id
 
 from .protocol import AdapterCore
+from .witness import Witness
 
 __all__ = ["MAX_BODY", "create_app", "install_problem_handlers"]
 
@@ -19,7 +20,7 @@ MAX_BODY = 16 * 1024
 log = logging.getLogger("tongban.adapter")
 
 
-def create_app(core: AdapterCore) -> Flask:
+def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
     app = Flask(f"tongban.adapter.{core.name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
 
@@ -35,6 +36,31 @@ def create_app(core: AdapterCore) -> Flask:
         except UnicodeDecodeError:
             raise BadRequest("body: expected a compact JWS (application/jose)") from None
         return Response(core.handle(text), 200, mimetype="application/jose")
+
+    @app.post("/v1/witness/cosign")
+    def cosign() -> Response:
+        if witness is None:
+            raise NotFound("this adapter is not a witness")
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest("body: expected a JSON object")
+        note, from_size, path = (
+            body.get("note"),
+            body.get("from_size"),
+            body.get("consistency_path"),
+        )
+        if (
+            not isinstance(note, str)
+            or not isinstance(from_size, int)
+            or not isinstance(path, list)
+        ):
+            raise BadRequest("body: expected note, from_size and consistency_path")
+        try:
+            proof = [bytes.fromhex(h) for h in path]
+        except (TypeError, ValueError):
+            raise BadRequest("consistency_path: expected lowercase hex hashes") from None
+        signature = witness.cosign(note, from_size, proof)
+        return jsonify(cosignature=signature.line())
 
     @app.get("/v1/predicates")
     def predicates() -> Response:

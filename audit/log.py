@@ -408,13 +408,23 @@ class AuditLog:
         return None if note is None else SignedNote.parse(note)
 
     def store_checkpoint(self, note: SignedNote) -> None:
+        """Store a checkpoint; for a size already stored, keep the note with more
+        signatures (a witness that was down may cosign later). Checkpoints are not
+        entries: they are evidence about the tree, each verifiable on its own."""
         cp = note.checkpoint
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        with self.engine.begin() as conn:
-            conn.execute(
-                self._insert_ignore(schema.checkpoints),
-                [{"size": cp.size, "root": cp.root, "note": note.text(), "created": now}],
-            )
+        t = schema.checkpoints
+        with self._writes.begin() as conn:
+            existing = conn.execute(select(t.c.root, t.c.note).where(t.c.size == cp.size)).first()
+            if existing is None:
+                conn.execute(
+                    insert(t),
+                    [{"size": cp.size, "root": cp.root, "note": note.text(), "created": now}],
+                )
+            elif existing.root == cp.root and len(note.signatures) > len(
+                SignedNote.parse(existing.note).signatures
+            ):
+                conn.execute(t.update().where(t.c.size == cp.size).values(note=note.text()))
 
     def entries(
         self,
@@ -447,6 +457,14 @@ class AuditLog:
         out = [StoredEntry(r.idx, r.leaf_hash, json.loads(r.entry)) for r in rows[:limit]]
         nxt = out[-1].index if len(rows) > limit else None
         return out, nxt
+
+    def get(self, index: int) -> StoredEntry | None:
+        t = schema.entries
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.c.idx, t.c.leaf_hash, t.c.entry).where(t.c.idx == index)
+            ).first()
+        return None if row is None else StoredEntry(row.idx, row.leaf_hash, json.loads(row.entry))
 
     def iter_all(self, conn: Connection) -> Iterator[tuple[int, bytes, str]]:
         """Every stored row in index order (the verifier's input)."""

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify
 
-from adapters.client import DepartmentClient
 from adapters.service import install_problem_handlers
+from primitives.jws import jwks
 
-from .catalog import Catalog
+from .oauth.flask import init_oauth
+from .services import Gateway
+from .views_audit import audit_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
 
@@ -19,30 +19,38 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("tongban.gateway")
 
 
-@dataclass
-class Gateway:
-    """Everything the views need, built once by the caller (CLI, tests)."""
-
-    catalog: Catalog
-    departments: DepartmentClient
-
-    def health(self) -> dict[str, object]:
-        names = self.departments.departments
-        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-            reports = dict(zip(names, pool.map(self.departments.health, names), strict=True))
-        ready = all(r["reachable"] for r in reports.values())
-        return {"status": "ok" if ready else "degraded", "departments": reports}
-
-
 def create_app(gateway: Gateway) -> Flask:
     app = Flask("tongban.gateway")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(app, MAX_BODY, log)
+    oauth = gateway.extras.get("oauth")
+    if oauth is not None:
+        init_oauth(
+            app,
+            oauth["registry"],
+            oauth["issuer"],
+            token_endpoint=oauth["token_endpoint"],
+            replay_cache=oauth.get("replay_cache"),
+            citizen_verifier=oauth.get("citizen_verifier"),
+        )
+    app.register_blueprint(audit_blueprint(gateway))
 
     @app.get("/healthz")
     def healthz() -> Response:
         # Liveness is "this process answers"; a department being down degrades answers to
         # `undetermined` but does not make the gateway unhealthy.
         return jsonify(gateway.health())
+
+    @app.get("/.well-known/jwks.json")
+    def keys() -> Response:
+        published = {}
+        if gateway.signing_key is not None:
+            public = gateway.signing_key.public_key
+            published[public.key_id] = public
+        if oauth is not None:
+            published.update(oauth["issuer"].public_keys())
+        resp = jsonify(jwks(published))
+        resp.headers["Cache-Control"] = "public, max-age=300"
+        return resp
 
     return app

@@ -785,6 +785,9 @@ class ReplayingTransport:
     def health(self, department: str, timeout: float) -> dict[str, Any]:
         return self.inner.health(department, timeout)
 
+    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
+        return self.inner.cosign(department, request, timeout)
+
 
 def test_client_rejects_answer_to_another_request(
     signer: RequestSigner,

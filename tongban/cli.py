@@ -75,9 +75,8 @@ def _adapter_serve(args: argparse.Namespace) -> int:
 
     stores = {args.department: args.store_url} if args.store_url else None
     settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
-    serve(
-        create_app(build_adapter(settings, args.department)), args.host, args.port, args.department
-    )
+    core, witness = build_adapter(settings, args.department)
+    serve(create_app(core, witness), args.host, args.port, args.department)
     return 0
 
 
@@ -88,7 +87,65 @@ def _gateway_serve(args: argparse.Namespace) -> int:
     from .wiring import build_gateway
 
     settings = Settings.from_env(data_dir=args.data_dir)
-    serve(create_app(build_gateway(settings)), args.host, args.port, "gateway")
+    gateway = build_gateway(settings)
+    try:
+        serve(create_app(gateway), args.host, args.port, "gateway")
+    finally:
+        gateway.close()
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from audit.verify import verify_store
+
+    from .keys import KeyRing
+
+    settings = Settings.from_env(data_dir=args.data_dir)
+    keys = KeyRing(settings.keys_dir)
+    witnesses = {}
+    for dept in DEPARTMENTS:
+        try:
+            witnesses[dept] = keys.public(dept)
+        except FileNotFoundError:
+            continue
+    report = verify_store(
+        settings.audit_store_url(),
+        gateway=(settings.gateway_issuer, keys.public("gateway")),
+        witnesses=witnesses,
+    )
+    summary = {
+        "ok": report.ok,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "cosignatures": report.cosignatures,
+        "first_bad_index": report.first_bad_index,
+        "findings": [f.problem for f in report.findings],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0 if report.ok else 1
+
+
+def _citizen_token(args: argparse.Namespace) -> int:
+    """DEMO ONLY: mint a citizen token with the demo's local identity-provider key. A real
+    deployment accepts tokens from the province's identity provider instead."""
+    from gateway.oauth import mint_citizen_token
+
+    from .keys import KeyRing
+
+    settings = Settings.from_env(data_dir=args.data_dir)
+    try:
+        number = parse(args.id_number).number
+    except InvalidIdNumber as exc:
+        print(f"invalid: {exc.detail.removeprefix('id_number: ')}", file=sys.stderr)
+        return 1
+    idp = KeyRing(settings.keys_dir).ensure("idp")
+    demo = settings.data_dir / "demo.json"
+    audience = json.loads(demo.read_text())["gateway"] if demo.exists() else settings.public_url
+    print(
+        mint_citizen_token(
+            idp, number, issuer=settings.idp_issuer, audience=audience, lifetime=args.lifetime
+        )
+    )
     return 0
 
 
@@ -133,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     g_serve.add_argument("--data-dir", type=Path, required=True)
     g_serve.add_argument("--host", default="127.0.0.1")
     g_serve.set_defaults(func=_gateway_serve)
+
+    citizen = sub.add_parser(
+        "citizen-token", help="DEMO ONLY: mint a citizen token with the demo identity provider"
+    )
+    citizen.add_argument("id_number")
+    citizen.add_argument("--data-dir", type=Path, default=Path("demo-data"))
+    citizen.add_argument("--lifetime", type=int, default=600)
+    citizen.set_defaults(func=_citizen_token)
+
+    audit_cmd = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="recompute and check the whole audit log")
+    verify.add_argument("--data-dir", type=Path, required=True)
+    verify.set_defaults(func=_audit_verify)
 
     demo = sub.add_parser("demo", help="generate data and run the gateway with five adapters")
     demo.add_argument("--data-dir", type=Path, default=Path("demo-data"))

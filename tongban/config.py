@@ -23,6 +23,10 @@ class Settings:
     adapter_timeout: float = 2.0
     gateway_issuer: str = "tongban-gateway"
     public_url: str = "http://127.0.0.1:8080"
+    audit_url: str | None = None  # default: DIR/audit.db
+    gateway_db_url: str | None = None  # requesters, policies, consents; default DIR/gateway.db
+    checkpoint_interval: float = 2.0
+    idp_issuer: str = "https://idp.tongban.example"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -34,6 +38,12 @@ class Settings:
             values["adapter_timeout"] = float(env["TONGBAN_ADAPTER_TIMEOUT"])
         if "TONGBAN_PUBLIC_URL" in env:
             values["public_url"] = env["TONGBAN_PUBLIC_URL"]
+        if "TONGBAN_AUDIT_URL" in env:
+            values["audit_url"] = env["TONGBAN_AUDIT_URL"]
+        if "TONGBAN_GATEWAY_DB_URL" in env:
+            values["gateway_db_url"] = env["TONGBAN_GATEWAY_DB_URL"]
+        if "TONGBAN_CHECKPOINT_INTERVAL" in env:
+            values["checkpoint_interval"] = float(env["TONGBAN_CHECKPOINT_INTERVAL"])
         stores = {
             d: env[f"TONGBAN_STORE_URL_{d.upper()}"]
             for d in DEPARTMENTS
@@ -59,6 +69,17 @@ class Settings:
         if url:
             return url
         return f"sqlite:///{self.data_dir / 'departments' / f'{department}.db'}"
+
+    def audit_store_url(self) -> str:
+        return self.audit_url or f"sqlite:///{self.data_dir / 'audit.db'}"
+
+    def gateway_store_url(self) -> str:
+        return self.gateway_db_url or f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @property
+    def origin(self) -> str:
+        """The audit log's name in checkpoints: the gateway's host and path."""
+        return self.public_url.split("://", 1)[-1].rstrip("/") + "/audit"
 
     @property
     def keys_dir(self) -> Path:

@@ -114,8 +114,9 @@ def run_demo(
         console.print(f"generating {population:,} citizens (seed {seed}) into {data_dir}")
         generate(data_dir, population, seed, truth=data_dir / "truth.jsonl", console=console)
     keys = KeyRing(data_dir / "keys")
-    for party in ("gateway", *DEPARTMENTS):
+    for party in ("gateway", "idp", *DEPARTMENTS):
         keys.ensure(party)
+    clients = register_demo_clients(data_dir)
 
     sup = _Supervisor(console)
 
@@ -126,6 +127,9 @@ def run_demo(
     signal.signal(signal.SIGTERM, on_signal)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
     env["TONGBAN_DATA_DIR"] = str(data_dir)
+    gateway_url = f"http://{host}:{port}"
+    # Adapters witness the gateway's log, whose name in checkpoints comes from its URL.
+    env["TONGBAN_PUBLIC_URL"] = gateway_url
     cli = [sys.executable, "-m", "tongban"]
     adapters: dict[str, str] = {}
     code = 0
@@ -144,8 +148,6 @@ def run_demo(
         gateway_env = dict(env)
         for dept, url in adapters.items():
             gateway_env[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
-        gateway_url = f"http://{host}:{port}"
-        gateway_env["TONGBAN_PUBLIC_URL"] = gateway_url
         sup.spawn(
             "gateway",
             [
@@ -162,7 +164,7 @@ def run_demo(
             gateway_env,
         )
         sup.wait_healthy("gateway", gateway_url)
-        _write_demo_json(data_dir, gateway_url, adapters)
+        _write_demo_json(data_dir, gateway_url, adapters, clients)
         if not sup.stop.is_set():
             console.print(
                 f"[green]tongban demo is up[/green]: gateway {gateway_url} "
@@ -179,15 +181,49 @@ def run_demo(
     return code
 
 
-def _write_demo_json(data_dir: Path, gateway: str, adapters: dict[str, str]) -> None:
+# Demo requesters and what they may ask for (the policy decides which claims).
+DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "edu-bureau": ("Education bureau 教育局", ("checks", "checks:batch")),
+    "allowance-office": ("Maternity allowance office 生育津贴经办", ("checks", "checks:batch")),
+    "subsidy-office": ("Childcare subsidy office 育儿补贴经办", ("checks", "checks:batch")),
+    "insurer-a": ("Insurer A 保险公司", ("checks",)),
+    "analyst": ("Provincial analyst 统计分析", ("statistics",)),
+    "privacy-officer": ("Privacy officer 个人信息保护负责人", ("audit:read",)),
+    "admin-1": ("Administrator 1", ("admin",)),
+    "admin-2": ("Administrator 2", ("admin",)),
+}
+
+
+def register_demo_clients(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Register the demo requesters (or rotate their secrets) and return credentials."""
+    from .config import Settings
+    from .wiring import build_registry
+
+    registry = build_registry(Settings.from_env(data_dir=data_dir))
+    out: dict[str, dict[str, str]] = {}
+    for client_id, (name, scopes) in DEMO_CLIENTS.items():
+        if registry.get(client_id) is None:
+            secret = registry.register_client(client_id, name, scopes=scopes).secret
+        else:
+            secret = registry.rotate_secret(client_id)
+        out[client_id] = {"client_id": client_id, "client_secret": str(secret)}
+    registry.engine.dispose()
+    return out
+
+
+def _write_demo_json(
+    data_dir: Path, gateway: str, adapters: dict[str, str], clients: dict[str, dict[str, str]]
+) -> None:
     path = data_dir / "demo.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
     doc = {
         "gateway": gateway,
         "adapters": adapters,
-        "clients": previous.get("clients", {}),
+        "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
     }
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    # Client secrets live here: readable by the demo's user only.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)

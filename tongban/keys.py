@@ -7,7 +7,10 @@ and the public keys of its peers, as it would on separate machines.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 from pathlib import Path
 
 from primitives.gm import SM2PrivateKey, SM2PublicKey, load_or_create_private_key, load_private_key
@@ -30,6 +33,23 @@ class KeyRing:
             tmp.write_text(json.dumps(jwk, indent=2) + "\n")
             tmp.replace(public)
         return key
+
+    def secret(self, name: str, size: int = 32) -> bytes:
+        """A symmetric key (pseudonyms, vault), created on first use, mode 0600."""
+        path = self.directory / f"{name}.secret"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(size))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # atomic; never overwrites a key another process made
+            tmp.unlink()
+        value = bytes.fromhex(path.read_text().strip())
+        if len(value) != size:
+            raise ValueError(f"{path.name}: expected {size} bytes")
+        return value
 
     def private(self, party: str) -> SM2PrivateKey:
         return load_private_key(self.directory / f"{party}.key")

@@ -1,0 +1,65 @@
+"""The gateway's parts, held together: what the views and the CLI work with."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.client import DepartmentClient
+from audit.log import AuditLog
+from primitives.gm import SM2PrivateKey, SM2PublicKey
+
+from .catalog import Catalog
+from .checkpoints import Checkpointer
+
+__all__ = ["AuditEvents", "Gateway", "utc_now"]
+
+
+def utc_now() -> str:
+    """Entry timestamps: UTC, millisecond precision, as text (no floats in entries)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditEvents:
+    """The audit sink handed to cores that emit events (policy changes, consents): it
+    stamps the time and appends durably; if the append fails, the caller's change fails."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
+        entry = dict(event)
+        entry.setdefault("kind", "event")
+        entry.setdefault("time", utc_now())
+        return self.log.append(entry, subject_id)
+
+
+@dataclass
+class Gateway:
+    catalog: Catalog
+    departments: DepartmentClient
+    audit: AuditLog | None = None
+    checkpointer: Checkpointer | None = None
+    name: str = "tongban-gateway"
+    signing_key: SM2PrivateKey | None = None
+    witness_keys: dict[str, SM2PublicKey] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def health(self) -> dict[str, object]:
+        names = self.departments.departments
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            reports = dict(zip(names, pool.map(self.departments.health, names), strict=True))
+        ready = all(r["reachable"] for r in reports.values())
+        body: dict[str, object] = {"status": "ok" if ready else "degraded", "departments": reports}
+        if self.audit is not None:
+            body["audit"] = {"size": self.audit.size}
+        return body
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        if self.audit is not None:
+            self.audit.close()
