@@ -15,9 +15,9 @@ import httpx
 
 from primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from primitives.gm import SM2PublicKey
-from primitives.wire import PredicateCall
+from primitives.wire import PredicateCall, Tri
 
-from .protocol import AdapterCore, Answer, RequestSigner, verify_answer
+from .protocol import AdapterCore, Answer, RequestSigner, verify_answer, verify_batch_answer
 from .witness import Witness
 
 __all__ = [
@@ -174,6 +174,33 @@ class DepartmentClient:
             predicate=call.predicate,
             gateway_issuer=self.signer.issuer,
             now=time.time(),
+        )
+
+    def evaluate_batch(
+        self, department: str, predicate: str, params: Mapping[str, str], subjects: list[str]
+    ) -> list[Tri]:
+        """One predicate over up to MAX_BATCH subjects in one signed round trip."""
+        key = self.keys.get(department)
+        if key is None:
+            raise DepartmentUnavailable(f"department {department} has no registered key")
+        token, jti = self.signer.sign_batch(department, predicate, params, subjects)
+        status, body = self.transport.send(department, token, self.timeout * 5)
+        if status >= 500:
+            raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
+        if status != 200:
+            raise DepartmentRefused(f"department {department} refused the request (HTTP {status})")
+        try:
+            answer = body.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise Unauthenticated("department answer is not a JWS") from exc
+        return verify_batch_answer(
+            answer,
+            department=department,
+            department_key=key,
+            request_jti=jti,
+            predicate=predicate,
+            count=len(subjects),
+            gateway_issuer=self.signer.issuer,
         )
 
     def health(self, department: str) -> dict[str, Any]:

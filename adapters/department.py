@@ -30,6 +30,7 @@ Columns = Mapping[str, npt.NDArray[np.generic]]
 """A batch of records, column-wise: the generator and ingest never build per-row objects."""
 
 QueryFn = Callable[[Connection, str, Mapping[str, str], dt.date], bool]
+RelatedQueryFn = Callable[[Connection, str, str, dt.date], bool]
 CheckFn = Callable[[Columns, dt.date], npt.NDArray[np.bool_]]
 
 
@@ -52,6 +53,8 @@ class Predicate:
     # department knows it holds a conflicting record and must not answer a confident "no".
     tables: tuple[str, ...]
     params: tuple[Param, ...] = ()
+    # Set for predicates about two people: query(conn, subject, related, as_of).
+    related_query: RelatedQueryFn | None = None
 
     def check_params(self, params: Mapping[str, str]) -> dict[str, str]:
         declared = {p.name: p for p in self.params}
@@ -73,6 +76,7 @@ class Predicate:
             "name": self.name,
             "description": self.description,
             "params": {p.name: list(p.values) for p in self.params},
+            "related": self.related_query is not None,
         }
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import Select, bindparam, literal, or_, select
 
+from primitives.errors import UnknownParameter
 from primitives.idnumber import parse
 from primitives.wire import PredicateCall, Tri
 
@@ -40,16 +41,49 @@ class Evaluator:
     def as_of(self) -> dt.date:
         return self.store.as_of()
 
-    def check(self, call: PredicateCall) -> tuple[Predicate, dict[str, str], str]:
+    def check(self, call: PredicateCall) -> tuple[Predicate, dict[str, str], str, str | None]:
         predicate = self.department.predicate(call.predicate)
         params = predicate.check_params(call.params)
+        if (call.related is None) != (predicate.related_query is None):
+            raise UnknownParameter(
+                f"related: {predicate.name} "
+                + ("needs" if predicate.related_query else "takes no")
+                + " related person"
+            )
         subject = parse(call.subject).number
-        return predicate, params, subject
+        related = parse(call.related).number if call.related is not None else None
+        return predicate, params, subject, related
+
+    def evaluate_many(
+        self, predicate_name: str, params: dict[str, str], subjects: list[str]
+    ) -> list[Tri]:
+        """One predicate over many subjects (a batch check), on one connection."""
+        predicate = self.department.predicate(predicate_name)
+        if predicate.related_query is not None:
+            raise UnknownParameter(f"related: {predicate.name} cannot be batched")
+        clean = predicate.check_params(params)
+        numbers = [parse(s).number for s in subjects]
+        as_of = self.as_of()
+        quarantined = self._quarantined[predicate.name]
+        out: list[Tri] = []
+        with self.store.reading() as conn:
+            for subject in numbers:
+                if conn.execute(quarantined, {"s": subject}).first():
+                    out.append(Tri.UNKNOWN)
+                else:
+                    out.append(Tri.of(predicate.query(conn, subject, clean, as_of)))
+        return out
 
     def evaluate(self, call: PredicateCall) -> Tri:
-        predicate, params, subject = self.check(call)
+        predicate, params, subject, related = self.check(call)
         as_of = self.as_of()
         with self.store.reading() as conn:
-            if conn.execute(self._quarantined[predicate.name], {"s": subject}).first():
-                return Tri.UNKNOWN
+            for person in (subject, related):
+                if (
+                    person is not None
+                    and conn.execute(self._quarantined[predicate.name], {"s": person}).first()
+                ):
+                    return Tri.UNKNOWN
+            if related is not None and predicate.related_query is not None:
+                return Tri.of(predicate.related_query(conn, subject, related, as_of))
             return Tri.of(predicate.query(conn, subject, params, as_of))

@@ -13,8 +13,9 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from primitives.errors import Unauthenticated
+from primitives.errors import BadRequest, Unauthenticated
 from primitives.gm import SM2PrivateKey, SM2PublicKey
 from primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
 from primitives.replay import MemoryReplayCache, ReplayCache
@@ -25,17 +26,20 @@ from .evaluate import Evaluator
 __all__ = [
     "ANSWER_TYP",
     "GATEWAY_ISSUER",
+    "MAX_BATCH",
     "REQUEST_TYP",
     "AdapterCore",
     "Answer",
     "RequestSigner",
     "verify_answer",
+    "verify_batch_answer",
 ]
 
 REQUEST_TYP = "tongban-predicate-request+jwt"
 ANSWER_TYP = "tongban-predicate-answer+jwt"
 GATEWAY_ISSUER = "tongban-gateway"
 REQUEST_LIFETIME = 30  # seconds: a request is used at once or never
+MAX_BATCH = 500  # subjects per signed batch request; the gateway splits larger batches
 _ALGS = ("SM2",)
 
 
@@ -58,6 +62,17 @@ class RequestSigner:
     def sign(
         self, department: str, call: PredicateCall, *, now: float | None = None
     ) -> tuple[str, str]:
+        return self._sign(department, {"call": call.to_json()}, now)
+
+    def sign_batch(
+        self, department: str, predicate: str, params: Mapping[str, str], subjects: list[str]
+    ) -> tuple[str, str]:
+        if not 0 < len(subjects) <= MAX_BATCH:
+            raise ValueError(f"a batch request carries 1..{MAX_BATCH} subjects")
+        batch = {"predicate": predicate, "params": dict(params), "subjects": subjects}
+        return self._sign(department, {"batch": batch}, None)
+
+    def _sign(self, department: str, body: dict[str, Any], now: float | None) -> tuple[str, str]:
         now = time.time() if now is None else now
         jti = secrets.token_urlsafe(16)
         payload = {
@@ -66,7 +81,7 @@ class RequestSigner:
             "iat": int(now),
             "exp": int(now) + REQUEST_LIFETIME,
             "jti": jti,
-            "call": call.to_json(),
+            **body,
         }
         return sign_compact(payload, self.key, typ=REQUEST_TYP, kid=self.kid), jti
 
@@ -97,7 +112,7 @@ class AdapterCore:
         self.gateway_issuer = gateway_issuer
         self.clock = clock
 
-    def authenticate(self, token: str) -> tuple[PredicateCall, str]:
+    def authenticate(self, token: str) -> tuple[dict[str, Any], str]:
         _, payload = verify_compact(
             token, _resolver(self.gateway_keys), typ=REQUEST_TYP, algorithms=_ALGS
         )
@@ -113,22 +128,61 @@ class AdapterCore:
             raise Unauthenticated("missing or malformed jti")
         if not self.replay.first_use(jti, float(payload["exp"])):
             raise Unauthenticated("request replayed")
-        return PredicateCall.from_json(payload.get("call")), jti
+        return payload, jti
 
     def handle(self, token: str) -> str:
-        call, jti = self.authenticate(token)
-        result = self.evaluator.evaluate(call)
+        payload, jti = self.authenticate(token)
         now = int(self.clock())
-        answer = {
+        answer: dict[str, Any] = {
             "iss": self.name,
             "aud": self.gateway_issuer,
             "iat": now,
             "exp": now + REQUEST_LIFETIME,
             "in_reply_to": jti,
-            "predicate": call.predicate,
-            "result": result.value,
         }
+        if "batch" in payload:
+            predicate, params, subjects = _batch(payload["batch"])
+            results = self.evaluator.evaluate_many(predicate, params, subjects)
+            answer.update(predicate=predicate, results=[r.value for r in results])
+        else:
+            call = PredicateCall.from_json(payload.get("call"))
+            answer.update(predicate=call.predicate, result=self.evaluator.evaluate(call).value)
         return sign_compact(answer, self.key, typ=ANSWER_TYP, kid=self.kid)
+
+
+def _batch(body: Any) -> tuple[str, dict[str, str], list[str]]:
+    if not isinstance(body, Mapping):
+        raise BadRequest("batch: expected an object")
+    predicate, params = body.get("predicate"), body.get("params", {})
+    subjects = body.get("subjects")
+    if not isinstance(predicate, str) or not isinstance(params, Mapping):
+        raise BadRequest("batch: expected predicate and params")
+    if not isinstance(subjects, list) or not 0 < len(subjects) <= MAX_BATCH:
+        raise BadRequest(f"batch.subjects: expected 1..{MAX_BATCH} ID numbers")
+    if not all(isinstance(s, str) for s in subjects):
+        raise BadRequest("batch.subjects: expected ID number strings")
+    return predicate, {str(k): str(v) for k, v in params.items()}, subjects
+
+
+def _verified_answer(
+    token: str,
+    department: str,
+    department_key: SM2PublicKey,
+    request_jti: str,
+    predicate: str,
+    gateway_issuer: str,
+    now: float,
+) -> dict[str, Any]:
+    """The answer must be signed by this department and answer this very request."""
+    kid = department_key.key_id
+    _, payload = verify_compact(token, {kid: department_key}.get, typ=ANSWER_TYP, algorithms=_ALGS)
+    check_time_claims(payload, now=now)
+    check_audience(payload, gateway_issuer)
+    if payload.get("iss") != department or payload.get("in_reply_to") != request_jti:
+        raise Unauthenticated("answer does not match the request")
+    if payload.get("predicate") != predicate:
+        raise Unauthenticated("answer does not match the request")
+    return payload
 
 
 def verify_answer(
@@ -141,17 +195,39 @@ def verify_answer(
     gateway_issuer: str = GATEWAY_ISSUER,
     now: float | None = None,
 ) -> Answer:
-    """Gateway side: the answer must be signed by this department and answer this request."""
-    kid = department_key.key_id
-    _, payload = verify_compact(token, {kid: department_key}.get, typ=ANSWER_TYP, algorithms=_ALGS)
-    check_time_claims(payload, now=time.time() if now is None else now)
-    check_audience(payload, gateway_issuer)
-    if payload.get("iss") != department or payload.get("in_reply_to") != request_jti:
-        raise Unauthenticated("answer does not match the request")
-    if payload.get("predicate") != predicate:
-        raise Unauthenticated("answer does not match the request")
+    payload = _verified_answer(
+        token,
+        department,
+        department_key,
+        request_jti,
+        predicate,
+        gateway_issuer,
+        time.time() if now is None else now,
+    )
     try:
         result = Tri(str(payload.get("result")))
     except ValueError as exc:
         raise Unauthenticated("answer carries no valid result") from exc
     return Answer(department, predicate, result, token)
+
+
+def verify_batch_answer(
+    token: str,
+    *,
+    department: str,
+    department_key: SM2PublicKey,
+    request_jti: str,
+    predicate: str,
+    count: int,
+    gateway_issuer: str = GATEWAY_ISSUER,
+) -> list[Tri]:
+    payload = _verified_answer(
+        token, department, department_key, request_jti, predicate, gateway_issuer, time.time()
+    )
+    results = payload.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise Unauthenticated("answer does not match the request")
+    try:
+        return [Tri(str(r)) for r in results]
+    except ValueError as exc:
+        raise Unauthenticated("answer carries no valid result") from exc

@@ -16,7 +16,7 @@ from .witness import Witness
 
 __all__ = ["MAX_BODY", "create_app", "install_problem_handlers"]
 
-MAX_BODY = 16 * 1024
+MAX_BODY = 64 * 1024  # a signed batch of 500 subjects is ~25 KiB
 log = logging.getLogger("tongban.adapter")
 
 

@@ -2,7 +2,7 @@
 
     TongbanError                      500 internal
     ├── BadRequest                    400 (malformed JSON, wrong shape)
-    │   ├── InvalidIdNumber           400 (GB 11643 validation failed)
+    │   ├── InvalidIdNumber           422 (GB 11643 validation failed)
     │   ├── UnknownPredicate          400
     │   ├── UnknownParameter          400 (name or value outside the enumeration)
     │   └── PayloadTooLarge           413
@@ -79,6 +79,7 @@ class BadRequest(TongbanError):
 
 
 class InvalidIdNumber(BadRequest):
+    status = 422  # well-formed request, impossible value: never answered as "no"
     slug = "invalid-id-number"
     title = "Invalid ID number"
 

@@ -47,6 +47,9 @@ class PredicateCall:
     predicate: str
     subject: str
     params: Mapping[str, str] = field(default_factory=dict)
+    # A second person the predicate relates the subject to (e.g. "is a guardian of"),
+    # for the few predicates that declare one; an ID number, never an enumerated value.
+    related: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.predicate, str) or not self.predicate:
@@ -57,12 +60,14 @@ class PredicateCall:
             isinstance(k, str) and isinstance(v, str) for k, v in self.params.items()
         ):
             raise BadRequest("params: expected an object of string values")
+        if self.related is not None and not isinstance(self.related, str):
+            raise BadRequest("related: expected an ID number string")
 
     @classmethod
     def from_json(cls, body: Any) -> PredicateCall:
         if not isinstance(body, Mapping):
             raise BadRequest("body: expected a JSON object")
-        unknown = set(body) - {"predicate", "subject", "params"}
+        unknown = set(body) - {"predicate", "subject", "params", "related"}
         if unknown:
             raise BadRequest(f"body: unexpected fields {sorted(unknown)}")
         params = body.get("params")
@@ -74,7 +79,15 @@ class PredicateCall:
             predicate=body.get("predicate"),  # type: ignore[arg-type]
             subject=body.get("subject"),  # type: ignore[arg-type]
             params=dict(params),
+            related=body.get("related"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"predicate": self.predicate, "subject": self.subject, "params": dict(self.params)}
+        out: dict[str, Any] = {
+            "predicate": self.predicate,
+            "subject": self.subject,
+            "params": dict(self.params),
+        }
+        if self.related is not None:
+            out["related"] = self.related
+        return out

@@ -612,7 +612,7 @@ def test_invalid_id_number_is_refused_without_echo(
 
     resp = _evaluate(client, token)
 
-    body = _problem(resp, 400, "invalid-id-number")
+    body = _problem(resp, 422, "invalid-id-number")
     assert body["reason"] == reason
     text = resp.get_data(as_text=True)
     assert bad not in text

@@ -250,7 +250,7 @@ def test_parse_error_names_the_reason_not_the_number(number, reason):
     err = info.value
     problem = err.to_problem()
     assert problem["reason"] == reason
-    assert problem["status"] == 400
+    assert problem["status"] == 422
     assert problem["type"].endswith("/invalid-id-number")
     rendered = json.dumps(problem, ensure_ascii=False) + str(err) + err.detail
     assert number not in rendered

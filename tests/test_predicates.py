@@ -224,7 +224,7 @@ def test_malformed_subject(evaluators, someone, mutate, reason):
 
     problem = info.value.to_problem()
     assert problem["reason"] == reason
-    assert problem["status"] == 400
+    assert problem["status"] == 422
     rendered = json.dumps(problem, ensure_ascii=False) + str(info.value)
     if bad:
         assert bad not in rendered

@@ -95,6 +95,32 @@ def household_in_province(
     )
 
 
+_r2 = registrations.alias("guardian")
+_guardian = (
+    select(_c.id)
+    .join(_r2, _r2.c.household_no == _c.household_no)
+    .where(
+        _c.person_id == bindparam("child"),
+        _c.relation == "child",
+        _c.since <= bindparam("as_of"),
+        _r2.c.person_id == bindparam("s"),
+        _r2.c.relation.in_(("head", "spouse")),
+        _r2.c.since <= bindparam("as_of"),
+    )
+    .limit(1)
+)
+
+
+def guardian_of(conn: Connection, subject: str, related: str, as_of: dt.date) -> bool:
+    """The subject heads (or is the head's spouse in) the household where ``related`` is
+    registered as a child: the guardian on record who may consent for a minor."""
+    return exists(conn, _guardian, {"s": subject, "child": related, "as_of": as_of})
+
+
+def _no_params(conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date) -> bool:
+    raise AssertionError("guardian_of is evaluated with its related person")
+
+
 DEPARTMENT = Department(
     name="police",
     title="公安 Public security",
@@ -119,6 +145,13 @@ DEPARTMENT = Department(
                 household_in_district,
                 tables=("registrations",),
                 params=(Param("district", tuple(DISTRICTS)),),
+            ),
+            Predicate(
+                "guardian_of",
+                "The subject is a guardian on record of the related child (same household).",
+                _no_params,
+                tables=("registrations",),
+                related_query=guardian_of,
             ),
             Predicate(
                 "household_in_province",

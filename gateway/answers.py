@@ -1,0 +1,77 @@
+"""Signed answers: a compact JWS a requester verifies with /.well-known/jwks.json alone.
+
+``sub`` is a pairwise pseudonym (HMAC-SM3 over requester and ID number), so two
+requesters cannot link their answers about the same citizen, and no answer carries an ID
+number or any attribute: only the claim, purpose, parameters and yes/no/undetermined.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from primitives.errors import BadRequest
+from primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3
+from primitives.jws import PublicKey, sign_compact
+
+__all__ = ["ANSWER_TYP", "AnswerSigner"]
+
+ANSWER_TYP = "tongban-answer+jwt"
+ANSWER_LIFETIME = 600  # seconds
+
+
+def _kid(key: ec.EllipticCurvePublicKey) -> str:
+    from primitives.jws import jwks
+
+    jwk = jwks({"x": key})["keys"][0]
+    return f"es256-{jwk['x'][:16]}"
+
+
+class AnswerSigner:
+    def __init__(
+        self,
+        sm2_key: SM2PrivateKey,
+        *,
+        issuer: str,
+        pairwise_key: bytes,
+        es256_key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
+        self.sm2_key = sm2_key
+        self.sm2_kid = sm2_key.public_key.key_id
+        self.es256_key = es256_key
+        self.es256_kid = _kid(es256_key.public_key()) if es256_key is not None else None
+        self.issuer = issuer
+        self._pairwise = pairwise_key
+
+    def public_keys(self) -> dict[str, PublicKey]:
+        keys: dict[str, PublicKey] = {self.sm2_kid: self.sm2_key.public_key}
+        if self.es256_key is not None and self.es256_kid is not None:
+            keys[self.es256_kid] = self.es256_key.public_key()
+        return keys
+
+    @property
+    def sm2_public(self) -> SM2PublicKey:
+        return self.sm2_key.public_key
+
+    def pairwise(self, requester: str, id_number: str) -> str:
+        return hmac_sm3(self._pairwise, f"{requester}\n{id_number}".encode()).hex()[:32]
+
+    def sign(self, requester: str, claims: Mapping[str, Any], alg: str = "SM2") -> str:
+        now = int(time.time())
+        payload = {
+            "iss": self.issuer,
+            "aud": requester,
+            "iat": now,
+            "exp": now + ANSWER_LIFETIME,
+            "jti": secrets.token_urlsafe(16),
+            **claims,
+        }
+        if alg == "SM2":
+            return sign_compact(payload, self.sm2_key, typ=ANSWER_TYP, kid=self.sm2_kid)
+        if alg == "ES256" and self.es256_key is not None and self.es256_kid is not None:
+            return sign_compact(payload, self.es256_key, typ=ANSWER_TYP, kid=self.es256_kid)
+        raise BadRequest("answer_alg: expected SM2 or ES256")

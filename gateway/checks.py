@@ -1,0 +1,402 @@
+"""The check pipeline: one yes/no question about one citizen, or a batch of them.
+
+authenticate (the view) → validate → policy → consent → plan → ask each department its
+predicate, concurrently, with a timeout → combine (Kleene; a silent department makes the
+answer `undetermined`, never `no`) → durable audit append → signed answer.
+Denials are audited as well, and their problem carries the audit index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapters.client import DepartmentClient
+from adapters.protocol import MAX_BATCH
+from audit.log import AuditLog
+from policies import Decision, PolicyEnforcer
+from primitives.errors import BadRequest, DepartmentUnavailable, Forbidden, TongbanError
+from primitives.idnumber import parse
+from primitives.wire import Tri
+
+from .answers import AnswerSigner
+from .catalog import Catalog, Claim
+from .services import utc_now
+
+__all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "PolicyDenied"]
+
+log = logging.getLogger("tongban.checks")
+
+MAX_BATCH_SUBJECTS = 10_000
+RESULT_WORD = {Tri.TRUE: "yes", Tri.FALSE: "no", Tri.UNKNOWN: "undetermined"}
+
+
+class PolicyDenied(Forbidden):
+    slug = "policy-denied"
+    title = "Policy does not allow this check"
+
+
+class ClaimPurposeMismatch(Forbidden):
+    slug = "purpose-not-served-by-claim"
+    title = "The claim does not serve this purpose"
+
+
+class ConsentUse(Protocol):
+    """What the pipeline needs from the consent store."""
+
+    def use(
+        self, consent_id: str, *, subject_id: str, requester: str, purpose: str, claim: str
+    ) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequest:
+    subject_id: str
+    claim: Claim
+    purpose: str
+    params: dict[str, str]
+    consent_id: str | None
+    answer_alg: str
+
+
+_FIELDS = {"subject", "claim", "purpose", "params", "consent_id", "answer_alg"}
+
+
+def _object(body: Any, fields: set[str], where: str = "body") -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise BadRequest(f"{where}: expected a JSON object")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise BadRequest(f"{where}: unexpected field {unknown[0]!r}")
+    return body
+
+
+def _subject_id(subject: Any, where: str = "subject") -> str:
+    subject = _object(subject, {"id_number"}, where)
+    number = subject.get("id_number")
+    if not isinstance(number, str):
+        raise BadRequest(f"{where}.id_number: expected a string")
+    return parse(number).number  # InvalidIdNumber: 422, names the reason, not the number
+
+
+def _consent_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise BadRequest("consent_id: expected a string")
+    return value
+
+
+def _alg(value: Any) -> str:
+    if value is None:
+        return "SM2"
+    if value not in ("SM2", "ES256"):
+        raise BadRequest("answer_alg: expected SM2 or ES256")
+    return str(value)
+
+
+def _batch_numbers(
+    items: Sequence[Mapping[str, Any]],
+) -> tuple[list[str | None], dict[int, str]]:
+    """Valid ID numbers (None where invalid) and, for the invalid ones, the reason."""
+    numbers: list[str | None] = []
+    invalid: dict[int, str] = {}
+    for i, item in enumerate(items):
+        try:
+            numbers.append(_subject_id({"id_number": item.get("id_number")}, f"subjects[{i}]"))
+        except TongbanError as exc:
+            numbers.append(None)
+            invalid[i] = str(exc.extra.get("reason", exc.slug))
+    return numbers, invalid
+
+
+class Checker:
+    def __init__(
+        self,
+        catalog: Catalog,
+        enforcer: PolicyEnforcer,
+        consents: ConsentUse,
+        departments: DepartmentClient,
+        audit: AuditLog,
+        answers: AnswerSigner,
+        *,
+        workers: int = 32,
+        timeout: float = 2.0,
+        consent_required: Callable[[], TongbanError] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.enforcer = enforcer
+        self.consents = consents
+        self.departments = departments
+        self.audit = audit
+        self.answers = answers
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dept")
+        self._consent_required = consent_required or (
+            lambda: Forbidden("consent_id: this purpose needs the subject's consent")
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- validation -------------------------------------------------------------------
+
+    def parse(self, body: Any) -> CheckRequest:
+        body = _object(body, _FIELDS)
+        subject_id = _subject_id(body.get("subject"))
+        claim = self.catalog.claim(body.get("claim"))
+        self.catalog.purpose(body.get("purpose"))
+        params = claim.check_params(body.get("params"))
+        return CheckRequest(
+            subject_id,
+            claim,
+            str(body["purpose"]),
+            params,
+            _consent_id(body.get("consent_id")),
+            _alg(body.get("answer_alg")),
+        )
+
+    # --- one check ----------------------------------------------------------------------
+
+    def check(self, requester: str, body: Any, request_id: str = "") -> dict[str, Any]:
+        req = self.parse(body)
+        decision = self._decide(requester, req.claim, req.purpose)
+        base = self._entry(requester, req, decision, request_id)
+        if not decision.allowed:
+            self._deny(base, req.subject_id, PolicyDenied(f"policy: {decision.reason}"))
+        basis = self._basis(requester, req, req.consent_id, base)
+        results = self._ask(req.claim, req.subject_id, req.params)
+        word = RESULT_WORD[req.claim.combine([r for _, r in results])]
+        entry = {
+            **base,
+            **basis,
+            "result": word,
+            "departments": [[d, r.value] for d, r in results],
+        }
+        index = self.audit.append(entry, req.subject_id)
+        token = self.answers.sign(
+            requester,
+            {
+                "sub": self.answers.pairwise(requester, req.subject_id),
+                "claim": req.claim.name,
+                "purpose": req.purpose,
+                "params": req.params,
+                "result": word,
+                "policy_version": decision.policy_version,
+                **basis,
+                "audit_index": index,
+            },
+            req.answer_alg,
+        )
+        return {"result": word, "answer": token, "audit_index": index}
+
+    def _decide(self, requester: str, claim: Claim, purpose: str) -> Decision:
+        decision = self.enforcer.decide(requester, claim.name, claim.departments, purpose)
+        if decision.allowed and purpose not in claim.purposes:
+            # The catalog bounds policy: a claim never serves a purpose it was not made for.
+            return Decision(False, None, decision.policy_version, "purpose_not_served_by_claim")
+        return decision
+
+    def _entry(
+        self, requester: str, req: CheckRequest, decision: Decision, request_id: str
+    ) -> dict[str, Any]:
+        return {
+            "kind": "check",
+            "time": utc_now(),
+            "requester": requester,
+            "claim": req.claim.name,
+            "purpose": req.purpose,
+            "params": req.params,
+            "decision": {
+                "allowed": decision.allowed,
+                "rule": list(decision.matched_rule or ()),
+                "policy_version": decision.policy_version,
+                "reason": decision.reason,
+            },
+            "request_id": request_id,
+        }
+
+    def _deny(self, entry: dict[str, Any], subject_id: str, error: TongbanError) -> None:
+        """Record a refusal durably, then raise it carrying its audit index."""
+        index = self.audit.append({**entry, "result": "denied", "error": error.slug}, subject_id)
+        error.extra["audit_index"] = index
+        raise error
+
+    def _basis(
+        self, requester: str, req: CheckRequest, consent_id: str | None, entry: dict[str, Any]
+    ) -> dict[str, str]:
+        legal_basis = self.enforcer.legal_basis(req.purpose)
+        if legal_basis is not None:
+            return {"legal_basis": legal_basis}
+        if consent_id is None:
+            self._deny(entry, req.subject_id, self._consent_required())
+        assert consent_id is not None
+        try:
+            self.consents.use(
+                consent_id,
+                subject_id=req.subject_id,
+                requester=requester,
+                purpose=req.purpose,
+                claim=req.claim.name,
+            )
+        except TongbanError as exc:
+            self._deny({**entry, "consent_id": consent_id}, req.subject_id, exc)
+        return {"consent_id": consent_id}
+
+    def _ask(self, claim: Claim, subject_id: str, params: dict[str, str]) -> list[tuple[str, Tri]]:
+        """Each term's department, concurrently, in term order; a department that fails
+        or is late counts as UNKNOWN for this check."""
+        futures = [
+            (t.department, self._pool.submit(
+                self.departments.evaluate, t.department, t.call(subject_id, params)
+            ))
+            for t in claim.terms
+        ]  # fmt: skip
+        out: list[tuple[str, Tri]] = []
+        for department, future in futures:
+            try:
+                out.append((department, future.result(timeout=self.timeout + 0.5).result))
+            except (DepartmentUnavailable, FutureTimeout):
+                out.append((department, Tri.UNKNOWN))
+            except TongbanError as exc:
+                log.error("department %s: %s", department, exc.slug)
+                out.append((department, Tri.UNKNOWN))
+        return out
+
+    # --- batch --------------------------------------------------------------------------
+
+    def batch(self, requester: str, body: Any, request_id: str = "") -> dict[str, Any]:
+        body = _object(body, {"claim", "purpose", "params", "subjects", "answer_alg"})
+        claim = self.catalog.claim(body.get("claim"))
+        self.catalog.purpose(body.get("purpose"))
+        purpose = str(body["purpose"])
+        params = claim.check_params(body.get("params"))
+        alg = _alg(body.get("answer_alg"))
+        subjects = body.get("subjects")
+        if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_BATCH_SUBJECTS:
+            raise BadRequest(f"subjects: expected 1..{MAX_BATCH_SUBJECTS} items")
+        items = [_object(s, {"id_number", "consent_id"}, f"subjects[{i}]") for i, s in
+                 enumerate(subjects)]  # fmt: skip
+        numbers, invalid = _batch_numbers(items)
+        decision = self._decide(requester, claim, purpose)
+        req = CheckRequest("", claim, purpose, params, None, alg)
+        base = self._entry(requester, req, decision, request_id)
+        if not decision.allowed:
+            index = self.audit.append(
+                {**base, "result": "denied", "error": "policy-denied", "batch": len(items)}
+            )
+            raise PolicyDenied(f"policy: {decision.reason}", audit_index=index)
+        legal_basis = self.enforcer.legal_basis(purpose)
+        basis: list[dict[str, str] | str] = []
+        for i, (item, number) in enumerate(zip(items, numbers, strict=True)):
+            if number is None:
+                basis.append(f"invalid-id-number:{invalid[i]}")
+            elif legal_basis is not None:
+                basis.append({"legal_basis": legal_basis})
+            else:
+                basis.append(self._batch_consent(requester, claim, purpose, number, item))
+        askable = [n for n, b in zip(numbers, basis, strict=True) if n and isinstance(b, dict)]
+        answers = self._ask_many(claim, askable, params)
+        results: list[dict[str, Any]] = []
+        prepared = []
+        for i, (number, b) in enumerate(zip(numbers, basis, strict=True)):
+            if number is not None and isinstance(b, dict):
+                word = RESULT_WORD[answers[number]]
+                entry = {**base, **b, "result": word, "batch_item": i}
+            else:
+                word = "denied" if number is not None else "invalid"
+                entry = {**base, "result": word, "error": str(b), "batch_item": i}
+            prepared.append(self.audit.prepare(entry, number))
+            results.append({"index": i, "result": word})
+            if not isinstance(b, dict):
+                results[-1]["reason"] = str(b).split(":")[0]
+        indexes = self.audit.append_prepared(prepared)
+        signed = []
+        for r, index, number in zip(results, indexes, numbers, strict=True):
+            r["audit_index"] = index
+            signed.append({
+                "sub": self.answers.pairwise(requester, number) if number else None,
+                "result": r["result"],
+                "audit_index": index,
+            })  # fmt: skip
+        token = self.answers.sign(
+            requester,
+            {
+                "claim": claim.name,
+                "purpose": purpose,
+                "params": params,
+                "policy_version": decision.policy_version,
+                "results": signed,
+                **({"legal_basis": legal_basis} if legal_basis else {}),
+            },
+            alg,
+        )
+        return {"results": results, "answer": token}
+
+    def _batch_consent(
+        self, requester: str, claim: Claim, purpose: str, number: str, item: Mapping[str, Any]
+    ) -> dict[str, str] | str:
+        try:
+            consent_id = _consent_id(item.get("consent_id"))
+        except TongbanError as exc:
+            return exc.slug
+        if consent_id is None:
+            return self._consent_required().slug
+        try:
+            self.consents.use(
+                consent_id, subject_id=number, requester=requester, purpose=purpose,
+                claim=claim.name,
+            )  # fmt: skip
+        except TongbanError as exc:
+            return exc.slug
+        return {"consent_id": consent_id}
+
+    def _ask_many(
+        self, claim: Claim, subjects: Sequence[str], params: dict[str, str]
+    ) -> dict[str, Tri]:
+        unique = list(dict.fromkeys(subjects))
+        if not unique:
+            return {}
+        per_term: list[list[Tri]] = []
+        for term in claim.terms:
+            call = term.call(unique[0], params)
+            chunks = [unique[i : i + MAX_BATCH] for i in range(0, len(unique), MAX_BATCH)]
+            futures = [
+                self._pool.submit(
+                    self.departments.evaluate_batch, term.department, call.predicate,
+                    call.params, chunk,
+                )
+                for chunk in chunks
+            ]  # fmt: skip
+            values: list[Tri] = []
+            for chunk, future in zip(chunks, futures, strict=True):
+                try:
+                    values.extend(future.result(timeout=self.timeout * 5 + 1))
+                except (TongbanError, FutureTimeout):
+                    values.extend([Tri.UNKNOWN] * len(chunk))
+            per_term.append(values)
+        return {s: claim.combine([values[i] for values in per_term]) for i, s in enumerate(unique)}
+
+    # --- discovery ------------------------------------------------------------------------
+
+    def allowed(self, requester: str) -> list[dict[str, Any]]:
+        """The claims, purposes and parameters this requester may use."""
+        out = []
+        for claim in self.catalog.claims.values():
+            purposes = [
+                p for p in sorted(claim.purposes)
+                if self.enforcer.decide(requester, claim.name, claim.departments, p).allowed
+            ]  # fmt: skip
+            if purposes:
+                described = claim.describe()
+                described["purposes"] = [
+                    {"name": p, "consent_required": self.enforcer.legal_basis(p) is None,
+                     "legal_basis": self.enforcer.legal_basis(p)}
+                    for p in purposes
+                ]  # fmt: skip
+                out.append(described)
+        return out
