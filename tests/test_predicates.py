@@ -250,8 +250,12 @@ def test_a_subject_with_no_records_is_false_everywhere(evaluators, subjects):
     for name, evaluator in evaluators.items():
         for predicate in evaluator.department.predicates.values():
             params = {p.name: p.values[0] for p in predicate.params}
+            # Two-person predicates (guardian_of) relate the stranger to another stranger.
+            related = (
+                make_id("150102", dt.date(2020, 1, 1), 997) if predicate.related_query else None
+            )
             answers[(name, predicate.name)] = evaluator.evaluate(
-                PredicateCall(predicate.name, stranger, params)
+                PredicateCall(predicate.name, stranger, params, related)
             )
 
     assert len(answers) == sum(len(d.predicates) for d in DEPARTMENTS.values())
