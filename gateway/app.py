@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 from adapters.service import install_problem_handlers
 from primitives.jws import jwks
@@ -12,6 +12,7 @@ from primitives.jws import jwks
 from .oauth.flask import init_oauth
 from .services import Gateway
 from .views_audit import audit_blueprint
+from .views_checks import BATCH_MAX_BODY, checks_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
 
@@ -34,6 +35,19 @@ def create_app(gateway: Gateway) -> Flask:
             citizen_verifier=oauth.get("citizen_verifier"),
         )
     app.register_blueprint(audit_blueprint(gateway))
+    checker = gateway.extras.get("checker")
+    if checker is not None:
+        app.register_blueprint(checks_blueprint(checker, gateway.extras.get("policy_admin")))
+
+        @app.before_request
+        def _batch_limit() -> None:
+            # Batches carry up to 10,000 subjects; every other body stays small.
+            if request.path == "/v1/checks/batch":
+                request.max_content_length = BATCH_MAX_BODY
+
+    citizen = gateway.extras.get("citizen_blueprint")
+    if citizen is not None:
+        app.register_blueprint(citizen)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -49,6 +63,9 @@ def create_app(gateway: Gateway) -> Flask:
             published[public.key_id] = public
         if oauth is not None:
             published.update(oauth["issuer"].public_keys())
+        answers = gateway.extras.get("answers")
+        if answers is not None:
+            published.update(answers.public_keys())
         resp = jsonify(jwks(published))
         resp.headers["Cache-Control"] = "public, max-age=300"
         return resp

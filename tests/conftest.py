@@ -199,3 +199,108 @@ def policy_env(policy_store: PolicyStore, claim_catalog: Catalog) -> PolicyEnv:
     audit = RecordingAudit()
     admin = PolicyAdmin(policy_store, enforcer, claim_catalog, audit)
     return PolicyEnv(policy_store, enforcer, admin, audit, claim_catalog)
+
+
+# --- consent (gateway/consent.py) ------------------------------------------------------
+
+CONSENT_NOW = "2026-03-01T08:00:00+00:00"
+
+
+class RecordingEvents:
+    """The fake for ``gateway.services.AuditEvents`` (``gateway.consent.ConsentAudit``):
+    keeps ``(event, subject_id)`` pairs, or raises ``failure``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict[str, Any], str | None]] = []
+        self.failure: Exception | None = None
+
+    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
+        if self.failure is not None:
+            raise self.failure
+        json.dumps(event, sort_keys=True, allow_nan=False)
+        self.events.append((copy.deepcopy(dict(event)), subject_id))
+        return len(self.events) - 1
+
+
+class FakeClock:
+    """A settable clock for the consent store (aware UTC datetimes)."""
+
+    def __init__(self, now: str = CONSENT_NOW) -> None:
+        import datetime as dt
+
+        self.now = dt.datetime.fromisoformat(now)
+
+    def __call__(self) -> Any:
+        return self.now
+
+
+class FakeGuardians:
+    """``guardian_check`` fake: answers ``verdict`` and records who asked about whom."""
+
+    def __init__(self) -> None:
+        from primitives.wire import Tri
+
+        self.verdict = Tri.TRUE
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, guardian: str, child: str) -> Any:
+        self.calls.append((guardian, child))
+        return self.verdict
+
+
+@dataclass
+class ConsentEnv:
+    """A consent store with fakes for the audit sink, the guardian check and the clock."""
+
+    store: Any  # gateway.consent.ConsentStore
+    audit: RecordingEvents
+    guardians: FakeGuardians
+    clock: FakeClock
+    key: SM2PrivateKey
+
+
+def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentEnv:
+    """Build a fresh store on ``url`` (its consent table dropped and re-created), with an
+    in-memory requester registry holding ``insurer-a``, ``edu-bureau`` and a disabled
+    ``retired-client``."""
+    from audit.vault import Pseudonymizer
+    from gateway.consent import ConsentStore, metadata
+    from gateway.oauth import ClientRegistry
+
+    registry = ClientRegistry("sqlite://", scrypt_n=2**4)
+    registry.create_schema()
+    registry.register_client("insurer-a", "Insurer A", scopes=["checks"])
+    registry.register_client("edu-bureau", "Education Bureau", scopes=["checks"])
+    registry.register_client("retired-client", "Retired", scopes=["checks"], enabled=False)
+    env = ConsentEnv(None, RecordingEvents(), FakeGuardians(), FakeClock(), key)
+    env.store = ConsentStore(
+        url,
+        pseudonyms=Pseudonymizer(b"p" * 32, b"v" * 16),
+        catalog=catalog,
+        registry=registry,
+        signing_key=key,
+        audit=env.audit,
+        guardian_check=env.guardians,
+        clock=env.clock,
+    )
+    metadata.drop_all(env.store.engine)
+    env.store.create_schema()
+    return env
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def consent_env(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    claim_catalog: Catalog,
+    party_keys: dict[str, SM2PrivateKey],
+) -> Iterator[ConsentEnv]:
+    """A consent store on SQLite (a file, so threads share it) and on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        url = request.getfixturevalue("pg_scratch_url")
+    env = make_consent_env(url, claim_catalog, party_keys["gateway"])
+    yield env
+    env.store.engine.dispose()
+    env.store.registry.engine.dispose()

@@ -324,7 +324,10 @@ def test_consistency_edge_cases():
 
 def test_canonical_json_sorted_compact_utf8():
     value = {"b": 1, "a": "数据共享", "c": [True, None, {"z": "é", "y": -3}], "A": "upper"}
-    assert canonical_json(value) == '{"A":"upper","a":"数据共享","b":1,"c":[true,null,{"y":-3,"z":"é"}]}'.encode()
+    assert (
+        canonical_json(value)
+        == '{"A":"upper","a":"数据共享","b":1,"c":[true,null,{"y":-3,"z":"é"}]}'.encode()
+    )
     assert canonical_json({"b": 1, "a": 2}) == canonical_json({"a": 2, "b": 1})
     assert b"\\u" not in canonical_json({"x": "数据"})
     assert canonical_json({"q": 'say "hi"\n'}) == b'{"q":"say \\"hi\\"\\n"}'

@@ -13,6 +13,9 @@ import os
 import secrets
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from primitives.gm import SM2PrivateKey, SM2PublicKey, load_or_create_private_key, load_private_key
 
 __all__ = ["KeyRing"]
@@ -50,6 +53,28 @@ class KeyRing:
         if len(value) != size:
             raise ValueError(f"{path.name}: expected {size} bytes")
         return value
+
+    def p256(self, party: str) -> ec.EllipticCurvePrivateKey:
+        """A P-256 key for ES256 answers (for requesters without SM2), PEM, mode 0600."""
+        path = self.directory / f"{party}.p256.pem"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            tmp = path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{path.name}: not an EC key")
+        return key
 
     def private(self, party: str) -> SM2PrivateKey:
         return load_private_key(self.directory / f"{party}.key")

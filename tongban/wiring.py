@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.client import DepartmentClient, HttpTransport
+from collections.abc import Mapping
+
+from adapters.client import DepartmentClient, HttpTransport, Transport
 from adapters.departments import DEPARTMENTS
 from adapters.evaluate import Evaluator
 from adapters.protocol import AdapterCore, RequestSigner
@@ -10,10 +12,18 @@ from adapters.store import DepartmentStore
 from adapters.witness import MetaWitnessState, Witness
 from audit.log import AuditLog
 from audit.vault import Pseudonymizer
+from gateway.answers import AnswerSigner
 from gateway.catalog import Catalog
 from gateway.checkpoints import Checkpointer
+from gateway.checks import Checker
+from gateway.consent import ConsentRequired, ConsentStore
 from gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
 from gateway.services import AuditEvents, Gateway
+from gateway.views_citizen import citizen_blueprint
+from policies import PolicyAdmin, PolicyStore, open_enforcer
+from primitives.errors import TongbanError
+from primitives.gm import SM2PrivateKey, SM2PublicKey
+from primitives.wire import PredicateCall, Tri
 
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
 from .config import Settings
@@ -51,13 +61,54 @@ def build_registry(settings: Settings) -> ClientRegistry:
     return registry
 
 
-def build_gateway(settings: Settings, *, start: bool = True) -> Gateway:
+def build_consents(
+    settings: Settings,
+    audit: AuditLog,
+    catalog: Catalog,
+    registry: ClientRegistry,
+    signing_key: SM2PrivateKey,
+    departments: DepartmentClient,
+) -> ConsentStore:
+    def guardian_check(guardian_id: str, child_id: str) -> Tri:
+        # Household registration (公安) decides who may consent for a minor.
+        try:
+            call = PredicateCall("guardian_of", guardian_id, {}, child_id)
+            return departments.evaluate("police", call).result
+        except TongbanError:
+            return Tri.UNKNOWN
+
+    store = ConsentStore(
+        settings.gateway_store_url(),
+        pseudonyms=audit.pseudonyms,
+        catalog=catalog,
+        registry=registry,
+        signing_key=signing_key,
+        audit=AuditEvents(audit),
+        guardian_check=guardian_check,
+        issuer=settings.public_url,
+    )
+    store.create_schema()
+    return store
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    start: bool = True,
+    transport: Transport | None = None,
+    department_keys: Mapping[str, SM2PublicKey] | None = None,
+) -> Gateway:
+    """The whole gateway. Tests pass an in-process ``transport`` and the departments'
+    public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``."""
     keys = KeyRing(settings.keys_dir)
     signing_key = keys.private("gateway")
     signer = RequestSigner(signing_key, issuer=settings.gateway_issuer)
-    connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
-    department_keys = {d: keys.public(d) for d in connected}
-    transport = HttpTransport(settings.adapter_urls)
+    if department_keys is None:
+        connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
+        department_keys = {d: keys.public(d) for d in connected}
+    department_keys = dict(department_keys)
+    if transport is None:
+        transport = HttpTransport(settings.adapter_urls)
     client = DepartmentClient(signer, transport, department_keys, timeout=settings.adapter_timeout)
     pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), keys.secret("vault", 16))
     audit = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
@@ -78,8 +129,32 @@ def build_gateway(settings: Settings, *, start: bool = True) -> Gateway:
     citizen = CitizenTokenVerifier(
         issuer=settings.idp_issuer, audience=settings.public_url, keys={idp.key_id: idp}
     )
+    catalog = Catalog.load(DEPARTMENTS)
+    policy_store = PolicyStore.from_url(settings.gateway_store_url())
+    enforcer = open_enforcer(policy_store, catalog)
+    events = AuditEvents(audit)
+    policy_admin = PolicyAdmin(policy_store, enforcer, catalog, events)
+    answers = AnswerSigner(
+        signing_key,
+        issuer=settings.public_url,
+        pairwise_key=keys.secret("pairwise", 32),
+        es256_key=keys.p256("gateway"),
+    )
+    consents = build_consents(settings, audit, catalog, registry, signing_key, client)
+    checker = Checker(
+        catalog,
+        enforcer,
+        consents,
+        client,
+        audit,
+        answers,
+        timeout=settings.adapter_timeout,
+        consent_required=lambda: ConsentRequired(
+            "consent_id: this purpose needs the subject's consent"
+        ),
+    )
     gateway = Gateway(
-        catalog=Catalog.load(DEPARTMENTS),
+        catalog=catalog,
         departments=client,
         audit=audit,
         checkpointer=checkpointer,
@@ -93,9 +168,14 @@ def build_gateway(settings: Settings, *, start: bool = True) -> Gateway:
                 "token_endpoint": settings.public_url + "/oauth/token",
                 "replay_cache": SqlReplayCache(registry.engine),
                 "citizen_verifier": citizen,
-            }
+            },
+            "checker": checker,
+            "policy_admin": policy_admin,
+            "answers": answers,
         },
     )
+    gateway.extras["citizen_blueprint"] = citizen_blueprint(gateway, consents)
+    gateway.extras["consents"] = consents
     if start:
         AuditEvents(audit).append(
             {"kind": "lifecycle", "event": "gateway_started", "origin": settings.origin}
