@@ -137,7 +137,7 @@ def test_pairwise_subjects_differ_between_requesters(harness, truth):
 def test_every_check_is_in_the_log_with_an_inclusion_proof(harness, truth):
     body = harness.check("edu-bureau", _body("birth_registered", truth[1])).get_json()
     index = body["audit_index"]
-    note = SignedNote.parse(harness.gateway.checkpointer.checkpoint().text())  # type: ignore[union-attr]
+    note = SignedNote.parse(harness.gateway.checkpointer.checkpoint().text())
     size = note.checkpoint.size
 
     resp = harness.client.get(
@@ -148,7 +148,7 @@ def test_every_check_is_in_the_log_with_an_inclusion_proof(harness, truth):
     path = [bytes.fromhex(h) for h in proof["audit_path"]]
     leaf = bytes.fromhex(proof["leaf_hash"])
     assert verify_inclusion(index, size, leaf, path, note.checkpoint.root)
-    entry = harness.gateway.audit.get(index).entry  # type: ignore[union-attr]
+    entry = harness.gateway.audit.get(index).entry
     assert entry["kind"] == "check" and entry["requester"] == "edu-bureau"
     assert truth[1]["id_number"] not in json.dumps(entry)
 
@@ -160,7 +160,7 @@ def test_insurer_may_not_ask_fertility_claims_for_underwriting(harness, truth):
     problem = resp.get_json()
     assert resp.status_code == 403
     assert problem["type"].endswith("/policy-denied")
-    entry = harness.gateway.audit.get(problem["audit_index"]).entry  # type: ignore[union-attr]
+    entry = harness.gateway.audit.get(problem["audit_index"]).entry
     assert entry["result"] == "denied" and entry["decision"]["allowed"] is False
     assert entry["decision"]["rule"][-1] == "deny"  # the negative list's rule decided it
     assert truth[0]["id_number"] not in resp.get_data(as_text=True)
@@ -231,7 +231,7 @@ def test_two_person_rule_over_http(harness):
                                 headers=harness.auth("admin-2"))  # fmt: skip
     assert other.status_code == 200
     assert other.get_json()["policy_version"] != before["version"]
-    kinds = [e.entry.get("kind") for e in harness.gateway.audit.entries({}, limit=20)[0]]  # type: ignore[union-attr]
+    kinds = [e.entry.get("kind") for e in harness.gateway.audit.entries({}, limit=20)[0]]
     assert any(k and "policy" in k for k in kinds)
 
 
@@ -255,7 +255,7 @@ def test_a_department_that_is_down_makes_the_answer_undetermined_never_no(harnes
     certified = next(r for r in truth if r["claims"]["birth_registered"] is True)
     client = harness.gateway.departments
     original = client.transport
-    client.transport = _PoliceDown(original)  # type: ignore[assignment]
+    client.transport = _PoliceDown(original)
     try:
         resp = harness.check("edu-bureau", _body("birth_registered", certified))
     finally:
