@@ -25,6 +25,7 @@ from primitives.wire import Tri
 
 from .answers import AnswerSigner
 from .catalog import Catalog, Claim
+from .consent import is_consent_id
 from .services import utc_now
 
 __all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "PolicyDenied"]
@@ -244,7 +245,9 @@ class Checker:
                 claim=req.claim.name,
             )
         except TongbanError as exc:
-            self._deny({**entry, "consent_id": consent_id}, req.subject_id, exc)
+            # Only a well-formed consent id goes into the log: free text could be personal data.
+            recorded = {"consent_id": consent_id} if is_consent_id(consent_id) else {}
+            self._deny({**entry, **recorded}, req.subject_id, exc)
         return {"consent_id": consent_id}
 
     def _ask(self, claim: Claim, subject_id: str, params: dict[str, str]) -> list[tuple[str, Tri]]:

@@ -38,7 +38,7 @@ Error tree (all render as problem+json through the app's one handler)::
     ├── UnknownRequester          unknown-requester
     ├── ClaimNotForPurpose        claim-not-for-purpose
     ├── UnknownClaim, UnknownPurpose   (from gateway.catalog, as for checks)
-    └── InvalidIdNumber           (from primitives.errors)
+    └── InvalidIdNumber           (from primitives.errors; 422)
     Conflict (409)
     └── ConsentNotActive          consent-not-active (revoking what is no longer active)
 """
@@ -78,8 +78,14 @@ from sqlalchemy.pool import StaticPool
 
 from audit.vault import Pseudonymizer
 from policies.errors import AuditFailed
-from primitives.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
-from primitives.errors import TongbanError as _TongbanError
+from primitives.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreUnavailable,
+    TongbanError,
+)
 from primitives.gm import SM2PrivateKey
 from primitives.idnumber import mask, parse
 from primitives.jws import PrivateKey, sign_compact
@@ -115,6 +121,7 @@ __all__ = [
     "SubjectNotAMinor",
     "UnknownRequester",
     "consents_table",
+    "is_consent_id",
     "metadata",
 ]
 
@@ -133,6 +140,14 @@ _FIELDS = frozenset(
 )
 # Ages count in China Standard Time: a birthday begins at local midnight, not UTC's.
 _CST = dt.timezone(dt.timedelta(hours=8), "CST")
+
+
+def is_consent_id(value: object) -> bool:
+    """Whether ``value`` has the shape of a consent id. The pipeline records a caller's
+    ``consent_id`` in the audit log only if it does, so free text (perhaps an ID number
+    pasted in the wrong field) never reaches the log."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
 
 GuardianCheck = Callable[[str, str], Tri]
 """``guardian_check(guardian_id, child_id)``: police ``guardian_of`` (subject = guardian,
@@ -529,7 +544,7 @@ class ConsentStore:
             return
         try:
             self.audit.append(event, subject_id=subject_id)
-        except _TongbanError:
+        except TongbanError:
             raise
         except Exception as exc:
             raise AuditFailed("audit: the consent event was not recorded") from exc
@@ -650,7 +665,7 @@ class ConsentStore:
     def get(self, consent_id: str, citizen_id: str) -> Consent:
         """The consent if the citizen is its subject or the guardian who granted it; a
         plain 404 otherwise, so nobody learns that someone else's consent exists."""
-        if not isinstance(consent_id, str) or not _ID.fullmatch(consent_id):
+        if not is_consent_id(consent_id):
             raise NotFound("consent: no such consent")
         _, mine = self._visible(citizen_id)
         t = consents_table
@@ -676,7 +691,7 @@ class ConsentStore:
     def revoke(self, consent_id: str, citizen_id: str) -> Consent:
         """Revoke an active consent (by its subject or the guardian who granted it). The
         next :meth:`use` sees it: the update and its audit event commit together."""
-        if not isinstance(consent_id, str) or not _ID.fullmatch(consent_id):
+        if not is_consent_id(consent_id):
             raise NotFound("consent: no such consent")
         number = parse(citizen_id).number
         me, mine = self._visible(number)
@@ -739,7 +754,7 @@ class ConsentStore:
             raise ConsentRequired("consent_id: this purpose needs the subject's consent")
         if not isinstance(consent_id, str):
             raise BadRequest("consent_id: expected a string")
-        if not _ID.fullmatch(consent_id):
+        if not is_consent_id(consent_id):
             raise ConsentNotFound("consent_id: no such consent")
         at = self._now(now)
         t = consents_table

@@ -80,7 +80,7 @@ def test_signed_note_text_is_exactly_the_c2sp_form(party_keys: dict[str, SM2Priv
             assert get_backend(backend).verify(pub.x, pub.y, body.encode(), signature)
             assert not get_backend(backend).verify(pub.x, pub.y, body.encode() + b"x", signature)
         r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        assert 0 < r and 0 < s
+        assert r > 0 and s > 0
     parsed = SignedNote.parse(text)
     assert parsed == note
     assert parsed.checkpoint == Checkpoint(ORIGIN, 13, root)
@@ -316,6 +316,7 @@ def test_witness_http_route(
     assert back.status_code == 409 and back.mimetype == PROBLEM_JSON
     assert back.get_json()["reason"] == "rollback" and back.get_json()["last_size"] == 10
 
+    bad: object
     for bad in (
         [],
         {"note": 1, "from_size": 0, "consistency_path": []},

@@ -207,7 +207,8 @@ def test_grant_validation(consent_env: ConsentEnv, changes, slug, field):
 
 
 def test_grant_body_must_be_an_object(consent_env: ConsentEnv):
-    for body in (None, [], "consent"):
+    bodies: tuple[object, ...] = (None, [], "consent")
+    for body in bodies:
         assert _refusal(consent_env.store.grant, ADULT, body).slug == "bad-request"
 
 
@@ -445,3 +446,40 @@ def test_real_audit_log_stores_no_id_number(tmp_path, claim_catalog, party_keys)
     finally:
         log.close()
         env.store.engine.dispose()
+
+
+# --- surface -----------------------------------------------------------------------------
+
+
+def test_exported_names_are_complete_and_slugs_distinct():
+    import inspect
+
+    import gateway.views_citizen as views
+    from gateway import consent
+
+    for module in (consent, views):
+        defined = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and (inspect.isclass(value) or inspect.isfunction(value))
+            and value.__module__ == module.__name__
+        }
+        assert defined <= set(module.__all__)
+        assert all(hasattr(module, name) for name in module.__all__)
+    errors = [
+        v for v in vars(consent).values() if inspect.isclass(v) and issubclass(v, TongbanError)
+    ]
+    ours = [e for e in errors if e.__module__ == consent.__name__]
+    assert len({e.slug for e in ours}) == len(ours) == 15
+    assert all(e.status == 403 for e in ours if issubclass(e, ConsentRefused))
+    assert all(e.slug.startswith("consent-") for e in ours if issubclass(e, ConsentRefused))
+
+
+def test_consent_id_shape(consent_env: ConsentEnv):
+    from gateway.consent import is_consent_id
+
+    granted = consent_env.store.grant(ADULT, _body())
+
+    assert is_consent_id(granted.id)
+    assert not any(is_consent_id(v) for v in (None, 7, "", ADULT, granted.id + "x", "a/b" * 8))

@@ -1,0 +1,234 @@
+"""Prometheus metrics of the gateway, on a registry of their own.
+
+What is measured, and the only labels used::
+
+    tongban_http_requests_total{method, route, status}        every request
+    tongban_http_request_duration_seconds{method, route}       its latency (histogram)
+    tongban_checks_total{requester, claim, purpose, result}    CHECKS, from the pipeline
+    tongban_department_calls_total{department, outcome}        DEPARTMENT_CALLS
+    tongban_audit_appends_total                                AUDIT_APPENDS
+    tongban_audit_tree_size                                    gauge, read at scrape time
+    tongban_audit_checkpoint_size                              gauge, read at scrape time
+
+No label ever carries personal data. ``route`` is the URL rule's template
+(``/v1/consents/<consent_id>``), never the path a client sent; an unmatched path is
+``<unmatched>``. Every label value the pipeline passes goes through :func:`safe_label`,
+which refuses anything but a short identifier and anything with a run of 11 or more digits
+(an ID or phone number): such a value becomes ``redacted``. This also bounds cardinality
+when a caller passes garbage.
+
+The metrics live in :data:`REGISTRY`, not the process-global default registry, so tests and
+several apps in one process do not collide with other libraries' collectors.
+
+Several processes (gunicorn workers): each worker has its own counters, and a scrape
+reaches one worker at random. For correct totals, run with ``PROMETHEUS_MULTIPROC_DIR``
+set to an empty directory (before this module is imported, cleared at each deployment),
+declare the two gauges with ``multiprocess_mode="max"`` (or ``"livemax"``), serve
+``/metrics`` from a fresh ``CollectorRegistry`` with
+``prometheus_client.multiprocess.MultiProcessCollector(registry)``, and call
+``multiprocess.mark_process_dead(worker.pid)`` from gunicorn's ``child_exit`` hook. Not
+done here: the demo and tests are single-process.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from audit.note import SignedNote
+
+__all__ = [
+    "AUDIT_APPENDS",
+    "AUDIT_CHECKPOINT_SIZE",
+    "AUDIT_TREE_SIZE",
+    "CHECKS",
+    "DEPARTMENT_CALLS",
+    "HTTP_LATENCY",
+    "HTTP_REQUESTS",
+    "REDACTED",
+    "REGISTRY",
+    "SafeCounter",
+    "install_metrics",
+    "metrics_blueprint",
+    "safe_label",
+    "track_audit",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REDACTED = "redacted"
+UNMATCHED = "<unmatched>"
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+_LONG_DIGITS = re.compile(r"[0-9]{11,}")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Latency buckets around the goal (p99 under 50 ms) and the batch endpoint's seconds.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def safe_label(value: object) -> str:
+    """``value`` as a label value if it is a short identifier without a long digit run,
+    else ``redacted``: no ID number, phone number or free text can become a label."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not _LABEL.fullmatch(text) or _LONG_DIGITS.search(text):
+        return REDACTED
+    return text
+
+
+class _Child(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class SafeCounter:
+    """A labelled :class:`Counter` whose :meth:`labels` passes every value through
+    :func:`safe_label`. Use it exactly like the counter: ``CHECKS.labels(...).inc()``."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def labels(self, *values: object) -> _Child:
+        child: _Child = self.counter.labels(*(safe_label(v) for v in values))
+        return child
+
+
+HTTP_REQUESTS = Counter(
+    "tongban_http_requests",
+    "HTTP requests by method, route template and status code.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "tongban_http_request_duration_seconds",
+    "Time from request start to response, by method and route template.",
+    ["method", "route"],
+    buckets=_BUCKETS,
+    registry=REGISTRY,
+)
+CHECKS = SafeCounter(
+    Counter(
+        "tongban_checks",
+        "Checks by requester, claim, purpose and result "
+        "(yes, no, undetermined, denied, invalid).",
+        ["requester", "claim", "purpose", "result"],
+        registry=REGISTRY,
+    )
+)
+DEPARTMENT_CALLS = SafeCounter(
+    Counter(
+        "tongban_department_calls",
+        "Predicate calls to department adapters by outcome (true, false, unknown, "
+        "unavailable, refused, timeout).",
+        ["department", "outcome"],
+        registry=REGISTRY,
+    )
+)
+AUDIT_APPENDS = Counter(
+    "tongban_audit_appends",
+    "Entries this process appended durably to the audit log.",
+    registry=REGISTRY,
+)
+AUDIT_TREE_SIZE = Gauge(
+    "tongban_audit_tree_size",
+    "Audit Merkle tree size as this process sees it.",
+    registry=REGISTRY,
+)
+AUDIT_CHECKPOINT_SIZE = Gauge(
+    "tongban_audit_checkpoint_size",
+    "Tree size of the latest signed checkpoint.",
+    registry=REGISTRY,
+)
+
+
+class _AuditView(Protocol):
+    """What the gauges read: :class:`audit.log.AuditLog` satisfies it."""
+
+    @property
+    def size(self) -> int: ...
+
+    def latest_checkpoint(self) -> SignedNote | None: ...
+
+
+def _guarded(read: Callable[[], float]) -> Callable[[], float]:
+    """A scrape must not fail because the audit store is briefly unreachable: NaN then."""
+
+    def value() -> float:
+        try:
+            return float(read())
+        except Exception:
+            return math.nan
+
+    return value
+
+
+def track_audit(audit: _AuditView | None) -> None:
+    """Read the audit gauges from ``audit`` at each scrape (the last log given wins)."""
+    if audit is None:
+        AUDIT_TREE_SIZE.set_function(lambda: math.nan)
+        AUDIT_CHECKPOINT_SIZE.set_function(lambda: math.nan)
+        return
+
+    def checkpoint_size() -> float:
+        note = audit.latest_checkpoint()
+        return math.nan if note is None else float(note.checkpoint.size)
+
+    AUDIT_TREE_SIZE.set_function(_guarded(lambda: audit.size))
+    AUDIT_CHECKPOINT_SIZE.set_function(_guarded(checkpoint_size))
+
+
+def _route() -> str:
+    rule = request.url_rule
+    return UNMATCHED if rule is None else rule.rule
+
+
+def _method() -> str:
+    return request.method if request.method in _METHODS else "OTHER"
+
+
+def metrics_blueprint(registry: CollectorRegistry = REGISTRY) -> Blueprint:
+    """``GET /metrics``: the text exposition format, or OpenMetrics if the scraper asks."""
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = Response(encode(registry), 200)
+        resp.headers["Content-Type"] = content_type
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    return bp
+
+
+def install_metrics(
+    app: Flask, *, audit: _AuditView | None = None, endpoint: bool = True
+) -> Blueprint | None:
+    """Count and time every request of ``app`` by route template and status; read the
+    audit gauges from ``audit``; and, with ``endpoint``, register ``GET /metrics`` and
+    return its blueprint (``None`` otherwise, e.g. when a separate port serves it)."""
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp: Response) -> Response:
+        started = g.pop("metrics_started", None)
+        route, method = _route(), _method()
+        HTTP_REQUESTS.labels(method, route, str(resp.status_code)).inc()
+        if started is not None:
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+        return resp
+
+    if audit is not None:
+        track_audit(audit)
+    if not endpoint:
+        return None
+    bp = metrics_blueprint()
+    app.register_blueprint(bp)
+    return bp

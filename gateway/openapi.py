@@ -1,0 +1,307 @@
+"""The gateway's OpenAPI 3.1 document, its problem-type registry, and the docs pages.
+
+:func:`build_openapi` assembles the document from :mod:`gateway.openapi_paths` and
+:mod:`gateway.openapi_schemas`; :func:`problem_types` walks the one error tree
+(``TongbanError.__subclasses__()``, recursively, after importing every module that defines
+errors) so a new error class appears in ``x-problem-types`` without anyone listing it;
+:func:`docs_blueprint` serves ``/openapi.json``, ``/docs`` and the page's own script and
+style sheet (no CDN, nothing fetched from elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata, resources
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from primitives.errors import PROBLEM_BASE, NotFound, TongbanError
+
+from .catalog import Catalog
+from .oauth.registry import KNOWN_SCOPES
+from .openapi_paths import DOCS_ASSETS, paths
+from .openapi_schemas import Json, component_schemas
+
+__all__ = [
+    "ERROR_MODULES",
+    "OPENAPI_VERSION",
+    "ProblemType",
+    "build_openapi",
+    "docs_blueprint",
+    "error_classes",
+    "problem_types",
+]
+
+OPENAPI_VERSION = "3.1.0"
+
+ERROR_MODULES = (
+    "primitives.errors",
+    "gateway.oauth.errors",
+    "gateway.catalog",
+    "gateway.checks",
+    "gateway.consent",
+    "policies.errors",
+    "adapters.client",
+    "adapters.witness",
+    "audit.log",
+)
+"""Every module that defines a :class:`TongbanError` subclass. A test greps the sources for
+``slug = "`` and fails if a module is missing here."""
+
+_OWN_PACKAGES = frozenset(
+    {"primitives", "gateway", "policies", "adapters", "audit", "federation", "tongban"}
+)
+
+_SCOPES = {
+    "checks": "Ask single yes/no checks (POST /v1/checks).",
+    "checks:batch": "Ask batches of checks (POST /v1/checks/batch).",
+    "audit:read": "Privacy officer: search audit entries, inclusion proofs for any entry.",
+    "admin": "Propose, approve and reject policy changes.",
+    "statistics": "Request Paillier cross-department statistics.",
+    "federation": "Run federated training jobs.",
+}
+
+_TAGS = [
+    ("oauth", "OAuth 2.0 token endpoint and public keys"),
+    ("checks", "Requesters: claims, single and batch checks (signed yes/no answers)"),
+    ("consent", "Citizens: grant, read and revoke consent"),
+    ("citizen", "Citizens: my consents and who asked about me"),
+    ("audit", "The tamper-evident log: checkpoints, proofs, officers' search"),
+    ("admin", "Policy administration with two-person approval"),
+    ("operations", "Health and metrics"),
+    ("docs", "This document and its page"),
+]
+
+_DESCRIPTION = """\
+通办 tongban: a privacy-preserving cross-department data-sharing gateway. Requesters ask \
+consent- and policy-checked yes/no questions about one citizen and receive a signed answer \
+(compact JWS, `typ: tongban-answer+jwt`, SM2 by default, ES256 selectable) and nothing \
+more: never an attribute, a date or a count. Every check, refused or answered, is \
+appended durably to an SM3 Merkle audit log before the answer leaves.
+
+Every error is RFC 9457 `application/problem+json` with a stable `type` URI (listed, with \
+title and status, in `x-problem-types`), a `detail` that never repeats personal data, and \
+`instance` set to the request id (`X-Request-Id`). The token endpoint alone answers in \
+RFC 6749 form. Any path answers 404 `not-found` if unknown and 405 `method-not-allowed` \
+(with `Allow`) for a method it does not take.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One stable problem ``type``: what ``x-problem-types`` lists."""
+
+    slug: str
+    type: str
+    title: str
+    status: int
+    extends: str | None
+    module: str
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "slug": self.slug,
+            "title": self.title,
+            "status": self.status,
+        }
+        if self.extends is not None:
+            out["extends"] = PROBLEM_BASE + self.extends
+        return out
+
+
+def _walk(cls: type[TongbanError]) -> Iterable[type[TongbanError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _walk(sub)
+
+
+def error_classes() -> list[type[TongbanError]]:
+    """Every error class of tongban's own packages, root first. Classes defined elsewhere
+    (a test's fake error) are left out: they are not part of the contract."""
+    for name in ERROR_MODULES:
+        importlib.import_module(name)
+    seen: dict[type[TongbanError], None] = {}
+    for cls in _walk(TongbanError):
+        if cls.__module__.split(".")[0] in _OWN_PACKAGES:
+            seen.setdefault(cls, None)
+    return list(seen)
+
+
+def _defining(cls: type[TongbanError]) -> type[TongbanError]:
+    """The class (``cls`` or an ancestor) whose ``slug`` ``cls`` reports."""
+    for klass in cls.__mro__:
+        if "slug" in vars(klass):
+            return klass  # type: ignore[no-any-return]  # the MRO of a TongbanError subclass
+    return TongbanError
+
+
+def problem_types() -> list[ProblemType]:
+    """The problem types of the error tree, sorted by slug. A class that inherits its
+    parent's slug but changes its status or title is a contradiction (one ``type`` with
+    two meanings) and raises ``ValueError``, as does one slug defined twice."""
+    found: dict[str, ProblemType] = {}
+    for cls in error_classes():
+        owner = _defining(cls)
+        if owner is not cls:
+            if (cls.status, cls.title) != (owner.status, owner.title):
+                raise ValueError(f"{cls.__qualname__}: changes status or title, so needs a slug")
+            continue
+        parents = [b for b in cls.__mro__[1:] if isinstance(b, type) and issubclass(b, TongbanError)]
+        extends = _defining(parents[0]).slug if parents else None
+        problem = ProblemType(
+            cls.slug, PROBLEM_BASE + cls.slug, cls.title, cls.status, extends, cls.__module__
+        )
+        if cls.slug in found:
+            raise ValueError(f"problem slug {cls.slug!r} defined twice")
+        found[cls.slug] = problem
+    return [found[s] for s in sorted(found)]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tongban")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0"
+
+
+def _default_catalog() -> Catalog:
+    from adapters.departments import DEPARTMENTS
+
+    return Catalog.load(DEPARTMENTS)
+
+
+def build_openapi(server_url: str, *, catalog: Catalog | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the gateway at ``server_url`` (its public URL, e.g.
+    ``Settings.public_url``; empty for a document with relative URLs). Claim, purpose and
+    parameter enumerations come from ``catalog`` (default: the shipped catalog), so pass
+    the one the gateway enforces."""
+    base = server_url.rstrip("/")
+    catalog = catalog if catalog is not None else _default_catalog()
+    scopes = sorted(KNOWN_SCOPES)
+    security_schemes: Json = {
+        "oauth2": {
+            "type": "oauth2",
+            "description": "Requester systems: client credentials (RFC 6749 section 4.4); "
+            "access tokens are RFC 9068 JWTs (`typ: at+jwt`), a few minutes long.",
+            "flows": {
+                "clientCredentials": {
+                    "tokenUrl": f"{base}/oauth/token",
+                    "scopes": {s: _SCOPES.get(s, s) for s in scopes},
+                }
+            },
+        },
+        "clientSecretBasic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "Token endpoint client authentication `client_secret_basic`.",
+        },
+        "citizenToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Citizens: a short JWT (`typ: tongban-citizen+jwt`) signed by the "
+            "configured identity provider, `sub` = the citizen's ID number.",
+        },
+    }
+    headers: Json = {
+        "X-Request-Id": {
+            "description": "The caller's id if it is a plain token, else a fresh one; equals "
+            "a problem's `instance`.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,64}$"},
+        },
+        "WWW-Authenticate": {
+            "description": "RFC 6750 section 3 bearer challenge (RFC 7617 for Basic).",
+            "schema": {"type": "string"},
+        },
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "tongban gateway 通办",
+            "version": _version(),
+            "summary": "Consent-checked, signed yes/no answers across government departments.",
+            "description": _DESCRIPTION,
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": base or "/"}],
+        "tags": [{"name": n, "description": d} for n, d in _TAGS],
+        "paths": paths(),
+        "components": {
+            "schemas": component_schemas(catalog, scopes),
+            "securitySchemes": security_schemes,
+            "headers": headers,
+        },
+        "x-problem-types": [p.to_json() for p in problem_types()],
+    }
+
+
+# --- the docs blueprint -----------------------------------------------------------------
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("gateway").joinpath("static", name).read_bytes()
+
+
+def _etag(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _conditional(data: bytes, mimetype: str, cache: str) -> Response:
+    resp = Response(data, 200, mimetype=mimetype)
+    resp.headers["Cache-Control"] = cache
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.set_etag(_etag(data))
+    resp.make_conditional(request)
+    return resp
+
+
+def docs_blueprint(spec_provider: Callable[[], Mapping[str, Any]]) -> Blueprint:
+    """``GET /openapi.json``, ``GET /docs`` and ``GET /docs/<asset>``.
+
+    ``spec_provider`` is called once, on the first request for the document, and its
+    result is served from then on (with an ``ETag``; the document does not change while
+    the process runs). The page and its assets are read from ``gateway/static`` now, so a
+    missing file fails at start-up rather than on a request.
+    """
+    bp = Blueprint("docs", __name__)
+    page = _static("docs.html")
+    assets = {name: (_static(name), mimetype) for name, mimetype in DOCS_ASSETS.items()}
+    cached: list[bytes] = []
+
+    @bp.get("/openapi.json")
+    def openapi_json() -> Response:
+        if not cached:
+            cached.append(json.dumps(spec_provider(), ensure_ascii=False).encode("utf-8"))
+        resp = _conditional(cached[0], "application/json", "public, max-age=300")
+        resp.headers["Access-Control-Allow-Origin"] = "*"
+        return resp
+
+    @bp.get("/docs")
+    def docs() -> Response:
+        # The page changes with a deployment; let browsers revalidate (ETag) every time.
+        resp = _conditional(page, "text/html", "no-cache")
+        resp.headers["Content-Security-Policy"] = _CSP
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp
+
+    @bp.get("/docs/<asset>")
+    def docs_asset(asset: str) -> Response:
+        found = assets.get(asset)
+        if found is None:
+            raise NotFound("no such asset")
+        data, mimetype = found
+        return _conditional(data, mimetype, "public, max-age=3600")
+
+    return bp

@@ -1,0 +1,734 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of every body the gateway reads or
+writes, and the problem responses an operation can return.
+
+Enumerations come from the objects that enforce them: claim and purpose names and their
+parameter values from the loaded :class:`~gateway.catalog.Catalog`, answer algorithms,
+result words and batch limits from the pipeline, scopes from the client registry, problem
+``type`` URIs from the error classes themselves. A change there changes the document.
+Request schemas say ``additionalProperties: false`` because the gateway refuses unknown
+fields (``bad-request``); a generator such as schemathesis may rely on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from primitives.errors import PROBLEM_BASE, TongbanError
+
+from .catalog import Catalog
+from .checks import MAX_BATCH_SUBJECTS, RESULT_WORD
+from .consent import MAX_USES, ConsentStatus
+
+__all__ = [
+    "CHANGE_ID_PATTERN",
+    "CONSENT_ID_PATTERN",
+    "ID_NUMBER_PATTERN",
+    "JWS_PATTERN",
+    "Json",
+    "component_schemas",
+    "problem_responses",
+    "ref",
+]
+
+Json = dict[str, Any]
+
+ID_NUMBER_PATTERN = "^[0-9]{17}[0-9Xx]$"
+MASKED_ID_PATTERN = "^[0-9]{6}[*]{8}[0-9]{3}[0-9X]$"
+JWS_PATTERN = "^[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$"
+CONSENT_ID_PATTERN = "^[A-Za-z0-9_-]{22}$"  # secrets.token_urlsafe(16)
+CHANGE_ID_PATTERN = "^[0-9a-f]{32}$"  # uuid4().hex
+CLIENT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # gateway.oauth.registry
+HASH_PATTERN = "^[0-9a-f]{64}$"  # SM3, lowercase hex
+MAX_CONSENT_ITEMS = 32  # gateway.consent: at most this many purposes or claims
+ANSWER_ALGS = ("SM2", "ES256")
+BATCH_RESULTS = ("yes", "no", "undetermined", "denied", "invalid")
+
+
+def ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(
+    properties: Json, required: Iterable[str] = (), *, closed: bool = True, **extra: Any
+) -> Json:
+    schema: Json = {"type": "object", "properties": properties}
+    names = list(required)
+    if names:
+        schema["required"] = names
+    if closed:
+        schema["additionalProperties"] = False
+    schema.update(extra)
+    return schema
+
+
+def _str(description: str = "", **extra: Any) -> Json:
+    schema: Json = {"type": "string", **extra}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _array(items: Json, **extra: Any) -> Json:
+    return {"type": "array", "items": items, **extra}
+
+
+_INDEX = {"type": "integer", "minimum": 0, "description": "Audit log index (leaf number)."}
+_TIME = _str("RFC 3339 date-time, UTC.", format="date-time")
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+# --- problems -------------------------------------------------------------------------
+
+
+def problem_responses(*errors: type[TongbanError]) -> dict[str, Json]:
+    """OpenAPI responses, one per status, each a Problem whose ``type`` is one of the
+    given classes' URIs. Classes are taken as declared: a base class lists its own type
+    only, so name each subclass an operation can raise."""
+    by_status: dict[int, dict[str, str]] = {}
+    for cls in errors:
+        by_status.setdefault(cls.status, {})[PROBLEM_BASE + cls.slug] = cls.title
+    out: dict[str, Json] = {}
+    for status in sorted(by_status):
+        types = by_status[status]
+        headers: Json = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
+        if status == 401 or (status == 403 and any("insufficient-scope" in t for t in types)):
+            headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
+        listed = "; ".join(f"`{t.removeprefix(PROBLEM_BASE)}` ({title})" for t, title in types.items())
+        out[str(status)] = {
+            "description": f"Problem: {listed}.",
+            "headers": headers,
+            "content": {
+                "application/problem+json": {
+                    "schema": {
+                        "allOf": [
+                            ref("Problem"),
+                            {
+                                "properties": {
+                                    "type": {"enum": sorted(types)},
+                                    "status": {"const": status},
+                                }
+                            },
+                        ]
+                    }
+                }
+            },
+        }
+    return out
+
+
+def _problem() -> Json:
+    return _obj(
+        {
+            "type": _str(
+                "Stable URI naming the kind of problem; see `x-problem-types`.", format="uri"
+            ),
+            "title": _str("Short summary of the problem type; the same for every occurrence."),
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": _str(
+                "Names the field at fault and what was expected; never repeats personal data."
+            ),
+            "instance": _str("The request id (also in the `X-Request-Id` header)."),
+            "audit_index": {
+                **_INDEX,
+                "description": "For refused checks: the audit entry recording the refusal.",
+            },
+            "reason": _str(
+                "For `invalid-id-number`: which GB 11643 rule failed.",
+                enum=["bad_length", "bad_format", "bad_region", "bad_date", "bad_check_digit"],
+            ),
+            "required_scope": _str("For `insufficient-scope`: the scope the operation needs."),
+        },
+        ["type", "title", "status", "detail"],
+        closed=False,
+        description="RFC 9457 problem details. Extension members may be added.",
+    )
+
+
+def _oauth_error() -> Json:
+    return _obj(
+        {
+            "error": _str(
+                "RFC 6749 section 5.2 error code.",
+                enum=[
+                    "invalid_request",
+                    "invalid_client",
+                    "invalid_grant",
+                    "unauthorized_client",
+                    "unsupported_grant_type",
+                    "invalid_scope",
+                ],
+            ),
+            "error_description": _str("ASCII, without quotes or backslashes."),
+            "error_uri": _str(format="uri"),
+            "type": _str(
+                "When a client assertion was refused: the tongban problem type of the reason.",
+                enum=sorted(
+                    PROBLEM_BASE + s
+                    for s in (
+                        "token-invalid",
+                        "token-expired",
+                        "token-not-yet-valid",
+                        "token-wrong-type",
+                        "token-wrong-audience",
+                        "token-replayed",
+                    )
+                ),
+            ),
+        },
+        ["error"],
+        closed=False,
+        description="Token endpoint error (RFC 6749 section 5.2), not problem+json.",
+    )
+
+
+# --- catalog-derived ------------------------------------------------------------------
+
+
+def _params_rules(catalog: Catalog) -> list[Json]:
+    """Per claim: exactly its parameters, each from its enumeration."""
+    rules: list[Json] = []
+    for name in sorted(catalog.claims):
+        claim = catalog.claims[name]
+        params = _obj(
+            {p: {"type": "string", "enum": list(v)} for p, v in sorted(claim.params.items())},
+            sorted(claim.params),
+        )
+        then: Json = {"properties": {"params": params}}
+        if claim.params:
+            then["required"] = ["params"]
+        rules.append({"if": {"properties": {"claim": {"const": name}}}, "then": then})
+    return rules
+
+
+def _catalog_schemas(catalog: Catalog) -> Json:
+    claims = sorted(catalog.claims)
+    purposes = sorted(catalog.purposes)
+    departments = sorted({d for c in catalog.claims.values() for d in c.departments})
+    param_values = {
+        p: sorted({v for c in catalog.claims.values() for v in c.params.get(p, ())})
+        for p in sorted({p for c in catalog.claims.values() for p in c.params})
+    }
+    return {
+        "ClaimName": _str("A claim of the catalog.", enum=claims),
+        "PurposeName": _str("A purpose of the catalog.", enum=purposes),
+        "DepartmentName": _str(enum=departments),
+        "ClaimParams": _obj(
+            {p: _str(enum=v) for p, v in param_values.items()},
+            description="Parameters, each from its enumeration; which ones a claim takes is "
+            "in `GET /v1/claims` (and enforced per claim on the request schemas).",
+        ),
+        "ClaimDescription": _obj(
+            {
+                "name": ref("ClaimName"),
+                "title": _str(),
+                "title_zh": _str(),
+                "params": {
+                    "type": "object",
+                    "description": "Parameter name to its allowed values.",
+                    "additionalProperties": _array({"type": "string"}),
+                },
+                "purposes": _array(ref("ClaimPurpose")),
+                "departments": _array(ref("DepartmentName")),
+            },
+            ["name", "title", "title_zh", "params", "purposes", "departments"],
+        ),
+        "ClaimPurpose": _obj(
+            {
+                "name": ref("PurposeName"),
+                "consent_required": {"type": "boolean"},
+                "legal_basis": {
+                    "type": ["string", "null"],
+                    "description": "Statutory basis (PIPL art. 13); null when consent is needed.",
+                },
+            },
+            ["name", "consent_required", "legal_basis"],
+        ),
+        "ClaimsResponse": _obj(
+            {
+                "claims": _array(
+                    ref("ClaimDescription"),
+                    description="Only the claims and purposes the caller's policy allows.",
+                ),
+                "purposes": {
+                    "type": "object",
+                    "propertyNames": ref("PurposeName"),
+                    "additionalProperties": _obj(
+                        {"title": _str(), "title_zh": _str()}, ["title", "title_zh"]
+                    ),
+                },
+            },
+            ["claims", "purposes"],
+        ),
+        "CheckRequest": _obj(
+            {
+                "subject": ref("Subject"),
+                "claim": ref("ClaimName"),
+                "purpose": ref("PurposeName"),
+                "params": ref("ClaimParams"),
+                "consent_id": {
+                    "type": ["string", "null"],
+                    "minLength": 1,
+                    "maxLength": 128,
+                    "description": "Needed when the purpose has no statutory legal basis.",
+                },
+                "answer_alg": ref("AnswerAlg"),
+            },
+            ["subject", "claim", "purpose"],
+            allOf=_params_rules(catalog),
+        ),
+        "BatchRequest": _obj(
+            {
+                "claim": ref("ClaimName"),
+                "purpose": ref("PurposeName"),
+                "params": ref("ClaimParams"),
+                "subjects": _array(ref("BatchSubject"), minItems=1, maxItems=MAX_BATCH_SUBJECTS),
+                "answer_alg": ref("AnswerAlg"),
+            },
+            ["claim", "purpose", "subjects"],
+            allOf=_params_rules(catalog),
+        ),
+        "ConsentGrant": _obj(
+            {
+                "requester": _str("Client id of the requester allowed to ask.", minLength=1),
+                "purposes": _array(
+                    ref("PurposeName"), minItems=1, maxItems=MAX_CONSENT_ITEMS, uniqueItems=True
+                ),
+                "claims": _array(
+                    ref("ClaimName"), minItems=1, maxItems=MAX_CONSENT_ITEMS, uniqueItems=True
+                ),
+                "not_before": _str(
+                    "Default now; not in the past.", format="date-time", maxLength=40
+                ),
+                "expires_at": _str(
+                    "After not_before, at most a year ahead; a guardian's consent ends by the "
+                    "subject's 18th birthday.",
+                    format="date-time",
+                    maxLength=40,
+                ),
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": MAX_USES, "default": 1},
+                "subject": {
+                    **ref("IdNumber"),
+                    "description": "A minor the caller is a guardian of; default the caller.",
+                },
+            },
+            ["requester", "purposes", "claims", "expires_at"],
+            description="Every claim must serve one of the purposes, and every purpose must be "
+            "served by one of the claims (`claim-not-for-purpose`).",
+        ),
+        "Consent": _obj(
+            {
+                "id": _str(pattern=CONSENT_ID_PATTERN),
+                "subject_masked": _str(pattern=MASKED_ID_PATTERN),
+                "granted_by": _str(enum=["subject", "guardian"]),
+                "requester": _str(),
+                "purposes": _array(_str(), description="Purpose names (of the catalog at grant)."),
+                "claims": _array(_str(), description="Claim names (of the catalog at grant)."),
+                "not_before": _TIME,
+                "expires_at": _TIME,
+                "max_uses": {"type": "integer", "minimum": 1, "maximum": MAX_USES},
+                "uses": {"type": "integer", "minimum": 0},
+                "status": _str(
+                    "Effective status when read: EXPIRED and EXHAUSTED are derived.",
+                    enum=[s.value for s in ConsentStatus],
+                ),
+                "created": _TIME,
+                "revoked_at": _NULLABLE_TIME,
+                "artefact": {
+                    **ref("CompactJws"),
+                    "description": "The consent signed by the gateway at grant "
+                    "(`typ: tongban-consent+jwt`; payload: ConsentArtefactClaims).",
+                },
+            },
+            [
+                "id",
+                "subject_masked",
+                "granted_by",
+                "requester",
+                "purposes",
+                "claims",
+                "not_before",
+                "expires_at",
+                "max_uses",
+                "uses",
+                "status",
+                "created",
+                "revoked_at",
+                "artefact",
+            ],
+        ),
+    }
+
+
+# --- the rest -------------------------------------------------------------------------
+
+
+def _answers() -> Json:
+    common: Json = {
+        "iss": _str("The gateway's public URL."),
+        "aud": _str("The requester's client id."),
+        "iat": {"type": "integer"},
+        "exp": {"type": "integer", "description": "Minutes after iat."},
+        "jti": _str(),
+        "claim": ref("ClaimName"),
+        "purpose": ref("PurposeName"),
+        "params": ref("ClaimParams"),
+        "policy_version": _str(pattern=HASH_PATTERN),
+        "legal_basis": _str(),
+    }
+    return {
+        "AnswerClaims": _obj(
+            {
+                **common,
+                "sub": _str("Pairwise pseudonym of the subject for this requester.", pattern="^[0-9a-f]{32}$"),
+                "result": ref("Result"),
+                "consent_id": _str(),
+                "audit_index": _INDEX,
+            },
+            ["iss", "aud", "iat", "exp", "jti", "sub", "claim", "purpose", "params", "result",
+             "policy_version", "audit_index"],  # fmt: skip
+            closed=False,
+            description="Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
+            "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
+            "`legal_basis`.",
+        ),
+        "BatchAnswerClaims": _obj(
+            {
+                **common,
+                "results": _array(
+                    _obj(
+                        {
+                            "sub": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+                            "result": ref("BatchResult"),
+                            "audit_index": _INDEX,
+                        },
+                        ["sub", "result", "audit_index"],
+                    )
+                ),
+            },
+            ["iss", "aud", "iat", "exp", "jti", "claim", "purpose", "params", "policy_version",
+             "results"],  # fmt: skip
+            closed=False,
+            description="Payload of the one signed answer over a batch, in subject order.",
+        ),
+        "ConsentArtefactClaims": _obj(
+            {
+                "iss": _str(),
+                "jti": _str("The consent id.", pattern=CONSENT_ID_PATTERN),
+                "sub": _str("Keyed pseudonym of the subject."),
+                "granted_by": _str("Keyed pseudonym of who granted it."),
+                "aud": _str("The requester."),
+                "purposes": _array(ref("PurposeName")),
+                "claims": _array(ref("ClaimName")),
+                "nbf": {"type": "integer"},
+                "exp": {"type": "integer"},
+                "iat": {"type": "integer"},
+                "max_uses": {"type": "integer"},
+            },
+            ["iss", "jti", "sub", "granted_by", "aud", "purposes", "claims", "nbf", "exp", "iat",
+             "max_uses"],  # fmt: skip
+            closed=False,
+            description="Payload of a consent artefact (`typ: tongban-consent+jwt`).",
+        ),
+    }
+
+
+def _checks() -> Json:
+    return {
+        "IdNumber": _str(
+            "GB 11643-1999 citizen ID number (check digit validated: 422 if wrong).",
+            pattern=ID_NUMBER_PATTERN,
+        ),
+        "Subject": _obj({"id_number": ref("IdNumber")}, ["id_number"]),
+        "AnswerAlg": _str("Signature algorithm of the answer; default SM2.", enum=list(ANSWER_ALGS)),
+        "Result": _str(
+            "`undetermined`: a department did not answer (never reported as `no`).",
+            enum=sorted(set(RESULT_WORD.values())),
+        ),
+        "BatchResult": _str(
+            "`denied`: consent refused for this subject; `invalid`: bad ID number.",
+            enum=list(BATCH_RESULTS),
+        ),
+        "CompactJws": _str("Compact JWS (RFC 7515).", pattern=JWS_PATTERN),
+        "CheckResponse": _obj(
+            {
+                "result": ref("Result"),
+                "answer": {**ref("CompactJws"), "description": "Signed AnswerClaims."},
+                "audit_index": _INDEX,
+            },
+            ["result", "answer", "audit_index"],
+        ),
+        "BatchSubject": _obj(
+            {"id_number": ref("IdNumber"), "consent_id": {"type": ["string", "null"]}},
+            ["id_number"],
+        ),
+        "BatchItem": _obj(
+            {
+                "index": {"type": "integer", "minimum": 0},
+                "result": ref("BatchResult"),
+                "audit_index": _INDEX,
+                "reason": _str("Why `denied` or `invalid`: a problem slug or a bad-ID reason."),
+            },
+            ["index", "result", "audit_index"],
+        ),
+        "BatchResponse": _obj(
+            {
+                "results": _array(ref("BatchItem")),
+                "answer": {**ref("CompactJws"), "description": "Signed BatchAnswerClaims."},
+            },
+            ["results", "answer"],
+        ),
+    }
+
+
+def _oauth(scopes: Iterable[str]) -> Json:
+    return {
+        "TokenRequest": _obj(
+            {
+                "grant_type": _str(enum=["client_credentials"]),
+                "scope": _str(
+                    "Space-separated; default: every scope the client holds.",
+                    pattern="^(" + "|".join(sorted(s.replace(":", "[:]") for s in scopes))
+                    + ")( (" + "|".join(sorted(s.replace(":", "[:]") for s in scopes)) + "))*$",
+                ),
+                "client_assertion_type": _str(
+                    enum=["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+                ),
+                "client_assertion": {
+                    **ref("CompactJws"),
+                    "description": "private_key_jwt (RFC 7523): iss = sub = client id, aud = "
+                    "the token endpoint URL, short exp, single-use jti; alg as registered.",
+                },
+                "client_id": _str(pattern=CLIENT_ID_PATTERN),
+            },
+            ["grant_type"],
+            description="Authenticate with HTTP Basic (client_secret_basic) OR a client "
+            "assertion (private_key_jwt), never both.",
+        ),
+        "TokenResponse": _obj(
+            {
+                "access_token": {
+                    **ref("CompactJws"),
+                    "description": "RFC 9068 JWT (`typ: at+jwt`).",
+                },
+                "token_type": _str(enum=["Bearer"]),
+                "expires_in": {"type": "integer", "minimum": 1},
+                "scope": _str(),
+            },
+            ["access_token", "token_type", "expires_in", "scope"],
+        ),
+        "OAuthError": _oauth_error(),
+        "Jwk": _obj(
+            {
+                "kty": _str(enum=["EC"]),
+                "crv": _str(enum=["SM2", "P-256"]),
+                "x": _str(pattern="^[A-Za-z0-9_-]{43}$"),
+                "y": _str(pattern="^[A-Za-z0-9_-]{43}$"),
+                "kid": _str(),
+                "alg": _str(enum=list(ANSWER_ALGS)),
+                "use": _str(enum=["sig"]),
+            },
+            ["kty", "crv", "x", "y", "kid"],
+        ),
+        "Jwks": _obj({"keys": _array(ref("Jwk"))}, ["keys"]),
+    }
+
+
+def _citizen() -> Json:
+    return {
+        "ConsentList": _obj(
+            {"consents": _array(ref("Consent"), maxItems=1000)},
+            ["consents"],
+            description="Consents the caller is the subject of or granted as a guardian, "
+            "newest first.",
+        ),
+        "AccessLogItem": _obj(
+            {
+                "index": _INDEX,
+                "time": _TIME,
+                "kind": _str(enum=["check", "officer_lookup"]),
+                "requester": {"type": ["string", "null"]},
+                "requester_name": {"type": ["string", "null"]},
+                "claim": _str(),
+                "purpose": _str(),
+                "result": _str(enum=["yes", "no", "undetermined", "denied", "invalid"]),
+                "decision": _str(enum=["allowed", "denied"]),
+                "params": {"type": "object", "additionalProperties": {"type": "string"}},
+                "legal_basis": _str(),
+                "consent_id": _str(),
+                "policy_version": _str(),
+            },
+            ["index", "time", "kind", "requester", "requester_name"],
+            description="One access to the caller's data. Checks carry claim, purpose, "
+            "decision, result and their legal basis or consent.",
+        ),
+        "AccessLog": _obj(
+            {
+                "entries": _array(ref("AccessLogItem")),
+                "next": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "description": "Pass as `cursor` for the next (older) page.",
+                },
+            },
+            ["entries", "next"],
+        ),
+    }
+
+
+def _audit() -> Json:
+    hashes = _array(_str(pattern=HASH_PATTERN))
+    return {
+        "ConsistencyProof": _obj(
+            {
+                "first": {"type": "integer", "minimum": 0},
+                "second": {"type": "integer", "minimum": 0},
+                "consistency_path": hashes,
+            },
+            ["first", "second", "consistency_path"],
+        ),
+        "InclusionProof": _obj(
+            {
+                "index": _INDEX,
+                "tree_size": {"type": "integer", "minimum": 1},
+                "leaf_hash": _str(pattern=HASH_PATTERN),
+                "audit_path": hashes,
+            },
+            ["index", "tree_size", "leaf_hash", "audit_path"],
+        ),
+        "AuditEntry": _obj(
+            {
+                "index": _INDEX,
+                "leaf_hash": _str("SM3(0x00 || entry bytes), hex.", pattern=HASH_PATTERN),
+                "entry": _obj(
+                    {"index": _INDEX, "kind": _str(), "time": _TIME},
+                    ["index", "kind", "time"],
+                    closed=False,
+                    description="The canonical JSON entry; subjects appear as pseudonyms.",
+                ),
+            },
+            ["index", "leaf_hash", "entry"],
+        ),
+        "AuditEntries": _obj(
+            {
+                "entries": _array(ref("AuditEntry")),
+                "next": {"type": ["integer", "null"], "description": "Cursor of the next page."},
+            },
+            ["entries", "next"],
+        ),
+    }
+
+
+def _admin() -> Json:
+    rule = _array(
+        _str(maxLength=128),
+        minItems=2,
+        prefixItems=[_str(enum=["p", "g", "g2"])],
+        description="A Casbin line: ptype then values, e.g. "
+        '["p", "insurer", "*", "fertility_derived", "underwriting", "deny"].',
+    )
+    change = _obj(
+        {
+            "rules": _array(
+                _obj({"op": _str(enum=["add", "remove"]), "rule": ref("PolicyRule")}, ["op", "rule"]),
+                maxItems=200,
+            ),
+            "legal_bases": _array(
+                _obj(
+                    {
+                        "op": _str(enum=["set", "unset"]),
+                        "purpose": ref("PurposeName"),
+                        "basis": _str("Required for set, absent for unset."),
+                    },
+                    ["op", "purpose"],
+                ),
+                maxItems=200,
+            ),
+        },
+        description="At most 200 edits in all, at least one.",
+    )
+    return {
+        "PolicyRule": rule,
+        "PolicyChange": change,
+        "PendingChange": _obj(
+            {
+                "id": _str(pattern=CHANGE_ID_PATTERN),
+                "proposer": _str(),
+                "status": _str(enum=["pending"]),
+                "change": ref("PolicyChange"),
+                "base_version": _str(pattern=HASH_PATTERN),
+            },
+            ["id", "proposer", "status", "change", "base_version"],
+        ),
+        "Policy": _obj(
+            {
+                "version": _str("SM3 over model, rules and legal bases.", pattern=HASH_PATTERN),
+                "rules": _array(ref("PolicyRule")),
+                "legal_bases": {
+                    "type": "object",
+                    "propertyNames": ref("PurposeName"),
+                    "additionalProperties": {"type": "string"},
+                },
+                "pending": _array(ref("PendingChange")),
+            },
+            ["version", "rules", "legal_bases", "pending"],
+        ),
+        "ChangeProposed": _obj(
+            {"id": _str(pattern=CHANGE_ID_PATTERN), "status": _str(enum=["pending"])},
+            ["id", "status"],
+        ),
+        "ChangeApproved": _obj(
+            {
+                "id": _str(pattern=CHANGE_ID_PATTERN),
+                "status": _str(enum=["approved"]),
+                "policy_version": _str(pattern=HASH_PATTERN),
+            },
+            ["id", "status", "policy_version"],
+        ),
+        "ChangeRejected": _obj(
+            {"id": _str(pattern=CHANGE_ID_PATTERN), "status": _str(enum=["rejected"])},
+            ["id", "status"],
+        ),
+    }
+
+
+def _operations() -> Json:
+    return {
+        "Health": _obj(
+            {
+                "status": _str(enum=["ok", "degraded"]),
+                "departments": {
+                    "type": "object",
+                    "additionalProperties": _obj(
+                        {
+                            "reachable": {"type": "boolean"},
+                            "latency_ms": {"type": "number", "minimum": 0},
+                            "status": _str(),
+                        },
+                        ["reachable"],
+                    ),
+                },
+                "audit": _obj({"size": {"type": "integer", "minimum": 0}}, ["size"]),
+            },
+            ["status", "departments"],
+            description="`degraded` when a department is unreachable: answers become "
+            "`undetermined`, the gateway itself stays up.",
+        ),
+    }
+
+
+def component_schemas(catalog: Catalog, scopes: Iterable[str]) -> Json:
+    scopes = sorted(scopes)
+    schemas: Json = {
+        "Problem": _problem(),
+        **_checks(),
+        **_catalog_schemas(catalog),
+        **_answers(),
+        **_oauth(scopes),
+        **_citizen(),
+        **_audit(),
+        **_admin(),
+        **_operations(),
+    }
+    return dict(sorted(schemas.items()))
+
