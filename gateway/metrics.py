@@ -113,8 +113,7 @@ HTTP_LATENCY = Histogram(
 CHECKS = SafeCounter(
     Counter(
         "tongban_checks",
-        "Checks by requester, claim, purpose and result "
-        "(yes, no, undetermined, denied, invalid).",
+        "Checks by requester, claim, purpose and result (yes, no, undetermined, denied, invalid).",
         ["requester", "claim", "purpose", "result"],
         registry=REGISTRY,
     )

@@ -137,7 +137,7 @@ def _defining(cls: type[TongbanError]) -> type[TongbanError]:
     """The class (``cls`` or an ancestor) whose ``slug`` ``cls`` reports."""
     for klass in cls.__mro__:
         if "slug" in vars(klass):
-            return klass  # type: ignore[no-any-return]  # the MRO of a TongbanError subclass
+            return klass
     return TongbanError
 
 
@@ -152,8 +152,11 @@ def problem_types() -> list[ProblemType]:
             if (cls.status, cls.title) != (owner.status, owner.title):
                 raise ValueError(f"{cls.__qualname__}: changes status or title, so needs a slug")
             continue
-        parents = [b for b in cls.__mro__[1:] if isinstance(b, type) and issubclass(b, TongbanError)]
-        extends = _defining(parents[0]).slug if parents else None
+        # What it refines: the nearest ancestor with a slug of its own, unless that is the
+        # root (every problem "refines" internal; saying so tells a client nothing).
+        bases = [b for b in cls.__bases__ if issubclass(b, TongbanError)]
+        parent = _defining(bases[0]) if bases else TongbanError
+        extends = None if parent is TongbanError else parent.slug
         problem = ProblemType(
             cls.slug, PROBLEM_BASE + cls.slug, cls.title, cls.status, extends, cls.__module__
         )
@@ -213,10 +216,12 @@ def build_openapi(server_url: str, *, catalog: Catalog | None = None) -> dict[st
         "X-Request-Id": {
             "description": "The caller's id if it is a plain token, else a fresh one; equals "
             "a problem's `instance`.",
+            "required": True,
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{8,64}$"},
         },
         "WWW-Authenticate": {
             "description": "RFC 6750 section 3 bearer challenge (RFC 7617 for Basic).",
+            "required": True,
             "schema": {"type": "string"},
         },
     }

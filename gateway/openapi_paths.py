@@ -135,7 +135,7 @@ def _oauth(*scopes: str) -> list[dict[str, list[str]]]:
     return [{"oauth2": list(scopes)}]
 
 
-_CITIZEN_SECURITY = [{"citizenToken": []}]
+_CITIZEN_SECURITY: list[dict[str, list[str]]] = [{"citizenToken": []}]
 
 
 def _query(name: str, schema: Json, description: str, *, required: bool = False) -> Json:
@@ -612,4 +612,3 @@ def paths() -> Json:
         **_operations_paths(),
     }
     return dict(sorted(out.items()))
-

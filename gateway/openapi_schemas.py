@@ -92,9 +92,17 @@ def problem_responses(*errors: type[TongbanError]) -> dict[str, Json]:
     for status in sorted(by_status):
         types = by_status[status]
         headers: Json = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
-        if status == 401 or (status == 403 and any("insufficient-scope" in t for t in types)):
+        if status == 401:
             headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
-        listed = "; ".join(f"`{t.removeprefix(PROBLEM_BASE)}` ({title})" for t, title in types.items())
+        elif status == 403 and PROBLEM_BASE + "insufficient-scope" in types:
+            headers["WWW-Authenticate"] = {
+                "description": 'For `insufficient-scope`: `Bearer error="insufficient_scope"`, '
+                "naming the scope (RFC 6750 section 3.1).",
+                "schema": {"type": "string"},
+            }
+        listed = "; ".join(
+            f"`{t.removeprefix(PROBLEM_BASE)}` ({title})" for t, title in types.items()
+        )
         out[str(status)] = {
             "description": f"Problem: {listed}.",
             "headers": headers,
@@ -380,13 +388,28 @@ def _answers() -> Json:
         "AnswerClaims": _obj(
             {
                 **common,
-                "sub": _str("Pairwise pseudonym of the subject for this requester.", pattern="^[0-9a-f]{32}$"),
+                "sub": _str(
+                    "Pairwise pseudonym of the subject for this requester.",
+                    pattern="^[0-9a-f]{32}$",
+                ),
                 "result": ref("Result"),
                 "consent_id": _str(),
                 "audit_index": _INDEX,
             },
-            ["iss", "aud", "iat", "exp", "jti", "sub", "claim", "purpose", "params", "result",
-             "policy_version", "audit_index"],  # fmt: skip
+            [
+                "iss",
+                "aud",
+                "iat",
+                "exp",
+                "jti",
+                "sub",
+                "claim",
+                "purpose",
+                "params",
+                "result",
+                "policy_version",
+                "audit_index",
+            ],
             closed=False,
             description="Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
             "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
@@ -406,8 +429,18 @@ def _answers() -> Json:
                     )
                 ),
             },
-            ["iss", "aud", "iat", "exp", "jti", "claim", "purpose", "params", "policy_version",
-             "results"],  # fmt: skip
+            [
+                "iss",
+                "aud",
+                "iat",
+                "exp",
+                "jti",
+                "claim",
+                "purpose",
+                "params",
+                "policy_version",
+                "results",
+            ],
             closed=False,
             description="Payload of the one signed answer over a batch, in subject order.",
         ),
@@ -425,8 +458,19 @@ def _answers() -> Json:
                 "iat": {"type": "integer"},
                 "max_uses": {"type": "integer"},
             },
-            ["iss", "jti", "sub", "granted_by", "aud", "purposes", "claims", "nbf", "exp", "iat",
-             "max_uses"],  # fmt: skip
+            [
+                "iss",
+                "jti",
+                "sub",
+                "granted_by",
+                "aud",
+                "purposes",
+                "claims",
+                "nbf",
+                "exp",
+                "iat",
+                "max_uses",
+            ],
             closed=False,
             description="Payload of a consent artefact (`typ: tongban-consent+jwt`).",
         ),
@@ -440,7 +484,9 @@ def _checks() -> Json:
             pattern=ID_NUMBER_PATTERN,
         ),
         "Subject": _obj({"id_number": ref("IdNumber")}, ["id_number"]),
-        "AnswerAlg": _str("Signature algorithm of the answer; default SM2.", enum=list(ANSWER_ALGS)),
+        "AnswerAlg": _str(
+            "Signature algorithm of the answer; default SM2.", enum=list(ANSWER_ALGS)
+        ),
         "Result": _str(
             "`undetermined`: a department did not answer (never reported as `no`).",
             enum=sorted(set(RESULT_WORD.values())),
@@ -488,8 +534,11 @@ def _oauth(scopes: Iterable[str]) -> Json:
                 "grant_type": _str(enum=["client_credentials"]),
                 "scope": _str(
                     "Space-separated; default: every scope the client holds.",
-                    pattern="^(" + "|".join(sorted(s.replace(":", "[:]") for s in scopes))
-                    + ")( (" + "|".join(sorted(s.replace(":", "[:]") for s in scopes)) + "))*$",
+                    pattern="^("
+                    + "|".join(sorted(s.replace(":", "[:]") for s in scopes))
+                    + ")( ("
+                    + "|".join(sorted(s.replace(":", "[:]") for s in scopes))
+                    + "))*$",
                 ),
                 "client_assertion_type": _str(
                     enum=["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
@@ -556,7 +605,7 @@ def _citizen() -> Json:
                 "params": {"type": "object", "additionalProperties": {"type": "string"}},
                 "legal_basis": _str(),
                 "consent_id": _str(),
-                "policy_version": _str(),
+                "reason": _str("For a refused check: the problem slug it was refused with."),
             },
             ["index", "time", "kind", "requester", "requester_name"],
             description="One access to the caller's data. Checks carry claim, purpose, "
@@ -630,7 +679,9 @@ def _admin() -> Json:
     change = _obj(
         {
             "rules": _array(
-                _obj({"op": _str(enum=["add", "remove"]), "rule": ref("PolicyRule")}, ["op", "rule"]),
+                _obj(
+                    {"op": _str(enum=["add", "remove"]), "rule": ref("PolicyRule")}, ["op", "rule"]
+                ),
                 maxItems=200,
             ),
             "legal_bases": _array(
@@ -646,6 +697,10 @@ def _admin() -> Json:
             ),
         },
         description="At most 200 edits in all, at least one.",
+        anyOf=[
+            {"required": ["rules"], "properties": {"rules": {"minItems": 1}}},
+            {"required": ["legal_bases"], "properties": {"legal_bases": {"minItems": 1}}},
+        ],
     )
     return {
         "PolicyRule": rule,
@@ -731,4 +786,3 @@ def component_schemas(catalog: Catalog, scopes: Iterable[str]) -> Json:
         **_operations(),
     }
     return dict(sorted(schemas.items()))
-

@@ -50,6 +50,7 @@ __all__ = [
     "sm3",
     "sm4_decrypt",
     "sm4_encrypt",
+    "use_backend",
 ]
 
 # GM/T 0003.5 recommended curve parameters.
@@ -226,8 +227,21 @@ def get_backend(name: str) -> SM2Backend:
     return _BACKENDS[name]
 
 
+_CHOSEN: list[SM2Backend] = []
+
+
+def use_backend(name: str | None) -> None:
+    """Pin the process-wide SM2 backend (configuration calls this once at start-up);
+    ``None`` returns to the automatic choice. Benchmarks use it for the gmssl baseline."""
+    _CHOSEN.clear()
+    if name is not None:
+        _CHOSEN.append(get_backend(name))
+
+
 def default_backend() -> SM2Backend:
-    """Tongsuo when importable (fast, constant-time C); otherwise pure-Python gmssl."""
+    """The pinned backend, else Tongsuo when importable (fast C), else pure-Python gmssl."""
+    if _CHOSEN:
+        return _CHOSEN[0]
     try:
         return get_backend("tongsuo")
     except ImportError:

@@ -27,6 +27,7 @@ class Settings:
     gateway_db_url: str | None = None  # requesters, policies, consents; default DIR/gateway.db
     checkpoint_interval: float = 2.0
     idp_issuer: str = "https://idp.tongban.example"
+    sm2_backend: str | None = None  # "tongsuo" or "gmssl"; None chooses automatically
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -42,6 +43,8 @@ class Settings:
             values["audit_url"] = env["TONGBAN_AUDIT_URL"]
         if "TONGBAN_GATEWAY_DB_URL" in env:
             values["gateway_db_url"] = env["TONGBAN_GATEWAY_DB_URL"]
+        if "TONGBAN_SM2_BACKEND" in env:
+            values["sm2_backend"] = env["TONGBAN_SM2_BACKEND"]
         if "TONGBAN_CHECKPOINT_INTERVAL" in env:
             values["checkpoint_interval"] = float(env["TONGBAN_CHECKPOINT_INTERVAL"])
         stores = {

@@ -22,7 +22,7 @@ from gateway.services import AuditEvents, Gateway
 from gateway.views_citizen import citizen_blueprint
 from policies import PolicyAdmin, PolicyStore, open_enforcer
 from primitives.errors import TongbanError
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
 from primitives.wire import PredicateCall, Tri
 
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
@@ -33,6 +33,7 @@ __all__ = ["build_adapter", "build_gateway", "build_registry"]
 
 
 def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore, Witness]:
+    use_backend(settings.sm2_backend)
     dept = DEPARTMENTS[department]
     store = DepartmentStore(dept, settings.store_url(department))
     keys = KeyRing(settings.keys_dir)
@@ -100,6 +101,7 @@ def build_gateway(
 ) -> Gateway:
     """The whole gateway. Tests pass an in-process ``transport`` and the departments'
     public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``."""
+    use_backend(settings.sm2_backend)
     keys = KeyRing(settings.keys_dir)
     signing_key = keys.private("gateway")
     signer = RequestSigner(signing_key, issuer=settings.gateway_issuer)

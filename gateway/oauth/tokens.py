@@ -137,6 +137,9 @@ class TokenIssuer:
         )
 
 
+_VERIFIED_CACHE = 10_000  # distinct live tokens remembered per process
+
+
 class AccessTokenVerifier:
     """The resource-server side: turns an ``Authorization`` header into a :class:`Principal`.
 
@@ -171,6 +174,7 @@ class AccessTokenVerifier:
         self._max_lifetime = max_lifetime
         self._client_active = client_active
         self._clock = clock
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def authenticate_request(self, authorization_header: str | None) -> Principal:
         """The principal of a request's ``Authorization`` header; InvalidToken subclasses
@@ -178,6 +182,22 @@ class AccessTokenVerifier:
         return self.verify(bearer_token(authorization_header))
 
     def verify(self, token: str) -> Principal:
+        # A token verified once is remembered until it expires: requesters reuse a token
+        # for minutes, and its signature check would otherwise run on every request. The
+        # client's enabled flag is still looked up every time, so disabling is immediate.
+        hit = self._verified.get(token)
+        if hit is not None and self._clock() < hit[1]:
+            principal = hit[0]
+            if self._client_active is not None and not self._client_active(principal.client_id):
+                raise TokenRevoked("client_id: the client has been disabled")
+            return principal
+        principal, expires = self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         payload = verify_signed(
             token, self._keys, typ=ACCESS_TOKEN_TYPE, algorithms=self._algorithms
         )
@@ -195,4 +215,4 @@ class AccessTokenVerifier:
             raise InvalidToken("scope: expected a space-separated string")
         if self._client_active is not None and not self._client_active(client_id):
             raise TokenRevoked("client_id: the client has been disabled")
-        return Principal(client_id, frozenset(scope.split()), token_id)
+        return Principal(client_id, frozenset(scope.split()), token_id), float(payload["exp"])

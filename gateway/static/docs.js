@@ -1,5 +1,5 @@
-// tongban API docs: renders openapi.json (same origin) into the page. Plain DOM, no
-// dependencies, no innerHTML: every string from the document goes in as text.
+// tongban API docs: renders openapi.json (same origin) into the page. Plain DOM and no
+// dependencies; strings from the document are only ever inserted as text nodes.
 "use strict";
 
 (function () {
@@ -237,8 +237,9 @@
   function contentBlock(content) {
     const box = el("div");
     for (const [media, body] of Object.entries(content || {})) {
-      box.append(el("div", null, el("span", { class: "pill mono" }, media)));
-      if (body.schema) box.append(schemaBlock(body.schema, 1));
+      box.append(el("div", null, el("span", { class: "pill mono" }, media), " ", body.schema && body.schema.$ref ? schemaLink(body.schema.$ref) : null));
+      // A request body is what a reader needs in full: show the referenced schema in place.
+      if (body.schema) box.append(schemaBlock(resolve(body.schema), 0));
     }
     return box;
   }
@@ -344,15 +345,19 @@
 
   function renderProblems(nav) {
     const problems = spec["x-problem-types"] || [];
+    const rows = problems.map((p) => el("tr", { id: "problem-" + p.slug, "data-search": (p.slug + " " + p.title).toLowerCase() },
+      el("td", { class: "status s" + String(p.status)[0] }, p.status),
+      el("td", { class: "mono", title: p.type }, p.slug),
+      el("td", null, p.title),
+      el("td", null, p.extends ? problemLink(p.extends) : "")));
+    const table = el("table", null,
+      el("thead", null, el("tr", null, el("th", null, "status"), el("th", null, "slug"), el("th", null, "title 标题"), el("th", null, "refines 细化自"))),
+      el("tbody", null, rows));
     const section = el("section", { id: "problems" }, el("h2", { class: "section" }, "Problem types 错误类型"),
-      el("p", { class: "muted" }, "Every error is RFC 9457 application/problem+json; its ", el("code", null, "type"), " is one of these stable URIs. 所有错误均为 RFC 9457 格式，type 取值如下。"),
-      el("table", null,
-        el("thead", null, el("tr", null, el("th", null, "status"), el("th", null, "slug"), el("th", null, "title 标题"), el("th", null, "refines 细化自"))),
-        el("tbody", null, problems.map((p) => el("tr", { id: "problem-" + p.slug, "data-search": (p.slug + " " + p.title).toLowerCase() },
-          el("td", { class: "status s" + String(p.status)[0] }, p.status),
-          el("td", { class: "mono", title: p.type }, p.slug),
-          el("td", null, p.title),
-          el("td", null, p.extends ? problemLink(p.extends) : "")))))));
+      el("p", { class: "muted" }, "Every error is RFC 9457 application/problem+json; its ", el("code", null, "type"),
+        " is one of these stable URIs (prefix ", el("code", null, problems.length ? problems[0].type.replace(/[^/]*$/, "") : ""),
+        "). 所有错误均为 RFC 9457 格式，type 取值如下。"),
+      table);
     nav.append(el("h2", null, el("a", { href: "#problems" }, "Problem types 错误类型 (" + problems.length + ")")));
     return section;
   }
