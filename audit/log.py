@@ -191,6 +191,7 @@ class AuditLog:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._sql = _driver_sql(self.dialect)
         self._writer: threading.Thread | None = None
+        self._state = threading.Lock()  # orders "is the log open?" with queueing
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -208,10 +209,19 @@ class AuditLog:
         return self
 
     def close(self) -> None:
-        if self._writer is not None:
+        with self._state:
+            writer, self._writer = self._writer, None  # new appends are refused from here on
+        if writer is not None:
             self._queue.put(_STOP)
-            self._writer.join(timeout=10)
-            self._writer = None
+            writer.join(timeout=10)
+        # Anyone who queued behind the stop marker gets an answer, not a hang.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._fail([item])
         self._writes.dispose()
         self.engine.dispose()
 
@@ -252,10 +262,11 @@ class AuditLog:
 
     def append_prepared(self, prepared: Sequence[PreparedEntry]) -> list[int]:
         """Append entries as consecutive indexes in one transaction (a batch check)."""
-        if self._writer is None:
-            raise StoreUnavailable("the audit log is not open")
         done = _Waiter()
-        self._queue.put((list(prepared), done))
+        with self._state:
+            if self._writer is None:
+                raise StoreUnavailable("the audit log is not open")
+            self._queue.put((list(prepared), done))
         return done.wait()
 
     def _run(self) -> None:
@@ -283,6 +294,12 @@ class AuditLog:
                 return
 
     def _commit(self, batch: list[tuple[list[PreparedEntry], _Waiter]]) -> None:
+        # The tree lock spans commit and tree update: a refresh() in between would add
+        # the just-committed leaves itself, and then the writer would add them again.
+        with self._tree_lock:
+            self._commit_locked(batch)
+
+    def _commit_locked(self, batch: list[tuple[list[PreparedEntry], _Waiter]]) -> None:
         flat = [p for prepared, _ in batch for p in prepared]
         integrity = (IntegrityError, self.engine.dialect.loaded_dbapi.IntegrityError)
         for attempt in range(_SQLITE_RETRIES):

@@ -17,14 +17,14 @@ entries = Table(
     Column("leaf_hash", LargeBinary(32), nullable=False),
     Column("entry", Text, nullable=False),  # canonical JSON, the hashed bytes
     # Copies of entry fields, for officer queries; the entry text stays the evidence.
-    Column("kind", String(32), nullable=False),
-    Column("time", String(32), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("time", String(64), nullable=False),
     Column("requester", String(64)),
     Column("claim", String(64)),
     Column("purpose", String(64)),
     Column("subject", String(64)),
-    Column("decision", String(16)),
-    Column("result", String(16)),
+    Column("decision", String(64)),
+    Column("result", String(64)),
     Index("ix_audit_requester", "requester", "idx"),
     Index("ix_audit_subject", "subject", "idx"),
     Index("ix_audit_kind", "kind", "idx"),

@@ -1,6 +1,7 @@
 """The gateway under load, in the deployment topology, driven from another process.
 
-gunicorn runs the gateway (2 workers x 16 threads) and each department adapter (1 worker
+gunicorn runs the gateway (1 worker x 32 threads: SQLite has one writer) and each
+department adapter (1 worker
 x 8 threads) as separate processes over SQLite stores and a durable SQLite audit log;
 wrk drives POST /v1/checks from a separate process on loopback at 1, 16 and 64
 connections. Then 100,000 subjects go through POST /v1/checks/batch, a py-spy profile is
@@ -95,8 +96,8 @@ class Topology:
             _wait(url)
         env.update({f"TONGBAN_ADAPTER_URL_{d.upper()}": u for d, u in urls.items()})
         gateway_argv = [gunicorn, "--log-level", "warning", "-b", f"127.0.0.1:{gateway_port}",
-                        "-w", "2",
-                        "--threads", "16", "-k", "gthread", "--timeout", "120"]  # fmt: skip
+                        "-w", os.environ.get("BENCH_GATEWAY_WORKERS", "1"),
+                        "--threads", "32", "-k", "gthread", "--timeout", "120"]  # fmt: skip
         self._spawn([*gateway_argv, "tongban.wsgi:gateway()"], env)
         _wait(self.gateway_url)
 

@@ -9,7 +9,9 @@ from flask import Flask, Response, jsonify, request
 from adapters.service import install_problem_handlers
 from primitives.jws import jwks
 
+from .metrics import install_metrics
 from .oauth.flask import init_oauth
+from .openapi import build_openapi, docs_blueprint
 from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
@@ -21,9 +23,10 @@ log = logging.getLogger("tongban.gateway")
 
 
 def create_app(gateway: Gateway) -> Flask:
-    app = Flask("tongban.gateway")
+    app = Flask("tongban.gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(app, MAX_BODY, log)
+    install_metrics(app, audit=gateway.audit)
     oauth = gateway.extras.get("oauth")
     if oauth is not None:
         init_oauth(
@@ -48,6 +51,11 @@ def create_app(gateway: Gateway) -> Flask:
     citizen = gateway.extras.get("citizen_blueprint")
     if citizen is not None:
         app.register_blueprint(citizen)
+
+    server_url = oauth["issuer"].issuer if oauth is not None else ""
+    app.register_blueprint(
+        docs_blueprint(lambda: build_openapi(server_url, catalog=gateway.catalog))
+    )
 
     @app.get("/healthz")
     def healthz() -> Response:

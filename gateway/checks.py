@@ -9,6 +9,7 @@ Denials are audited as well, and their problem carries the audit index.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,6 +28,7 @@ from primitives.wire import Tri
 from .answers import AnswerSigner
 from .catalog import Catalog, Claim
 from .consent import is_consent_id
+from .metrics import AUDIT_APPENDS, CHECKS, DEPARTMENT_CALLS
 from .services import utc_now
 
 __all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "PolicyDenied"]
@@ -182,6 +184,8 @@ class Checker:
             "departments": [[d, r.value] for d, r in results],
         }
         index = self.audit.append(entry, req.subject_id)
+        AUDIT_APPENDS.inc()
+        CHECKS.labels(requester, req.claim.name, req.purpose, word).inc()
         token = self.answers.sign(
             requester,
             {
@@ -239,6 +243,8 @@ class Checker:
     def _deny(self, entry: dict[str, Any], subject_id: str, error: TongbanError) -> None:
         """Record a refusal durably, then raise it carrying its audit index."""
         index = self.audit.append({**entry, "result": "denied", "error": error.slug}, subject_id)
+        AUDIT_APPENDS.inc()
+        CHECKS.labels(entry["requester"], entry["claim"], entry["purpose"], "denied").inc()
         error.extra["audit_index"] = index
         raise error
 
@@ -277,12 +283,19 @@ class Checker:
         out: list[tuple[str, Tri]] = []
         for department, future in futures:
             try:
-                out.append((department, future.result(timeout=self.timeout * 5 + 1)))
-            except (DepartmentUnavailable, FutureTimeout):
-                out.append((department, Tri.UNKNOWN))
+                result = future.result(timeout=self.timeout * 5 + 1)
+                DEPARTMENT_CALLS.labels(department, result.value).inc()
+            except DepartmentUnavailable:
+                DEPARTMENT_CALLS.labels(department, "unavailable").inc()
+                result = Tri.UNKNOWN
+            except FutureTimeout:
+                DEPARTMENT_CALLS.labels(department, "timeout").inc()
+                result = Tri.UNKNOWN
             except TongbanError as exc:
                 log.error("department %s: %s", department, exc.slug)
-                out.append((department, Tri.UNKNOWN))
+                DEPARTMENT_CALLS.labels(department, "refused").inc()
+                result = Tri.UNKNOWN
+            out.append((department, result))
         return out
 
     # --- batch --------------------------------------------------------------------------
@@ -333,6 +346,9 @@ class Checker:
             if not isinstance(b, dict):
                 results[-1]["reason"] = str(b).split(":")[0]
         indexes = self.audit.append_prepared(prepared)
+        AUDIT_APPENDS.inc(len(indexes))
+        for word, count in Counter(r["result"] for r in results).items():
+            CHECKS.labels(requester, claim.name, purpose, word).inc(count)
         signed = []
         for r, index, number in zip(results, indexes, numbers, strict=True):
             r["audit_index"] = index

@@ -147,7 +147,7 @@ def _problem() -> Json:
             ),
             "required_scope": _str("For `insufficient-scope`: the scope the operation needs."),
         },
-        ["type", "title", "status", "detail"],
+        ["type", "title", "status", "detail", "instance"],
         closed=False,
         description="RFC 9457 problem details. Extension members may be added.",
     )
@@ -376,7 +376,7 @@ def _answers() -> Json:
         "iss": _str("The gateway's public URL."),
         "aud": _str("The requester's client id."),
         "iat": {"type": "integer"},
-        "exp": {"type": "integer", "description": "Minutes after iat."},
+        "exp": {"type": "integer", "description": "NumericDate, minutes after iat."},
         "jti": _str(),
         "claim": ref("ClaimName"),
         "purpose": ref("PurposeName"),
@@ -505,7 +505,10 @@ def _checks() -> Json:
             ["result", "answer", "audit_index"],
         ),
         "BatchSubject": _obj(
-            {"id_number": ref("IdNumber"), "consent_id": {"type": ["string", "null"]}},
+            {
+                "id_number": ref("IdNumber"),
+                "consent_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
+            },
             ["id_number"],
         ),
         "BatchItem": _obj(

@@ -20,7 +20,7 @@ _FILTERS = ("requester", "claim", "purpose", "decision", "result", "kind", "sinc
 
 def _int_arg(name: str, *, minimum: int = 0) -> int:
     raw = request.args.get(name)
-    if raw is None or not raw.isdigit() or len(raw) > 18:
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadRequest(f"{name}: expected a non-negative integer")
     value = int(raw)
     if value < minimum:

@@ -206,12 +206,6 @@ def test_consistency_bad_parameters(env: Env, query: str):
     problem(env.client.get("/v1/audit/proofs/consistency" + query), 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: views_audit._int_arg checks str.isdigit(), which is true for digits int() "
-    "cannot parse (superscripts such as '²'); int() then raises ValueError and the request "
-    "gets a 500 instead of a 400. (Full-width digits, U+FF11 etc., pass both and are accepted.)",
-)
 @pytest.mark.parametrize(
     "url",
     [

@@ -360,29 +360,25 @@ def test_two_logs_on_one_store_interleave_without_gaps(
     assert verify_consistency(20, 220, b.root(20), root, a.consistency_proof(20, 220))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AuditLog.refresh() races the writer: between _write()'s commit and the "
-    "writer's self._tree.extend(hashes), refresh()/_catch_up reads the just-committed rows "
-    "and appends them to the tree, then the writer appends them again (duplicate leaves; "
-    "tree diverges from the store). refresh() is called by the Checkpointer loop and by "
-    "every proof request, concurrently with appends.",
-)
 def test_refresh_between_commit_and_tree_update_does_not_duplicate_leaves(
     log: AuditLog, audit_url: str
 ):
     original = log._write
+    others: list[threading.Thread] = []
 
     def commit_then_someone_refreshes(flat: list[PreparedEntry]) -> tuple[int, list[bytes]]:
         result = original(flat)  # committed
-        # Another thread (the Checkpointer, a proof request) runs refresh() right now:
+        # Another thread (the Checkpointer, a proof request) runs refresh() right now; it
+        # must wait for the writer to finish updating the tree, not add the leaves itself.
         other = threading.Thread(target=log.refresh)
         other.start()
-        other.join()
+        others.append(other)
         return result
 
     log._write = commit_then_someone_refreshes  # type: ignore[method-assign]
     assert log.append(entry(0)) == 0
+    for other in others:
+        other.join(timeout=10)
     assert log.size == 1
     assert independent_root(audit_url) == (1, log.root())
 
@@ -553,16 +549,6 @@ def test_connection_killed_mid_batch_postgresql(pg_scratch_url: str):
 def test_long_field_values_are_stored_on_every_backend(
     log: AuditLog, audit_url: str, request: pytest.FixtureRequest
 ):
-    if audit_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: PreparedEntry.make accepts any 'kind'/'time'/'decision'/'result' "
-                "string and _field() truncates copies to 64 chars, but the columns are "
-                "VARCHAR(32)/(32)/(16)/(16): PostgreSQL refuses the row (DataError → "
-                "StoreUnavailable) while SQLite stores it.",
-            )
-        )
     index = log.append({"kind": "consent_withdrawn_by_legal_guardian", "time": "t"})
     assert stored(log, index)["kind"] == "consent_withdrawn_by_legal_guardian"
     index = log.append({"kind": "check", "time": "t", "decision": "deny_negative_list_match"})
@@ -574,14 +560,6 @@ def test_a_bad_entry_does_not_fail_its_batch_neighbours(
 ):
     """Group commit couples appenders: an entry the database refuses must not take the
     other appenders' entries of the same batch down with it."""
-    if audit_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: an over-long kind (see test above) fails the whole group-commit "
-                "batch on PostgreSQL, so unrelated concurrent appenders get StoreUnavailable.",
-            )
-        )
     outcomes: dict[str, object] = {}
 
     def append(name: str, doc: dict[str, Any]) -> None:
@@ -591,26 +569,27 @@ def test_a_bad_entry_does_not_fail_its_batch_neighbours(
             outcomes[name] = exc
 
     # Hold the writer inside its first batch so the next two appends share one batch.
-    entered = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     original = log._write
 
     def write(flat: list[PreparedEntry]) -> tuple[int, list[bytes]]:
         entered.set()
+        release.wait(10)  # the writer is busy with its first batch
         return original(flat)
 
     log._write = write  # type: ignore[method-assign]
-    with log._tree_lock:  # the writer blocks in its catch-up step
-        first = threading.Thread(target=append, args=("first", entry(0)))
-        first.start()
-        assert entered.wait(10)
-        deadline = time.monotonic() + 10
-        long_kind = threading.Thread(target=append, args=("long", {"kind": "k" * 40, "time": "t"}))
-        good = threading.Thread(target=append, args=("good", entry(1)))
-        long_kind.start()
-        good.start()
-        while log._queue.qsize() < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert log._queue.qsize() == 2
+    first = threading.Thread(target=append, args=("first", entry(0)))
+    first.start()
+    assert entered.wait(10)
+    deadline = time.monotonic() + 10
+    long_kind = threading.Thread(target=append, args=("long", {"kind": "k" * 40, "time": "t"}))
+    good = threading.Thread(target=append, args=("good", entry(1)))
+    long_kind.start()
+    good.start()
+    while log._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert log._queue.qsize() == 2
+    release.set()
     for th in (first, long_kind, good):
         th.join(timeout=30)
     assert outcomes["first"] == 0
@@ -764,13 +743,6 @@ def test_close_drains_the_queue_and_stops_the_writer(log: AuditLog, audit_url: s
     assert independent_root(audit_url)[0] == 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AuditLog.close() puts the stop marker on the queue and only clears _writer "
-    "after joining; an append() that passes the `_writer is None` check in that window queues "
-    "behind the marker, the writer exits without answering it, and the appender blocks "
-    "forever on its _Waiter (it should get StoreUnavailable).",
-)
 def test_append_racing_close_does_not_hang(audit_url: str):
     log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN).open()
     log.append(entry(0))
@@ -782,27 +754,27 @@ def test_append_racing_close_does_not_hang(audit_url: str):
         except StoreUnavailable as exc:
             outcome.append(exc)
 
-    entered = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     original = log._write
 
     def write(flat: list[PreparedEntry]) -> tuple[int, list[bytes]]:
         entered.set()
+        release.wait(10)  # the writer is busy with a batch while close() begins
         return original(flat)
 
     log._write = write  # type: ignore[method-assign]
     late = threading.Thread(target=append, daemon=True)  # daemon: it may never return
-    with log._tree_lock:  # the writer is busy with a batch while close() begins
-        busy = threading.Thread(target=log.append, args=(entry(2),), daemon=True)
-        busy.start()
-        assert entered.wait(10)
-        deadline = time.monotonic() + 10
-        closer = threading.Thread(target=log.close)
-        closer.start()
-        while log._queue.qsize() < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)  # the stop marker is queued; _writer is still set
-        late.start()
-        while log._queue.qsize() < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+    busy = threading.Thread(target=log.append, args=(entry(2),), daemon=True)
+    busy.start()
+    assert entered.wait(10)
+    deadline = time.monotonic() + 10
+    closer = threading.Thread(target=log.close)
+    closer.start()
+    while log._queue.qsize() < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)  # the stop marker is queued
+    late.start()
+    late.join(timeout=2)
+    release.set()
     closer.join(timeout=15)
     late.join(timeout=1)
     assert not late.is_alive(), "append() is still blocked after close()"

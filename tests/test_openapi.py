@@ -307,6 +307,29 @@ def test_operation_problem_types_are_listed_types(spec: dict[str, Any]):
                 assert listed.get(uri) == int(status), (method, path, uri)
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"status": 409}, "changes status or title"),
+        ({"slug": "not-found", "title": "Again"}, "defined twice"),
+    ],
+)
+def test_contradictory_error_classes_are_refused(body: dict[str, Any], message: str):
+    """A subclass that reuses a slug with another meaning cannot reach the document."""
+    import gc
+
+    from primitives.errors import BadRequest
+
+    rogue = type("Rogue", (BadRequest,), {**body, "__module__": "gateway.rogue"})
+    try:
+        with pytest.raises(ValueError, match=message):
+            problem_types()
+    finally:
+        del rogue
+        gc.collect()
+    assert "Rogue" not in {c.__name__ for c in BadRequest.__subclasses__()}
+
+
 def test_a_fake_error_class_defined_outside_the_packages_is_not_listed():
     class Fake(TongbanError):
         status = 418
