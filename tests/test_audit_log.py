@@ -373,6 +373,8 @@ def test_refresh_between_commit_and_tree_update_does_not_duplicate_leaves(
         other = threading.Thread(target=log.refresh)
         other.start()
         others.append(other)
+        # Give it a head start (bounded): unprotected, it would finish well within this.
+        other.join(timeout=0.5)
         return result
 
     log._write = commit_then_someone_refreshes  # type: ignore[method-assign]
