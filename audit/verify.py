@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import create_engine, select
 
 from primitives.gm import SM2PublicKey
 
 from . import schema
-from .canonical import canonical_json
+from .canonical import canonical_bytes
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .note import NoteError, SignedNote
 
@@ -48,6 +49,10 @@ class VerifyReport:
         return min(indexes) if indexes else None
 
 
+def _no_float(text: str) -> Any:
+    raise ValueError("floats are not allowed in audit entries")
+
+
 def _leaves(rows: Iterable[tuple[int, bytes, str]], report: VerifyReport) -> bytearray:
     hashes = bytearray()
     expected = 0
@@ -57,8 +62,9 @@ def _leaves(rows: Iterable[tuple[int, bytes, str]], report: VerifyReport) -> byt
             return hashes
         raw = body.encode("utf-8")
         try:
-            doc = json.loads(raw)
-            canonical = canonical_json(doc) == raw
+            # Floats and NaN are refused while decoding, so re-encoding needs no walk.
+            doc = json.loads(raw, parse_float=_no_float, parse_constant=_no_float)
+            canonical = canonical_bytes(doc) == raw
         except (ValueError, TypeError):
             doc, canonical = None, False
         if not canonical or not isinstance(doc, dict):
@@ -83,6 +89,7 @@ def verify_rows(
     *,
     gateway: tuple[str, SM2PublicKey],
     witnesses: Mapping[str, SM2PublicKey],
+    origin: str | None = None,
 ) -> VerifyReport:
     report = VerifyReport()
     tree = MerkleTree.from_leaf_hashes(_leaves(rows, report))
@@ -96,6 +103,13 @@ def verify_rows(
             report.findings.append(Finding(None, f"checkpoint {report.checkpoints}: {exc}"))
             continue
         start = previous[0] if previous else 0
+        if origin is None:
+            origin = cp.origin  # every checkpoint must name the same log
+        if cp.origin != origin:
+            report.findings.append(
+                Finding(None, f"checkpoint at size {cp.size}: for another log ({cp.origin})")
+            )
+            continue
         checks = note.verified_by({gateway[0]: gateway[1], **witnesses})
         if not checks.pop(gateway[0]):
             report.findings.append(
@@ -128,7 +142,11 @@ def verify_rows(
 
 
 def verify_store(
-    url: str, *, gateway: tuple[str, SM2PublicKey], witnesses: Mapping[str, SM2PublicKey]
+    url: str,
+    *,
+    gateway: tuple[str, SM2PublicKey],
+    witnesses: Mapping[str, SM2PublicKey],
+    origin: str | None = None,
 ) -> VerifyReport:
     engine = create_engine(url)
     try:
@@ -143,7 +161,9 @@ def verify_store(
             notes = conn.execute(
                 select(schema.checkpoints.c.note).order_by(schema.checkpoints.c.size)
             ).scalars()
-            report = verify_rows(rows, list(notes), gateway=gateway, witnesses=witnesses)
+            report = verify_rows(
+                rows, list(notes), gateway=gateway, witnesses=witnesses, origin=origin
+            )
     finally:
         engine.dispose()
     return report

@@ -79,6 +79,11 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
     @require_token("audit:read")
     def entries() -> Response:
         filters = {k: request.args[k] for k in _FILTERS if request.args.get(k)}
+        limit = _int_arg("limit", minimum=1) if "limit" in request.args else 50
+        cursor = _int_arg("cursor") if "cursor" in request.args else None
+        order = request.args.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise BadRequest("order: expected asc or desc")
         subject = request.args.get("subject")
         if subject:
             number = parse(subject).number
@@ -89,11 +94,6 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
                  "time": utc_now()},
                 subject_id=number,
             )  # fmt: skip
-        limit = _int_arg("limit", minimum=1) if "limit" in request.args else 50
-        cursor = _int_arg("cursor") if "cursor" in request.args else None
-        order = request.args.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise BadRequest("order: expected asc or desc")
         try:
             rows, nxt = log().entries(
                 filters, cursor=cursor, limit=min(limit, _MAX_PAGE), newest_first=order == "desc"

@@ -108,10 +108,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
             witnesses[dept] = keys.public(dept)
         except FileNotFoundError:
             continue
+    demo = settings.data_dir / "demo.json"
+    origin = None
+    if demo.exists():  # the log's name comes from the gateway's URL
+        origin = settings.with_(public_url=json.loads(demo.read_text())["gateway"]).origin
     report = verify_store(
         settings.audit_store_url(),
         gateway=(settings.gateway_issuer, keys.public("gateway")),
         witnesses=witnesses,
+        origin=origin,
     )
     summary = {
         "ok": report.ok,
