@@ -152,22 +152,29 @@ class DepartmentClient:
     def departments(self) -> list[str]:
         return sorted(self.keys)
 
-    def evaluate(self, department: str, call: PredicateCall) -> Answer:
+    def _key(self, department: str) -> SM2PublicKey:
         key = self.keys.get(department)
         if key is None:
             raise DepartmentUnavailable(f"department {department} has no registered key")
-        token, jti = self.signer.sign(department, call)
-        status, body = self.transport.send(department, token, self.timeout)
+        return key
+
+    def _exchange(self, department: str, token: str, timeout: float) -> str:
+        """Send a signed request; the department's signed answer, or the error it means."""
+        status, body = self.transport.send(department, token, timeout)
         if status >= 500:
             raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
         if status != 200:
             raise DepartmentRefused(f"department {department} refused the request (HTTP {status})")
         try:
-            answer_token = body.decode("ascii")
+            return body.decode("ascii")
         except UnicodeDecodeError as exc:
             raise Unauthenticated("department answer is not a JWS") from exc
+
+    def evaluate(self, department: str, call: PredicateCall) -> Answer:
+        key = self._key(department)
+        token, jti = self.signer.sign(department, call)
         return verify_answer(
-            answer_token,
+            self._exchange(department, token, self.timeout),
             department=department,
             department_key=key,
             request_jti=jti,
@@ -180,21 +187,10 @@ class DepartmentClient:
         self, department: str, predicate: str, params: Mapping[str, str], subjects: list[str]
     ) -> list[Tri]:
         """One predicate over up to MAX_BATCH subjects in one signed round trip."""
-        key = self.keys.get(department)
-        if key is None:
-            raise DepartmentUnavailable(f"department {department} has no registered key")
+        key = self._key(department)
         token, jti = self.signer.sign_batch(department, predicate, params, subjects)
-        status, body = self.transport.send(department, token, self.timeout * 5)
-        if status >= 500:
-            raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
-        if status != 200:
-            raise DepartmentRefused(f"department {department} refused the request (HTTP {status})")
-        try:
-            answer = body.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise Unauthenticated("department answer is not a JWS") from exc
         return verify_batch_answer(
-            answer,
+            self._exchange(department, token, self.timeout * 5),
             department=department,
             department_key=key,
             request_jti=jti,
