@@ -12,10 +12,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from primitives.db import make_engine
 from primitives.errors import StoreUnavailable
 
 from .department import Department
@@ -29,23 +30,12 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL lets the adapter's readers run beside a loader; NORMAL is durable across
-    # application crashes, which is what a read-mostly department store needs.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
 class DepartmentStore:
     def __init__(self, department: Department, url: str) -> None:
         self.department = department
         self.url = url
-        self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        # NORMAL is durable across application crashes, which a read-mostly store needs.
+        self.engine: Engine = make_engine(url, synchronous="NORMAL")
         self._as_of: dt.date | None = None
         self._as_of_read = False
         self._idle: list[Connection] = []

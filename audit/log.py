@@ -21,11 +21,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from primitives.db import make_engine
 from primitives.errors import StoreUnavailable, TongbanError
 
 from . import schema
@@ -131,14 +132,6 @@ class _Waiter:
         return self.indexes
 
 
-def _audit_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # an answer leaves only after its entry is on disk
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
-
-
 def _driver_sql(dialect: str) -> dict[str, str]:
     mark = "?" if dialect == "sqlite" else "%s"
     cols = ("idx", "leaf_hash", "entry", *_ROW_FIELDS)
@@ -175,15 +168,14 @@ class AuditLog:
         self.origin = origin
         self.pseudonyms = pseudonymizer
         self.max_batch = max_batch
-        self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        # synchronous=FULL: an answer leaves only after its entry is on disk.
+        self.engine: Engine = make_engine(url, synchronous="FULL", busy_ms=10_000)
         self.dialect = self.engine.dialect.name
         self._writes = self.engine
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _audit_pragmas)
             # Writers take SQLite's write lock when they begin, so two processes never both
             # read the same next index; readers keep their own engine and never wait.
-            self._writes = create_engine(url)
-            event.listen(self._writes, "connect", _audit_pragmas)
+            self._writes = make_engine(url, synchronous="FULL", busy_ms=10_000)
             event.listen(self._writes, "connect", _manual_transactions)
             event.listen(self._writes, "begin", _begin_immediate)
         self._tree = MerkleTree()

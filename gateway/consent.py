@@ -66,18 +66,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     insert,
     or_,
     select,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 
 from audit.vault import Pseudonymizer
 from policies.errors import AuditFailed
+from primitives.db import make_engine
 from primitives.errors import (
     BadRequest,
     Conflict,
@@ -457,23 +455,6 @@ def _birthday(birth: dt.date, years: int) -> dt.date:
 # --- the store ----------------------------------------------------------------------
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # Several workers spend uses on one file: wait for each other rather than fail.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
-def _make_engine(url: str) -> Engine:
-    if url in ("sqlite://", "sqlite:///:memory:"):
-        return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -503,7 +484,7 @@ class ConsentStore:
         clock: Callable[[], dt.datetime] = _utc_now,
     ) -> None:
         self.engine = (
-            _make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+            make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
         )
         self.pseudonyms = pseudonyms
         self.catalog = catalog

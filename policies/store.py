@@ -27,17 +27,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    create_engine,
     delete,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.pool import StaticPool
 
+from primitives.db import make_engine
 from primitives.errors import StoreUnavailable
 
 from .rules import Rule
@@ -126,17 +124,7 @@ class PolicyStore:
     def from_url(cls, url: str = "sqlite://") -> PolicyStore:
         """An engine for ``url``. In-memory SQLite gets one shared connection, so every
         thread sees the same database rather than a private empty one."""
-        if make_url(url).get_backend_name() == "sqlite" and make_url(url).database in (
-            None,
-            "",
-            ":memory:",
-        ):
-            engine = create_engine(
-                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
-        else:
-            engine = create_engine(url)
-        return cls(engine)
+        return cls(make_engine(url))
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -6,8 +6,6 @@ gunicorn worker sees the same clients and the same spent assertion ids.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import (
     Boolean,
     Column,
@@ -18,13 +16,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     func,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 
+from primitives.db import make_engine
 from primitives.errors import StoreUnavailable
 
 __all__ = ["clients", "create_schema", "make_engine", "metadata", "spent_ids"]
@@ -53,26 +49,6 @@ spent_ids = Table(
     Column("key", String(64), primary_key=True),
     Column("expires_at", Float, nullable=False, index=True),
 )
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # Several workers write spent ids to one file: WAL plus a busy timeout makes them wait
-    # for each other instead of failing with "database is locked".
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``. In-memory SQLite gets one shared connection (otherwise each
-    pooled connection would see its own empty database)."""
-    if url in ("sqlite://", "sqlite:///:memory:"):
-        return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
 
 
 def create_schema(engine: Engine) -> None:

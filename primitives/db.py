@@ -1,0 +1,42 @@
+"""SQLAlchemy engines configured the one way every tongban store needs.
+
+File SQLite gets WAL (readers never block the writer) and a busy timeout (several
+processes wait for the write lock instead of failing with "database is locked");
+in-memory SQLite gets one shared connection (otherwise each pooled connection would see
+its own empty database); server databases get pre-ping so a restarted server heals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["is_memory_sqlite", "make_engine"]
+
+
+def is_memory_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000) -> Engine:
+    """``synchronous``: SQLite's PRAGMA synchronous for file databases (``FULL`` where a
+    commit must survive power loss, e.g. the audit log); ``None`` keeps SQLite's default."""
+    if is_memory_sqlite(url):
+        return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
+    if engine.dialect.name == "sqlite":
+
+        def pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            if synchronous is not None:
+                cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            cur.close()
+
+        event.listen(engine, "connect", pragmas)
+    return engine
