@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Browser tests (tests/test_pages_browser.py): Debian's chromium + playwright-core via npm.
+CHROMIUM      ?= /usr/bin/chromium
+BROWSER_STAMP := browser-tests/node_modules/.installed
 
 DEMO_ARGS ?=
 
-.PHONY: demo test install lint typecheck pytest bench clean
+.PHONY: demo test install browser lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +20,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Idempotent: installs chromium (and node/npm) with apt only when missing and we are root;
+# otherwise says loudly that the browser tests will be skipped.
+$(BROWSER_STAMP): browser-tests/package-lock.json
+	@missing=""; \
+	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else \
+	    echo "!! missing:$$missing and cannot apt-get: browser tests will be SKIPPED"; \
+	  fi; \
+	fi
+	@if command -v npm >/dev/null; then \
+	  cd browser-tests && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	fi
+
+browser: $(BROWSER_STAMP)
+
+install: $(STAMP) browser
 
 demo: $(STAMP)
 	$(BIN)/tongban demo $(DEMO_ARGS)
@@ -29,7 +51,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
@@ -38,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo-data .mypy_cache .ruff_cache .pytest_cache browser-tests/node_modules

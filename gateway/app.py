@@ -12,6 +12,7 @@ from primitives.jws import jwks
 from .metrics import install_metrics
 from .oauth.flask import init_oauth
 from .openapi import build_openapi, docs_blueprint
+from .pages import mount_pages
 from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
@@ -38,6 +39,7 @@ def create_app(gateway: Gateway) -> Flask:
             citizen_verifier=oauth.get("citizen_verifier"),
         )
     app.register_blueprint(audit_blueprint(gateway))
+    mount_pages(app, gateway)
     checker = gateway.extras.get("checker")
     if checker is not None:
         app.register_blueprint(checks_blueprint(checker, gateway.extras.get("policy_admin")))

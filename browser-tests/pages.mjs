@@ -1,0 +1,131 @@
+// Drives the officer and citizen pages in headless Chromium (Debian's /usr/bin/chromium).
+// Usage: node pages.mjs '<json config>'   (written by tests/test_pages_browser.py)
+// Prints one JSON object with what it saw; the pytest side asserts on it.
+import { chromium } from "playwright-core";
+
+const cfg = JSON.parse(process.argv[2]);
+const base = cfg.url;
+const out = { steps: [] };
+const shot = (page, name) =>
+  page.screenshot({ path: `${cfg.screenshots}/${name}.png`, fullPage: true });
+
+async function token(clientId) {
+  const basic = Buffer.from(`${clientId}:${cfg.secrets[clientId]}`).toString("base64");
+  const r = await fetch(`${base}/oauth/token`, {
+    method: "POST",
+    headers: { Authorization: `Basic ${basic}`, "Content-Type": "application/x-www-form-urlencoded" },
+    body: "grant_type=client_credentials",
+  });
+  return (await r.json()).access_token;
+}
+
+async function check(clientId, body) {
+  const r = await fetch(`${base}/v1/checks`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${await token(clientId)}`, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+const rowsOf = (page) =>
+  page.$$eval("#entries tbody tr[data-index]", (trs) =>
+    trs.map((tr) => ({ index: +tr.dataset.index, requester: tr.dataset.requester,
+      claim: tr.dataset.claim, purpose: tr.dataset.purpose, result: tr.dataset.result,
+      subject: tr.children[8].textContent.trim() })));
+
+const browser = await chromium.launch({
+  executablePath: cfg.chromium,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run"],
+});
+try {
+  // --- officer ------------------------------------------------------------------------
+  const officer = await browser.newContext({ viewport: { width: 1400, height: 900 }, locale: "zh-CN" });
+  const page = await officer.newPage();
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  await page.goto(`${base}/officer/`);
+  out.redirected_to_login = page.url().endsWith("/officer/login");
+  await page.fill("#client_id", cfg.officer.client_id);
+  await page.fill("#secret", cfg.officer.secret);
+  await page.click("#officer-login button[type=submit]");
+  await page.waitForSelector("#entries");
+  out.signers = await page.$$eval("ul.signers li", (lis) =>
+    lis.map((li) => ({ name: li.dataset.name, cls: li.className })));
+
+  // 1. Filter and find the denied insurer request.
+  await page.fill("#f-requester", "insurer-a");
+  await page.selectOption("#f-result", "denied");
+  await Promise.all([page.waitForNavigation(), page.click("#f-apply")]);
+  out.filtered = await rowsOf(page);
+  await shot(page, "officer-filter");
+  out.steps.push("filter");
+
+  // 2. Verify that entry's inclusion proof in the browser.
+  const first = out.filtered[0].index;
+  await page.click(`button.proof[data-index="${first}"]`);
+  await page.waitForSelector(`#proof-${first}[data-verified]`);
+  out.proof = await page.$eval(`#proof-${first}`, (el) => ({ verified: el.dataset.verified, text: el.textContent }));
+  await shot(page, "officer-proof");
+  out.steps.push("proof");
+
+  // 3. A burst of checks raises an anomaly flag, which links to the entries behind it.
+  const thresholds = "burst_subjects=15&burst_minutes=10";
+  await page.goto(`${base}/officer/?${thresholds}`);
+  out.burst_flags_before = await page.$$eval(`li.flag-burst[data-requester="${cfg.burst.requester}"]`, (l) => l.length);
+  const statuses = [];
+  for (const subject of cfg.burst.subjects) {
+    statuses.push((await check(cfg.burst.requester, { ...cfg.burst.body, subject: { id_number: subject } })).status);
+  }
+  out.burst_statuses = statuses;
+  await page.goto(`${base}/officer/?${thresholds}`);
+  const flag = page.locator(`li.flag-burst[data-requester="${cfg.burst.requester}"]`);
+  out.burst_flags_after = await flag.count();
+  out.burst_flag_text = await flag.first().textContent();
+  await shot(page, "officer-anomaly");
+  await Promise.all([page.waitForNavigation(), flag.first().locator("a.flag-link").click()]);
+  out.burst_rows = await rowsOf(page);
+  out.steps.push("anomaly");
+  out.officer_offsite_requests = requests.filter((u) => !u.startsWith(base));
+  await officer.close();
+
+  // --- citizen ------------------------------------------------------------------------
+  const ctx = await browser.newContext({ viewport: { width: 1300, height: 900 }, locale: "zh-CN" });
+  const me = await ctx.newPage();
+  await me.goto(`${base}/me/`);
+  await me.fill("#token", cfg.citizen.token);
+  await Promise.all([me.waitForNavigation(), me.click("#citizen-login button[type=submit]")]);
+  await me.fill("#g-requester", "insurer-a");
+  await me.check('input[name=purposes][value="insurance_claim"]');
+  await me.check('input[name=claims][value="maternity_insurance_active"]');
+  await me.fill("#g-days", "30");
+  await me.fill("#g-uses", "3");
+  await Promise.all([me.waitForNavigation(), me.click("#g-submit")]);
+  const consentId = await me.getAttribute('#consent-list tr[data-status="active"]', "data-consent");
+  out.consent_id = consentId;
+  const body = { subject: { id_number: cfg.citizen.id_number }, claim: "maternity_insurance_active",
+    purpose: "insurance_claim", params: {}, consent_id: consentId };
+  const allowed = await check("insurer-a", body);
+  out.check_with_consent = { status: allowed.status, result: allowed.body.result };
+  await me.reload();
+  out.access_after_check = await me.$$eval("#access-log tbody tr[data-index]", (trs) =>
+    trs.map((tr) => ({ requester: tr.dataset.requester, result: tr.dataset.result })));
+  await shot(me, "citizen-consent");
+  await Promise.all([me.waitForNavigation(), me.click(`button.revoke[data-consent="${consentId}"]`)]);
+  out.status_after_revoke = await me.getAttribute(`#consent-list tr[data-consent="${consentId}"]`, "data-status");
+  const refused = await check("insurer-a", body);
+  out.check_after_revoke = { status: refused.status, type: refused.body.type };
+  await me.reload();
+  out.access_after_revoke = await me.$$eval("#access-log tbody tr[data-index]", (trs) =>
+    trs.map((tr) => ({ requester: tr.dataset.requester, result: tr.dataset.result })));
+  out.citizen_html_has_full_id = (await me.content()).includes(cfg.citizen.id_number);
+  await shot(me, "citizen-revoked");
+  out.steps.push("citizen");
+  await ctx.close();
+} catch (err) {
+  out.error = String(err && err.stack || err);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(out));

@@ -1,0 +1,186 @@
+"""``/me/``: the citizen's page: who checked what about me, and my consents.
+
+Behind a citizen token (DEMO ONLY: pasted from ``tongban citizen-token``; a deployment
+puts the real identity provider's login here). The ID number is never rendered, only
+its masked form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as WResponse
+
+from audit.log import StoredEntry
+from primitives.errors import NotFound, TongbanError
+from primitives.idnumber import mask
+
+from ..consent import ConsentStore
+from ..oauth import Citizen
+from ..services import Gateway
+from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen
+from .session import citizen_login as accept_citizen_token
+
+__all__ = ["install_citizen"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ACCESS_KINDS = ("check", "officer_lookup")
+ACCESS_PAGE = 100
+
+RESULT_TEXT = {
+    "yes": "Answered yes 回答“是”",
+    "no": "Answered no 回答“否”",
+    "undetermined": "Could not be determined 无法确定",
+    "denied": "Refused — no data was looked at 已拒绝, 未查询任何数据",
+}
+
+
+def access_item(stored: StoredEntry, names: Callable[[str], str]) -> dict[str, Any]:
+    e = stored.entry
+    requester = str(e.get("requester", ""))
+    item: dict[str, Any] = {
+        "index": stored.index,
+        "time": e.get("time", ""),
+        "requester": requester,
+        "requester_name": names(requester),
+        "kind": e.get("kind"),
+    }
+    if e.get("kind") == "officer_lookup":
+        item["what"] = "Privacy officer looked up your records 个人信息保护负责人查阅了您的记录"
+        item["why"] = "Audit review 审计复核"
+        item["result"] = ""
+        return item
+    item["what"] = str(e.get("claim", ""))
+    why = str(e.get("purpose", ""))
+    if e.get("legal_basis"):
+        why += f" — legal basis 法律依据: {e['legal_basis']}"
+    elif e.get("consent_id"):
+        why += f" — your consent 您的同意: {e['consent_id']}"
+    item["why"] = why
+    result = str(e.get("result", ""))
+    item["result"] = result
+    item["result_text"] = RESULT_TEXT.get(result, result)
+    if isinstance(e.get("error"), str):
+        item["reason"] = e["error"]
+    return item
+
+
+def _consent_body(form: Any) -> dict[str, Any]:
+    def listed(name: str) -> list[str]:
+        values = [v.strip() for v in form.getlist(name) if v.strip()]
+        return sorted({p.strip() for v in values for p in v.split(",") if p.strip()})
+
+    body: dict[str, Any] = {
+        "requester": form.get("requester", "").strip(),
+        "purposes": listed("purposes"),
+        "claims": listed("claims"),
+    }
+    days = form.get("valid_days", "").strip()
+    if not (days.isascii() and days.isdigit()) or not 1 <= int(days) <= 366:
+        raise ValueError("valid for: expected 1 to 366 days 有效期应为 1 至 366 天")
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=int(days))
+    body["expires_at"] = expires.isoformat(timespec="seconds").replace("+00:00", "Z")
+    uses = form.get("max_uses", "").strip()
+    if not (uses.isascii() and uses.isdigit()):
+        raise ValueError("uses: expected a whole number 使用次数应为整数")
+    body["max_uses"] = int(uses)
+    return body
+
+
+def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
+    consents: ConsentStore | None = gateway.extras.get("consents")
+    audit = gateway.audit
+
+    def store() -> ConsentStore:
+        if consents is None:
+            raise NotFound("this gateway keeps no consents")
+        return consents
+
+    def citizen_required(view: Callable[P, R]) -> Callable[P, R | WResponse]:
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | WResponse:
+            citizen = current_page_citizen()
+            if citizen is None:
+                return redirect(url_for("pages.citizen_login"))
+            g.page_citizen = citizen
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    def me() -> Citizen:
+        citizen: Citizen = g.page_citizen
+        return citizen
+
+    def names(client_id: str) -> str:
+        client = store().registry.get(client_id) if consents is not None else None
+        return client.display_name if client is not None else client_id
+
+    @bp.get("/me/login")
+    def citizen_login_form() -> str:
+        return render_template("citizen_login.html", csrf=csrf_token(), error=None)
+
+    @bp.post("/me/login")
+    def citizen_login() -> WResponse | tuple[str, int]:
+        check_csrf(request.form.get("csrf"))
+        try:
+            accept_citizen_token(request.form.get("token", ""))
+        except LoginFailed as exc:
+            return render_template("citizen_login.html", csrf=csrf_token(), error=str(exc)), 401
+        return redirect(url_for("pages.citizen_home"))
+
+    @bp.post("/me/logout")
+    def citizen_logout() -> WResponse:
+        check_csrf(request.form.get("csrf"))
+        session.clear()
+        return redirect(url_for("pages.citizen_login"))
+
+    @bp.get("/me/")
+    @citizen_required
+    def citizen_home() -> str:
+        number = me().id_number
+        access: list[StoredEntry] = []
+        if audit is not None:
+            pseudonym = audit.pseudonyms.pseudonym(number)
+            for kind in ACCESS_KINDS:
+                found, _ = audit.entries({"kind": kind, "subject": pseudonym}, limit=ACCESS_PAGE)
+                access += found
+        access.sort(key=lambda s: s.index, reverse=True)
+        catalog = gateway.catalog
+        return render_template(
+            "citizen.html",
+            csrf=csrf_token(),
+            masked=mask(number),
+            access=[access_item(s, names) for s in access[:ACCESS_PAGE]],
+            consents=[c.to_json() for c in store().list_for(number)],
+            claims=sorted(catalog.claims.values(), key=lambda c: c.name),
+            purposes=sorted(catalog.purposes.values(), key=lambda p: p.name),
+            message=request.args.get("message"),
+            error=request.args.get("error"),
+        )
+
+    @bp.post("/me/consents")
+    @citizen_required
+    def citizen_grant() -> WResponse:
+        check_csrf(request.form.get("csrf"))
+        try:
+            consent = store().grant(me().id_number, _consent_body(request.form))
+        except (TongbanError, ValueError) as exc:
+            detail = exc.detail if isinstance(exc, TongbanError) else str(exc)
+            return redirect(url_for("pages.citizen_home", error=detail))
+        return redirect(url_for("pages.citizen_home", message=f"granted {consent.id}"))
+
+    @bp.post("/me/consents/<consent_id>/revoke")
+    @citizen_required
+    def citizen_revoke(consent_id: str) -> WResponse:
+        check_csrf(request.form.get("csrf"))
+        try:
+            store().revoke(consent_id, me().id_number)
+        except TongbanError as exc:
+            return redirect(url_for("pages.citizen_home", error=exc.detail))
+        return redirect(url_for("pages.citizen_home", message=f"revoked {consent_id}"))
