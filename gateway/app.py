@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, jsonify, request
 
 from adapters.service import install_problem_handlers
-from primitives.jws import jwks
+from primitives.jws import PublicKey, jwks
 
 from .metrics import install_metrics
 from .oauth.flask import init_oauth
@@ -16,6 +16,7 @@ from .pages import mount_pages
 from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
+from .views_citizen import citizen_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
 
@@ -28,21 +29,21 @@ def create_app(gateway: Gateway) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(app, MAX_BODY, log)
     install_metrics(app, audit=gateway.audit)
-    oauth = gateway.extras.get("oauth")
+    oauth = gateway.oauth
     if oauth is not None:
         init_oauth(
             app,
-            oauth["registry"],
-            oauth["issuer"],
-            token_endpoint=oauth["token_endpoint"],
-            replay_cache=oauth.get("replay_cache"),
-            citizen_verifier=oauth.get("citizen_verifier"),
+            oauth.registry,
+            oauth.issuer,
+            token_endpoint=oauth.token_endpoint,
+            replay_cache=oauth.replay_cache,
+            citizen_verifier=oauth.citizen_verifier,
         )
     app.register_blueprint(audit_blueprint(gateway))
     mount_pages(app, gateway)
-    checker = gateway.extras.get("checker")
+    checker = gateway.checker
     if checker is not None:
-        app.register_blueprint(checks_blueprint(checker, gateway.extras.get("policy_admin")))
+        app.register_blueprint(checks_blueprint(checker, gateway.policy_admin))
 
         @app.before_request
         def _batch_limit() -> None:
@@ -50,11 +51,10 @@ def create_app(gateway: Gateway) -> Flask:
             if request.path == "/v1/checks/batch":
                 request.max_content_length = BATCH_MAX_BODY
 
-    citizen = gateway.extras.get("citizen_blueprint")
-    if citizen is not None:
-        app.register_blueprint(citizen)
+    if gateway.consents is not None:
+        app.register_blueprint(citizen_blueprint(gateway, gateway.consents))
 
-    server_url = oauth["issuer"].issuer if oauth is not None else ""
+    server_url = oauth.issuer.issuer if oauth is not None else ""
     app.register_blueprint(
         docs_blueprint(lambda: build_openapi(server_url, catalog=gateway.catalog))
     )
@@ -67,15 +67,14 @@ def create_app(gateway: Gateway) -> Flask:
 
     @app.get("/.well-known/jwks.json")
     def keys() -> Response:
-        published = {}
+        published: dict[str, PublicKey] = {}
         if gateway.signing_key is not None:
             public = gateway.signing_key.public_key
             published[public.key_id] = public
         if oauth is not None:
-            published.update(oauth["issuer"].public_keys())
-        answers = gateway.extras.get("answers")
-        if answers is not None:
-            published.update(answers.public_keys())
+            published.update(oauth.issuer.public_keys())
+        if gateway.answers is not None:
+            published.update(gateway.answers.public_keys())
         resp = jsonify(jwks(published))
         resp.headers["Cache-Control"] = "public, max-age=300"
         return resp

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.client import DepartmentClient
 from audit.log import AuditLog
@@ -15,7 +15,16 @@ from primitives.gm import SM2PrivateKey, SM2PublicKey
 from .catalog import Catalog
 from .checkpoints import Checkpointer
 
-__all__ = ["AuditEvents", "Gateway", "utc_now"]
+if TYPE_CHECKING:  # these modules import this one; types only
+    from policies import PolicyAdmin
+    from primitives.replay import ReplayCache
+
+    from .answers import AnswerSigner
+    from .checks import Checker
+    from .consent import ConsentStore
+    from .oauth import CitizenTokenVerifier, ClientRegistry, TokenIssuer
+
+__all__ = ["AuditEvents", "Gateway", "OAuthParts", "utc_now"]
 
 
 def utc_now() -> str:
@@ -37,8 +46,22 @@ class AuditEvents:
         return self.log.append(entry, subject_id)
 
 
+@dataclass(frozen=True)
+class OAuthParts:
+    """What the OAuth token endpoint and the bearer checks need."""
+
+    registry: ClientRegistry
+    issuer: TokenIssuer
+    token_endpoint: str
+    replay_cache: ReplayCache | None = None
+    citizen_verifier: CitizenTokenVerifier | None = None
+
+
 @dataclass
 class Gateway:
+    """Every part is optional but the catalog and the department client, so tests can
+    build only what they exercise; the app registers the endpoints of the parts present."""
+
     catalog: Catalog
     departments: DepartmentClient
     audit: AuditLog | None = None
@@ -46,7 +69,11 @@ class Gateway:
     name: str = "tongban-gateway"
     signing_key: SM2PrivateKey | None = None
     witness_keys: dict[str, SM2PublicKey] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    oauth: OAuthParts | None = None
+    checker: Checker | None = None
+    policy_admin: PolicyAdmin | None = None
+    answers: AnswerSigner | None = None
+    consents: ConsentStore | None = None
 
     def health(self) -> dict[str, object]:
         names = self.departments.departments

@@ -125,7 +125,8 @@ def build_harness(tmp: Path, urls: dict[str, str], party_keys: dict[str, SM2Priv
         start=False,
     )
     app = create_app(gateway)
-    registry = gateway.extras["oauth"]["registry"]
+    assert gateway.oauth is not None
+    registry = gateway.oauth.registry
     secrets = {}
     for client_id, scopes in CLIENTS.items():
         secrets[client_id] = str(

@@ -78,7 +78,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     gateway = build_gateway(settings, start=False)
     app = create_app(gateway)
     client = app.test_client()
-    registry = gateway.extras["oauth"]["registry"]
+    assert gateway.oauth is not None
+    registry = gateway.oauth.registry
     clients = {
         "officer-a": {"audit:read"},
         "insurer-a": {"checks"},
@@ -86,7 +87,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     }
     tokens = {}
     for client_id, scopes in clients.items():
-        secret = registry.register_client(client_id, client_id.title(), scopes=scopes).secret
+        secret = str(registry.register_client(client_id, client_id.title(), scopes=scopes).secret)
         resp = client.post(
             "/oauth/token",
             data={"grant_type": "client_credentials", "scope": " ".join(sorted(scopes))},
@@ -109,7 +110,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     note = gateway.checkpointer.checkpoint()
     yield Env(gateway, client, settings, keys.public("gateway"), tokens, note.checkpoint.size)
     gateway.close()
-    gateway.extras["oauth"]["registry"].engine.dispose()
+    assert gateway.oauth is not None
+    gateway.oauth.registry.engine.dispose()
     transport = gateway.departments.transport
     if hasattr(transport, "http"):
         transport.http.close()

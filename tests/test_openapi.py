@@ -100,7 +100,8 @@ def build_served(tmp: Path) -> Served:
     gateway = build_gateway(settings, start=False)
     app = create_app(gateway)
     wire_docs_and_metrics(app, gateway)
-    registry = gateway.extras["oauth"]["registry"]
+    assert gateway.oauth is not None
+    registry = gateway.oauth.registry
     secrets = {
         cid: str(registry.register_client(cid, cid, scopes=scopes).secret)
         for cid, scopes in CLIENTS.items()

@@ -18,8 +18,7 @@ from gateway.checkpoints import Checkpointer
 from gateway.checks import Checker
 from gateway.consent import ConsentRequired, ConsentStore
 from gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
-from gateway.services import AuditEvents, Gateway
-from gateway.views_citizen import citizen_blueprint
+from gateway.services import AuditEvents, Gateway, OAuthParts
 from policies import PolicyAdmin, PolicyStore, open_enforcer
 from primitives.errors import TongbanError
 from primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
@@ -163,21 +162,18 @@ def build_gateway(
         name=settings.gateway_issuer,
         signing_key=signing_key,
         witness_keys=department_keys,
-        extras={
-            "oauth": {
-                "registry": registry,
-                "issuer": issuer,
-                "token_endpoint": settings.public_url + "/oauth/token",
-                "replay_cache": SqlReplayCache(registry.engine),
-                "citizen_verifier": citizen,
-            },
-            "checker": checker,
-            "policy_admin": policy_admin,
-            "answers": answers,
-        },
+        oauth=OAuthParts(
+            registry=registry,
+            issuer=issuer,
+            token_endpoint=settings.public_url + "/oauth/token",
+            replay_cache=SqlReplayCache(registry.engine),
+            citizen_verifier=citizen,
+        ),
+        checker=checker,
+        policy_admin=policy_admin,
+        answers=answers,
+        consents=consents,
     )
-    gateway.extras["citizen_blueprint"] = citizen_blueprint(gateway, consents)
-    gateway.extras["consents"] = consents
     if start:
         AuditEvents(audit).append(
             {"kind": "lifecycle", "event": "gateway_started", "origin": settings.origin}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response
 
@@ -81,13 +81,12 @@ def mount_pages(app: Flask, gateway: Gateway) -> Flask:
     pages.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(pages, MAX_BODY, log)
     pages.secret_key = session_secret(gateway)
-    oauth: Any = gateway.extras.get("oauth")
+    oauth = gateway.oauth
     pages.config.update(
         SESSION_COOKIE_NAME="tongban_pages",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=oauth is not None
-        and str(oauth["issuer"].issuer).startswith("https://"),
+        SESSION_COOKIE_SECURE=oauth is not None and str(oauth.issuer.issuer).startswith("https://"),
     )
     if EXTENSION in app.extensions:
         pages.extensions[EXTENSION] = app.extensions[EXTENSION]

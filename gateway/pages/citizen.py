@@ -94,7 +94,7 @@ def _consent_body(form: Any) -> dict[str, Any]:
 
 
 def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
-    consents: ConsentStore | None = gateway.extras.get("consents")
+    consents: ConsentStore | None = gateway.consents
     audit = gateway.audit
 
     def store() -> ConsentStore:
