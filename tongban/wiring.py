@@ -102,7 +102,12 @@ def build_gateway(
     public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``."""
     use_backend(settings.sm2_backend)
     keys = KeyRing(settings.keys_dir)
+    # One key per role. "gateway" is the key the departments know: it signs predicate
+    # requests and audit checkpoints. Answers and consent artefacts, and access tokens, get
+    # keys of their own, so a compromise or rotation of one role leaves the others intact.
     signing_key = keys.private("gateway")
+    answer_key = keys.ensure("gateway-answers")
+    token_key = keys.ensure("gateway-tokens")
     signer = RequestSigner(signing_key, issuer=settings.gateway_issuer)
     if department_keys is None:
         connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
@@ -124,7 +129,7 @@ def build_gateway(
     )
     registry = build_registry(settings)
     issuer = TokenIssuer(
-        signing_key, issuer=settings.public_url, audience=settings.public_url + "/v1"
+        token_key, issuer=settings.public_url, audience=settings.public_url + "/v1"
     )
     idp = keys.ensure("idp").public_key
     citizen = CitizenTokenVerifier(
@@ -136,12 +141,12 @@ def build_gateway(
     events = AuditEvents(audit)
     policy_admin = PolicyAdmin(policy_store, enforcer, catalog, events)
     answers = AnswerSigner(
-        signing_key,
+        answer_key,
         issuer=settings.public_url,
         pairwise_key=keys.secret("pairwise", 32),
         es256_key=keys.p256("gateway"),
     )
-    consents = build_consents(settings, audit, catalog, registry, signing_key, client)
+    consents = build_consents(settings, audit, catalog, registry, answer_key, client)
     checker = Checker(
         catalog,
         enforcer,
