@@ -13,11 +13,19 @@ from typing import Any, Protocol
 
 import httpx
 
+from federation.paillier import key_fingerprint, parse_public_key
 from primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from primitives.gm import SM2PublicKey
 from primitives.wire import PredicateCall, Tri
 
-from .protocol import AdapterCore, Answer, RequestSigner, verify_answer, verify_batch_answer
+from .protocol import (
+    AdapterCore,
+    Answer,
+    RequestSigner,
+    verify_answer,
+    verify_batch_answer,
+    verify_statistic_answer,
+)
 from .witness import Witness
 
 __all__ = [
@@ -196,6 +204,34 @@ class DepartmentClient:
             request_jti=jti,
             predicate=predicate,
             count=len(subjects),
+            gateway_issuer=self.signer.issuer,
+        )
+
+    def contribute(
+        self,
+        department: str,
+        name: str,
+        params: Mapping[str, str],
+        job: str,
+        key_jwk: Mapping[str, Any],
+        parties: int,
+    ) -> list[int]:
+        """A department's encrypted vector of one statistic, its signature verified.
+
+        The ciphertexts are returned as integers; their count and membership in
+        ``Z*_{n^2}`` are the aggregator's to check (it knows the layout).
+        """
+        key = self._key(department)
+        fingerprint = key_fingerprint(parse_public_key(key_jwk))
+        token, jti = self.signer.sign_statistic(department, name, params, job, key_jwk, parties)
+        return verify_statistic_answer(
+            self._exchange(department, token, self.timeout * 5),
+            department=department,
+            department_key=key,
+            request_jti=jti,
+            statistic=name,
+            job=job,
+            key_fingerprint=fingerprint,
             gateway_issuer=self.signer.issuer,
         )
 

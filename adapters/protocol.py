@@ -9,6 +9,7 @@ gateway can neither be fed an old answer nor one meant for another question.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from primitives.replay import MemoryReplayCache, ReplayCache
 from primitives.wire import PredicateCall, Tri
 
 from .evaluate import Evaluator
+from .statistics import LocalStatistics
 
 __all__ = [
     "ANSWER_TYP",
@@ -33,6 +35,7 @@ __all__ = [
     "RequestSigner",
     "verify_answer",
     "verify_batch_answer",
+    "verify_statistic_answer",
 ]
 
 REQUEST_TYP = "tongban-predicate-request+jwt"
@@ -41,6 +44,7 @@ GATEWAY_ISSUER = "tongban-gateway"
 REQUEST_LIFETIME = 30  # seconds: a request is used at once or never
 MAX_BATCH = 500  # subjects per signed batch request; the gateway splits larger batches
 _ALGS = ("SM2",)
+_HEX = re.compile(r"[0-9a-f]{1,4096}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,25 @@ class RequestSigner:
         batch = {"predicate": predicate, "params": dict(params), "subjects": subjects}
         return self._sign(department, {"batch": batch}, None)
 
+    def sign_statistic(
+        self,
+        department: str,
+        name: str,
+        params: Mapping[str, str],
+        job: str,
+        key_jwk: Mapping[str, Any],
+        parties: int,
+    ) -> tuple[str, str]:
+        """Ask a department for its encrypted vector of one statistic, for one job."""
+        body = {
+            "name": name,
+            "params": dict(params),
+            "job": job,
+            "key": dict(key_jwk),
+            "parties": parties,
+        }
+        return self._sign(department, {"statistic": body}, None)
+
     def _sign(self, department: str, body: dict[str, Any], now: float | None) -> tuple[str, str]:
         now = time.time() if now is None else now
         jti = secrets.token_urlsafe(16)
@@ -102,6 +125,7 @@ class AdapterCore:
         replay: ReplayCache | None = None,
         gateway_issuer: str = GATEWAY_ISSUER,
         clock: Callable[[], float] = time.time,
+        statistics: LocalStatistics | None = None,
     ) -> None:
         self.evaluator = evaluator
         self.name = evaluator.department.name
@@ -111,6 +135,7 @@ class AdapterCore:
         self.replay = replay or MemoryReplayCache()
         self.gateway_issuer = gateway_issuer
         self.clock = clock
+        self.statistics = statistics or LocalStatistics(evaluator.store)
 
     def authenticate(self, token: str) -> tuple[dict[str, Any], str]:
         _, payload = verify_compact(
@@ -140,7 +165,20 @@ class AdapterCore:
             "exp": now + REQUEST_LIFETIME,
             "in_reply_to": jti,
         }
-        if "batch" in payload:
+        if "statistic" in payload:
+            job, name, params, key, parties = _statistic(payload["statistic"])
+            statistic, clean, fingerprint, ciphertexts = self.statistics.contribute(
+                name, params, key, parties
+            )
+            answer.update(
+                job=job,
+                statistic=statistic.name,
+                params=clean,
+                department=self.name,
+                key=fingerprint,
+                ciphertexts=[format(c, "x") for c in ciphertexts],
+            )
+        elif "batch" in payload:
             predicate, params, subjects = _batch(payload["batch"])
             results = self.evaluator.evaluate_many(predicate, params, subjects)
             answer.update(predicate=predicate, results=[r.value for r in results])
@@ -164,6 +202,15 @@ def _batch(body: Any) -> tuple[str, dict[str, str], list[str]]:
     return predicate, {str(k): str(v) for k, v in params.items()}, subjects
 
 
+def _statistic(body: Any) -> tuple[str, object, object, object, object]:
+    if not isinstance(body, Mapping):
+        raise BadRequest("statistic: expected an object")
+    job = body.get("job")
+    if not isinstance(job, str) or not 1 <= len(job) <= 64:
+        raise BadRequest("statistic.job: expected a job id")
+    return job, body.get("name"), body.get("params", {}), body.get("key"), body.get("parties")
+
+
 def _verified_answer(
     token: str,
     department: str,
@@ -172,6 +219,8 @@ def _verified_answer(
     predicate: str,
     gateway_issuer: str,
     now: float,
+    *,
+    kind: str = "predicate",
 ) -> dict[str, Any]:
     """The answer must be signed by this department and answer this very request."""
     kid = department_key.key_id
@@ -180,7 +229,7 @@ def _verified_answer(
     check_audience(payload, gateway_issuer)
     if payload.get("iss") != department or payload.get("in_reply_to") != request_jti:
         raise Unauthenticated("answer does not match the request")
-    if payload.get("predicate") != predicate:
+    if payload.get(kind) != predicate:
         raise Unauthenticated("answer does not match the request")
     return payload
 
@@ -231,3 +280,43 @@ def verify_batch_answer(
         return [Tri(str(r)) for r in results]
     except ValueError as exc:
         raise Unauthenticated("answer carries no valid result") from exc
+
+
+def verify_statistic_answer(
+    token: str,
+    *,
+    department: str,
+    department_key: SM2PublicKey,
+    request_jti: str,
+    statistic: str,
+    job: str,
+    key_fingerprint: str,
+    gateway_issuer: str = GATEWAY_ISSUER,
+) -> list[int]:
+    """The department's signed, encrypted vector for this job: the signature covers the
+    ciphertexts, so any change to them on the way is detected here."""
+    payload = _verified_answer(
+        token,
+        department,
+        department_key,
+        request_jti,
+        statistic,
+        gateway_issuer,
+        time.time(),
+        kind="statistic",
+    )
+    if (
+        payload.get("job") != job
+        or payload.get("department") != department
+        or payload.get("key") != key_fingerprint
+    ):
+        raise Unauthenticated("answer does not match the request")
+    hexes = payload.get("ciphertexts")
+    if not isinstance(hexes, list) or not hexes:
+        raise Unauthenticated("answer carries no ciphertexts")
+    out: list[int] = []
+    for h in hexes:
+        if not isinstance(h, str) or not _HEX.fullmatch(h):
+            raise Unauthenticated("answer carries a malformed ciphertext")
+        out.append(int(h, 16))
+    return out

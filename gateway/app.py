@@ -17,6 +17,7 @@ from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
 from .views_citizen import citizen_blueprint
+from .views_statistics import statistics_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
 
@@ -53,6 +54,9 @@ def create_app(gateway: Gateway) -> Flask:
 
     if gateway.consents is not None:
         app.register_blueprint(citizen_blueprint(gateway, gateway.consents))
+
+    if gateway.statistics is not None:
+        app.register_blueprint(statistics_blueprint(gateway.statistics))
 
     server_url = oauth.issuer.issuer if oauth is not None else ""
     app.register_blueprint(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # these modules import this one; types only
     from .checks import Checker
     from .consent import ConsentStore
     from .oauth import CitizenTokenVerifier, ClientRegistry, TokenIssuer
+    from .statistics import StatisticsService
 
 __all__ = ["AuditEvents", "Gateway", "OAuthParts", "utc_now"]
 
@@ -74,6 +75,7 @@ class Gateway:
     policy_admin: PolicyAdmin | None = None
     answers: AnswerSigner | None = None
     consents: ConsentStore | None = None
+    statistics: StatisticsService | None = None
 
     def health(self) -> dict[str, object]:
         names = self.departments.departments
@@ -88,5 +90,7 @@ class Gateway:
     def close(self) -> None:
         if self.checkpointer is not None:
             self.checkpointer.stop()
+        if self.statistics is not None:
+            self.statistics.close()
         if self.audit is not None:
             self.audit.close()

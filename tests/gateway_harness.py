@@ -31,6 +31,7 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     "allowance-office": ("checks", "checks:batch"),
     "subsidy-office": ("checks", "checks:batch"),
     "insurer-a": ("checks",),
+    "analyst": ("statistics",),
     "privacy-officer": ("audit:read",),
     "admin-1": ("admin",),
     "admin-2": ("admin",),

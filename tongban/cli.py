@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -160,6 +161,27 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.data_dir, args.port, args.population, args.seed, host=args.host)
 
 
+def _stats_run(args: argparse.Namespace) -> int:
+    from .stats import run_from_demo
+
+    return run_from_demo(args.data_dir, args.name, args.param, args.format)
+
+
+def _add_stats(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="encrypted cross-department statistics (analyst)")
+    stats_sub = stats.add_subparsers(dest="stats_command", required=True)
+    s_run = stats_sub.add_parser(
+        "run", help="run a statistic as the demo's analyst: key, submit, decrypt, print"
+    )
+    s_run.add_argument("name", help="a registered statistic, e.g. births_by_district_year")
+    s_run.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="e.g. year=2024"
+    )
+    s_run.add_argument("--data-dir", type=Path, required=True)
+    s_run.add_argument("--format", choices=("table", "csv"), default="table")
+    s_run.set_defaults(func=_stats_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tongban", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="recompute and check the whole audit log")
     verify.add_argument("--data-dir", type=Path, required=True)
     verify.set_defaults(func=_audit_verify)
+
+    _add_stats(sub)
 
     demo = sub.add_parser("demo", help="generate data and run the gateway with five adapters")
     demo.add_argument("--data-dir", type=Path, default=Path("demo-data"))

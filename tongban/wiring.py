@@ -19,6 +19,7 @@ from gateway.checks import Checker
 from gateway.consent import ConsentRequired, ConsentStore
 from gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
 from gateway.services import AuditEvents, Gateway, OAuthParts
+from gateway.statistics import StatisticsService
 from policies import PolicyAdmin, PolicyStore, open_enforcer
 from primitives.errors import TongbanError
 from primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
@@ -159,6 +160,7 @@ def build_gateway(
             "consent_id: this purpose needs the subject's consent"
         ),
     )
+    statistics = StatisticsService(client, events)
     gateway = Gateway(
         catalog=catalog,
         departments=client,
@@ -178,6 +180,9 @@ def build_gateway(
         policy_admin=policy_admin,
         answers=answers,
         consents=consents,
+        # Offered only when a statistic's departments are connected: a gateway without
+        # adapters has nothing to aggregate, and serves no statistics routes.
+        statistics=statistics if statistics.offered() else None,
     )
     if start:
         AuditEvents(audit).append(

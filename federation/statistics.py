@@ -1,0 +1,183 @@
+"""The declared registry of encrypted statistics: what may be asked, of whom, in what shape.
+
+A statistic is data, not code: its name, the department(s) that contribute a local vector,
+its enumerated parameters, its cells (one counter per district, in
+:data:`primitives.regions.DISTRICTS` order) and the bound every department's value must
+respect, which is what makes packed sums overflow-free (see :mod:`federation.packing`).
+
+Statistics whose value is not itself a head count (a sum of yuan) carry a **companion
+count**: the contributed vector is ``values + counts``, so that the analyst, the only party
+that ever sees plaintext, can suppress cells with fewer than ``threshold`` contributing
+records rather than cells with a small amount.
+
+Both ends import this module: the gateway validates jobs against it, each adapter refuses
+a statistic it does not contribute to, and the analyst rebuilds the packing layout from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from primitives.errors import BadRequest, UnknownParameter
+from primitives.regions import DISTRICTS
+
+from .packing import PackingLayout
+
+__all__ = [
+    "MAX_PARTIES",
+    "REGISTRY",
+    "YEARS",
+    "StatParam",
+    "Statistic",
+    "StatisticsRegistry",
+    "UnknownStatistic",
+]
+
+#: Enumerated, like predicate parameters: free-form values would invite differencing.
+YEARS: tuple[str, ...] = tuple(str(y) for y in range(2000, 2027))
+#: Upper bound on contributions to one job (the layout's ``parties``).
+MAX_PARTIES = 64
+
+
+class UnknownStatistic(BadRequest):
+    slug = "unknown-statistic"
+    title = "Unknown statistic"
+
+
+@dataclass(frozen=True, slots=True)
+class StatParam:
+    name: str
+    values: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Statistic:
+    name: str
+    title: str
+    departments: tuple[str, ...]
+    params: tuple[StatParam, ...]
+    cells: tuple[str, ...]  # district codes, in DISTRICTS order
+    value_bound: int  # per department and cell; adapters refuse larger values
+    #: True when each value is a count of records; otherwise a count companion is added.
+    counts_records: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.departments or len(set(self.departments)) != len(self.departments):
+            raise ValueError(f"{self.name}: expected distinct departments")
+        if not self.cells or len(set(self.cells)) != len(self.cells):
+            raise ValueError(f"{self.name}: expected distinct cells")
+        if type(self.value_bound) is not int or self.value_bound < 1:
+            raise ValueError(f"{self.name}: value_bound must be a positive integer")
+
+    @property
+    def counters(self) -> int:
+        """Counters per contributed vector: the cells, plus their counts if companion."""
+        return len(self.cells) * (1 if self.counts_records else 2)
+
+    def check_params(self, params: object) -> dict[str, str]:
+        """Exactly the declared parameters, each with an enumerated value."""
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise BadRequest("params: expected an object")
+        declared = {p.name: p for p in self.params}
+        extra = sorted(str(k) for k in params if k not in declared)
+        if extra:
+            raise UnknownParameter(f"params: {self.name} takes no parameter named {extra[0]!r}")
+        clean: dict[str, str] = {}
+        for name, spec in declared.items():
+            if name not in params:
+                raise UnknownParameter(f"params.{name}: required by {self.name}")
+            value = params[name]
+            if not isinstance(value, str) or value not in spec.values:
+                raise UnknownParameter(f"params.{name}: expected one of the enumerated values")
+            clean[name] = value
+        return clean
+
+    def check_parties(self, parties: object) -> int:
+        if type(parties) is not int or not len(self.departments) <= parties <= MAX_PARTIES:
+            raise BadRequest(f"parties: expected {len(self.departments)}..{MAX_PARTIES}")
+        return parties
+
+    def layout(self, n: int, parties: int | None = None) -> PackingLayout:
+        """The packing layout for modulus ``n``; every party and the analyst derive it."""
+        return PackingLayout.for_key(
+            n,
+            self.counters,
+            self.value_bound,
+            len(self.departments) if parties is None else parties,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "departments": list(self.departments),
+            "params": {p.name: list(p.values) for p in self.params},
+            "cells": list(self.cells),
+            "value_bound": self.value_bound,
+            "count_companion": not self.counts_records,
+        }
+
+
+class StatisticsRegistry:
+    """Statistics by name; registering a name twice is an error, never an override."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Statistic] = {}
+
+    def register(self, statistic: Statistic) -> Statistic:
+        if statistic.name in self._items:
+            raise ValueError(f"statistic {statistic.name!r} is already registered")
+        self._items[statistic.name] = statistic
+        return statistic
+
+    def get(self, name: object) -> Statistic:
+        if not isinstance(name, str):
+            raise UnknownStatistic("statistic: expected a statistic name")
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownStatistic("statistic: not a registered statistic") from None
+
+    def for_department(self, department: str) -> list[Statistic]:
+        return [s for s in self._items.values() if department in s.departments]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[Statistic]:
+        return iter(list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_YEAR = StatParam("year", YEARS, "Calendar year (of birth, or of payment)")
+_DISTRICTS = tuple(DISTRICTS)
+
+REGISTRY = StatisticsRegistry()
+REGISTRY.register(
+    Statistic(
+        name="births_by_district_year",
+        title="Births by district of birth and year",
+        departments=("health",),
+        params=(_YEAR,),
+        cells=_DISTRICTS,
+        value_bound=10**6,
+    )
+)
+REGISTRY.register(
+    Statistic(
+        name="allowance_total_by_district_year",
+        title="Maternity allowance paid (yuan) by district and payment year",
+        departments=("hrss",),
+        params=(_YEAR,),
+        cells=_DISTRICTS,
+        value_bound=10**11,
+        counts_records=False,
+    )
+)

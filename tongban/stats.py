@@ -1,0 +1,236 @@
+"""``tongban stats run``: an analyst's whole encrypted-statistics flow, client side.
+
+The key pair is made here and the private key never leaves this process. The gateway
+returns summed ciphertexts; they are decrypted, unpacked and, because this is the first
+place any value is visible, small cells are suppressed here, at the threshold the
+gateway's job names (default 10). For statistics with a count companion (sums of yuan)
+the rule applies to the number of contributing records, not to the amount.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from phe import PaillierPrivateKey, PaillierPublicKey
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
+from federation.statistics import REGISTRY
+from primitives.errors import TongbanError
+
+__all__ = [
+    "Cell",
+    "StatsError",
+    "StatsResult",
+    "parse_params",
+    "render_csv",
+    "render_table",
+    "run_from_demo",
+    "run_statistic",
+]
+
+ANALYST = "analyst"
+_POLL_SECONDS = 0.2
+_RUNNING = ("queued", "running")
+
+
+class StatsError(RuntimeError):
+    """The flow could not complete; the message says where."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    district: str
+    year: str
+    value: int | None  # None: suppressed
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    job: str
+    statistic: str
+    params: dict[str, str]
+    threshold: int
+    cells: list[Cell]
+
+
+def _check(resp: httpx.Response, what: str) -> Any:
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        raise StatsError(f"{what}: HTTP {resp.status_code}: {detail}")
+    return resp.json()
+
+
+def _token(http: httpx.Client, gateway: str, client_id: str, secret: str) -> str:
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    resp = http.post(
+        gateway + "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "statistics"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    return str(_check(resp, "token")["access_token"])
+
+
+def run_statistic(
+    http: httpx.Client,
+    gateway: str,
+    client_id: str,
+    secret: str,
+    name: str,
+    params: Mapping[str, str],
+    *,
+    console: Console | None = None,
+    keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+    timeout: float = 60.0,
+) -> StatsResult:
+    """Key → submit → wait → fetch → decrypt → unpack → suppress."""
+    console = console or Console(stderr=True)
+    gateway = gateway.rstrip("/")
+    statistic = REGISTRY.get(name)  # the analyst knows the registry it asks against
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+
+        def step(text: str, fn: Callable[[], Any]) -> Any:
+            task = progress.add_task(text, total=1)
+            out = fn()
+            progress.update(task, completed=1, description=f"[green]✓[/green] {text}")
+            return out
+
+        public, private = keypair or step("generating a 2048-bit Paillier key", generate_keypair)
+        token = step(
+            "authenticating as " + client_id, lambda: _token(http, gateway, client_id, secret)
+        )
+        auth = {"Authorization": f"Bearer {token}"}
+        body = {"statistic": name, "params": dict(params), "public_key": public_key_to_jwk(public)}
+        submitted = step(
+            "submitting the job",
+            lambda: _check(
+                http.post(gateway + "/v1/statistics", json=body, headers=auth), "submit"
+            ),
+        )
+        job_id = str(submitted["id"])
+
+        def wait() -> Any:
+            deadline = time.monotonic() + timeout
+            while True:
+                job = _check(http.get(f"{gateway}/v1/statistics/{job_id}", headers=auth), "fetch")
+                if job["status"] not in _RUNNING:
+                    return job
+                if time.monotonic() > deadline:
+                    raise StatsError(f"job {job_id}: still running after {timeout:.0f} s")
+                time.sleep(_POLL_SECONDS)
+
+        job = step("waiting for the departments' encrypted contributions", wait)
+        if job["status"] != "done":
+            failed = ", ".join(f"{f['department']} ({f['problem']})" for f in job.get("failed", []))
+            raise StatsError(f"job {job_id} {job['status']}: {failed or 'no detail'}")
+        layout = statistic.layout(public.n, int(job["layout"]["parties"]))
+        for field in ("counters", "value_bound", "ciphertexts"):
+            if job["layout"][field] != getattr(layout, field):
+                raise StatsError(f"job {job_id}: layout.{field} does not match the registry")
+        ciphertexts = [int(h, 16) for h in job["ciphertexts"]]
+        values = step(
+            "decrypting locally",
+            lambda: decrypt_vector(private, ciphertexts, layout),
+        )
+    threshold = int(job["threshold"])
+    k = len(statistic.cells)
+    basis = values[k : 2 * k] if not statistic.counts_records else values[:k]
+    cells = [
+        Cell(c["district"], str(c["year"]), None if basis[i] < threshold else values[i])
+        for i, c in enumerate(job["cells"])
+    ]
+    return StatsResult(job_id, name, dict(job["params"]), threshold, cells)
+
+
+def render_csv(result: StatsResult) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["district", "year", "value"])
+    for cell in result.cells:
+        writer.writerow([cell.district, cell.year, "" if cell.value is None else cell.value])
+    return out.getvalue()
+
+
+def render_table(result: StatsResult) -> Table:
+    params = ", ".join(f"{k}={v}" for k, v in result.params.items())
+    table = Table(
+        title=result.statistic,
+        caption=f"{params} · cells below {result.threshold} suppressed (—)",
+    )
+    for col in ("district", "year", "value"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for cell in result.cells:
+        table.add_row(cell.district, cell.year, "—" if cell.value is None else f"{cell.value:,}")
+    return table
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise StatsError(f"--param {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run_from_demo(
+    data_dir: Path,
+    name: str,
+    pairs: list[str],
+    fmt: str,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+    out: Callable[[str], None] = print,
+    console: Console | None = None,
+) -> int:
+    """``tongban stats run`` as the demo's analyst (credentials from DIR/demo.json)."""
+    console = console or Console(stderr=True)
+    try:
+        demo = json.loads((data_dir / "demo.json").read_text())
+        creds = demo["clients"][ANALYST]
+        with httpx.Client(transport=transport, trust_env=False, timeout=30.0) as http:
+            result = run_statistic(
+                http,
+                demo["gateway"],
+                creds["client_id"],
+                creds["client_secret"],
+                name,
+                parse_params(pairs),
+                console=console,
+                keypair=keypair,
+            )
+    except (OSError, KeyError, ValueError, StatsError, httpx.HTTPError) as exc:
+        console.print(f"[red]stats run failed: {exc}[/red]")
+        return 1
+    except TongbanError as exc:  # an unknown statistic, a result that fails to unpack
+        console.print(f"[red]stats run failed: {exc.detail}[/red]")
+        return 1
+    if fmt == "csv":
+        out(render_csv(result).rstrip("\n"))
+    else:
+        buf = io.StringIO()
+        Console(file=buf, width=100).print(render_table(result))
+        out(buf.getvalue().rstrip("\n"))
+    return 0
