@@ -49,6 +49,8 @@ ERROR_MODULES = (
     "adapters.client",
     "adapters.witness",
     "audit.log",
+    "federation.statistics",
+    "federation.paillier",
 )
 """Every module that defines a :class:`TongbanError` subclass. A test greps the sources for
 ``slug = "`` and fails if a module is missing here."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from audit.log import AuditIntegrityError
+from federation.paillier import InvalidPublicKey
+from federation.statistics import UnknownStatistic
 from policies.errors import (
     AuditFailed,
     ChangeConflict,
@@ -513,6 +515,56 @@ def _admin_paths() -> Json:
     }
 
 
+def _statistics_paths() -> Json:
+    analyst = _oauth("statistics")
+    job_id = _path_param("job_id", "^st-[0-9a-f]{24}$", "The statistics job's id.")
+    job: Json = {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["running", "done", "failed"]},
+        },
+        "description": "A job: when done, the summed ciphertexts, the packing layout and the "
+        "cells; the gateway never sees a plaintext value or holds a private key.",
+    }
+    return {
+        "/v1/statistics": {
+            "get": _op(
+                "listStatistics",
+                "statistics",
+                "The statistics offered and the disclosure threshold",
+                {"200": _json({"type": "object", "required": ["statistics", "threshold"]},
+                              "Cells below the threshold must be suppressed by the analyst.")},
+                (*_BEARER, InsufficientScope),
+                security=analyst,
+            ),
+            "post": _op(
+                "submitStatistic",
+                "statistics",
+                "Run a Paillier statistic across departments under the analyst's key",
+                {"202": _json(job, "Accepted and audited; fetch it at its Location.",
+                              Location={"schema": {"type": "string"}})},
+                (*_BEARER, InsufficientScope, BadRequest, UnknownStatistic, UnknownParameter,
+                 InvalidPublicKey, PayloadTooLarge, *_AUDIT_WRITE),
+                security=analyst,
+                requestBody=_body(ref("StatisticRequest")),
+            ),
+        },
+        "/v1/statistics/{job_id}": {
+            "parameters": [job_id],
+            "get": _op(
+                "getStatistic",
+                "statistics",
+                "A statistics job and, when done, the summed ciphertexts",
+                {"200": _json(job, "Only the requester who submitted the job may read it.")},
+                (*_BEARER, InsufficientScope, NotFound),
+                security=analyst,
+            ),
+        },
+    }  # fmt: skip
+
+
 def _operations_paths() -> Json:
     asset = {
         "name": "asset",
@@ -609,6 +661,7 @@ def paths() -> Json:
         **_citizen_paths(),
         **_audit_paths(),
         **_admin_paths(),
+        **_statistics_paths(),
         **_operations_paths(),
     }
     return dict(sorted(out.items()))

@@ -775,11 +775,29 @@ def _operations() -> Json:
     }
 
 
+def _statistics() -> Json:
+    return {
+        "StatisticRequest": _obj(
+            {
+                "statistic": _str("A statistic from the registry (GET /v1/statistics)."),
+                "params": {"type": "object", "additionalProperties": {"type": "string"}},
+                "public_key": {
+                    "type": "object",
+                    "description": "The analyst's Paillier public key in phe's JWK form "
+                    "(kty DAJ, alg PAI-GN1, n), at least 2048 bits.",
+                },
+            },
+            ["statistic", "params", "public_key"],
+        ),
+    }
+
+
 def component_schemas(catalog: Catalog, scopes: Iterable[str]) -> Json:
     scopes = sorted(scopes)
     schemas: Json = {
         "Problem": _problem(),
         **_checks(),
+        **_statistics(),
         **_catalog_schemas(catalog),
         **_answers(),
         **_oauth(scopes),

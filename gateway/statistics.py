@@ -134,9 +134,9 @@ class StatisticsService:
         extra = sorted(str(k) for k in body if k not in _FIELDS)
         if extra:
             raise BadRequest(f"{extra[0]}: unexpected member")
+        # A statistic whose departments are not connected is accepted and then fails,
+        # naming them, exactly like a department that is down: never a partial total.
         statistic = self.registry.get(body.get("statistic"))
-        if statistic not in self.offered():
-            raise BadRequest("statistic: its departments are not connected to this gateway")
         params = statistic.check_params(body.get("params"))
         if "public_key" not in body:
             raise BadRequest("public_key: required")

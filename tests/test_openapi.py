@@ -41,6 +41,7 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     "privacy-officer": ("audit:read",),
     "admin-1": ("admin",),
     "admin-2": ("admin",),
+    "analyst": ("statistics",),
 }
 ADULT = make_id("110105", dt.date(1990, 5, 17), 123)
 OTHER_ADULT = make_id("150622", dt.date(1985, 1, 2), 456)
@@ -186,7 +187,7 @@ def test_request_bodies_refuse_unknown_fields(spec: dict[str, Any]):
             assert schema["additionalProperties"] is False, (method, path, media)
             assert schema.get("required") or schema.get("anyOf"), (method, path)
             seen += 1
-    assert seen == 5  # token, check, batch, consent grant, policy change
+    assert seen == 6  # token, check, batch, consent grant, policy change, statistic
     assert schemas["Subject"]["additionalProperties"] is False
     assert schemas["BatchSubject"]["additionalProperties"] is False
 
@@ -738,7 +739,32 @@ def _operations_and_docs_scenario(served: Served, contract: Contract) -> None:
     _problem(_call(served, contract, "get", "/docs/evil.js", 404), "not-found")
 
 
+def _statistics_scenario(served: Served, contract: Contract) -> None:
+    from federation.paillier import generate_keypair, public_key_to_jwk
+
+    analyst = served.auth("analyst")
+    _call(served, contract, "get", "/v1/statistics", 200, headers=analyst)
+    public, _ = generate_keypair(2048)
+    body = {
+        "statistic": "births_by_district_year",
+        "params": {"year": "2025"},
+        "public_key": public_key_to_jwk(public),
+    }
+    job = _call(served, contract, "post", "/v1/statistics", 202, json=body, headers=analyst)
+    _call(served, contract, "get", f"/v1/statistics/{job['id']}", 200, headers=analyst)
+    _problem(
+        _call(served, contract, "get", "/v1/statistics/st-" + "0" * 24, 404, headers=analyst),
+        "not-found",
+    )
+    _problem(
+        _call(served, contract, "post", "/v1/statistics", 400,
+              json={**body, "statistic": "credit_scores"}, headers=analyst),
+        "unknown-statistic",
+    )  # fmt: skip
+
+
 SCENARIOS = {
+    "statistics": _statistics_scenario,
     "oauth": _oauth_and_keys_scenario,
     "checks": _check_scenario,
     "batch": _batch_scenario,

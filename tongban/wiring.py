@@ -180,9 +180,7 @@ def build_gateway(
         policy_admin=policy_admin,
         answers=answers,
         consents=consents,
-        # Offered only when a statistic's departments are connected: a gateway without
-        # adapters has nothing to aggregate, and serves no statistics routes.
-        statistics=statistics if statistics.offered() else None,
+        statistics=statistics,
     )
     if start:
         AuditEvents(audit).append(
