@@ -20,7 +20,7 @@ from primitives.gm import SM2PrivateKey, SM2PublicKey
 
 from .store import DepartmentStore
 
-__all__ = ["MetaWitnessState", "Witness", "WitnessRefused", "WitnessState"]
+__all__ = ["MemoryWitnessState", "MetaWitnessState", "Witness", "WitnessRefused", "WitnessState"]
 
 
 class WitnessRefused(Conflict):
@@ -32,6 +32,20 @@ class WitnessState(Protocol):
     def load(self) -> tuple[int, bytes] | None: ...
 
     def save(self, size: int, root: bytes) -> None: ...
+
+
+class MemoryWitnessState:
+    """Keeps the last cosigned (size, root) in memory: a witness that starts fresh each
+    run (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.value: tuple[int, bytes] | None = None
+
+    def load(self) -> tuple[int, bytes] | None:
+        return self.value
+
+    def save(self, size: int, root: bytes) -> None:
+        self.value = (size, root)
 
 
 class MetaWitnessState:

@@ -17,7 +17,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -474,16 +474,6 @@ class AuditLog:
                 select(t.c.idx, t.c.leaf_hash, t.c.entry).where(t.c.idx == index)
             ).first()
         return None if row is None else StoredEntry(row.idx, row.leaf_hash, json.loads(row.entry))
-
-    def iter_all(self, conn: Connection) -> Iterator[tuple[int, bytes, str]]:
-        """Every stored row in index order (the verifier's input)."""
-        result = conn.execution_options(yield_per=10_000).execute(
-            select(
-                schema.entries.c.idx, schema.entries.c.leaf_hash, schema.entries.c.entry
-            ).order_by(schema.entries.c.idx)
-        )
-        for idx, h, body in result:
-            yield int(idx), bytes(h), body
 
     def reveal(self, pseudonym: str) -> str | None:
         """The ID number behind a pseudonym, or None once the vault row is erased."""

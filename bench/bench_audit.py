@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: E402
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: E402
 
 from adapters.client import InProcessTransport  # noqa: E402
-from adapters.witness import Witness  # noqa: E402
+from adapters.witness import MemoryWitnessState, Witness  # noqa: E402
 from audit import schema  # noqa: E402
 from audit.log import AuditLog, PreparedEntry  # noqa: E402
 from audit.merkle import MerkleTree, leaf_hash, verify_inclusion  # noqa: E402
@@ -348,19 +348,6 @@ def _appends(url: str, *, scale: float) -> dict[str, Any]:
 # --- (b) and (c): a million entries ----------------------------------------------------
 
 
-class _MemoryState:
-    """A witness's last cosigned checkpoint, in memory (the bench's witnesses are fresh)."""
-
-    def __init__(self) -> None:
-        self.value: tuple[int, bytes] | None = None
-
-    def load(self) -> tuple[int, bytes] | None:
-        return self.value
-
-    def save(self, size: int, root: bytes) -> None:
-        self.value = (size, root)
-
-
 def _build_million(
     url: str, entries: int, keys: Mapping[str, SM2PrivateKey], *, checkpoints: int = 4
 ) -> dict[str, Any]:
@@ -374,7 +361,7 @@ def _build_million(
             origin=ORIGIN,
             gateway_name=GATEWAY,
             gateway_key=keys["gateway"].public_key,
-            state=_MemoryState(),
+            state=MemoryWitnessState(),
         )
         for w in WITNESSES
     }

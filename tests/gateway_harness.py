@@ -16,7 +16,7 @@ from adapters.departments import DEPARTMENTS
 from adapters.evaluate import Evaluator
 from adapters.protocol import AdapterCore
 from adapters.store import DepartmentStore
-from adapters.witness import Witness
+from adapters.witness import MemoryWitnessState, Witness
 from gateway.app import create_app
 from gateway.oauth import mint_citizen_token
 from gateway.services import Gateway
@@ -36,17 +36,6 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     "admin-1": ("admin",),
     "admin-2": ("admin",),
 }
-
-
-class MemoryWitnessState:
-    def __init__(self) -> None:
-        self.value: tuple[int, bytes] | None = None
-
-    def load(self) -> tuple[int, bytes] | None:
-        return self.value
-
-    def save(self, size: int, root: bytes) -> None:
-        self.value = (size, root)
 
 
 @dataclass
