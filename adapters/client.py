@@ -215,6 +215,7 @@ class DepartmentClient:
         job: str,
         key_jwk: Mapping[str, Any],
         parties: int,
+        release: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """A department's encrypted vector of one statistic, its signature verified.
 
@@ -223,7 +224,9 @@ class DepartmentClient:
         """
         key = self._key(department)
         fingerprint = key_fingerprint(parse_public_key(key_jwk))
-        token, jti = self.signer.sign_statistic(department, name, params, job, key_jwk, parties)
+        token, jti = self.signer.sign_statistic(
+            department, name, params, job, key_jwk, parties, release
+        )
         return verify_statistic_answer(
             self._exchange(department, token, self.timeout * 5),
             department=department,
@@ -233,6 +236,7 @@ class DepartmentClient:
             job=job,
             key_fingerprint=fingerprint,
             gateway_issuer=self.signer.issuer,
+            release=release,
         )
 
     def health(self, department: str) -> dict[str, Any]:

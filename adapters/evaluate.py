@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
-from sqlalchemy import Select, bindparam, literal, or_, select
+from sqlalchemy import Connection, Select, bindparam, literal, or_, select
 
-from primitives.errors import UnknownParameter
+from primitives.errors import StoreUnavailable, UnknownParameter
 from primitives.idnumber import parse
 from primitives.wire import PredicateCall, Tri
 
+from .at_rest import BlindIndex
 from .department import Predicate
 from .store import DepartmentStore
 
 __all__ = ["Evaluator"]
+
+T = TypeVar("T")
 
 
 class Evaluator:
@@ -21,6 +26,12 @@ class Evaluator:
 
     The order matters: the predicate and parameters are checked before the subject is
     looked at, so a malformed request reveals nothing about anyone.
+
+    On a store encrypted at rest, subjects are looked up by their blind index. Predicates
+    are positive (TRUE needs a matching row), so a TRUE found with an index key is right;
+    anything else is confirmed against the store's current index key first (one small
+    read), so a reader holding a key rotated away under it re-keys and asks again instead
+    of answering FALSE from finding nothing.
     """
 
     def __init__(self, store: DepartmentStore) -> None:
@@ -65,25 +76,44 @@ class Evaluator:
         numbers = [parse(s).number for s in subjects]
         as_of = self.as_of()
         quarantined = self._quarantined[predicate.name]
-        out: list[Tri] = []
-        with self.store.reading() as conn:
-            for subject in numbers:
+
+        def many(conn: Connection, index: BlindIndex) -> list[Tri]:
+            out: list[Tri] = []
+            for number in numbers:
+                subject = index.token(number)
                 if conn.execute(quarantined, {"s": subject}).first():
                     out.append(Tri.UNKNOWN)
                 else:
                     out.append(Tri.of(predicate.query(conn, subject, clean, as_of)))
-        return out
+            return out
+
+        return self._confirmed(many, lambda results: all(r is Tri.TRUE for r in results))
 
     def evaluate(self, call: PredicateCall) -> Tri:
         predicate, params, subject, related = self.check(call)
         as_of = self.as_of()
-        with self.store.reading() as conn:
-            for person in (subject, related):
-                if (
-                    person is not None
-                    and conn.execute(self._quarantined[predicate.name], {"s": person}).first()
-                ):
+        quarantined = self._quarantined[predicate.name]
+
+        def one(conn: Connection, index: BlindIndex) -> Tri:
+            s = index.token(subject)
+            r = None if related is None else index.token(related)
+            for person in (s, r):
+                if person is not None and conn.execute(quarantined, {"s": person}).first():
                     return Tri.UNKNOWN
-            if related is not None and predicate.related_query is not None:
-                return Tri.of(predicate.related_query(conn, subject, related, as_of))
-            return Tri.of(predicate.query(conn, subject, params, as_of))
+            if r is not None and predicate.related_query is not None:
+                return Tri.of(predicate.related_query(conn, s, r, as_of))
+            return Tri.of(predicate.query(conn, s, params, as_of))
+
+        return self._confirmed(one, lambda result: result is Tri.TRUE)
+
+    def _confirmed(
+        self, run: Callable[[Connection, BlindIndex], T], certain: Callable[[T], bool]
+    ) -> T:
+        index = self.store.blind_index()
+        with self.store.reading() as conn:
+            for _ in range(3):
+                result = run(conn, index)
+                if certain(result) or self.store.index_is_current(conn, index):
+                    return result
+                index = self.store.blind_index(reload=True)
+        raise StoreUnavailable(f"{self.department.name} store is being re-keyed")

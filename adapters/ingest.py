@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from primitives.idnumber import Reason, mask, validate_many
 
+from .at_rest import SEALED, AtRest
 from .department import Columns
 from .store import DepartmentStore
 
@@ -133,11 +134,42 @@ def ingest(store: DepartmentStore, table: str, cols: Columns, as_of: dt.date) ->
     lists = {
         name: to_pylist(np.asarray(cols[name])[good], bool(t.c[name].nullable)) for name in names
     }
-    store.bulk_insert(table, names, zip(*(lists[name] for name in names), strict=True))
+    keys = store.at_rest()
     report.loaded = int(good.sum())
+    columns = names
+    if keys is not None and table in store.sealed_tables:
+        columns = _seal(store, keys, table, names, lists, report.loaded)
+    store.bulk_insert(table, columns, zip(*(lists[name] for name in columns), strict=True))
     if bad.any():
-        _quarantine(store, table, cols, names, np.flatnonzero(bad), kinds, report)
+        _quarantine(store, table, cols, names, np.flatnonzero(bad), kinds, report, keys)
     return report
+
+
+def _seal(
+    store: DepartmentStore,
+    keys: AtRest,
+    table: str,
+    names: list[str],
+    lists: dict[str, list[Any]],
+    n: int,
+) -> list[str]:
+    """Encryption at rest: sensitive values into the row's sealed column, blind indexes in
+    their place. The row's key is bound into its ciphertext, so it must be known now: an
+    autoincrement id the batch lacks is assigned here."""
+    sealed = store.sealed_tables[table]
+    columns = list(names)
+    if sealed.key not in lists:
+        t = store.department.table(table)
+        with store.engine.connect() as conn:
+            top = select(func.coalesce(func.max(t.c[sealed.key]), 0))
+            start = int(conn.execute(top).scalar_one())
+        lists[sealed.key] = list(range(start + 1, start + 1 + n))
+        columns.append(sealed.key)
+    lists[SEALED] = keys.seal_rows(sealed, lists[sealed.key], [lists[c] for c in sealed.columns])
+    for column, domain in zip(sealed.columns, sealed.domains, strict=True):
+        lists[column] = keys.index.tokens(lists[column], domain)
+    columns.append(SEALED)
+    return columns
 
 
 def _quarantine(
@@ -148,6 +180,7 @@ def _quarantine(
     rows: npt.NDArray[np.intp],
     kinds: list[str],
     report: TableReport,
+    keys: AtRest | None = None,
 ) -> None:
     dept = store.department
     t = dept.table(table)
@@ -163,13 +196,16 @@ def _quarantine(
         qid = start + offset
         record = {name: picked[name][offset] for name in names}
         kind = kinds[row]
-        records.append((qid, table, kind, json.dumps(record, ensure_ascii=False, sort_keys=True)))
+        text = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        if keys is not None:
+            text = keys.seal_text("quarantine", qid, text)
+        records.append((qid, table, kind, text))
         report.errors[kind] += 1
         shown = report.examples.setdefault(kind, [])
         for column in id_cols:
             value = record.get(column)
             if value:
-                subjects.append((qid, table, value))
+                subjects.append((qid, table, value if keys is None else keys.index.token(value)))
                 if len(shown) < _EXAMPLES_PER_KIND and column == id_cols[0]:
                     shown.append(mask(str(value)))
     store.bulk_insert("quarantine", ["id", "table_name", "kind", "record"], records)

@@ -43,6 +43,10 @@ ANSWER_TYP = "tongban-predicate-answer+jwt"
 GATEWAY_ISSUER = "tongban-gateway"
 REQUEST_LIFETIME = 30  # seconds: a request is used at once or never
 MAX_BATCH = 500  # subjects per signed batch request; the gateway splits larger batches
+MAX_ANSWER = 64 * 1024  # characters of a predicate or batch answer
+#: A statistic answer carries the ciphertexts: ~1 KiB of hex per 2048-bit ciphertext, ~93
+#: counters each; 8 MiB covers 700,000 counters.
+MAX_STATISTIC_ANSWER = 8 * 1024 * 1024
 _ALGS = ("SM2",)
 _HEX = re.compile(r"[0-9a-f]{1,4096}")
 
@@ -84,15 +88,18 @@ class RequestSigner:
         job: str,
         key_jwk: Mapping[str, Any],
         parties: int,
+        release: Mapping[str, Any] | None = None,
     ) -> tuple[str, str]:
         """Ask a department for its encrypted vector of one statistic, for one job."""
-        body = {
+        body: dict[str, Any] = {
             "name": name,
             "params": dict(params),
             "job": job,
             "key": dict(key_jwk),
             "parties": parties,
         }
+        if release is not None:
+            body["release"] = dict(release)
         return self._sign(department, {"statistic": body}, None)
 
     def _sign(self, department: str, body: dict[str, Any], now: float | None) -> tuple[str, str]:
@@ -166,9 +173,9 @@ class AdapterCore:
             "in_reply_to": jti,
         }
         if "statistic" in payload:
-            job, name, params, key, parties = _statistic(payload["statistic"])
-            statistic, clean, fingerprint, ciphertexts = self.statistics.contribute(
-                name, params, key, parties
+            job, name, params, key, parties, release = _statistic(payload["statistic"])
+            statistic, clean, fingerprint, ciphertexts, applied = self.statistics.contribute(
+                name, params, key, parties, release
             )
             answer.update(
                 job=job,
@@ -176,6 +183,7 @@ class AdapterCore:
                 params=clean,
                 department=self.name,
                 key=fingerprint,
+                release=applied.to_json(),
                 ciphertexts=[format(c, "x") for c in ciphertexts],
             )
         elif "batch" in payload:
@@ -202,13 +210,20 @@ def _batch(body: Any) -> tuple[str, dict[str, str], list[str]]:
     return predicate, {str(k): str(v) for k, v in params.items()}, subjects
 
 
-def _statistic(body: Any) -> tuple[str, object, object, object, object]:
+def _statistic(body: Any) -> tuple[str, object, object, object, object, object]:
     if not isinstance(body, Mapping):
         raise BadRequest("statistic: expected an object")
     job = body.get("job")
     if not isinstance(job, str) or not 1 <= len(job) <= 64:
         raise BadRequest("statistic.job: expected a job id")
-    return job, body.get("name"), body.get("params", {}), body.get("key"), body.get("parties")
+    return (
+        job,
+        body.get("name"),
+        body.get("params", {}),
+        body.get("key"),
+        body.get("parties"),
+        body.get("release"),
+    )
 
 
 def _verified_answer(
@@ -224,7 +239,13 @@ def _verified_answer(
 ) -> dict[str, Any]:
     """The answer must be signed by this department and answer this very request."""
     kid = department_key.key_id
-    _, payload = verify_compact(token, {kid: department_key}.get, typ=ANSWER_TYP, algorithms=_ALGS)
+    _, payload = verify_compact(
+        token,
+        {kid: department_key}.get,
+        typ=ANSWER_TYP,
+        algorithms=_ALGS,
+        max_length=MAX_STATISTIC_ANSWER if kind == "statistic" else MAX_ANSWER,
+    )
     check_time_claims(payload, now=now)
     check_audience(payload, gateway_issuer)
     if payload.get("iss") != department or payload.get("in_reply_to") != request_jti:
@@ -292,9 +313,12 @@ def verify_statistic_answer(
     job: str,
     key_fingerprint: str,
     gateway_issuer: str = GATEWAY_ISSUER,
+    release: Mapping[str, Any] | None = None,
 ) -> list[int]:
     """The department's signed, encrypted vector for this job: the signature covers the
-    ciphertexts, so any change to them on the way is detected here."""
+    ciphertexts, so any change to them on the way is detected here. With ``release``, the
+    department must have applied exactly those rules (a raised threshold is accepted:
+    it only suppresses more)."""
     payload = _verified_answer(
         token,
         department,
@@ -311,6 +335,15 @@ def verify_statistic_answer(
         or payload.get("key") != key_fingerprint
     ):
         raise Unauthenticated("answer does not match the request")
+    if release is not None:
+        applied = payload.get("release")
+        if (
+            not isinstance(applied, Mapping)
+            or applied.get("epsilon") != release.get("epsilon")
+            or not isinstance(applied.get("threshold"), int)
+            or applied["threshold"] < release.get("threshold", 0)
+        ):
+            raise Unauthenticated("answer did not apply the requested release rules")
     hexes = payload.get("ciphertexts")
     if not isinstance(hexes, list) or not hexes:
         raise Unauthenticated("answer carries no ciphertexts")

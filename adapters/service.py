@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
@@ -14,7 +17,7 @@ from primitives.problem import PROBLEM_JSON, from_http_status, problem_body, req
 from .protocol import AdapterCore
 from .witness import Witness
 
-__all__ = ["MAX_BODY", "create_app", "install_problem_handlers"]
+__all__ = ["MAX_BODY", "MAX_JSON_DEPTH", "create_app", "install_problem_handlers", "json_depth"]
 
 MAX_BODY = 64 * 1024  # a signed batch of 500 subjects is ~25 KiB
 log = logging.getLogger("tongban.adapter")
@@ -86,8 +89,40 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
     return app
 
 
+MAX_JSON_DEPTH = 32  # the deepest body tongban reads (a policy change) nests 4 levels
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest, without parsing it (strings
+    are skipped, so brackets inside them do not count)."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+class _DepthLimitedJSON(DefaultJSONProvider):
+    """Refuses deeply nested bodies before parsing: the stdlib parser recurses per level and
+    a 64 KiB body of brackets would otherwise end in RecursionError, a 500."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        # latin-1 maps bytes 1:1, and brackets, quotes and backslashes are ASCII.
+        text = s if isinstance(s, str) else s.decode("latin-1")
+        if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+            raise BadRequest(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        return super().loads(s, **kwargs)
+
+
 def install_problem_handlers(app: Flask, max_body: int, logger: logging.Logger) -> None:
-    """Request ids and RFC 9457 errors for a tongban HTTP shell (adapter or gateway)."""
+    """Request ids and RFC 9457 errors for a tongban HTTP shell (adapter or gateway), and
+    the JSON nesting limit (400 ``bad-request`` beyond :data:`MAX_JSON_DEPTH` levels)."""
+    app.json = _DepthLimitedJSON(app)
 
     @app.before_request
     def _request_id() -> None:
@@ -103,7 +138,9 @@ def install_problem_handlers(app: Flask, max_body: int, logger: logging.Logger) 
         if exc.status >= 500:
             logger.warning("%s: %s", exc.slug, exc.detail)
         body = problem_body(exc, g.get("request_id", ""))
-        return Response(body, exc.status, mimetype=PROBLEM_JSON)
+        resp = Response(body, exc.status, mimetype=PROBLEM_JSON)
+        resp.headers.update(exc.response_headers())  # e.g. Retry-After of a 429
+        return resp
 
     app.register_error_handler(TongbanError, problem)
 

@@ -14,9 +14,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from phe import PaillierPublicKey
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from federation.paillier import (
     InvalidPublicKey,
@@ -26,7 +28,14 @@ from federation.paillier import (
     key_fingerprint,
     parse_public_key,
 )
-from federation.statistics import REGISTRY, Statistic, StatisticsRegistry, UnknownStatistic
+from federation.statistics import (
+    DEFAULT_THRESHOLD,
+    REGISTRY,
+    Release,
+    Statistic,
+    StatisticsRegistry,
+    UnknownStatistic,
+)
 
 from .store import DepartmentStore
 
@@ -98,12 +107,15 @@ class LocalStatistics:
         registry: StatisticsRegistry = REGISTRY,
         queries: Mapping[str, LocalQuery] = LOCAL_QUERIES,
         pools: PoolCache | None = None,
+        min_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
         self.store = store
+        #: This department's own floor: a request asking for less suppression gets this.
+        self.min_threshold = min_threshold
         self.department = store.department.name
         self.registry = registry
         self.queries = {n: q for n, q in queries.items() if q.department == self.department}
-        self.pools = pools or PoolCache()
+        self.pools = pools if pools is not None else PoolCache()  # an empty cache is falsy
 
     def statistic(self, name: object) -> tuple[Statistic, LocalQuery]:
         statistic = self.registry.get(name)
@@ -113,13 +125,27 @@ class LocalStatistics:
         return statistic, query
 
     def vector(
-        self, statistic: Statistic, query: LocalQuery, params: Mapping[str, str]
+        self,
+        statistic: Statistic,
+        query: LocalQuery,
+        params: Mapping[str, str],
+        *,
+        clip: bool = False,
     ) -> list[int]:
-        """The department's plaintext vector, from one GROUP BY over its table."""
+        """The department's plaintext vector, from one GROUP BY over its table. With
+        ``clip`` (under DP) each record adds at most the statistic's ``record_bound``."""
         year = int(params["year"])
         table = self.store.department.table(query.table)
         date = table.c[query.date_column]
-        value = func.sum(table.c[query.amount_column]) if query.amount_column else func.count()
+        value: Any
+        if query.amount_column is None:
+            value = func.count()
+        else:
+            amount = table.c[query.amount_column]
+            if clip:
+                bound = statistic.record_bound
+                amount = case((amount > bound, bound), else_=amount)  # type: ignore[assignment]
+            value = func.sum(amount)
         stmt = (
             select(table.c.district, value, func.count())
             .where(date >= dt.date(year, 1, 1), date < dt.date(year + 1, 1, 1))
@@ -140,17 +166,57 @@ class LocalStatistics:
             raise OutOfBounds(f"{statistic.name}: a local value exceeds the declared bound")
         return values
 
+    def protect(
+        self, statistic: Statistic, values: list[int], release: Release, parties: int
+    ) -> list[int]:
+        """Apply the release rules to the plaintext vector, before encryption.
+
+        Under DP: add this department's clipped noise share plus the offset to every
+        counter. Otherwise, as the sole contributor: zero every cell (value and count) with
+        fewer than ``threshold`` records, so the analyst cannot see it whatever its client
+        does. A zero and a suppressed cell look alike, on purpose.
+        """
+        k = len(statistic.cells)
+        parts = statistic.noise(release, parties)
+        if parts:
+            noisy: list[int] = []
+            for i, part in enumerate(parts):
+                share = part.share(k)
+                chunk = np.asarray(values[i * k : (i + 1) * k], dtype=np.int64)
+                noisy.extend(int(v) for v in chunk + share + part.offset)
+            return noisy
+        if not statistic.suppressed_by_departments(release):
+            return values
+        counts = values[:k] if statistic.counts_records else values[k:]
+        small = [c < release.threshold for c in counts]
+        out = list(values)
+        for i, suppressed in enumerate(small):
+            if suppressed:
+                out[i] = 0
+                if not statistic.counts_records:
+                    out[k + i] = 0
+        return out
+
     def contribute(
-        self, name: object, params: object, key_jwk: object, parties: object
-    ) -> tuple[Statistic, dict[str, str], str, list[int]]:
-        """Validate everything before touching data; return the encrypted vector."""
+        self,
+        name: object,
+        params: object,
+        key_jwk: object,
+        parties: object,
+        release: object = None,
+    ) -> tuple[Statistic, dict[str, str], str, list[int], Release]:
+        """Validate everything before touching data; return the encrypted vector and the
+        release rules applied (threshold raised to this department's floor)."""
         statistic, query = self.statistic(name)
         clean = statistic.check_params(params)
         count = statistic.check_parties(parties)
+        rules = Release() if release is None else Release.from_json(release)
+        rules = Release(max(rules.threshold, self.min_threshold), rules.epsilon)
         if not isinstance(key_jwk, Mapping):
             raise InvalidPublicKey("key: expected a JWK object")
         key = parse_public_key(key_jwk)
-        layout = statistic.layout(key.n, count)
-        values = self.vector(statistic, query, clean)
-        ciphertexts = encrypt_vector(key, values, layout, self.pools.get(key))
-        return statistic, clean, key_fingerprint(key), ciphertexts
+        layout = statistic.layout(key.n, count, rules)
+        values = self.vector(statistic, query, clean, clip=rules.epsilon is not None)
+        protected = self.protect(statistic, values, rules, count)
+        ciphertexts = encrypt_vector(key, protected, layout, self.pools.get(key))
+        return statistic, clean, key_fingerprint(key), ciphertexts, rules

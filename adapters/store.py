@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, literal, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from primitives.db import make_engine
 from primitives.errors import StoreUnavailable
 
+from .at_rest import (
+    META_EPOCH,
+    PLAIN_INDEX,
+    AtRest,
+    AtRestKeyError,
+    BlindIndex,
+    KeyState,
+    SealedTable,
+    read_state,
+    write_state,
+)
 from .department import Department
 
 __all__ = ["DepartmentStore", "sqlite_url"]
 
 _MAX_IDLE = 8
+_MARKS = {"sqlite": "?", "postgresql": "%s"}
+_EPOCH_SQL = "SELECT value FROM meta WHERE key = {}"
 
 
 def sqlite_url(path: str) -> str:
@@ -31,15 +44,25 @@ def sqlite_url(path: str) -> str:
 
 
 class DepartmentStore:
-    def __init__(self, department: Department, url: str) -> None:
+    """``kek``: the department's key-encryption key when its store is encrypted at rest
+    (see :mod:`adapters.at_rest`); a store given one refuses to hold plaintext, and an
+    encrypted store opened without it refuses to answer."""
+
+    def __init__(self, department: Department, url: str, *, kek: bytes | None = None) -> None:
         self.department = department
         self.url = url
+        self._kek = kek
+        self._keys: AtRest | None = None
+        self._keys_read = False
+        self._keys_lock = threading.Lock()
         # NORMAL is durable across application crashes, which a read-mostly store needs.
         self.engine: Engine = make_engine(url, synchronous="NORMAL")
         self._as_of: dt.date | None = None
         self._as_of_read = False
         self._idle: list[Connection] = []
         self._idle_lock = threading.Lock()
+        meta = department.table("meta")
+        self._epoch = select(meta.c.value).where(meta.c.key == literal(META_EPOCH))
 
     @property
     def dialect(self) -> str:
@@ -52,8 +75,26 @@ class DepartmentStore:
         with self.engine.begin() as conn:
             for table in self.department.metadata.sorted_tables:
                 conn.execute(CreateTable(table, if_not_exists=True))
+            if self._kek is not None:
+                self._start_encryption(conn, self._kek)
+        self._forget_keys()
         if indexes:
             self.create_indexes()
+
+    def _start_encryption(self, conn: Connection, kek: bytes) -> None:
+        """A new store given a KEK gets its keys; an existing plaintext one is refused
+        (``tongban keys encrypt`` converts it)."""
+        meta = self.department.table("meta")
+        if read_state(conn, meta) is not None:
+            return
+        for name in (*self.sealed_tables, "quarantine"):
+            t = self.department.table(name)
+            if conn.execute(select(literal(1)).select_from(t).limit(1)).first():
+                raise AtRestKeyError(
+                    f"{self.department.name} store holds plaintext rows; "
+                    "convert it with 'tongban keys encrypt'"
+                )
+        write_state(conn, meta, KeyState.new(self.department.name, kek))
 
     def create_indexes(self) -> None:
         with self.engine.begin() as conn:
@@ -65,6 +106,74 @@ class DepartmentStore:
 
     def drop_schema(self) -> None:
         self.department.metadata.drop_all(self.engine)
+        self._forget_keys()
+
+    # --- encryption at rest ---------------------------------------------------------
+
+    @property
+    def sealed_tables(self) -> Mapping[str, SealedTable]:
+        from .departments import SEALED_TABLES
+
+        return SEALED_TABLES.get(self.department.name, {})
+
+    def _forget_keys(self) -> None:
+        with self._keys_lock:
+            self._keys, self._keys_read = None, False
+
+    def at_rest(self, *, reload: bool = False) -> AtRest | None:
+        """The store's unwrapped keys, or None for a plaintext store. Fails closed with
+        :class:`AtRestKeyError` when the KEK is missing, wrong, or given to a plaintext
+        store. Read once; ``reload`` after a rotation."""
+        with self._keys_lock:
+            if self._keys_read and not reload:
+                return self._keys
+            with self.connect() as conn:
+                state = read_state(conn, self.department.table("meta"))
+            name = self.department.name
+            if state is None:
+                if self._kek is not None:
+                    raise AtRestKeyError(
+                        f"{name} store is not encrypted but a key-encryption key exists; "
+                        "convert it with 'tongban keys encrypt'"
+                    )
+                keys = None
+            elif self._kek is None:
+                raise AtRestKeyError(
+                    f"{name} store is encrypted at rest and no key-encryption key was given"
+                )
+            else:
+                keys = state.unwrap(self._kek)
+            self._keys, self._keys_read = keys, True
+            return keys
+
+    @property
+    def kek(self) -> bytes | None:
+        return self._kek
+
+    def blind_index(self, *, reload: bool = False) -> BlindIndex:
+        keys = self.at_rest(reload=reload)
+        return PLAIN_INDEX if keys is None else keys.index
+
+    def index_is_current(self, conn: Connection, index: BlindIndex) -> bool:
+        """Whether ``index`` is still the store's index key: a reader that held it across
+        an index-key rotation finds nothing and must not answer "no" from that."""
+        if index.plain:
+            return True
+        if self.dialect not in _MARKS:
+            return conn.execute(self._epoch).scalar() == str(index.epoch)
+        # On the bare driver cursor: a third of the cost of a Core statement, and this
+        # runs on every answer that is not TRUE.
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cur = raw.cursor()
+        try:
+            cur.execute(_EPOCH_SQL.format(_MARKS[self.dialect]), (META_EPOCH,))
+            row = cur.fetchone()
+        except Exception as exc:
+            raise StoreUnavailable(f"{self.department.name} store is unavailable") from exc
+        finally:
+            cur.close()
+        return row is not None and row[0] == str(index.epoch)
 
     # --- data -----------------------------------------------------------------------
 

@@ -125,8 +125,12 @@ class _Waiter:
         self.error = error
         self.lock.release()
 
-    def wait(self) -> list[int]:
-        self.lock.acquire()
+    def wait(self, timeout: float | None = None) -> list[int]:
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            # The store neither confirmed nor refused (a hung connection): answer nothing.
+            # The write may still land later: an entry without an answer is allowed, an
+            # answer without an entry never.
+            raise StoreUnavailable("the audit store did not confirm the write in time")
         if self.error is not None:
             raise self.error
         return self.indexes
@@ -163,11 +167,13 @@ class AuditLog:
         *,
         origin: str,
         max_batch: int = 2000,
+        wait_timeout: float | None = 30.0,
     ) -> None:
         self.url = url
         self.origin = origin
         self.pseudonyms = pseudonymizer
         self.max_batch = max_batch
+        self.wait_timeout = wait_timeout  # how long an appender waits for its commit
         # synchronous=FULL: an answer leaves only after its entry is on disk.
         self.engine: Engine = make_engine(url, synchronous="FULL", busy_ms=10_000)
         self.dialect = self.engine.dialect.name
@@ -259,7 +265,7 @@ class AuditLog:
             if self._writer is None:
                 raise StoreUnavailable("the audit log is not open")
             self._queue.put((list(prepared), done))
-        return done.wait()
+        return done.wait(self.wait_timeout)
 
     def _run(self) -> None:
         while True:

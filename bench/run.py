@@ -13,7 +13,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Order matters: generate leaves the 1M data set the predicate benchmark reads.
-BENCHMARKS = ("crypto", "idnumber", "generate", "predicates", "audit", "gateway", "paillier")
+BENCHMARKS = (
+    "crypto",
+    "idnumber",
+    "generate",
+    "predicates",
+    "audit",
+    "gateway",
+    "paillier",
+    "statistics",
+    "flower",
+)
 
 
 def main() -> None:

@@ -23,12 +23,16 @@ from typing import Any
 from primitives.errors import BadRequest, UnknownParameter
 from primitives.regions import DISTRICTS
 
+from .dp import DiscreteLaplace, parse_epsilon
 from .packing import PackingLayout
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "MAX_PARTIES",
+    "MAX_THRESHOLD",
     "REGISTRY",
     "YEARS",
+    "Release",
     "StatParam",
     "Statistic",
     "StatisticsRegistry",
@@ -39,6 +43,36 @@ __all__ = [
 YEARS: tuple[str, ...] = tuple(str(y) for y in range(2000, 2027))
 #: Upper bound on contributions to one job (the layout's ``parties``).
 MAX_PARTIES = 64
+#: Cells with fewer contributing records are suppressed (configurable per gateway and, as
+#: a floor the gateway cannot lower, per department).
+DEFAULT_THRESHOLD = 10
+MAX_THRESHOLD = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """How a job's cells are protected before anybody sees them: the suppression
+    threshold, and the ε of distributed discrete Laplace noise (``None``: no noise).
+
+    The gateway puts it in every signed contribution request and each department echoes
+    what it applied in its signed answer, so the analyst's decoding and the audit entry
+    rest on what the departments actually did."""
+
+    threshold: int = DEFAULT_THRESHOLD
+    epsilon: float | None = None
+
+    @classmethod
+    def from_json(cls, body: object) -> Release:
+        if not isinstance(body, Mapping) or set(body) - {"threshold", "epsilon"}:
+            raise BadRequest("release: expected {threshold, epsilon}")
+        threshold = body.get("threshold")
+        if type(threshold) is not int or not 1 <= threshold <= MAX_THRESHOLD:
+            raise BadRequest(f"release.threshold: expected 1..{MAX_THRESHOLD}")
+        epsilon = body.get("epsilon")
+        return cls(threshold, None if epsilon is None else parse_epsilon(epsilon))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "epsilon": self.epsilon}
 
 
 class UnknownStatistic(BadRequest):
@@ -63,6 +97,9 @@ class Statistic:
     value_bound: int  # per department and cell; adapters refuse larger values
     #: True when each value is a count of records; otherwise a count companion is added.
     counts_records: bool = True
+    #: For sums: the most one record may add to its cell (larger amounts are clipped to it
+    #: under differential privacy): the values' L1 sensitivity. Counts have sensitivity 1.
+    record_bound: int = 1
 
     def __post_init__(self) -> None:
         if not self.departments or len(set(self.departments)) != len(self.departments):
@@ -97,19 +134,46 @@ class Statistic:
             clean[name] = value
         return clean
 
+    def noise(self, release: Release, parties: int) -> tuple[DiscreteLaplace, ...]:
+        """The noise of each released part (values, then counts if companion); empty
+        without ε. ε is split evenly between the parts (sequential composition)."""
+        if release.epsilon is None:
+            return ()
+        if self.counts_records:
+            return (DiscreteLaplace(release.epsilon, 1, parties),)
+        half = release.epsilon / 2
+        return (
+            DiscreteLaplace(half, self.record_bound, parties),
+            DiscreteLaplace(half, 1, parties),
+        )
+
+    def offsets(self, release: Release, parties: int) -> list[int]:
+        """Per counter: the offset each party adds to carry its clipped noise share."""
+        parts = self.noise(release, parties)
+        if not parts:
+            return [0] * self.counters
+        return [p.offset for p in parts for _ in self.cells]
+
+    def suppressed_by_departments(self, release: Release) -> bool:
+        """Whether the contributing department suppresses small cells itself. Only a sole
+        contributor sees the cell totals before encryption, and only without noise (under
+        DP, suppressing on the true count would itself leak): otherwise the analyst
+        suppresses on the decrypted (noisy) counts, as published with the job."""
+        return len(self.departments) == 1 and release.epsilon is None
+
     def check_parties(self, parties: object) -> int:
         if type(parties) is not int or not len(self.departments) <= parties <= MAX_PARTIES:
             raise BadRequest(f"parties: expected {len(self.departments)}..{MAX_PARTIES}")
         return parties
 
-    def layout(self, n: int, parties: int | None = None) -> PackingLayout:
-        """The packing layout for modulus ``n``; every party and the analyst derive it."""
-        return PackingLayout.for_key(
-            n,
-            self.counters,
-            self.value_bound,
-            len(self.departments) if parties is None else parties,
-        )
+    def layout(
+        self, n: int, parties: int | None = None, release: Release | None = None
+    ) -> PackingLayout:
+        """The packing layout for modulus ``n``; every party and the analyst derive it.
+        Under DP each party's values grow by its clipped noise share plus the offset."""
+        count = len(self.departments) if parties is None else parties
+        offsets = self.offsets(release, count) if release is not None else [0]
+        return PackingLayout.for_key(n, self.counters, self.value_bound + 2 * max(offsets), count)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -119,6 +183,7 @@ class Statistic:
             "params": {p.name: list(p.values) for p in self.params},
             "cells": list(self.cells),
             "value_bound": self.value_bound,
+            "record_bound": self.record_bound,
             "count_companion": not self.counts_records,
         }
 
@@ -179,5 +244,6 @@ REGISTRY.register(
         cells=_DISTRICTS,
         value_bound=10**11,
         counts_records=False,
+        record_bound=100_000,
     )
 )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from adapters.service import install_problem_handlers
+from primitives.errors import StoreUnavailable
 from primitives.jws import PublicKey, jwks
+from primitives.problem import PROBLEM_JSON, problem_body
 
 from .metrics import install_metrics
 from .oauth.flask import init_oauth
@@ -17,6 +21,7 @@ from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
 from .views_citizen import citizen_blueprint
+from .views_federation import federation_blueprint
 from .views_statistics import statistics_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
@@ -29,6 +34,7 @@ def create_app(gateway: Gateway) -> Flask:
     app = Flask("tongban.gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(app, MAX_BODY, log)
+    _install_store_unavailable(app)
     install_metrics(app, audit=gateway.audit)
     oauth = gateway.oauth
     if oauth is not None:
@@ -58,6 +64,9 @@ def create_app(gateway: Gateway) -> Flask:
     if gateway.statistics is not None:
         app.register_blueprint(statistics_blueprint(gateway.statistics))
 
+    if gateway.federation is not None:
+        app.register_blueprint(federation_blueprint(gateway.federation))
+
     server_url = oauth.issuer.issuer if oauth is not None else ""
     app.register_blueprint(
         docs_blueprint(lambda: build_openapi(server_url, catalog=gateway.catalog))
@@ -84,3 +93,20 @@ def create_app(gateway: Gateway) -> Flask:
         return resp
 
     return app
+
+
+def _install_store_unavailable(app: Flask) -> None:
+    """A database that is away (connection refused or dropped, read-only, disk full, pool
+    exhausted) is a 503 ``store-unavailable``, not a 500: the client may retry, and no
+    answer leaves without its audit entry. Translated here, at the HTTP boundary, for the
+    stores that do not translate their own errors; the driver's message is not echoed."""
+
+    def unavailable(exc: Exception) -> Response:
+        log.warning("store unavailable: %s", type(exc).__name__)
+        body = problem_body(StoreUnavailable("a store is unavailable"), g.get("request_id", ""))
+        resp = Response(body, StoreUnavailable.status, mimetype=PROBLEM_JSON)
+        resp.headers["Retry-After"] = "1"
+        return resp
+
+    for error in (OperationalError, InterfaceError, InternalError, PoolTimeout):
+        app.register_error_handler(error, unavailable)

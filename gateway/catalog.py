@@ -19,6 +19,8 @@ from adapters.department import Department
 from primitives.errors import BadRequest, UnknownParameter
 from primitives.wire import PredicateCall, Tri, all_of
 
+from .jobs import JobObject, declared_jobs
+
 __all__ = ["Catalog", "Claim", "Purpose", "Term", "UnknownClaim", "UnknownPurpose"]
 
 
@@ -110,9 +112,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class Catalog:
-    def __init__(self, claims: Mapping[str, Claim], purposes: Mapping[str, Purpose]) -> None:
+    def __init__(
+        self,
+        claims: Mapping[str, Claim],
+        purposes: Mapping[str, Purpose],
+        jobs: Mapping[str, JobObject] | None = None,
+    ) -> None:
         self.claims = dict(claims)
         self.purposes = dict(purposes)
+        #: Policy objects beside the claims: statistics and training jobs (gateway.jobs).
+        self.jobs = dict(declared_jobs() if jobs is None else jobs)
 
     @classmethod
     def load(cls, departments: Mapping[str, Department], path: Path | None = None) -> Catalog:

@@ -5,14 +5,26 @@ cosign it. A witness that last saw size m gets a consistency proof from m; if it
 saw another size (after a restart on either side) the request is retried once from there.
 A witness that refuses or is down leaves its signature off this checkpoint; the refusal
 reason is logged, since a refusal is evidence of a split view or rollback.
+
+Every gunicorn worker runs a checkpointer over the one shared log. Rounds are serialised
+across processes (a PostgreSQL advisory lock, or a file lock beside a SQLite store), and
+each round signs the size it reads under that lock, so checkpoint sizes only grow and a
+witness never sees one worker's older tree after another's newer one. The background
+loop skips a round that another worker is running instead of queueing behind it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from adapters.client import Transport
 from audit.log import AuditLog
@@ -23,6 +35,7 @@ from primitives.gm import SM2PrivateKey, SM2PublicKey
 __all__ = ["Checkpointer"]
 
 log = logging.getLogger("tongban.checkpoints")
+_PG_ROUND_LOCK = 0x7B_C4EC  # advisory lock id: one checkpoint round at a time, all workers
 
 
 class Checkpointer:
@@ -62,30 +75,71 @@ class Checkpointer:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.checkpoint()
+                self._round(force=False, wait=False)
             except Exception:  # a failed round must not end checkpointing
                 log.exception("checkpoint round failed")
 
     def checkpoint(self, *, force: bool = False) -> SignedNote:
         """Sign the current tree, gather cosignatures, store and return the note."""
-        with self._lock:
-            size = self.audit.refresh()
-            latest = self.audit.latest_checkpoint()
-            if latest is not None and latest.checkpoint.size == size and not force:
-                signed = {s.name for s in latest.signatures}
-                if signed >= set(self.witnesses) or self.transport is None:
-                    return latest
-                # Same tree, but some witness has not cosigned yet (it was down): ask again.
-            root = self.audit.root(size)
-            body = Checkpoint(self.audit.origin, size, root).body()
-            note = SignedNote(body, (sign_line(body, self.name, self.key),))
-            previous = latest.checkpoint.size if latest is not None else 0
-            for witness in self.witnesses:
-                signature = self._cosign(witness, note, size, self._seen.get(witness, previous))
-                if signature is not None:
-                    note = note.with_signature(signature)
-            self.audit.store_checkpoint(note)
-            return note
+        note = self._round(force=force, wait=True)
+        assert note is not None  # a waiting round always runs
+        return note
+
+    def _round(self, *, force: bool, wait: bool) -> SignedNote | None:
+        with self._lock, self._exclusive(wait) as mine:
+            if not mine:
+                return None  # another worker is checkpointing this very moment
+            return self._round_locked(force)
+
+    @contextlib.contextmanager
+    def _exclusive(self, wait: bool) -> Iterator[bool]:
+        """Hold the cross-process round lock; yield False if ``wait`` is off and it is
+        taken. In-memory SQLite lives in one process, so the thread lock suffices."""
+        if self.audit.dialect == "postgresql":
+            # A transaction-scoped lock: a worker killed mid-round releases it with its
+            # connection, so a crash never wedges checkpointing.
+            with self.audit.engine.connect() as conn, conn.begin():
+                fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+                got = conn.execute(text(f"SELECT {fn}(:k)"), {"k": _PG_ROUND_LOCK}).scalar()
+                yield wait or bool(got)
+            return
+        database = make_url(self.audit.url).database
+        if self.audit.dialect != "sqlite" or database in (None, "", ":memory:"):
+            yield True
+            return
+        with Path(f"{database}.checkpoint-lock").open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _round_locked(self, force: bool) -> SignedNote:
+        size = self.audit.refresh()
+        latest = self.audit.latest_checkpoint()
+        signed = {s.name for s in latest.signatures} if latest is not None else set()
+        complete = signed >= set(self.witnesses) or self.transport is None
+        if latest is not None and latest.checkpoint.size == size and not force and complete:
+            return latest
+        # Otherwise a new size, or the same tree some witness has not cosigned yet (it was
+        # down): sign and ask again.
+        root = self.audit.root(size)
+        body = Checkpoint(self.audit.origin, size, root).body()
+        note = SignedNote(body, (sign_line(body, self.name, self.key),))
+        previous = latest.checkpoint.size if latest is not None else 0
+        for witness in self.witnesses:
+            # A witness that cosigned the latest stored checkpoint (perhaps for another
+            # worker) saw that size; otherwise start from what it last told us.
+            seen = previous if witness in signed else self._seen.get(witness, previous)
+            signature = self._cosign(witness, note, size, seen)
+            if signature is not None:
+                note = note.with_signature(signature)
+        self.audit.store_checkpoint(note)
+        return note
 
     def _cosign(
         self, witness: str, note: SignedNote, size: int, from_size: int

@@ -29,6 +29,7 @@ from .answers import AnswerSigner
 from .catalog import Catalog, Claim
 from .consent import is_consent_id
 from .metrics import AUDIT_APPENDS, CHECKS, DEPARTMENT_CALLS
+from .ratelimit import RateLimiter
 from .services import utc_now
 
 __all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "PolicyDenied"]
@@ -131,6 +132,7 @@ class Checker:
         workers: int = 32,
         timeout: float = 2.0,
         consent_required: Callable[[], TongbanError] | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.catalog = catalog
         self.enforcer = enforcer
@@ -139,6 +141,7 @@ class Checker:
         self.audit = audit
         self.answers = answers
         self.timeout = timeout
+        self.rate_limiter = rate_limiter
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dept")
         self._coalescer = Coalescer(departments.evaluate_batch)
         self._decisions: dict[tuple[str, str, str, str], Decision] = {}
@@ -170,6 +173,7 @@ class Checker:
 
     def check(self, requester: str, body: Any, request_id: str = "") -> dict[str, Any]:
         req = self.parse(body)
+        self._admit(requester, req.claim.name, req.purpose, [req.subject_id], 1)
         decision = self._decide(requester, req.claim, req.purpose)
         base = self._entry(requester, req, decision, request_id)
         if not decision.allowed:
@@ -201,6 +205,19 @@ class Checker:
             req.answer_alg,
         )
         return {"result": word, "answer": token, "audit_index": index}
+
+    def _admit(
+        self, requester: str, claim: str, purpose: str, subjects: list[str], cost: int
+    ) -> None:
+        """Rate limits, before policy, consent or any department: a refusal (429) is
+        counted but not audited (see gateway/ratelimit.py) and never signed."""
+        if self.rate_limiter is None:
+            return
+        try:
+            self.rate_limiter.admit(requester, subjects, cost=cost)
+        except TongbanError:
+            CHECKS.labels(requester, claim, purpose, "rate_limited").inc()
+            raise
 
     def _decide(self, requester: str, claim: Claim, purpose: str) -> Decision:
         # Decisions depend only on these and the policy version: cache them per version.
@@ -313,6 +330,7 @@ class Checker:
         items = [_object(s, {"id_number", "consent_id"}, f"subjects[{i}]") for i, s in
                  enumerate(subjects)]  # fmt: skip
         numbers, invalid = _batch_numbers(items)
+        self._admit(requester, claim.name, purpose, [n for n in numbers if n], len(items))
         decision = self._decide(requester, claim, purpose)
         req = CheckRequest("", claim, purpose, params, None, alg)
         base = self._entry(requester, req, decision, request_id)

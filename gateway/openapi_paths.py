@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from audit.log import AuditIntegrityError
+from federation.dp import InvalidEpsilon
 from federation.paillier import InvalidPublicKey
 from federation.statistics import UnknownStatistic
 from policies.errors import (
@@ -26,6 +27,7 @@ from primitives.errors import (
     InvalidIdNumber,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
     TongbanError,
     UnknownParameter,
@@ -50,6 +52,7 @@ from .consent import (
     SubjectNotAMinor,
     UnknownRequester,
 )
+from .jobs import JobDenied
 from .oauth.errors import (
     InsufficientScope,
     InvalidToken,
@@ -62,6 +65,8 @@ from .oauth.errors import (
     TokenWrongType,
 )
 from .openapi_schemas import CHANGE_ID_PATTERN, CONSENT_ID_PATTERN, Json, problem_responses, ref
+from .statistics import DpRequired
+from .statistics_store import BudgetExhausted
 
 __all__ = ["DOCS_ASSETS", "METRICS_MEDIA_TYPES", "paths"]
 
@@ -229,6 +234,7 @@ def _check_paths() -> Json:
         InvalidIdNumber,
         *_CATALOG,
         PayloadTooLarge,
+        RateLimited,
         PolicyDenied,
         *_CONSENT_REFUSED,
         *_AUDIT_WRITE,
@@ -257,7 +263,8 @@ def _check_paths() -> Json:
                 "durable audit append, signed answer. A subject who is not found is answered "
                 "`no`; a department that does not answer makes the result `undetermined`. "
                 "Refusals by policy or consent are audited and carry `audit_index`. Body at "
-                "most 64 KiB.",
+                "most 64 KiB. Rate limits per requester and per (requester, subject): 429 "
+                "`rate-limited` with `Retry-After`, refused before policy, not audited.",
                 requestBody=_body(ref("CheckRequest")),
             )
         },
@@ -273,13 +280,16 @@ def _check_paths() -> Json:
                     BadRequest,
                     *_CATALOG,
                     PayloadTooLarge,
+                    RateLimited,
                     PolicyDenied,
                     *_AUDIT_WRITE,
                 ),
                 security=_oauth("checks:batch"),
                 description=f"Up to {MAX_BATCH_SUBJECTS} subjects, each checked against "
                 "policy and consent; an invalid ID number or a refused consent makes that "
-                "item `invalid` or `denied` rather than failing the batch. Body at most 2 MiB.",
+                "item `invalid` or `denied` rather than failing the batch. Body at most 2 MiB. "
+                "Costs one requester rate-limit token per subject and one subject token per "
+                "distinct subject: 429 `rate-limited` with `Retry-After` if any is short.",
                 requestBody=_body(ref("BatchRequest")),
             )
         },
@@ -533,9 +543,11 @@ def _statistics_paths() -> Json:
             "get": _op(
                 "listStatistics",
                 "statistics",
-                "The statistics offered and the disclosure threshold",
-                {"200": _json({"type": "object", "required": ["statistics", "threshold"]},
-                              "Cells below the threshold must be suppressed by the analyst.")},
+                "The statistics offered, the disclosure threshold and the analyst's budget",
+                {"200": _json({"type": "object",
+                               "required": ["statistics", "threshold", "budget"]},
+                              "Cells below the threshold are suppressed: by a sole "
+                              "contributing department, otherwise by the analyst.")},
                 (*_BEARER, InsufficientScope),
                 security=analyst,
             ),
@@ -546,7 +558,8 @@ def _statistics_paths() -> Json:
                 {"202": _json(job, "Accepted and audited; fetch it at its Location.",
                               Location={"schema": {"type": "string"}})},
                 (*_BEARER, InsufficientScope, BadRequest, UnknownStatistic, UnknownParameter,
-                 InvalidPublicKey, PayloadTooLarge, *_AUDIT_WRITE),
+                 InvalidPublicKey, InvalidEpsilon, JobDenied, BudgetExhausted, DpRequired,
+                 PayloadTooLarge, *_AUDIT_WRITE),
                 security=analyst,
                 requestBody=_body(ref("StatisticRequest")),
             ),
@@ -560,6 +573,48 @@ def _statistics_paths() -> Json:
                 {"200": _json(job, "Only the requester who submitted the job may read it.")},
                 (*_BEARER, InsufficientScope, NotFound),
                 security=analyst,
+            ),
+        },
+    }  # fmt: skip
+
+
+def _federation_paths() -> Json:
+    trainer = _oauth("federation")
+    job_id = _path_param("job_id", "^fl-[0-9a-f]{24}$", "The federated training job's id.")
+    job: Json = {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        },
+        "description": "A horizontal training job: per-round held-out loss and AUC while it "
+        "runs; when done, the federated and centralised AUC, epsilon (null without DP) and "
+        "the SM3 hash of the final model. The gateway sees only aggregated parameters.",
+    }
+    return {
+        "/v1/federation/jobs": {
+            "post": _op(
+                "submitFederationJob",
+                "federation",
+                "Train the outreach model across county bureaus with Flower",
+                {"202": _json(job, "Policy-checked and audited; follow it at its Location.",
+                              Location={"schema": {"type": "string"}})},
+                (*_BEARER, InsufficientScope, BadRequest, JobDenied, PayloadTooLarge,
+                 *_AUDIT_WRITE),
+                security=trainer,
+                requestBody=_body(ref("FederationJobRequest")),
+            ),
+        },
+        "/v1/federation/jobs/{job_id}": {
+            "parameters": [job_id],
+            "get": _op(
+                "getFederationJob",
+                "federation",
+                "A training job's progress and, when done, its result",
+                {"200": _json(job, "Only the requester who submitted the job may read it.")},
+                (*_BEARER, InsufficientScope, NotFound),
+                security=trainer,
             ),
         },
     }  # fmt: skip
@@ -662,6 +717,7 @@ def paths() -> Json:
         **_audit_paths(),
         **_admin_paths(),
         **_statistics_paths(),
+        **_federation_paths(),
         **_operations_paths(),
     }
     return dict(sorted(out.items()))

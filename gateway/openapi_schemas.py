@@ -94,6 +94,12 @@ def problem_responses(*errors: type[TongbanError]) -> dict[str, Json]:
         headers: Json = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
         if status == 401:
             headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
+        elif status == 429:
+            headers["Retry-After"] = {
+                "description": "Whole seconds until the request would be admitted (RFC 9110).",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+            }
         elif status == 403 and PROBLEM_BASE + "insufficient-scope" in types:
             headers["WWW-Authenticate"] = {
                 "description": 'For `insufficient-scope`: `Bearer error="insufficient_scope"`, '
@@ -146,6 +152,12 @@ def _problem() -> Json:
                 enum=["bad_length", "bad_format", "bad_region", "bad_date", "bad_check_digit"],
             ),
             "required_scope": _str("For `insufficient-scope`: the scope the operation needs."),
+            "retry_after": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "For `rate-limited`: seconds to wait, as in `Retry-After`.",
+            },
+            "limit": _str("For `rate-limited`: which limit.", enum=["requester", "subject"]),
         },
         ["type", "title", "status", "detail", "instance"],
         closed=False,
@@ -775,6 +787,33 @@ def _operations() -> Json:
     }
 
 
+def _federation() -> Json:
+    return {
+        "FederationJobRequest": _obj(
+            {
+                "kind": {"type": "string", "enum": ["horizontal"]},
+                "rounds": {"type": "integer", "minimum": 1, "maximum": 200},
+                "secagg": {"type": "boolean", "description": "SecAgg+ secure aggregation."},
+                "dp_noise": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "Gaussian noise multiplier z (0: no differential privacy).",
+                },
+                "dp_clip": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 100,
+                    "description": "L2 clipping norm of each bureau's update.",
+                },
+                "local_epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "departments": _array(_str(), minItems=1),
+            },
+            ["rounds"],
+        ),
+    }
+
+
 def _statistics() -> Json:
     return {
         "StatisticRequest": _obj(
@@ -786,6 +825,19 @@ def _statistics() -> Json:
                     "description": "The analyst's Paillier public key in phe's JWK form "
                     "(kty DAJ, alg PAI-GN1, n), at least 2048 bits.",
                 },
+                "dp": _obj(
+                    {
+                        "epsilon": {
+                            "type": "number",
+                            "minimum": 0.01,
+                            "maximum": 10,
+                            "description": "Differential privacy: each department adds its "
+                            "share of discrete Laplace noise (total scale sensitivity/epsilon); "
+                            "epsilon is charged to the analyst's budget before the job runs.",
+                        }
+                    },
+                    ["epsilon"],
+                ),
             },
             ["statistic", "params", "public_key"],
         ),
@@ -798,6 +850,7 @@ def component_schemas(catalog: Catalog, scopes: Iterable[str]) -> Json:
         "Problem": _problem(),
         **_checks(),
         **_statistics(),
+        **_federation(),
         **_catalog_schemas(catalog),
         **_answers(),
         **_oauth(scopes),

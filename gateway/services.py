@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # these modules import this one; types only
     from .answers import AnswerSigner
     from .checks import Checker
     from .consent import ConsentStore
+    from .federation_jobs import FederationJobs
+    from .jobs import JobPolicy
     from .oauth import CitizenTokenVerifier, ClientRegistry, TokenIssuer
     from .statistics import StatisticsService
 
@@ -76,6 +78,8 @@ class Gateway:
     answers: AnswerSigner | None = None
     consents: ConsentStore | None = None
     statistics: StatisticsService | None = None
+    jobs: JobPolicy | None = None  # policy for statistics and training jobs
+    federation: FederationJobs | None = None  # federated training jobs
 
     def health(self) -> dict[str, object]:
         names = self.departments.departments
@@ -92,5 +96,7 @@ class Gateway:
             self.checkpointer.stop()
         if self.statistics is not None:
             self.statistics.close()
+        if self.federation is not None:
+            self.federation.close()
         if self.audit is not None:
             self.audit.close()

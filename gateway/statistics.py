@@ -1,4 +1,4 @@
-"""Encrypted statistics, gateway side: validate, audit, collect, multiply, keep.
+"""Encrypted statistics, gateway side: validate, authorize, audit, collect, multiply, keep.
 
 The gateway holds no Paillier private key and never sees a department's plaintext: each
 involved department encrypts its packed vector under the analyst's public key and signs
@@ -6,11 +6,22 @@ the ciphertexts; the gateway verifies those signatures, multiplies the ciphertex
 (:func:`federation.paillier.aggregate`) and keeps the encrypted sum for the analyst to
 fetch and decrypt.
 
-Disclosure control. The gateway cannot see values, so it cannot suppress small cells.
-Suppression happens where values are first seen, in the analyst's client
-(``tongban stats run``), using the ``threshold`` this service publishes with each job. A
-client that ignores it can see small cells; the controls here are the enumerated
-parameters, the scope and the audit trail. Differential-privacy noise is not implemented.
+Who may run which statistic is a Casbin rule on the object ``statistic:<name>`` with the
+purpose ``official_statistics`` (:mod:`gateway.jobs`); a denial is audited.
+
+Disclosure control (the job's ``release``: a suppression threshold, default 10, and an
+optional ε). Every contribution request carries it, signed, and every department echoes
+what it applied, signed:
+
+- without noise, a statistic with a single contributing department is suppressed *by that
+  department* before encryption (cells under the threshold become zero, so no client can
+  reveal them); a statistic summed over several departments, whose cell totals nobody sees
+  before the analyst decrypts, is suppressed by the analyst's client on the decrypted
+  counts, and that is the weaker control;
+- with ``dp.epsilon``, every department adds its share of discrete Laplace noise
+  (:mod:`federation.dp`), the ε is charged to the analyst's budget first
+  (:mod:`gateway.statistics_store`), and suppression on the noisy counts is post-processing.
+  ``require_dp`` makes the gateway refuse jobs without noise.
 
 A job either covers every involved department or fails naming the one(s) that did not
 contribute: never a silently partial total.
@@ -19,8 +30,6 @@ contribute: never a silently partial total.
 from __future__ import annotations
 
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,14 +43,28 @@ from federation.paillier import (
     parse_public_key,
     public_key_to_jwk,
 )
-from federation.statistics import REGISTRY, Statistic, StatisticsRegistry
-from primitives.errors import BadRequest, NotFound, TongbanError
+from federation.statistics import (
+    DEFAULT_THRESHOLD,
+    MAX_THRESHOLD,
+    REGISTRY,
+    Release,
+    Statistic,
+    StatisticsRegistry,
+)
+from primitives.errors import BadRequest, Forbidden, NotFound, TongbanError
 from primitives.gm import sm3
 
-__all__ = ["DEFAULT_THRESHOLD", "StatisticsService"]
+from .jobs import STATISTICS_PURPOSE, JobPolicy, decision_record, statistic_object
+from .statistics_store import StatisticsStore
 
-DEFAULT_THRESHOLD = 10
-_FIELDS = frozenset({"statistic", "params", "public_key"})
+__all__ = ["DEFAULT_THRESHOLD", "DpRequired", "StatisticsService"]
+
+_FIELDS = frozenset({"statistic", "params", "public_key", "dp"})
+
+
+class DpRequired(Forbidden):
+    slug = "dp-required"
+    title = "This gateway releases statistics only with differential-privacy noise"
 
 
 class EventSink(Protocol):
@@ -56,6 +79,7 @@ class Job:
     params: dict[str, str]
     key_fingerprint: str
     layout: PackingLayout
+    release: Release
     status: str = "running"
     ciphertexts: list[int] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
@@ -71,6 +95,8 @@ class Job:
             "key": self.key_fingerprint,
             "departments": list(stat.departments),
             "cells": [{"district": c, "year": self.params.get("year")} for c in stat.cells],
+            "release": self._release(),
+            "threshold": self.release.threshold,
         }
         if self.status == "done":
             layout = self.layout
@@ -83,33 +109,64 @@ class Job:
                 "slots_per_ciphertext": layout.slots_per_ciphertext,
                 "ciphertexts": layout.ciphertexts,
                 "count_companion": not stat.counts_records,
+                "offsets": stat.offsets(self.release, layout.parties),
             }
             body["ciphertexts"] = [format(c, "x") for c in self.ciphertexts]
         if self.failures:
             body["failed"] = list(self.failures)
         return body
 
+    def _release(self) -> dict[str, Any]:
+        stat, release = self.statistic, self.release
+        body: dict[str, Any] = {
+            "threshold": release.threshold,
+            "suppressed_by": "departments"
+            if stat.suppressed_by_departments(release)
+            else "analyst",
+            "dp": None,
+        }
+        if release.epsilon is not None:
+            parts = stat.noise(release, self.layout.parties)
+            body["dp"] = {
+                "mechanism": "distributed discrete Laplace",
+                "epsilon": release.epsilon,
+                "parts": [
+                    {"epsilon": p.epsilon, "sensitivity": p.sensitivity, "scale": p.scale}
+                    for p in parts
+                ],
+                "delta": sum(p.delta(len(stat.cells)) for p in parts),
+            }
+        return body
+
+
+def _decimal(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
+
 
 class StatisticsService:
-    """Runs encrypted-statistics jobs; results are kept in memory (bounded)."""
+    """Runs encrypted-statistics jobs; jobs and budgets are kept in ``store``."""
 
     def __init__(
         self,
         departments: DepartmentClient,
         audit: EventSink,
+        store: StatisticsStore,
         *,
+        jobs: JobPolicy | None = None,
         registry: StatisticsRegistry = REGISTRY,
         threshold: int = DEFAULT_THRESHOLD,
-        max_jobs: int = 1000,
+        require_dp: bool = False,
         workers: int = 8,
     ) -> None:
+        if not 1 <= threshold <= MAX_THRESHOLD:
+            raise ValueError(f"threshold: expected 1..{MAX_THRESHOLD}")
         self.registry = registry
         self.departments = departments
         self.audit = audit
+        self.store = store
+        self.jobs = jobs
         self.threshold = threshold
-        self.max_jobs = max_jobs
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._lock = threading.Lock()
+        self.require_dp = require_dp
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats")
 
     def close(self) -> None:
@@ -120,13 +177,28 @@ class StatisticsService:
         connected = set(self.departments.departments)
         return [s for s in self.registry if set(s.departments) <= connected]
 
-    def describe(self) -> dict[str, Any]:
-        return {
+    def describe(self, requester: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "statistics": [s.describe() for s in self.offered()],
             "threshold": self.threshold,
+            "require_dp": self.require_dp,
+            "budget": {"epsilon": self.store.budget},
         }
+        if requester is not None:
+            body["budget"]["remaining"] = self.store.remaining(requester)
+        return body
 
     # --- jobs ---------------------------------------------------------------------------
+
+    def _parse_dp(self, body: Mapping[str, Any]) -> float | None:
+        dp = body.get("dp")
+        if dp is None:
+            if self.require_dp:
+                raise DpRequired("dp.epsilon: required by this gateway")
+            return None
+        if not isinstance(dp, Mapping) or set(dp) != {"epsilon"}:
+            raise BadRequest('dp: expected {"epsilon": number}')
+        return Release.from_json({"threshold": self.threshold, "epsilon": dp["epsilon"]}).epsilon
 
     def submit(self, requester: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, Mapping):
@@ -141,55 +213,76 @@ class StatisticsService:
         if "public_key" not in body:
             raise BadRequest("public_key: required")
         key = parse_public_key(body["public_key"])
+        release = Release(self.threshold, self._parse_dp(body))
+        layout = statistic.layout(key.n, release=release)
+        decision = None
+        if self.jobs is not None:  # denials are audited by the policy
+            decision = self.jobs.authorize(
+                requester,
+                statistic_object(statistic.name),
+                statistic.departments,
+                STATISTICS_PURPOSE,
+            )
         job = Job(
             id="st-" + secrets.token_hex(12),
             requester=requester,
             statistic=statistic,
             params=params,
             key_fingerprint=key_fingerprint(key),
-            layout=statistic.layout(key.n),
+            layout=layout,
+            release=release,
         )
+        remaining = None
+        if release.epsilon is not None:  # charged before anybody computes anything
+            remaining = self.store.spend(requester, job.id, release.epsilon)
+        entry: dict[str, Any] = {
+            "kind": "statistic",
+            "requester": requester,
+            "job": job.id,
+            "statistic": statistic.name,
+            "params": params,
+            "key": job.key_fingerprint,
+            "departments": list(statistic.departments),
+            # audit entries hold no floats: ε as exact decimal text
+            "release": {"threshold": release.threshold, "epsilon": _decimal(release.epsilon)},
+        }
+        if decision is not None:
+            entry["policy"] = decision_record(decision)
+        if remaining is not None:
+            entry["budget_remaining"] = _decimal(remaining)
         # Durable before any department is asked: an unaudited job never runs.
-        job.audit_index = self.audit.append(
-            {
-                "kind": "statistic",
-                "requester": requester,
-                "job": job.id,
-                "statistic": statistic.name,
-                "params": params,
-                "key": job.key_fingerprint,
-                "departments": list(statistic.departments),
-                "threshold": self.threshold,
-            }
-        )
-        self._store(job)
+        try:
+            job.audit_index = self.audit.append(entry)
+            self.store.save(job.id, requester, job.status, job.to_json())
+        except Exception:
+            if release.epsilon is not None:
+                self.store.refund(job.id)
+            raise
         self._run(job, public_key_to_jwk(key))
         return {"id": job.id, "status": job.status}
 
     def get(self, requester: str, job_id: str) -> dict[str, Any]:
-        with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None or job.requester != requester:
+        doc = self.store.load(job_id, requester) if isinstance(job_id, str) else None
+        if doc is None:
             raise NotFound("statistics job: no such job for this requester")
-        body = job.to_json()
-        body["threshold"] = self.threshold
-        return body
-
-    def _store(self, job: Job) -> None:
-        with self._lock:
-            self._jobs[job.id] = job
-            while len(self._jobs) > self.max_jobs:
-                self._jobs.popitem(last=False)
+        return doc
 
     def _run(self, job: Job, key_jwk: dict[str, Any]) -> None:
         statistic = job.statistic
         key = parse_public_key(key_jwk)
         layout = job.layout
         names = list(statistic.departments)
+        release = job.release.to_json()
 
         def ask(department: str) -> list[int]:
             vector = self.departments.contribute(
-                department, statistic.name, job.params, job.id, key_jwk, layout.parties
+                department,
+                statistic.name,
+                job.params,
+                job.id,
+                key_jwk,
+                layout.parties,
+                release,
             )
             aggregate(key, [vector], layout)  # shape and Z*(n^2) membership, per department
             return vector
@@ -205,6 +298,8 @@ class StatisticsService:
                 job.failures.append({"department": department, "problem": "internal"})
         if job.failures:
             job.status = "failed"
+            if job.release.epsilon is not None:
+                self.store.refund(job.id)  # nothing was released
             self.audit.append(
                 {
                     "kind": "statistic_done",
@@ -215,6 +310,7 @@ class StatisticsService:
                     "failed": list(job.failures),
                 }
             )
+            self.store.save(job.id, job.requester, job.status, job.to_json())
             return
         total = aggregate(key, vectors, layout)
         width = (int(key.nsquare).bit_length() + 7) // 8
@@ -232,3 +328,4 @@ class StatisticsService:
         )
         job.ciphertexts = total
         job.status = "done"
+        self.store.save(job.id, job.requester, job.status, job.to_json())

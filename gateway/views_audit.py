@@ -3,6 +3,8 @@ call the log, render."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from flask import Blueprint, Response, jsonify, request
 
 from audit.log import AuditLog, StoredEntry
@@ -26,6 +28,19 @@ def _int_arg(name: str, *, minimum: int = 0) -> int:
     if value < minimum:
         raise BadRequest(f"{name}: expected at least {minimum}")
     return value
+
+
+def _time_arg(name: str) -> str:
+    """An RFC 3339 date-time with a zone, as the log writes times (UTC, ms, ``Z``), so the
+    store's text comparison is a time comparison; anything else is refused, not matched."""
+    raw = request.args.get(name, "")
+    try:
+        when = dt.datetime.fromisoformat(raw) if len(raw) <= 40 and raw.isascii() else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise BadRequest(f"{name}: expected an RFC 3339 date-time with a time zone")
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _render(e: StoredEntry) -> dict[str, object]:
@@ -79,6 +94,9 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
     @require_token("audit:read")
     def entries() -> Response:
         filters = {k: request.args[k] for k in _FILTERS if request.args.get(k)}
+        for name in ("since", "until"):
+            if name in filters:
+                filters[name] = _time_arg(name)
         limit = _int_arg("limit", minimum=1) if "limit" in request.args else 50
         cursor = _int_arg("cursor") if "cursor" in request.args else None
         order = request.args.get("order", "desc")

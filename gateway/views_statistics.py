@@ -27,7 +27,7 @@ def statistics_blueprint(service: StatisticsService) -> Blueprint:
     @bp.get("/v1/statistics")
     @require_token("statistics")
     def registry() -> Response:
-        return jsonify(service.describe())
+        return jsonify(service.describe(current_principal().client_id))
 
     @bp.post("/v1/statistics")
     @require_token("statistics")

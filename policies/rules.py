@@ -66,6 +66,16 @@ class ClaimInfo(Protocol):
     def departments(self) -> tuple[str, ...]: ...
 
 
+class JobInfo(Protocol):
+    """What policies need to know of a job object (``gateway.jobs.JobObject`` fits)."""
+
+    @property
+    def departments(self) -> tuple[str, ...]: ...
+
+    @property
+    def purposes(self) -> frozenset[str]: ...
+
+
 class ClaimCatalog(Protocol):
     """What policies need of the claim catalog. A Protocol, because ``policies`` may not
     import ``gateway``; ``gateway.catalog.Catalog`` satisfies it structurally."""
@@ -75,6 +85,11 @@ class ClaimCatalog(Protocol):
 
     @property
     def purposes(self) -> Mapping[str, object]: ...
+
+    @property
+    def jobs(self) -> Mapping[str, JobInfo]:
+        """Job objects (``statistic:<name>``, ``federation:<kind>``) a rule may name."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -163,7 +178,8 @@ def build_policy(
 
 
 def _departments(catalog: ClaimCatalog) -> set[str]:
-    return {d for claim in catalog.claims.values() for d in claim.departments}
+    claims = {d for claim in catalog.claims.values() for d in claim.departments}
+    return claims | {d for job in catalog.jobs.values() for d in job.departments}
 
 
 def _check_p(rule: Rule, catalog: ClaimCatalog, groups: Set[str]) -> None:
@@ -172,9 +188,17 @@ def _check_p(rule: Rule, catalog: ClaimCatalog, groups: Set[str]) -> None:
         raise InvalidPolicy("rule p: the subject must be a role or requester, not '*'")
     if dom not in _departments(catalog) | {ALL_DOMAINS}:
         raise InvalidPolicy("rule p: the domain must be '*' or a catalog department")
-    if obj not in catalog.claims and obj not in groups | {FERTILITY_GROUP}:
-        raise InvalidPolicy("rule p: the object must be a catalog claim or a claim group")
-    if act not in catalog.purposes:
+    job = catalog.jobs.get(obj)
+    if job is not None:
+        if act not in job.purposes:
+            raise InvalidPolicy(f"rule p: the action must be one of {sorted(job.purposes)}")
+        if dom not in (*job.departments, ALL_DOMAINS):
+            raise InvalidPolicy("rule p: the domain must be '*' or a department of the job")
+    elif obj not in catalog.claims and obj not in groups | {FERTILITY_GROUP}:
+        raise InvalidPolicy(
+            "rule p: the object must be a catalog claim, a claim group or a job object"
+        )
+    elif act not in catalog.purposes:
         raise InvalidPolicy("rule p: the action must be a catalog purpose")
     if eft not in (ALLOW, DENY):
         raise InvalidPolicy(f"rule p: the effect must be '{ALLOW}' or '{DENY}'")

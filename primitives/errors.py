@@ -11,6 +11,7 @@
     ├── NotFound                      404
     ├── MethodNotAllowed              405
     ├── Conflict                      409
+    ├── RateLimited                   429 (a requester or subject went over its rate limit)
     ├── DepartmentUnavailable         503 (an adapter did not answer in time)
     └── StoreUnavailable              503 (a database could not be reached)
 
@@ -33,6 +34,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimited",
     "StoreUnavailable",
     "TongbanError",
     "Unauthenticated",
@@ -70,6 +72,10 @@ class TongbanError(Exception):
             body["instance"] = instance
         body.update(self.extra)
         return body
+
+    def response_headers(self) -> dict[str, str]:
+        """HTTP headers the problem response must carry besides its body (none by default)."""
+        return {}
 
 
 class BadRequest(TongbanError):
@@ -128,6 +134,23 @@ class Conflict(TongbanError):
     status = 409
     slug = "conflict"
     title = "Conflict"
+
+
+class RateLimited(TongbanError):
+    """Too many requests: ``retry_after`` whole seconds until the request would be admitted
+    (RFC 9110 ``Retry-After``); ``limit`` names which bucket ran dry, never its key."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str = "", *, retry_after: int, limit: str) -> None:
+        super().__init__(detail, retry_after=retry_after, limit=limit)
+        self.retry_after = retry_after
+        self.limit = limit
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class DepartmentUnavailable(TongbanError):

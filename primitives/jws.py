@@ -176,13 +176,15 @@ def verify_compact(
     *,
     typ: str,
     algorithms: Collection[str],
+    max_length: int = _MAX_TOKEN,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Verify a compact JWS and return ``(header, payload)``; Unauthenticated on any fault.
 
     ``resolve_key`` maps a ``kid`` to a public key or None; exceptions it raises (for
-    example a store outage) propagate unchanged.
+    example a store outage) propagate unchanged. ``max_length`` bounds the token (64 KiB
+    unless the caller expects bulk payloads, such as a department's ciphertexts).
     """
-    if not isinstance(token, str) or len(token) > _MAX_TOKEN:
+    if not isinstance(token, str) or len(token) > max_length:
         raise Unauthenticated("malformed token")
     parts = token.split(".")
     if len(parts) != 3:

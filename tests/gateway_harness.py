@@ -15,6 +15,7 @@ from adapters.client import InProcessTransport
 from adapters.departments import DEPARTMENTS
 from adapters.evaluate import Evaluator
 from adapters.protocol import AdapterCore
+from adapters.statistics import LocalStatistics
 from adapters.store import DepartmentStore
 from adapters.witness import MemoryWitnessState, Witness
 from gateway.app import create_app
@@ -79,13 +80,18 @@ class Harness:
             store.dispose()
 
 
-def build_harness(tmp: Path, urls: dict[str, str], party_keys: dict[str, SM2PrivateKey]) -> Harness:
+def build_harness(
+    tmp: Path,
+    urls: dict[str, str],
+    party_keys: dict[str, SM2PrivateKey],
+    **settings: Any,
+) -> Harness:
     keys_dir = tmp / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True)
     save_private_key(party_keys["gateway"], keys_dir / "gateway.key")
     ring = KeyRing(keys_dir)
     idp = ring.ensure("idp")
-    settings = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600)
+    config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
     gateway_public = party_keys["gateway"].public_key
     stores = {d: DepartmentStore(DEPARTMENTS[d], urls[d]) for d in DEPARTMENTS}
     cores = {
@@ -93,7 +99,8 @@ def build_harness(tmp: Path, urls: dict[str, str], party_keys: dict[str, SM2Priv
             Evaluator(stores[d]),
             party_keys[d],
             {gateway_public.key_id: gateway_public},
-            gateway_issuer=settings.gateway_issuer,
+            gateway_issuer=config.gateway_issuer,
+            statistics=LocalStatistics(stores[d], min_threshold=config.stats_threshold),
         )
         for d in DEPARTMENTS
     }
@@ -101,15 +108,15 @@ def build_harness(tmp: Path, urls: dict[str, str], party_keys: dict[str, SM2Priv
         d: Witness(
             d,
             party_keys[d],
-            origin=settings.origin,
-            gateway_name=settings.gateway_issuer,
+            origin=config.origin,
+            gateway_name=config.gateway_issuer,
             gateway_key=gateway_public,
             state=MemoryWitnessState(),
         )
         for d in DEPARTMENTS
     }
     gateway = build_gateway(
-        settings,
+        config,
         transport=InProcessTransport(cores, witnesses),
         department_keys={d: party_keys[d].public_key for d in DEPARTMENTS},
         start=False,
@@ -122,7 +129,7 @@ def build_harness(tmp: Path, urls: dict[str, str], party_keys: dict[str, SM2Priv
         secrets[client_id] = str(
             registry.register_client(client_id, client_id, scopes=scopes).secret
         )
-    return Harness(gateway, app, app.test_client(), settings, idp, secrets, stores)
+    return Harness(gateway, app, app.test_client(), config, idp, secrets, stores)
 
 
 def jws_parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:

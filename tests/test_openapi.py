@@ -41,7 +41,7 @@ CLIENTS: dict[str, tuple[str, ...]] = {
     "privacy-officer": ("audit:read",),
     "admin-1": ("admin",),
     "admin-2": ("admin",),
-    "analyst": ("statistics",),
+    "analyst": ("statistics", "federation"),
 }
 ADULT = make_id("110105", dt.date(1990, 5, 17), 123)
 OTHER_ADULT = make_id("150622", dt.date(1985, 1, 2), 456)
@@ -187,7 +187,7 @@ def test_request_bodies_refuse_unknown_fields(spec: dict[str, Any]):
             assert schema["additionalProperties"] is False, (method, path, media)
             assert schema.get("required") or schema.get("anyOf"), (method, path)
             seen += 1
-    assert seen == 6  # token, check, batch, consent grant, policy change, statistic
+    assert seen == 7  # token, check, batch, consent grant, policy change, statistic, federation
     assert schemas["Subject"]["additionalProperties"] is False
     assert schemas["BatchSubject"]["additionalProperties"] is False
 
@@ -763,8 +763,21 @@ def _statistics_scenario(served: Served, contract: Contract) -> None:
     )  # fmt: skip
 
 
+def _federation_scenario(served: Served, contract: Contract) -> None:
+    trainer = served.auth("analyst")
+    body = {"kind": "horizontal", "rounds": 1, "secagg": False}
+    job = _call(served, contract, "post", "/v1/federation/jobs", 202, json=body, headers=trainer)
+    _call(served, contract, "get", f"/v1/federation/jobs/{job['id']}", 200, headers=trainer)
+    _problem(
+        _call(served, contract, "get", "/v1/federation/jobs/fl-" + "0" * 24, 404,
+              headers=trainer),
+        "not-found",
+    )  # fmt: skip
+
+
 SCENARIOS = {
     "statistics": _statistics_scenario,
+    "federation": _federation_scenario,
     "oauth": _oauth_and_keys_scenario,
     "checks": _check_scenario,
     "batch": _batch_scenario,

@@ -17,29 +17,35 @@ import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from adapters.client import InProcessTransport, Reply
-from adapters.protocol import AdapterCore, RequestSigner
+from adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
 from adapters.statistics import LocalStatistics, PoolCache
 from federation.paillier import (
     OutOfBounds,
     PackingLayout,
     decrypt_vector,
     generate_keypair,
+    key_fingerprint,
     public_key_to_jwk,
 )
 from federation.statistics import (
     REGISTRY,
     YEARS,
+    Release,
     Statistic,
     StatisticsRegistry,
     StatParam,
     UnknownStatistic,
 )
+from gateway.services import AuditEvents
+from gateway.statistics import DpRequired, StatisticsService
+from gateway.statistics_store import StatisticsStore
+from primitives.errors import Unauthenticated
 from primitives.regions import DISTRICTS
 from tongban.cli import build_parser
 from tongban.stats import StatsError, parse_params, run_from_demo
 
 from .conftest import Generated
-from .gateway_harness import Harness, build_harness
+from .gateway_harness import Harness, build_harness, jws_parts
 
 NAMES = ("births_by_district_year", "allowance_total_by_district_year")
 Keypair = tuple[PaillierPublicKey, PaillierPrivateKey]
@@ -54,7 +60,26 @@ def keypair() -> Keypair:
 def harness(
     population: Generated, party_keys, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Harness]:
-    h = build_harness(tmp_path_factory.mktemp("stats-gateway"), population.urls, party_keys)
+    # Threshold 1 (gateway and departments): every cell released, so every cell can be
+    # compared with the truth. Suppression at the default threshold is tested below.
+    h = build_harness(
+        tmp_path_factory.mktemp("stats-gateway"), population.urls, party_keys, stats_threshold=1
+    )
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def harness10(
+    population: Generated, party_keys, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    """The shipped defaults: threshold 10, budget ε = 10."""
+    h = build_harness(tmp_path_factory.mktemp("stats-gateway-10"), population.urls, party_keys)
+    assert h.gateway.oauth is not None
+    registered = h.gateway.oauth.registry.register_client(
+        "analyst-2", "analyst-2", scopes=("statistics",)
+    )
+    h.secrets["analyst-2"] = str(registered.secret)
     yield h
     h.close()
 
@@ -115,7 +140,7 @@ def test_decrypts_to_exactly_the_truth(
     for year in years:
         job = _run(harness, keypair, name, year)
         assert job["status"] == "done"
-        assert job["threshold"] == 10
+        assert job["threshold"] == 1
         assert job["cells"] == [{"district": d, "year": year} for d in DISTRICTS]
         stat = REGISTRY.get(name)
         assert job["departments"] == list(stat.departments)
@@ -200,7 +225,8 @@ def test_registry_is_listed(harness: Harness):
     assert resp.status_code == 200
     body = resp.get_json()
     assert [s["name"] for s in body["statistics"]] == list(NAMES)
-    assert body["threshold"] == 10
+    assert body["threshold"] == 1
+    assert body["budget"] == {"epsilon": 10.0, "remaining": 10.0}
     assert body["statistics"][0]["params"] == {"year": list(YEARS)}
 
 
@@ -362,8 +388,9 @@ def _demo_dir(h: Harness, tmp_path: Path) -> Path:
 
 
 def test_cli_stats_run_csv_decrypts_and_suppresses(
-    harness: Harness, population: Generated, keypair: Keypair, tmp_path: Path
+    harness10: Harness, population: Generated, keypair: Keypair, tmp_path: Path
 ):
+    harness = harness10
     args = build_parser().parse_args(
         ["stats", "run", NAMES[0], "--param", "year=2024", "--data-dir", str(tmp_path),
          "--format", "csv"]
@@ -400,7 +427,8 @@ def test_cli_stats_run_csv_decrypts_and_suppresses(
         assert suppressed >= 1  # the two Beijing districts are (nearly) empty
 
 
-def test_cli_stats_run_table_and_errors(harness: Harness, keypair: Keypair, tmp_path: Path):
+def test_cli_stats_run_table_and_errors(harness10: Harness, keypair: Keypair, tmp_path: Path):
+    harness = harness10
     out: list[str] = []
     transport = httpx.WSGITransport(app=harness.app)
     demo = _demo_dir(harness, tmp_path)
@@ -418,3 +446,219 @@ def test_cli_stats_run_table_and_errors(harness: Harness, keypair: Keypair, tmp_
 
 def test_core_is_an_adapter_core(harness: Harness):
     assert all(isinstance(c, AdapterCore) for c in _transport(harness).cores.values())
+
+
+# --- disclosure control: suppression by the department, DP noise, budget, policy ---------
+
+
+def _decrypt_release(keypair: Keypair, job: dict[str, Any]) -> list[int]:
+    """Decrypt as the analyst does: the job's release decides the layout and offsets."""
+    stat = REGISTRY.get(job["statistic"])
+    dp = job["release"]["dp"]
+    release = Release(job["threshold"], None if dp is None else dp["epsilon"])
+    parties = job["layout"]["parties"]
+    layout = stat.layout(keypair[0].n, parties, release)
+    assert job["layout"]["offsets"] == stat.offsets(release, parties)
+    raw = decrypt_vector(keypair[1], [int(h, 16) for h in job["ciphertexts"]], layout)
+    return [v - parties * o for v, o in zip(raw, stat.offsets(release, parties), strict=True)]
+
+
+def test_a_sole_department_suppresses_small_cells_before_encrypting(
+    harness10: Harness, population: Generated, keypair: Keypair
+):
+    truth = _truth(population)
+    name = NAMES[0]
+
+    def cells(year: str) -> list[int]:
+        return [truth.get((name, d, year), 0) for d in DISTRICTS]
+
+    # a year with both a releasable cell and a small one
+    year = next(y for y in _busy_years(truth, name, len(YEARS))
+                if max(cells(y)) >= 10 and any(0 < t < 10 for t in cells(y)))  # fmt: skip
+    job = _run(harness10, keypair, name, year)
+    assert job["status"] == "done"
+    assert job["release"] == {"threshold": 10, "suppressed_by": "departments", "dp": None}
+    values = _decrypt(keypair, job)  # whatever client decrypts it sees no small cell
+    assert values == [t if t >= 10 else 0 for t in cells(year)]
+
+
+def test_count_companion_suppresses_by_records_not_amount(
+    harness: Harness, harness10: Harness, population: Generated, keypair: Keypair
+):
+    name = NAMES[1]
+    year = _busy_years(_truth(population), name, 1)[0]
+    k = len(DISTRICTS)
+    exact = _decrypt(keypair, _run(harness, keypair, name, year))  # threshold 1
+    amounts, counts = exact[:k], exact[k:]
+    assert any(0 < c < 10 for c in counts)
+    released = _decrypt(keypair, _run(harness10, keypair, name, year))
+    assert released[:k] == [a if c >= 10 else 0 for a, c in zip(amounts, counts, strict=True)]
+    assert released[k:] == [c if c >= 10 else 0 for c in counts]
+
+
+def test_a_department_never_suppresses_less_than_its_floor(
+    harness10: Harness, party_keys, keypair: Keypair
+):
+    core = _transport(harness10).cores["health"]
+    signer = RequestSigner(party_keys["gateway"], issuer=harness10.settings.gateway_issuer)
+    token, _ = signer.sign_statistic(
+        "health", NAMES[0], {"year": "2024"}, "st-1", public_key_to_jwk(keypair[0]), 1,
+        {"threshold": 1, "epsilon": None},
+    )  # fmt: skip
+    _, answer, _ = jws_parts(core.handle(token))
+    assert answer["release"] == {"threshold": 10, "epsilon": None}
+
+
+def test_an_answer_that_ignores_the_requested_noise_is_refused(
+    harness10: Harness, party_keys, keypair: Keypair
+):
+    core = _transport(harness10).cores["health"]
+    gateway_key = party_keys["gateway"]
+    signer = RequestSigner(gateway_key, issuer=harness10.settings.gateway_issuer)
+    jwk = public_key_to_jwk(keypair[0])
+    token, jti = signer.sign_statistic("health", NAMES[0], {"year": "2024"}, "st-2", jwk, 1)
+    answer = core.handle(token)  # applied: no noise
+    with pytest.raises(Unauthenticated, match="release"):
+        verify_statistic_answer(
+            answer,
+            department="health",
+            department_key=party_keys["health"].public_key,
+            request_jti=jti,
+            statistic=NAMES[0],
+            job="st-2",
+            key_fingerprint=key_fingerprint(keypair[0]),
+            gateway_issuer=harness10.settings.gateway_issuer,
+            release={"threshold": 10, "epsilon": 0.5},
+        )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dp_job_adds_noise_of_the_declared_scale_and_charges_the_budget(
+    harness10: Harness, population: Generated, keypair: Keypair, name: str
+):
+    truth = _truth(population)
+    year = _busy_years(truth, name, 1)[0]
+    before = harness10.gateway.statistics.store.remaining("analyst")  # type: ignore[union-attr]
+    body = {
+        "statistic": name,
+        "params": {"year": year},
+        "public_key": public_key_to_jwk(keypair[0]),
+        "dp": {"epsilon": 0.2},
+    }
+    resp = _submit(harness10, body)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    job = harness10.client.get(resp.headers["Location"], headers=harness10.auth("analyst"))
+    doc = job.get_json()
+    assert doc["status"] == "done"
+    dp = doc["release"]["dp"]
+    assert dp["epsilon"] == 0.2 and doc["release"]["suppressed_by"] == "analyst"
+    stat = REGISTRY.get(name)
+    parts = stat.noise(Release(10, 0.2), 1)
+    assert [p["scale"] for p in dp["parts"]] == [p.scale for p in parts]
+    values = _decrypt_release(keypair, doc)
+    k = len(DISTRICTS)
+    noise = [v - truth.get((name, d, year), 0) for v, d in zip(values[:k], DISTRICTS, strict=True)]
+    assert any(n != 0 for n in noise)  # P(all eight zero) < 1e-10 at these scales
+    assert all(abs(n) <= parts[0].offset for n in noise)
+    if not stat.counts_records:  # amounts clipped per record, then noised with scale 1e6
+        assert parts[0].sensitivity == stat.record_bound and parts[1].sensitivity == 1
+    after = harness10.gateway.statistics.store.remaining("analyst")  # type: ignore[union-attr]
+    assert after == pytest.approx(before - 0.2)
+    listed = harness10.client.get("/v1/statistics", headers=harness10.auth("analyst")).get_json()
+    assert listed["budget"]["remaining"] == pytest.approx(after)
+    audit = harness10.gateway.audit
+    assert audit is not None
+    entry = next(e.entry for e in audit.entries({}, limit=50)[0]
+                 if e.entry.get("job") == doc["id"] and e.entry["kind"] == "statistic")  # fmt: skip
+    assert entry["release"] == {"threshold": 10, "epsilon": "0.2"}
+    assert float(entry["budget_remaining"]) == pytest.approx(after)
+    assert entry["policy"]["rules"] == [
+        ["analyst", "*", f"statistic:{name}", "official_statistics", "allow"]
+    ]
+
+
+def test_cli_with_epsilon_prints_noisy_values(harness10: Harness, keypair: Keypair, tmp_path: Path):
+    out: list[str] = []
+    code = run_from_demo(
+        _demo_dir(harness10, tmp_path), NAMES[0], ["year=2024"], "table",
+        transport=httpx.WSGITransport(app=harness10.app), keypair=keypair, out=out.append,
+        epsilon=0.5,
+    )  # fmt: skip
+    assert code == 0 and "ε = 0.5" in out[0]
+
+
+@pytest.mark.parametrize(
+    ("dp", "status", "slug"),
+    [
+        ({"epsilon": 0}, 400, "invalid-epsilon"),
+        ({"epsilon": 11}, 400, "invalid-epsilon"),
+        ({"epsilon": "1"}, 400, "invalid-epsilon"),
+        ({"epsilon": True}, 400, "invalid-epsilon"),
+        ({"eps": 1}, 400, "bad-request"),
+        ([1], 400, "bad-request"),
+    ],
+)
+def test_bad_dp_parameters(harness10: Harness, keypair: Keypair, dp: Any, status: int, slug: str):
+    body = {"statistic": NAMES[0], "params": {"year": "2024"},
+            "public_key": public_key_to_jwk(keypair[0]), "dp": dp}  # fmt: skip
+    resp = _submit(harness10, body)
+    assert resp.status_code == status
+    assert resp.get_json()["type"].endswith("/" + slug)
+
+
+def test_a_failed_dp_job_refunds_its_epsilon(harness10: Harness, keypair: Keypair):
+    service = harness10.gateway.statistics
+    assert service is not None
+    before = service.store.remaining("analyst")
+    cores = _transport(harness10).cores
+    health = cores.pop("health")
+    try:
+        body = {"statistic": NAMES[0], "params": {"year": "2024"},
+                "public_key": public_key_to_jwk(keypair[0]), "dp": {"epsilon": 1}}  # fmt: skip
+        job = harness10.client.get(
+            _submit(harness10, body).headers["Location"], headers=harness10.auth("analyst")
+        ).get_json()
+    finally:
+        cores["health"] = health
+    assert job["status"] == "failed"
+    assert job["failed"] == [{"department": "health", "problem": "department-unavailable"}]
+    assert service.store.remaining("analyst") == pytest.approx(before)
+
+
+def test_a_requester_without_a_policy_rule_is_denied_and_audited(
+    harness10: Harness, keypair: Keypair
+):
+    body = {"statistic": NAMES[0], "params": {"year": "2024"},
+            "public_key": public_key_to_jwk(keypair[0])}  # fmt: skip
+    resp = _submit(harness10, body, client="analyst-2")
+    assert resp.status_code == 403
+    problem = resp.get_json()
+    assert problem["type"].endswith("/job-denied")
+    audit = harness10.gateway.audit
+    assert audit is not None
+    stored = audit.get(problem["audit_index"])
+    assert stored is not None
+    denied = stored.entry
+    assert denied["kind"] == "job_denied" and denied["requester"] == "analyst-2"
+    assert denied["object"] == f"statistic:{NAMES[0]}" and denied["reason"] == "no_matching_rule"
+
+
+def test_jobs_survive_in_the_store_for_any_worker(harness10: Harness, keypair: Keypair):
+    job = _run(harness10, keypair, NAMES[0], "2024")
+    other = StatisticsStore(harness10.settings.gateway_store_url())  # another process's view
+    assert other.load(job["id"], "analyst") == job
+    assert other.load(job["id"], "analyst-2") is None
+    other.engine.dispose()
+
+
+def test_a_gateway_requiring_dp_refuses_jobs_without_noise(harness10: Harness, keypair: Keypair):
+    gw = harness10.gateway
+    assert gw.statistics is not None and gw.audit is not None
+    strict = StatisticsService(
+        gw.departments, AuditEvents(gw.audit), gw.statistics.store, require_dp=True
+    )
+    body = {"statistic": NAMES[0], "params": {"year": "2024"},
+            "public_key": public_key_to_jwk(keypair[0])}  # fmt: skip
+    with pytest.raises(DpRequired):
+        strict.submit("analyst", body)
+    strict.close()

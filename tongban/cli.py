@@ -17,6 +17,8 @@ from primitives.errors import InvalidIdNumber
 from primitives.idnumber import parse
 
 from .config import DEPARTMENTS, Settings
+from .federation_cli import add_federation
+from .keys_cli import add_keys
 
 __all__ = ["main"]
 
@@ -164,7 +166,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _stats_run(args: argparse.Namespace) -> int:
     from .stats import run_from_demo
 
-    return run_from_demo(args.data_dir, args.name, args.param, args.format)
+    return run_from_demo(args.data_dir, args.name, args.param, args.format, epsilon=args.epsilon)
 
 
 def _add_stats(sub: Any) -> None:
@@ -179,6 +181,14 @@ def _add_stats(sub: Any) -> None:
     )
     s_run.add_argument("--data-dir", type=Path, required=True)
     s_run.add_argument("--format", choices=("table", "csv"), default="table")
+    s_run.add_argument(
+        "--epsilon",
+        type=float,
+        default=None,
+        help="differential privacy: each department adds its share of discrete Laplace "
+        "noise; the total has scale sensitivity/epsilon and epsilon is charged to the "
+        "analyst's budget",
+    )
     s_run.set_defaults(func=_stats_run)
 
 
@@ -233,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_audit_verify)
 
     _add_stats(sub)
+    add_keys(sub)
+    add_federation(sub)
 
     demo = sub.add_parser("demo", help="generate data and run the gateway with five adapters")
     demo.add_argument("--data-dir", type=Path, default=Path("demo-data"))

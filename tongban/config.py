@@ -26,27 +26,55 @@ class Settings:
     audit_url: str | None = None  # default: DIR/audit.db
     gateway_db_url: str | None = None  # requesters, policies, consents; default DIR/gateway.db
     checkpoint_interval: float = 2.0
+    # Seconds between a gunicorn worker's checks for a policy another worker approved.
+    policy_poll_interval: float = 2.0
     idp_issuer: str = "https://idp.tongban.example"
     sm2_backend: str | None = None  # "tongsuo" or "gmssl"; None chooses automatically
+    # Encrypted statistics: each analyst's lifetime differential-privacy budget (sum of the
+    # epsilons of its DP jobs), and whether jobs without noise are refused.
+    dp_budget: float = 10.0
+    stats_require_dp: bool = False
+    # Small-cell suppression threshold: the gateway's for jobs, an adapter's own floor.
+    stats_threshold: int = 10
+    # Rate limits of the check pipeline (gateway/ratelimit.py), token buckets shared by all
+    # workers through the gateway database. A burst or rate of 0 turns that limit off.
+    # Per requester: a check costs 1, a batch its subject count (capped at the burst).
+    rate_requester_burst: float = 20_000
+    rate_requester_per_second: float = 5_000
+    # Per (requester, subject): a check or a batch costs 1 per distinct subject.
+    rate_subject_burst: float = 30
+    rate_subject_per_second: float = 0.5
+    # Seconds a gunicorn thread may spend on one request before a slow client is cut off
+    # (tongban/gunicorn_worker.py; only with that worker class).
+    request_read_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        if "TONGBAN_DATA_DIR" in env:
-            values["data_dir"] = Path(env["TONGBAN_DATA_DIR"])
-        if "TONGBAN_ADAPTER_TIMEOUT" in env:
-            values["adapter_timeout"] = float(env["TONGBAN_ADAPTER_TIMEOUT"])
-        if "TONGBAN_PUBLIC_URL" in env:
-            values["public_url"] = env["TONGBAN_PUBLIC_URL"]
-        if "TONGBAN_AUDIT_URL" in env:
-            values["audit_url"] = env["TONGBAN_AUDIT_URL"]
-        if "TONGBAN_GATEWAY_DB_URL" in env:
-            values["gateway_db_url"] = env["TONGBAN_GATEWAY_DB_URL"]
-        if "TONGBAN_SM2_BACKEND" in env:
-            values["sm2_backend"] = env["TONGBAN_SM2_BACKEND"]
-        if "TONGBAN_CHECKPOINT_INTERVAL" in env:
-            values["checkpoint_interval"] = float(env["TONGBAN_CHECKPOINT_INTERVAL"])
+        parsers: dict[str, Any] = {
+            "data_dir": Path,
+            "adapter_timeout": float,
+            "public_url": str,
+            "audit_url": str,
+            "gateway_db_url": str,
+            "sm2_backend": str,
+            "dp_budget": float,
+            "stats_threshold": int,
+            "stats_require_dp": lambda v: v.lower() in ("1", "true", "yes"),
+            "checkpoint_interval": float,
+            "policy_poll_interval": float,
+            "rate_requester_burst": float,
+            "rate_requester_per_second": float,
+            "rate_subject_burst": float,
+            "rate_subject_per_second": float,
+            "request_read_timeout": float,
+        }
+        aliases = {"gateway_db_url": "TONGBAN_GATEWAY_DB_URL"}
+        for name, parse in parsers.items():
+            var = aliases.get(name, f"TONGBAN_{name.upper()}")
+            if var in env:
+                values[name] = parse(env[var])
         stores = {
             d: env[f"TONGBAN_STORE_URL_{d.upper()}"]
             for d in DEPARTMENTS

@@ -187,7 +187,7 @@ DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "allowance-office": ("Maternity allowance office 生育津贴经办", ("checks", "checks:batch")),
     "subsidy-office": ("Childcare subsidy office 育儿补贴经办", ("checks", "checks:batch")),
     "insurer-a": ("Insurer A 保险公司", ("checks",)),
-    "analyst": ("Provincial analyst 统计分析", ("statistics",)),
+    "analyst": ("Provincial analyst 统计分析", ("statistics", "federation")),
     "privacy-officer": ("Privacy officer 个人信息保护负责人", ("audit:read",)),
     "admin-1": ("Administrator 1", ("admin",)),
     "admin-2": ("Administrator 2", ("admin",)),

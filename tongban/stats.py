@@ -1,10 +1,13 @@
 """``tongban stats run``: an analyst's whole encrypted-statistics flow, client side.
 
 The key pair is made here and the private key never leaves this process. The gateway
-returns summed ciphertexts; they are decrypted, unpacked and, because this is the first
-place any value is visible, small cells are suppressed here, at the threshold the
-gateway's job names (default 10). For statistics with a count companion (sums of yuan)
-the rule applies to the number of contributing records, not to the amount.
+returns summed ciphertexts; they are decrypted and unpacked here. Small cells: a sole
+contributing department has already zeroed them before encrypting; for sums over several
+departments, and for noisy (DP) results, cells are suppressed here, at the threshold the
+job names (default 10). For statistics with a count companion (sums of yuan) the rule
+applies to the number of contributing records, not to the amount. With ``--epsilon``, each
+department adds its share of discrete Laplace noise and its offset; the offsets are
+subtracted here, and the values printed are the noisy ones.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
-from federation.statistics import REGISTRY
+from federation.statistics import REGISTRY, Release
 from primitives.errors import TongbanError
 
 __all__ = [
@@ -63,6 +66,7 @@ class StatsResult:
     params: dict[str, str]
     threshold: int
     cells: list[Cell]
+    epsilon: float | None = None
 
 
 def _check(resp: httpx.Response, what: str) -> Any:
@@ -96,6 +100,7 @@ def run_statistic(
     console: Console | None = None,
     keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
     timeout: float = 60.0,
+    epsilon: float | None = None,
 ) -> StatsResult:
     """Key → submit → wait → fetch → decrypt → unpack → suppress."""
     console = console or Console(stderr=True)
@@ -120,7 +125,13 @@ def run_statistic(
             "authenticating as " + client_id, lambda: _token(http, gateway, client_id, secret)
         )
         auth = {"Authorization": f"Bearer {token}"}
-        body = {"statistic": name, "params": dict(params), "public_key": public_key_to_jwk(public)}
+        body: dict[str, Any] = {
+            "statistic": name,
+            "params": dict(params),
+            "public_key": public_key_to_jwk(public),
+        }
+        if epsilon is not None:
+            body["dp"] = {"epsilon": epsilon}
         submitted = step(
             "submitting the job",
             lambda: _check(
@@ -143,7 +154,12 @@ def run_statistic(
         if job["status"] != "done":
             failed = ", ".join(f"{f['department']} ({f['problem']})" for f in job.get("failed", []))
             raise StatsError(f"job {job_id} {job['status']}: {failed or 'no detail'}")
-        layout = statistic.layout(public.n, int(job["layout"]["parties"]))
+        if (job["release"]["dp"] or {}).get("epsilon") != epsilon:
+            raise StatsError(f"job {job_id}: the release is not the one asked for")
+        release = Release(int(job["threshold"]), epsilon)
+        parties = int(job["layout"]["parties"])
+        layout = statistic.layout(public.n, parties, release)
+        offsets = statistic.offsets(release, parties)
         for field in ("counters", "value_bound", "ciphertexts"):
             if job["layout"][field] != getattr(layout, field):
                 raise StatsError(f"job {job_id}: layout.{field} does not match the registry")
@@ -152,6 +168,7 @@ def run_statistic(
             "decrypting locally",
             lambda: decrypt_vector(private, ciphertexts, layout),
         )
+        values = [v - parties * o for v, o in zip(values, offsets, strict=True)]
     threshold = int(job["threshold"])
     k = len(statistic.cells)
     basis = values[k : 2 * k] if not statistic.counts_records else values[:k]
@@ -159,7 +176,7 @@ def run_statistic(
         Cell(c["district"], str(c["year"]), None if basis[i] < threshold else values[i])
         for i, c in enumerate(job["cells"])
     ]
-    return StatsResult(job_id, name, dict(job["params"]), threshold, cells)
+    return StatsResult(job_id, name, dict(job["params"]), threshold, cells, epsilon)
 
 
 def render_csv(result: StatsResult) -> str:
@@ -173,9 +190,10 @@ def render_csv(result: StatsResult) -> str:
 
 def render_table(result: StatsResult) -> Table:
     params = ", ".join(f"{k}={v}" for k, v in result.params.items())
+    noise = "" if result.epsilon is None else f" · ε = {result.epsilon:g} discrete Laplace noise"
     table = Table(
         title=result.statistic,
-        caption=f"{params} · cells below {result.threshold} suppressed (—)",
+        caption=f"{params} · cells below {result.threshold} suppressed (—){noise}",
     )
     for col in ("district", "year", "value"):
         table.add_column(col, justify="right" if col == "value" else "left")
@@ -204,6 +222,7 @@ def run_from_demo(
     keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
     out: Callable[[str], None] = print,
     console: Console | None = None,
+    epsilon: float | None = None,
 ) -> int:
     """``tongban stats run`` as the demo's analyst (credentials from DIR/demo.json)."""
     console = console or Console(stderr=True)
@@ -220,6 +239,7 @@ def run_from_demo(
                 parse_params(pairs),
                 console=console,
                 keypair=keypair,
+                epsilon=epsilon,
             )
     except (OSError, KeyError, ValueError, StatsError, httpx.HTTPError) as exc:
         console.print(f"[red]stats run failed: {exc}[/red]")

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from adapters.at_rest import load_kek
 from adapters.client import DepartmentClient, HttpTransport, Transport
 from adapters.departments import DEPARTMENTS
 from adapters.evaluate import Evaluator
 from adapters.protocol import AdapterCore, RequestSigner
+from adapters.statistics import LocalStatistics
 from adapters.store import DepartmentStore
 from adapters.witness import MetaWitnessState, Witness
 from audit.log import AuditLog
-from audit.vault import Pseudonymizer
+from audit.vault import Pseudonymizer, VaultKeys
 from gateway.answers import AnswerSigner
 from gateway.catalog import Catalog
 from gateway.checkpoints import Checkpointer
 from gateway.checks import Checker
 from gateway.consent import ConsentRequired, ConsentStore
+from gateway.federation_jobs import FederationJobs
+from gateway.jobs import JobPolicy
 from gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
+from gateway.ratelimit import build_rate_limiter
 from gateway.services import AuditEvents, Gateway, OAuthParts
 from gateway.statistics import StatisticsService
+from gateway.statistics_store import StatisticsStore
 from policies import PolicyAdmin, PolicyStore, open_enforcer
 from primitives.errors import TongbanError
 from primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
@@ -35,7 +41,9 @@ __all__ = ["build_adapter", "build_gateway", "build_registry"]
 def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore, Witness]:
     use_backend(settings.sm2_backend)
     dept = DEPARTMENTS[department]
-    store = DepartmentStore(dept, settings.store_url(department))
+    # A department with a key-encryption key has its store encrypted at rest.
+    kek = load_kek(settings.keys_dir, department)
+    store = DepartmentStore(dept, settings.store_url(department), kek=kek)
     keys = KeyRing(settings.keys_dir)
     gateway_key = keys.public("gateway")
     own = keys.private(department)
@@ -44,6 +52,7 @@ def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore, Wit
         own,
         {gateway_key.key_id: gateway_key},
         gateway_issuer=settings.gateway_issuer,
+        statistics=LocalStatistics(store, min_threshold=settings.stats_threshold),
     )
     witness = Witness(
         department,
@@ -117,7 +126,7 @@ def build_gateway(
     if transport is None:
         transport = HttpTransport(settings.adapter_urls)
     client = DepartmentClient(signer, transport, department_keys, timeout=settings.adapter_timeout)
-    pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), keys.secret("vault", 16))
+    pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
     audit = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
     checkpointer = Checkpointer(
         audit,
@@ -159,8 +168,24 @@ def build_gateway(
         consent_required=lambda: ConsentRequired(
             "consent_id: this purpose needs the subject's consent"
         ),
+        rate_limiter=build_rate_limiter(
+            settings.gateway_store_url(),
+            requester_burst=settings.rate_requester_burst,
+            requester_per_second=settings.rate_requester_per_second,
+            subject_burst=settings.rate_subject_burst,
+            subject_per_second=settings.rate_subject_per_second,
+            pseudonym=pseudonyms.pseudonym,
+        ),
     )
-    statistics = StatisticsService(client, events)
+    jobs = JobPolicy(enforcer, events)
+    statistics = StatisticsService(
+        client,
+        events,
+        StatisticsStore(policy_store.engine, budget=settings.dp_budget),
+        jobs=jobs,
+        threshold=settings.stats_threshold,
+        require_dp=settings.stats_require_dp,
+    )
     gateway = Gateway(
         catalog=catalog,
         departments=client,
@@ -181,6 +206,8 @@ def build_gateway(
         answers=answers,
         consents=consents,
         statistics=statistics,
+        jobs=jobs,
+        federation=FederationJobs(settings.data_dir, events, jobs=jobs),
     )
     if start:
         AuditEvents(audit).append(

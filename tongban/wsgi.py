@@ -4,19 +4,70 @@
     gunicorn --workers 1 --threads 8 --worker-class gthread 'tongban.wsgi:adapter("health")'
 
 Settings come from ``TONGBAN_*`` variables. Each worker builds its own cores after the
-fork (no preload): threads and database connections do not survive a fork.
+fork (no preload): threads and database connections do not survive a fork. Workers on
+one host build one at a time (a file lock in the data directory), so their first starts
+do not race to create the same tables. The production topology, with PostgreSQL shared
+by the gateway workers, is in ``docs/notes/topology.md``.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
 from .config import Settings
 
+if TYPE_CHECKING:
+    from gateway.services import Gateway
+
 __all__ = ["adapter", "gateway"]
+
+log = logging.getLogger("tongban.wsgi")
+
+
+@contextlib.contextmanager
+def _one_at_a_time(settings: Settings, name: str) -> Iterator[None]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.data_dir / f".{name}-start.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _wait_for_stores(*urls: str) -> None:
+    """Block until every store answers. gunicorn halts altogether when a worker fails to
+    boot, so a worker respawned while PostgreSQL is away (after a crash or --max-requests)
+    waits for it here instead of taking the other, still-serving workers down with it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    delay = 0.5
+    for url in urls:
+        if not url.startswith("postgresql"):
+            continue  # SQLite files need no server
+        engine = create_engine(url, pool_pre_ping=True)
+        try:
+            while True:
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(text("SELECT 1"))
+                    break
+                except SQLAlchemyError as exc:
+                    log.warning("store unavailable (%s); worker waits", type(exc).__name__)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            engine.dispose()
 
 
 def gateway() -> Flask:
@@ -25,9 +76,38 @@ def gateway() -> Flask:
     from .wiring import build_gateway
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    built = build_gateway(Settings.from_env())
+    settings = Settings.from_env()
+    _wait_for_stores(settings.gateway_store_url(), settings.audit_store_url())
+    with _one_at_a_time(settings, "gateway"):
+        built = build_gateway(settings)
     atexit.register(built.close)
+    _follow_policy(built, settings)
     return create_app(built)
+
+
+def _follow_policy(built: Gateway, settings: Settings) -> None:
+    """A policy change approved in one worker is committed to the shared store but loaded
+    only by that worker's enforcer: every worker polls the store's head version and
+    reloads when it moved, so all workers enforce one policy within the poll interval."""
+    from policies import PolicyStore
+
+    admin, checker = built.policy_admin, built.checker
+    if admin is None or checker is None or settings.policy_poll_interval <= 0:
+        return
+    store = PolicyStore.from_url(settings.gateway_store_url())
+
+    def follow() -> None:
+        while True:
+            time.sleep(settings.policy_poll_interval)
+            try:
+                head = store.head_version()
+                if head is not None and head != checker.enforcer.version:
+                    log.info("policy %s approved elsewhere: reloading", head[:12])
+                    admin.reload()
+            except Exception as exc:  # the store is away: keep the policy we have, retry
+                log.warning("policy poll failed: %s", type(exc).__name__)
+
+    threading.Thread(target=follow, name="policy-follower", daemon=True).start()
 
 
 def adapter(department: str) -> Flask:
@@ -35,5 +115,7 @@ def adapter(department: str) -> Flask:
 
     from .wiring import build_adapter
 
-    core, witness = build_adapter(Settings.from_env(), department)
+    settings = Settings.from_env()
+    with _one_at_a_time(settings, f"adapter-{department}"):
+        core, witness = build_adapter(settings, department)
     return create_app(core, witness)

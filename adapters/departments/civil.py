@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -23,6 +24,7 @@ from sqlalchemy import (
 
 from primitives.idnumber import birth_yyyymmdd_many
 
+from ..at_rest import SEALED
 from ..columns import dates, end_not_after_start, yyyymmdd
 from ..department import Columns, Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
@@ -33,11 +35,12 @@ marriages = Table(
     "marriages",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("party_a", String(18), nullable=False),
-    Column("party_b", String(18), nullable=False),
+    Column("party_a", String(24), nullable=False),
+    Column("party_b", String(24), nullable=False),
     Column("since", Date, nullable=False),
     Column("until", Date),
     Column("district", String(6), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_marriages_a", "party_a"),
     Index("ix_marriages_b", "party_b"),
 )
@@ -45,11 +48,12 @@ allowances = Table(
     "low_income_allowance",
     metadata,
     Column("allowance_no", String(20), primary_key=True),
-    Column("applicant_id", String(18), nullable=False),
+    Column("applicant_id", String(24), nullable=False),
     Column("district", String(6), nullable=False),
     Column("start_date", Date, nullable=False),
     Column("end_date", Date),
     Column("monthly_amount", Integer, nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_allowance_applicant", "applicant_id"),
 )
 members = Table(
@@ -57,7 +61,8 @@ members = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("allowance_no", String(20), nullable=False),
-    Column("member_id", String(18), nullable=False),
+    Column("member_id", String(24), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_members_member", "member_id"),
 )
 
@@ -111,6 +116,14 @@ def low_income_household_member(
     return exists(conn, _low_income, {"s": subject, "as_of": as_of})
 
 
+# Sensitive columns (encryption at rest): each holds a blind index, the values go into
+# the row's sealed column. Column → token domain.
+AT_REST: dict[str, dict[str, str]] = {
+    "marriages": {"party_a": "id", "party_b": "id"},
+    "low_income_allowance": {"applicant_id": "id"},
+    "low_income_members": {"member_id": "id"},
+}
+
 DEPARTMENT = Department(
     name="civil",
     title="民政 Civil affairs",
@@ -148,4 +161,4 @@ DEPARTMENT = Department(
     },
 )
 
-__all__ = ["DEPARTMENT", "allowances", "marriages", "members"]
+__all__ = ["AT_REST", "DEPARTMENT", "allowances", "marriages", "members"]

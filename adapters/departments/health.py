@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -24,6 +25,7 @@ from sqlalchemy import (
 
 from primitives.idnumber import birth_yyyymmdd_many
 
+from ..at_rest import SEALED
 from ..columns import dates, in_future, precedes, years_before, yyyymmdd
 from ..department import Columns, Department, Param, Predicate, RecordCheck, common_tables
 from ._sql import exists
@@ -34,14 +36,15 @@ births = Table(
     "births",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("child_id", String(18), nullable=False),
-    Column("mother_id", String(18), nullable=False),
-    Column("father_id", String(18)),
+    Column("child_id", String(24), nullable=False),
+    Column("mother_id", String(24), nullable=False),
+    Column("father_id", String(24)),
     Column("birth_date", Date, nullable=False),
     Column("birth_order", Integer, nullable=False),
-    Column("certificate_no", String(16), nullable=False),
+    Column("certificate_no", String(24), nullable=False),
     Column("certificate_issued", Date),
     Column("district", String(6), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_births_child", "child_id"),
     Index("ix_births_mother", "mother_id", "birth_date"),
     Index("ix_births_father", "father_id", "birth_date"),
@@ -49,7 +52,7 @@ births = Table(
 fp_archive = Table(
     "fp_archive",
     metadata,
-    Column("mother_id", String(18), primary_key=True),
+    Column("mother_id", String(24), primary_key=True),
     Column("children_count", Integer, nullable=False),
     Column("last_birth_date", Date, nullable=False),
     Column("district", String(6), nullable=False),
@@ -96,6 +99,17 @@ def children_at_least_youngest_under(
     return bool(youngest > cutoff)
 
 
+# Sensitive columns (encryption at rest): each holds a blind index, the values go into
+# the row's sealed column. Column → token domain.
+AT_REST: dict[str, dict[str, str]] = {
+    "births": {
+        "child_id": "id",
+        "mother_id": "id",
+        "father_id": "id",
+        "certificate_no": "certificate",
+    },
+}
+
 DEPARTMENT = Department(
     name="health",
     title="卫健 Health commission",
@@ -135,4 +149,4 @@ DEPARTMENT = Department(
     ),
 )
 
-__all__ = ["DEPARTMENT", "births", "fp_archive"]
+__all__ = ["AT_REST", "DEPARTMENT", "births", "fp_archive"]

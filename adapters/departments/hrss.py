@@ -14,6 +14,7 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     select,
 )
 
+from ..at_rest import SEALED
 from ..columns import end_not_after_start, precedes
 from ..department import Columns, Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
@@ -32,32 +34,35 @@ employment = Table(
     "employment",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("person_id", String(18), nullable=False),
+    Column("person_id", String(24), nullable=False),
     Column("employer_code", String(18), nullable=False),
     Column("start_date", Date, nullable=False),
     Column("end_date", Date),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_employment_person", "person_id"),
 )
 insurance = Table(
     "social_insurance",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("person_id", String(18), nullable=False),
+    Column("person_id", String(24), nullable=False),
     Column("insurance_type", String(16), nullable=False),
     Column("start_date", Date, nullable=False),
     Column("end_date", Date),
     Column("district", String(6), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_insurance_person", "person_id", "insurance_type"),
 )
 maternity_payments = Table(
     "maternity_allowance_payments",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("person_id", String(18), nullable=False),
+    Column("person_id", String(24), nullable=False),
     Column("child_birth_date", Date, nullable=False),
     Column("paid_date", Date, nullable=False),
     Column("amount", Integer, nullable=False),
     Column("district", String(6), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_maternity_person", "person_id"),
     Index("ix_maternity_district_paid", "district", "paid_date"),
 )
@@ -65,10 +70,11 @@ childcare_payments = Table(
     "childcare_subsidy_payments",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("applicant_id", String(18), nullable=False),
-    Column("child_id", String(18), nullable=False),
+    Column("applicant_id", String(24), nullable=False),
+    Column("child_id", String(24), nullable=False),
     Column("paid_date", Date, nullable=False),
     Column("amount", Integer, nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_childcare_applicant", "applicant_id", "paid_date"),
 )
 
@@ -112,6 +118,15 @@ def childcare_subsidy_paid_within_year(
     since = as_of - dt.timedelta(days=365)
     return exists(conn, _childcare_paid, {"s": subject, "as_of": as_of, "since": since})
 
+
+# Sensitive columns (encryption at rest): each holds a blind index, the values go into
+# the row's sealed column. Column → token domain.
+AT_REST: dict[str, dict[str, str]] = {
+    "employment": {"person_id": "id"},
+    "social_insurance": {"person_id": "id"},
+    "maternity_allowance_payments": {"person_id": "id"},
+    "childcare_subsidy_payments": {"applicant_id": "id", "child_id": "id"},
+}
 
 DEPARTMENT = Department(
     name="hrss",

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     select,
 )
 
+from ..at_rest import SEALED
 from ..columns import end_not_after_start
 from ..department import Department, Predicate, RecordCheck, common_tables
 from ._sql import exists
@@ -29,11 +31,12 @@ insured = Table(
     "insured_periods",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("person_id", String(18), nullable=False),
+    Column("person_id", String(24), nullable=False),
     Column("scheme", String(16), nullable=False),
     Column("start_date", Date, nullable=False),
     Column("end_date", Date),
     Column("district", String(6), nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_insured_person", "person_id"),
 )
 
@@ -57,6 +60,12 @@ def medical_insurance_active(
     return exists(conn, _active, {"s": subject, "as_of": as_of})
 
 
+# Sensitive columns (encryption at rest): each holds a blind index, the values go into
+# the row's sealed column. Column → token domain.
+AT_REST: dict[str, dict[str, str]] = {
+    "insured_periods": {"person_id": "id"},
+}
+
 DEPARTMENT = Department(
     name="medins",
     title="医保 Medical insurance",
@@ -77,4 +86,4 @@ DEPARTMENT = Department(
     },
 )
 
-__all__ = ["DEPARTMENT", "SCHEMES", "insured"]
+__all__ = ["AT_REST", "DEPARTMENT", "SCHEMES", "insured"]

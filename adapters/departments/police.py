@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -23,6 +24,7 @@ from sqlalchemy import (
 
 from primitives.regions import DISTRICTS, PROVINCES
 
+from ..at_rest import SEALED
 from ..columns import in_future
 from ..department import Columns, Department, Param, Predicate, RecordCheck, common_tables
 from ._sql import exists
@@ -33,11 +35,12 @@ registrations = Table(
     "registrations",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("person_id", String(18), nullable=False),
-    Column("household_no", String(20), nullable=False),
+    Column("person_id", String(24), nullable=False),
+    Column("household_no", String(24), nullable=False),
     Column("district", String(6), nullable=False),
     Column("relation", String(16), nullable=False),
     Column("since", Date, nullable=False),
+    Column(SEALED, LargeBinary),  # the row's sensitive values, SM4-GCM
     Index("ix_registrations_person", "person_id", "since"),
     Index("ix_registrations_household", "household_no"),
 )
@@ -121,6 +124,12 @@ def _no_params(conn: Connection, subject: str, params: Mapping[str, str], as_of:
     raise AssertionError("guardian_of is evaluated with its related person")
 
 
+# Sensitive columns (encryption at rest): each holds a blind index, the values go into
+# the row's sealed column. Column → token domain.
+AT_REST: dict[str, dict[str, str]] = {
+    "registrations": {"person_id": "id", "household_no": "household"},
+}
+
 DEPARTMENT = Department(
     name="police",
     title="公安 Public security",
@@ -164,4 +173,4 @@ DEPARTMENT = Department(
     },
 )
 
-__all__ = ["DEPARTMENT", "RELATIONS", "registrations"]
+__all__ = ["AT_REST", "DEPARTMENT", "RELATIONS", "registrations"]

@@ -18,7 +18,14 @@ from primitives.regions import DISTRICTS
 
 from ..columns import yyyymmdd
 
-__all__ = ["OTHER_BIRTH_REGIONS", "PROVINCE", "REFERENCE_DATE", "Population", "build_population"]
+__all__ = [
+    "OTHER_BIRTH_REGIONS",
+    "PROVINCE",
+    "REFERENCE_DATE",
+    "URBAN_DISTRICTS",
+    "Population",
+    "build_population",
+]
 
 REFERENCE_DATE = dt.date(2026, 6, 30)
 PROVINCE = "15"  # the synthetic deployment serves Inner Mongolia
@@ -311,7 +318,13 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     is_youngest = b_birth == youngest[kid_family]
     youngest_child[kid_family[is_youngest]] = child[is_youngest]
     has_young = ~np.isnat(youngest) & (youngest > under3_since)
-    claimed = has_young & (rng.random(n_couples) < 0.5)
+    # Who claims depends on the family (a noisy logistic model the federated training
+    # learns); one draw per couple, as before, so later draws do not shift.
+    claimed = has_young & (rng.random(n_couples) < _claim_probability(
+        employed_since[wife], employed_until[wife], maternity_until[wife], birth[wife],
+        c_divorced, c_district, youngest, np.bincount(kid_family, minlength=n_couples),
+        np.bincount(kid_family[gets & is_youngest], minlength=n_couples) > 0, ref,
+    ))  # fmt: skip
     first_day = np.maximum(youngest + np.timedelta64(30, "D"), _day("2025-01-01"))
     pay_frac = rng.random(n_couples)
     window = (ref - first_day).astype(np.int64)
@@ -433,3 +446,40 @@ def _unique_ids(region: Strs, birth: Days, male: Bools) -> Strs:
     out = np.empty(len(key), dtype="U18")
     out[order] = make_ids_many(region_int[order], ymd[order], seq)
     return out
+
+
+# City districts; 元宝山区 (a mining district) and 准格尔旗 (a banner) count as rural.
+URBAN_DISTRICTS = ("150102", "150105", "150203", "110105", "110108")
+
+
+def _claim_probability(
+    employed_since: Days,
+    employed_until: Days,
+    maternity_until: Days,
+    mother_birth: Days,
+    divorced: Days,
+    district: Strs,
+    youngest: Days,
+    n_children: Ints,
+    allowance_for_youngest: Bools,
+    ref: np.datetime64,
+) -> npt.NDArray[np.float64]:
+    """P(a family with a child under 3 has claimed the childcare subsidy): employed,
+    insured, urban families who already dealt with the maternity office claim more; divorced
+    mothers and large families less; the longer the youngest has been born, the likelier."""
+    employed = ~np.isnat(employed_since) & np.isnat(employed_until)
+    insured = ~np.isnat(employed_since) & np.isnat(maternity_until)
+    months = np.where(np.isnat(youngest), 0, (ref - youngest).astype(np.int64)) / 30.44
+    age = (ref - mother_birth).astype(np.int64) / 365.25
+    logit = (
+        -1.3
+        + 0.9 * employed
+        + 0.5 * insured
+        + 0.7 * allowance_for_youngest
+        + 0.6 * np.isin(district, URBAN_DISTRICTS)
+        - 1.0 * ~np.isnat(divorced)
+        - 0.6 * (n_children >= 3)
+        + 0.05 * np.minimum(months, 18.0)
+        - 0.03 * (age - 32.0)
+    )
+    return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)

@@ -91,6 +91,15 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]  # Authlib 
         except InvalidToken as exc:  # the one boundary from tongban reasons to RFC 6749
             raise AssertionRejected(exc) from exc
 
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Authlib's parse, but a malformed assertion (two segments, bad base64, a payload
+        that is not an object) carries the ``token-invalid`` type like every other refusal."""
+        try:
+            headers, claims = super().extract_assertion(assertion)
+        except InvalidClientError as exc:
+            raise InvalidToken("client_assertion: malformed") from exc
+        return dict(headers), dict(claims)
+
     def get_audiences(self) -> list[str]:
         return [self.token_endpoint]
 

@@ -8,6 +8,7 @@ decorates views with :func:`require_token` or :func:`require_citizen`.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -53,6 +54,17 @@ class OAuthState:
     citizen_verifier: CitizenTokenVerifier | None
 
 
+class _NoIssuedTokens(logging.Filter):
+    """Authlib logs every issued token at DEBUG ("Issue token {...}"): a bearer credential
+    in a log line. Drop those records; everything else Authlib logs passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Issue token"))
+
+
+_TOKEN_LOGGER = "authlib.oauth2.rfc6749.grants.client_credentials"  # noqa: S105
+
+
 def _discard(token: dict[str, Any], request: Any) -> None:
     """Authlib's ``save_token``: JWT access tokens are self-contained; nothing to store."""
 
@@ -95,6 +107,9 @@ def init_oauth(
     clients disabled since issue. Tables must exist (``registry.create_schema()``).
     """
     cache = replay_cache if replay_cache is not None else SqlReplayCache(registry.engine)
+    token_log = logging.getLogger(_TOKEN_LOGGER)
+    if not any(isinstance(f, _NoIssuedTokens) for f in token_log.filters):
+        token_log.addFilter(_NoIssuedTokens())
     server = AuthorizationServer(query_client=registry.query_client, save_token=_discard)
     server.init_app(app)
     configure_server(server, token_issuer, PrivateKeyJWT(token_endpoint, cache))

@@ -1,0 +1,314 @@
+"""Federated training jobs, gateway side: validate, authorize, audit, run, keep.
+
+The gateway does not train: it submits the Flower app to the deployment that
+``tongban federation up`` runs beside it (SuperLink + one SuperNode per county bureau) and
+follows the run. Who may train is a Casbin rule on ``federation:horizontal`` with the
+purpose ``model_training`` (:mod:`gateway.jobs`); a denial is audited there. An allowed job
+is audited when it starts (requester, departments, bureaus, configuration) and when it ends
+(status, and the SM3 hash of the final model parameters).
+
+The training itself is a seam (:class:`Trainer`): the default runs the real app against
+the deployment found in the data directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeGuard
+
+from primitives.errors import BadRequest, NotFound
+
+from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
+
+__all__ = ["FederationJobs", "FederationRequest", "Trainer", "deployment_trainer"]
+
+_OBJECT = "federation:horizontal"
+_FIELDS = frozenset(
+    {"kind", "rounds", "secagg", "dp_noise", "dp_clip", "departments", "local_epochs"}
+)
+MAX_ROUNDS = 200
+
+
+class EventSink(Protocol):
+    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int: ...
+
+
+@dataclass(frozen=True)
+class FederationRequest:
+    """A validated job request."""
+
+    rounds: int
+    secagg: bool = False
+    dp_noise: float = 0.0
+    dp_clip: float = 0.5
+    local_epochs: int = 20
+    departments: tuple[str, ...] = ()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "horizontal",
+            "rounds": self.rounds,
+            "secagg": self.secagg,
+            "dp_noise": self.dp_noise,
+            "dp_clip": self.dp_clip,
+            "local_epochs": self.local_epochs,
+        }
+
+    def audit_config(self) -> dict[str, Any]:
+        """The configuration as the audit log keeps it (no floats: decimal strings)."""
+        return self.config() | {
+            "dp_noise": _decimal(self.dp_noise),
+            "dp_clip": _decimal(self.dp_clip),
+        }
+
+    @classmethod
+    def parse(cls, body: Any, default_departments: tuple[str, ...]) -> FederationRequest:
+        if not isinstance(body, Mapping):
+            raise BadRequest("body: expected a JSON object")
+        extra = sorted(str(k) for k in body if k not in _FIELDS)
+        if extra:
+            raise BadRequest(f"{extra[0]}: unexpected member")
+        if body.get("kind", "horizontal") != "horizontal":
+            raise BadRequest('kind: expected "horizontal"')
+        rounds = body.get("rounds")
+        if not _is_int(rounds) or not 1 <= rounds <= MAX_ROUNDS:
+            raise BadRequest(f"rounds: expected an integer 1..{MAX_ROUNDS}")
+        epochs = body.get("local_epochs", 20)
+        if not _is_int(epochs) or not 1 <= epochs <= 1000:
+            raise BadRequest("local_epochs: expected an integer 1..1000")
+        secagg = body.get("secagg", False)
+        if not isinstance(secagg, bool):
+            raise BadRequest("secagg: expected a boolean")
+        noise = _number(body, "dp_noise", 0.0)
+        clip = _number(body, "dp_clip", 0.5)
+        if noise < 0 or noise > 100:
+            raise BadRequest("dp_noise: expected a noise multiplier 0..100 (0: no DP)")
+        if not 0 < clip <= 100:
+            raise BadRequest("dp_clip: expected a clipping norm in (0, 100]")
+        departments = body.get("departments", list(default_departments))
+        if (
+            not isinstance(departments, list)
+            or not departments
+            or not all(isinstance(d, str) and d for d in departments)
+        ):
+            raise BadRequest("departments: expected a non-empty list of department names")
+        return cls(rounds, secagg, noise, clip, epochs, tuple(sorted(set(departments))))
+
+
+def _decimal(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key}: expected a number")
+    return float(value)
+
+
+class Trainer(Protocol):
+    """Runs one job to completion; ``progress`` sees each round's metrics."""
+
+    def __call__(
+        self, request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]: ...
+
+
+class NoDeployment(RuntimeError):
+    """No ``tongban federation up`` is running for this data directory."""
+
+
+def deployment_trainer(data_dir: Path) -> Trainer:
+    """The real trainer: the Flower app against the deployment ``federation up`` runs for
+    ``data_dir``; returns the training report."""
+
+    def train(
+        request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        from adapters.synthetic.features import read_features
+        from federation.horizontal.deploy import read_deployment
+        from federation.horizontal.runner import build_report, run_training
+        from federation.horizontal.settings import RunSettings
+
+        dep = read_deployment(data_dir)
+        if dep is None:
+            raise NoDeployment("no federation deployment is running (tongban federation up)")
+        settings = RunSettings(
+            rounds=request.rounds,
+            local_epochs=request.local_epochs,
+            num_partitions=dep.num_partitions,
+            n_features=len(read_features(data_dir).columns),
+            secagg=request.secagg,
+            dp_noise=request.dp_noise,
+            dp_clip=request.dp_clip,
+            eval_data_dir=str(data_dir),
+            out_dir=str(out_dir),
+        )
+
+        def on_event(ev: dict[str, Any]) -> None:
+            if ev["event"] == "round":
+                progress(ev)
+
+        result = run_training(dep, settings, on_event=on_event)
+        report = build_report(result, data_dir, list(request.departments))
+        report["bureaus"] = [
+            {"node": n.partition_id, "districts": n.districts, "rows": n.rows} for n in dep.nodes
+        ]
+        return report
+
+    return train
+
+
+@dataclass
+class FederationJob:
+    id: str
+    requester: str
+    request: FederationRequest
+    status: str = "queued"
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    audit_index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "config": self.request.config(),
+            "departments": list(self.request.departments),
+            "rounds": list(self.rounds),
+        }
+        if self.result is not None:
+            body["result"] = self.result
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+_RESULT_KEYS = (
+    "auc_federated",
+    "auc_centralized",
+    "epsilon",
+    "delta",
+    "model_sm3",
+    "bureaus",
+    "partitions",
+    "run_id",
+)
+
+
+class FederationJobs:
+    """Runs training jobs one at a time (they share one deployment); jobs live in memory."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        audit: EventSink,
+        *,
+        jobs: JobPolicy | None = None,
+        trainer: Trainer | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.audit = audit
+        self.policy = jobs
+        self.trainer = trainer or deployment_trainer(data_dir)
+        declared = declared_jobs().get(_OBJECT)
+        self.default_departments = declared.departments if declared else ("health",)
+        self._jobs: dict[str, FederationJob] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="federation")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, requester: str, body: Any) -> dict[str, Any]:
+        request = FederationRequest.parse(body, self.default_departments)
+        decision = None
+        if self.policy is not None:  # denials are audited by the policy
+            decision = self.policy.authorize(
+                requester, _OBJECT, request.departments, TRAINING_PURPOSE
+            )
+        job = FederationJob("fl-" + secrets.token_hex(12), requester, request)
+        entry: dict[str, Any] = {
+            "kind": "federation_job",
+            "event": "started",
+            "requester": requester,
+            "job": job.id,
+            "object": _OBJECT,
+            "departments": list(request.departments),
+            "config": request.audit_config(),
+        }
+        if decision is not None:
+            entry["policy"] = decision_record(decision)
+        job.audit_index = self.audit.append(entry)
+        with self._lock:
+            self._jobs[job.id] = job
+        self._pool.submit(self._run, job)
+        return {"id": job.id, "status": job.status}
+
+    def get(self, requester: str, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.requester != requester:
+                raise NotFound("federation job: no such job for this requester")
+            return job.to_json()
+
+    def wait(self, job_id: str, timeout: float) -> None:
+        """Block until the job has finished (for the CLI and tests)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._jobs[job_id].status in ("done", "failed"):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"federation job {job_id} still running")
+
+    def _run(self, job: FederationJob) -> None:
+        out = self.data_dir / "federation" / "jobs" / job.id
+
+        def progress(ev: dict[str, Any]) -> None:
+            keep = ("round", "loss", "auc", "train_loss", "epsilon", "t")
+            with self._lock:
+                job.rounds.append({k: ev[k] for k in keep if k in ev})
+
+        with self._lock:
+            job.status = "running"
+        try:
+            report = self.trainer(job.request, out.resolve(), progress)
+        except Exception as exc:  # the job fails; the gateway keeps serving
+            with self._lock:
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.audit.append(
+                {"kind": "federation_job", "event": "failed", "job": job.id,
+                 "requester": job.requester, "error": type(exc).__name__}
+            )  # fmt: skip
+            return
+        result = {k: report[k] for k in _RESULT_KEYS if k in report}
+        self.audit.append(
+            {
+                "kind": "federation_job",
+                "event": "completed",
+                "job": job.id,
+                "requester": job.requester,
+                "departments": list(job.request.departments),
+                "bureaus": report.get("bureaus", []),
+                "config": job.request.audit_config(),
+                "model_sm3": report["model_sm3"],
+                "auc_federated": _decimal(float(report["auc_federated"])),
+                "epsilon": _decimal(report.get("epsilon")),
+            }
+        )
+        with self._lock:
+            job.result = result
+            job.status = "done"

@@ -1,0 +1,303 @@
+"""Rate limits per requester and per subject: token buckets shared by every gateway worker.
+
+Two limits guard the check pipeline, each a token bucket (``burst`` tokens, refilled at
+``per_second``):
+
+- **requester**: one bucket per client id. A single check costs 1, a batch costs its
+  number of subjects (capped at the burst, so a full batch is always admissible when the
+  bucket is full). It protects the departments and the audit log from one noisy caller.
+- **subject**: one bucket per (requester, citizen). A single check costs 1, a batch 1 per
+  distinct subject. It stops one requester from watching or probing one citizen with
+  repeated questions, without letting that requester use up the citizen's budget with
+  everyone else. The key is SHA-256 over the requester and the citizen's keyed audit
+  pseudonym (HMAC-SM3): no ID number is ever stored, and the table cannot be reversed
+  without the pseudonym key.
+
+Buckets live in the gateway's SQL database (SQLite file or PostgreSQL), so every gunicorn
+worker and every gateway host draws from the same buckets. One admission is one short
+transaction of conditional upserts (``INSERT ... ON CONFLICT DO UPDATE ... WHERE enough
+tokens RETURNING``); if any bucket is short, the transaction rolls back and nothing is
+charged. The state is soft: commits skip fsync (SQLite ``synchronous=NORMAL`` under WAL,
+PostgreSQL ``synchronous_commit=off``); a crash can forget the last few charges, never
+corrupt the table. Full buckets are deleted periodically, so the table holds only callers
+active within one refill period.
+
+A refused request raises :class:`~primitives.errors.RateLimited` (429 ``rate-limited``
+with ``Retry-After``). It is refused before policy, consent or any department is asked,
+and it is *not* audited: nothing about the citizen was read or answered, and writing a
+durable entry per refusal would hand a flooding caller the audit log's write capacity.
+Refusals are counted in ``tongban_checks_total{result="rate_limited"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Column, Engine, Float, MetaData, String, Table, case, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from primitives.db import is_memory_sqlite, make_engine
+from primitives.errors import RateLimited, StoreUnavailable
+
+__all__ = [
+    "Bucket",
+    "BucketStore",
+    "Charge",
+    "MemoryBucketStore",
+    "RateLimiter",
+    "SqlBucketStore",
+    "build_rate_limiter",
+    "metadata",
+]
+
+metadata = MetaData()
+
+buckets = Table(
+    "rate_buckets",
+    metadata,
+    # SHA-256 hex of "<limit>\0<requester>[\0<pseudonym>]": fixed width, nothing personal.
+    Column("key", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False, index=True),
+)
+
+_PURGE_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket's shape: ``burst`` tokens at most, ``per_second`` added back."""
+
+    burst: float
+    per_second: float
+
+    def __post_init__(self) -> None:
+        if not (self.burst >= 1 and self.per_second > 0):
+            raise ValueError("rate limit: expected burst >= 1 and per_second > 0")
+
+    @property
+    def full_after(self) -> float:
+        """Seconds an empty bucket takes to fill up again."""
+        return self.burst / self.per_second
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Take ``cost`` tokens from the bucket ``key`` of shape ``bucket`` (``limit`` names it
+    in the refusal: ``requester`` or ``subject``)."""
+
+    limit: str
+    key: str
+    bucket: Bucket
+    cost: float
+
+
+class BucketStore(Protocol):
+    """Where bucket levels live. ``take`` is all-or-nothing over ``charges``."""
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        """Charge every bucket, or none: None if admitted, else the first short bucket and
+        the seconds until it holds enough tokens."""
+        ...
+
+
+def _wait(charge: Charge, tokens: float, updated: float, now: float) -> float:
+    level = min(charge.bucket.burst, tokens + max(0.0, now - updated) * charge.bucket.per_second)
+    return max(0.0, (charge.cost - level) / charge.bucket.per_second)
+
+
+class MemoryBucketStore:
+    """One process's buckets, thread-safe. For a single-process deployment and tests; a
+    multi-worker gateway uses :class:`SqlBucketStore`, or each worker would allow the full
+    rate on its own."""
+
+    def __init__(self) -> None:
+        self._levels: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        with self._lock:
+            new: dict[str, tuple[float, float]] = {}
+            for charge in charges:
+                tokens, updated = new.get(charge.key) or self._levels.get(
+                    charge.key, (charge.bucket.burst, now)
+                )
+                wait = _wait(charge, tokens, updated, now)
+                if wait > 0:
+                    return charge, wait
+                level = min(
+                    charge.bucket.burst,
+                    tokens + max(0.0, now - updated) * charge.bucket.per_second,
+                )
+                new[charge.key] = (level - charge.cost, max(now, updated))
+            self._levels.update(new)
+            if len(self._levels) > 100_000:  # forget idle buckets (an hour fills any bucket)
+                self._levels = {k: v for k, v in self._levels.items() if now - v[1] < 3600}
+        return None
+
+
+class SqlBucketStore:
+    """Buckets in a SQL table shared by every worker (see the module docstring)."""
+
+    def __init__(self, url_or_engine: str | Engine, *, max_full_after: float = 3600.0) -> None:
+        if isinstance(url_or_engine, str):
+            # A separate engine so the relaxed durability applies to this table's commits
+            # only (SQLite's synchronous pragma is per connection).
+            synchronous = None if is_memory_sqlite(url_or_engine) else "NORMAL"
+            self.engine = make_engine(url_or_engine, synchronous=synchronous)
+        else:
+            self.engine = url_or_engine
+        self._dialect = self.engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValueError("rate limit store: expected SQLite or PostgreSQL")
+        self._max_full_after = max_full_after
+        self._next_purge = 0.0
+
+    def create_schema(self) -> None:
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable("rate limit store is unavailable") from exc
+
+    def _upsert(self, charge: Charge, now: float) -> Any:
+        b, c = charge.bucket, buckets.c
+        elapsed = case((c.updated < now, now - c.updated), else_=0.0)
+        refilled = c.tokens + elapsed * b.per_second
+        level = case((refilled < b.burst, refilled), else_=b.burst)
+        insert = (postgresql if self._dialect == "postgresql" else sqlite).insert(buckets)
+        return (
+            insert.values(key=charge.key, tokens=b.burst - charge.cost, updated=now)
+            .on_conflict_do_update(
+                index_elements=[c.key],
+                set_={"tokens": level - charge.cost, "updated": case(
+                    (c.updated < now, now), else_=c.updated)},
+                where=level >= charge.cost,
+            )
+            .returning(c.tokens)
+        )  # fmt: skip
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        try:
+            if now >= self._next_purge:
+                self.purge(now)
+            with self.engine.connect() as conn, conn.begin() as tx:
+                if self._dialect == "postgresql":
+                    conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                for charge in charges:
+                    if conn.execute(self._upsert(charge, now)).first() is not None:
+                        continue
+                    row = conn.execute(
+                        select(buckets.c.tokens, buckets.c.updated).where(
+                            buckets.c.key == charge.key
+                        )
+                    ).one()
+                    tx.rollback()  # all or nothing: earlier charges are undone
+                    return charge, _wait(charge, row.tokens, row.updated, now)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable("rate limit store is unavailable") from exc
+        return None
+
+    def purge(self, now: float) -> int:
+        """Delete buckets that have had time to fill up: absent means full."""
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    delete(buckets).where(buckets.c.updated < now - self._max_full_after)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable("rate limit store is unavailable") from exc
+        self._next_purge = now + _PURGE_INTERVAL
+        return result.rowcount
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+class RateLimiter:
+    """Admits or refuses checks against the requester and subject limits.
+
+    ``pseudonym`` maps an ID number to a keyed pseudonym (the audit log's HMAC-SM3); the
+    limiter never sees it leave that function in plaintext. Either limit may be None (off).
+    """
+
+    def __init__(
+        self,
+        store: BucketStore,
+        *,
+        requester: Bucket | None,
+        subject: Bucket | None,
+        pseudonym: Callable[[str], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.requester = requester
+        self.subject = subject
+        self._pseudonym = pseudonym
+        self._clock = clock
+
+    def charges(self, requester: str, subjects: Iterable[str], cost: int) -> list[Charge]:
+        out: list[Charge] = []
+        if self.requester is not None:
+            out.append(
+                Charge(
+                    "requester",
+                    _key("requester", requester),
+                    self.requester,
+                    min(float(cost), self.requester.burst),
+                )
+            )
+        if self.subject is not None:
+            for subject in dict.fromkeys(subjects):
+                key = _key("subject", requester, self._pseudonym(subject))
+                out.append(Charge("subject", key, self.subject, 1.0))
+        return out
+
+    def admit(self, requester: str, subjects: Iterable[str] = (), *, cost: int = 1) -> None:
+        """Charge the requester ``cost`` and each distinct subject 1, or raise
+        :class:`RateLimited` (charging nothing) naming the limit and ``Retry-After``."""
+        charges = self.charges(requester, subjects, cost)
+        if not charges:
+            return
+        refused = self.store.take(charges, self._clock())
+        if refused is None:
+            return
+        charge, wait = refused
+        what = "this requester" if charge.limit == "requester" else "this requester and subject"
+        raise RateLimited(
+            f"rate limit: too many checks by {what}; retry later",
+            retry_after=max(1, math.ceil(wait)),
+            limit=charge.limit,
+        )
+
+
+def _bucket(burst: float, per_second: float) -> Bucket | None:
+    return Bucket(burst, per_second) if burst > 0 and per_second > 0 else None
+
+
+def build_rate_limiter(
+    url: str,
+    *,
+    requester_burst: float,
+    requester_per_second: float,
+    subject_burst: float,
+    subject_per_second: float,
+    pseudonym: Callable[[str], str],
+) -> RateLimiter | None:
+    """The SQL-backed limiter on the gateway database ``url`` (table created if absent), or
+    None when both limits are off (a burst or rate of 0)."""
+    requester = _bucket(requester_burst, requester_per_second)
+    subject = _bucket(subject_burst, subject_per_second)
+    if requester is None and subject is None:
+        return None
+    slowest = max(b.full_after for b in (requester, subject) if b is not None)
+    store = SqlBucketStore(url, max_full_after=max(slowest, 1.0))
+    store.create_schema()
+    return RateLimiter(store, requester=requester, subject=subject, pseudonym=pseudonym)

@@ -1,0 +1,39 @@
+"""Federated training jobs (scope ``federation``): thin shells over :mod:`.federation_jobs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from primitives.errors import BadRequest
+
+from .federation_jobs import FederationJobs
+from .oauth.flask import current_principal, require_token
+
+__all__ = ["federation_blueprint"]
+
+
+def _json_body() -> Any:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest("body: expected a JSON object (Content-Type: application/json)")
+    return body
+
+
+def federation_blueprint(service: FederationJobs) -> Blueprint:
+    bp = Blueprint("federation", __name__)
+
+    @bp.post("/v1/federation/jobs")
+    @require_token("federation")
+    def submit() -> tuple[Response, int, dict[str, str]]:
+        job = service.submit(current_principal().client_id, _json_body())
+        location = url_for("federation.job", job_id=job["id"])
+        return jsonify(job), 202, {"Location": location}
+
+    @bp.get("/v1/federation/jobs/<job_id>")
+    @require_token("federation")
+    def job(job_id: str) -> Response:
+        return jsonify(service.get(current_principal().client_id, job_id))
+
+    return bp

@@ -1,0 +1,191 @@
+"""The real deployment: ``tongban federation up`` (a SuperLink and 3 SuperNodes on loopback,
+offline), Flower runs against it, the gateway's job core, and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adapters.synthetic.features import build_features, read_features, write_features
+from adapters.synthetic.population import build_population
+from federation.horizontal.data import held_out_mask, partition_rows
+from federation.horizontal.deploy import Deployment, descendants, read_deployment
+from federation.horizontal.model import TrainConfig, fedavg_in_process, train_local
+from federation.horizontal.runner import build_report, model_hash, run_training, write_report
+from federation.horizontal.settings import RunSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+NODES = 3
+
+
+class _Up:
+    def __init__(self, data_dir: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
+        self.log = log = (data_dir / "up.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tongban", "federation", "up", "--data-dir", str(data_dir),
+             "--nodes", str(NODES)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        dep = None
+        while dep is None and time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log.close()
+                pytest.fail((data_dir / "up.log").read_text())
+            dep = read_deployment(data_dir)
+            time.sleep(0.2)
+        assert dep is not None, "federation up did not publish its deployment"
+        self.deployment = dep
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fed")
+    write_features(build_features(build_population(30_000, 11), 11), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def up(data_dir: Path) -> Iterator[_Up]:
+    u = _Up(data_dir)
+    yield u
+    if u.proc.poll() is None:
+        u.proc.send_signal(signal.SIGTERM)
+        u.proc.wait(timeout=30)
+    u.log.close()
+
+
+def _settings(data_dir: Path, out: Path, **kw: object) -> RunSettings:
+    return RunSettings(
+        num_partitions=NODES,
+        n_features=len(read_features(data_dir).columns),
+        eval_data_dir=str(data_dir),
+        out_dir=str(out),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_up_publishes_one_supernode_per_bureau(up: _Up, data_dir: Path):
+    dep: Deployment = up.deployment
+    assert dep.superlink.startswith("127.0.0.1:")
+    assert [n.partition_id for n in dep.nodes] == list(range(NODES))
+    table = read_features(data_dir)
+    assert sum(n.rows for n in dep.nodes) == table.rows
+    assert len({n.port for n in dep.nodes}) == NODES
+
+
+def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
+    """One SecAgg+ round on 3 SuperNodes: the report, the curve, and what the server saw.
+    (Each SecAgg+ round is four message exchanges, each starting a ClientApp process per
+    node; the two-round run below is without it.)"""
+    settings = _settings(data_dir, tmp_path / "job", rounds=1, secagg=True, record_received=True)
+    events: list[dict[str, object]] = []
+    result = run_training(up.deployment, settings, on_event=events.append, timeout=240)
+    assert [e["event"] for e in events] == ["start", "round", "done"]
+    report = build_report(result, data_dir, ["health"])
+    png = write_report(report, tmp_path / "report.json")
+    saved = json.loads((tmp_path / "report.json").read_text())
+    for key in ("rounds", "auc_federated", "auc_centralized", "epsilon"):
+        assert key in saved
+    assert saved["epsilon"] is None
+    assert [r["round"] for r in saved["rounds"]] == [1]
+    assert all({"loss", "auc", "train_loss"} <= set(r) for r in saved["rounds"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved["model_sm3"] == model_hash(result.params)
+    assert saved["auc_federated"] > 0.65
+
+    # The aggregate is FedAvg: the same as averaging in process (up to SecAgg+ quantisation).
+    table = read_features(data_dir)
+    held = held_out_mask(table)
+    parts = [(table.X[r[~held[r]]], table.label[r[~held[r]]]) for r in partition_rows(table, NODES)]
+    config = TrainConfig(settings.local_epochs, settings.learning_rate, settings.l2)
+    expected = fedavg_in_process(parts, 1, config)
+    np.testing.assert_allclose(result.params, expected, atol=2e-3)
+
+    # What the server received from each bureau is its masked vector and no parameters: an
+    # individual update is not recoverable from it. Round 1 starts from zeros, so each
+    # bureau's true contribution is known here; the masked vectors are uniform in the
+    # modulus ring and uncorrelated with it, while their sum unmasks to the mean.
+    received = sorted((tmp_path / "job" / "received").glob("round1-node*.npz"))
+    assert len(received) == NODES
+    updates = [train_local(np.zeros(table.X.shape[1] + 1), x, y, config)[0] for x, y in parts]
+    modulus = 4294967296
+    for path in received:
+        with np.load(path) as z:
+            assert int(z["n_param_arrays"]) == 0  # the mod cleared the parameters
+            masked = z["masked"].astype(np.float64)
+        vector = masked[-(table.X.shape[1] + 1) :]
+        assert vector.min() >= 0 and vector.max() < modulus
+        # spread over the ring (a quantised update would sit in a narrow band)
+        assert np.ptp(vector) > modulus / 8
+        for update in updates:
+            assert abs(np.corrcoef(vector, update)[0, 1]) < 0.9
+    assert result.rounds[0]["secagg_setup"] > 0 and result.rounds[0]["secagg_unmask"] > 0
+
+
+def test_gateway_job_two_rounds_audits_model_hash(up: _Up, data_dir: Path):
+    """The job core against the real deployment, 3 SuperNodes x 2 rounds: audited at start
+    and at the end with the model's SM3 hash; the model is FedAvg's."""
+    from gateway.federation_jobs import FederationJobs
+
+    class Audit:
+        def __init__(self) -> None:
+            self.entries: list[dict[str, Any]] = []
+
+        def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
+            self.entries.append(dict(event))
+            return len(self.entries) - 1
+
+    audit = Audit()
+    jobs = FederationJobs(data_dir, audit)
+    try:
+        job = jobs.submit("analyst", {"kind": "horizontal", "rounds": 2})
+        jobs.wait(job["id"], timeout=200)
+        body = jobs.get("analyst", job["id"])
+    finally:
+        jobs.close()
+    assert body["status"] == "done", body.get("error")
+    assert [r["round"] for r in body["rounds"]] == [1, 2]
+    assert abs(body["result"]["auc_federated"] - body["result"]["auc_centralized"]) < 0.01
+    kinds = [(e["kind"], e["event"]) for e in audit.entries]
+    assert kinds == [("federation_job", "started"), ("federation_job", "completed")]
+    done = audit.entries[1]
+    assert done["model_sm3"] == body["result"]["model_sm3"]
+    assert len(str(done["model_sm3"])) == 64
+    assert [b["node"] for b in done["bureaus"]] == list(range(NODES))
+    assert audit.entries[0]["requester"] == "analyst"
+
+
+def test_sigterm_stops_everything_without_orphans(up: _Up, data_dir: Path):
+    pid = up.proc.pid
+    tree = descendants(pid)
+    assert len(tree) >= 1 + NODES  # SuperLink, SuperNodes (and their SuperExecs)
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    alive = tree
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in tree if _alive(p)]
+        time.sleep(0.1)
+    assert alive == [], "orphaned Flower processes"
+    assert not (data_dir / "federation" / "deployment.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

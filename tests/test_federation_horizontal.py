@@ -1,0 +1,331 @@
+"""Horizontal training without a deployment: the features, the split, the model's quality
+against central training, differential privacy (Flower's wrapper and mod, and epsilon), and
+the gateway's job core (validation, policy, audit)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import federation.horizontal  # noqa: F401  (imports Flower quietly)
+from adapters.synthetic.features import (
+    FeatureTable,
+    build_features,
+    read_features,
+    write_features,
+)
+from adapters.synthetic.population import build_population
+from federation.horizontal.accounting import gaussian_epsilon
+from federation.horizontal.data import held_out_mask, load_partition, partition_rows
+from federation.horizontal.model import (
+    TrainConfig,
+    auc,
+    fedavg_in_process,
+    predict,
+    train_centralized,
+)
+from federation.horizontal.settings import RunSettings
+from primitives.errors import BadRequest, NotFound
+
+
+@pytest.fixture(scope="module")
+def table() -> FeatureTable:
+    return build_features(build_population(60_000, 5), 5)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, table: FeatureTable) -> Path:
+    out = tmp_path_factory.mktemp("features")
+    write_features(table, out)
+    return out
+
+
+# --- features ---------------------------------------------------------------------------
+
+
+def test_features_are_standardised_and_spread_over_departments(table: FeatureTable):
+    assert table.X.shape == (table.rows, len(table.columns)) and len(table.columns) >= 10
+    assert set(table.owners) == {"health", "hrss", "civil"}
+    assert all(table.owners.count(o) >= 3 for o in ("health", "hrss", "civil"))
+    np.testing.assert_allclose(table.X.mean(axis=0), 0, atol=1e-9)
+    np.testing.assert_allclose(table.X.std(axis=0), 1, atol=1e-9)
+    assert 0.2 < table.label.mean() < 0.6
+    assert len(set(table.id_number.tolist())) == table.rows  # one row per family
+
+
+def test_label_agrees_with_hrss_payments_and_is_learnable_not_trivial(table: FeatureTable):
+    pop = build_population(60_000, 5)
+    paid_mothers = set(pop.id_number[pop.childcare_applicant].tolist())
+    label = np.array([m not in paid_mothers for m in table.id_number.tolist()], dtype=np.int8)
+    np.testing.assert_array_equal(label, table.label)
+    held = held_out_mask(table)
+    params, _ = train_centralized(table.X[~held], table.label[~held], 5, TrainConfig())
+    score = auc(predict(params, table.X[held]), table.label[held])
+    assert 0.7 < score < 0.95
+
+
+def test_write_and_read_round_trip(table: FeatureTable, data_dir: Path):
+    back = read_features(data_dir)
+    assert back.columns == table.columns and back.owners == table.owners
+    np.testing.assert_array_equal(back.X, table.X)
+    np.testing.assert_array_equal(back.id_number, table.id_number)
+    np.testing.assert_array_equal(back.label, table.label)
+    assert read_features(data_dir / "training").rows == table.rows
+    with pytest.raises(FileNotFoundError):
+        read_features(data_dir / "nowhere")
+
+
+# --- partitions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 10])
+def test_partitions_cover_every_row_once(table: FeatureTable, n: int):
+    parts = partition_rows(table, n)
+    assert len(parts) == n and all(len(p) for p in parts)
+    rows = np.sort(np.concatenate(parts))
+    np.testing.assert_array_equal(rows, np.arange(table.rows))
+    if n == 8:  # one bureau per district
+        assert all(len(set(table.district[p].tolist())) == 1 for p in parts)
+
+
+def test_bureaus_never_train_on_held_out_rows(table: FeatureTable, data_dir: Path):
+    held = held_out_mask(table)
+    assert 0.15 < held.mean() < 0.25
+    part = load_partition(data_dir, 0, 3)
+    rows = partition_rows(table, 3)[0]
+    assert len(part.y) == int((~held[rows]).sum())
+
+
+# --- quality: federated against centralised -------------------------------------------------
+
+
+def test_federated_auc_within_001_of_centralised(table: FeatureTable):
+    """FedAvg over the 8 district bureaus (the algorithm the ServerApp runs; the deployment
+    test checks the deployed model equals it) against pooled training, on the same
+    held-out rows."""
+    held = held_out_mask(table)
+    parts = [(table.X[r[~held[r]]], table.label[r[~held[r]]]) for r in partition_rows(table, 8)]
+    config = TrainConfig()
+    rounds = 10
+    fed = fedavg_in_process(parts, rounds, config)
+    central, _ = train_centralized(table.X[~held], table.label[~held], rounds, config)
+    x, y = table.X[held], table.label[held]
+    auc_fed, auc_central = auc(predict(fed, x), y), auc(predict(central, x), y)
+    assert auc_central > 0.7
+    assert abs(auc_fed - auc_central) < 0.01
+
+
+def test_auc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(300), 2)  # with ties
+    y = (rng.random(300) < 0.4).astype(np.int8)
+    pos, neg = scores[y == 1], scores[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+    assert auc(scores, y) == pytest.approx(pairs)
+
+
+# --- differential privacy --------------------------------------------------------------
+
+
+def test_epsilon_follows_the_rdp_formula():
+    for z, t in [(0.8, 5), (1.5, 10), (4.0, 20)]:
+        closed = t / (2 * z * z) + math.sqrt(2 * t * math.log(1e5)) / z
+        assert gaussian_epsilon(z, t) == pytest.approx(closed, rel=1e-3)
+    assert gaussian_epsilon(2.0, 10) < gaussian_epsilon(1.0, 10)
+    assert gaussian_epsilon(1.0, 20) > gaussian_epsilon(1.0, 10)
+    assert gaussian_epsilon(0.0, 3) == math.inf
+    assert RunSettings(dp_noise=0.0).epsilon(5) is None
+    assert RunSettings(dp_noise=1.0).epsilon(5) == pytest.approx(gaussian_epsilon(1.0, 5))
+
+
+@pytest.fixture
+def task_identity() -> Iterator[None]:
+    """A ClientApp called in process needs the ids Flower's runtime would set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None  # type: ignore[assignment]
+
+
+def _train_message(params: np.ndarray, config: dict[str, Any]) -> Any:
+    from flwr.app import Message, MessageType
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    ins = FitIns(ndarrays_to_parameters([params]), config)
+    return Message(
+        compat.fitins_to_recorddict(ins, True), dst_node_id=7, message_type=MessageType.TRAIN
+    )
+
+
+def _call_client(data_dir: Path, config: dict[str, Any]) -> tuple[np.ndarray, int]:
+    from flwr.app import Context, RecordDict
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from federation.horizontal.apps import client_app
+
+    node: dict[str, bool | float | int | str] = {
+        "data-dir": str(data_dir),
+        "partition-id": 1,
+        "num-partitions": 3,
+    }
+    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    reply = client_app(_train_message(np.zeros(15), config), ctx)
+    res = compat.recorddict_to_fitres(reply.content, False)
+    return parameters_to_ndarrays(res.parameters)[0], res.num_examples
+
+
+def test_client_clips_its_update_when_the_dp_wrapper_asks(data_dir: Path, task_identity: None):
+    base = {"local-epochs": 20, "learning-rate": 0.5, "l2": 1e-3}
+    free, rows = _call_client(data_dir, base)
+    assert np.linalg.norm(free) > 0.2 and rows > 1
+    clipped, weight = _call_client(
+        data_dir, base | {"clipping_norm": 0.05, "uniform-weights": True}
+    )
+    assert np.linalg.norm(clipped) == pytest.approx(0.05)
+    np.testing.assert_allclose(clipped / 0.05, free / np.linalg.norm(free), atol=1e-9)
+    assert weight == 1  # under DP every bureau weighs the same
+
+
+def test_server_adds_gaussian_noise_scaled_to_clip_over_bureaus():
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from federation.horizontal.apps import build_strategy
+
+    settings = RunSettings(num_partitions=3, dp_noise=1.5, dp_clip=0.4)
+    strategy = build_strategy(settings, lambda *_: None, lambda _r: {})
+    update = np.full(15, 0.1)
+    results = [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), 1, {}))
+        for _ in range(3)
+    ]
+    draws = np.stack(
+        [
+            parameters_to_ndarrays(strategy.aggregate_fit(1, results, [])[0])[0]  # type: ignore[arg-type]
+            for _ in range(200)
+        ]
+    )
+    noise = draws - update
+    assert abs(noise.mean()) < 0.02
+    assert noise.std() == pytest.approx(1.5 * 0.4 / 3, rel=0.08)
+    plain = build_strategy(RunSettings(num_partitions=3), lambda *_: None, lambda _r: {})
+    agg = plain.aggregate_fit(1, results, [])[0]  # type: ignore[arg-type]
+    np.testing.assert_allclose(parameters_to_ndarrays(agg)[0], update)  # type: ignore[arg-type]
+
+
+# --- gateway job core ------------------------------------------------------------------
+
+
+class _Audit:
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def append(self, event: Any, subject_id: str | None = None) -> int:
+        self.entries.append(dict(event))
+        return len(self.entries) - 1
+
+
+def _demo_policy(catalog: Any, audit: _Audit) -> Any:
+    """The demo policy (policies/default.csv): the analyst may train, nobody else."""
+    from gateway.jobs import JobPolicy
+    from policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
+
+    enforcer = PolicyEnforcer(build_policy(default_rules(), default_legal_bases(), catalog))
+    return JobPolicy(enforcer, audit)
+
+
+def test_policy_denial_is_audited_and_nothing_runs(tmp_path: Path, claim_catalog: Any):
+    from gateway.federation_jobs import FederationJobs
+    from gateway.jobs import JobDenied
+
+    audit = _Audit()
+    ran: list[Any] = []
+    jobs = FederationJobs(
+        tmp_path,
+        audit,
+        jobs=_demo_policy(claim_catalog, audit),
+        trainer=lambda request, out, progress: ran.append(request) or {},  # type: ignore[func-returns-value]
+    )
+    try:
+        with pytest.raises(JobDenied):
+            jobs.submit("insurer-a", {"kind": "horizontal", "rounds": 2, "secagg": True})
+    finally:
+        jobs.close()
+    assert ran == []
+    assert [e["kind"] for e in audit.entries] == ["job_denied"]
+    denied = audit.entries[0]
+    assert denied["requester"] == "insurer-a"
+    assert denied["object"] == "federation:horizontal"
+    assert denied["purpose"] == "model_training"
+
+
+def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_catalog: Any):
+    """Policy allows the analyst; without a running deployment the job fails, audited."""
+    from gateway.federation_jobs import FederationJobs
+
+    audit = _Audit()
+    jobs = FederationJobs(tmp_path, audit, jobs=_demo_policy(claim_catalog, audit))
+    try:
+        body = {"kind": "horizontal", "rounds": 3, "dp_noise": 1.2, "dp_clip": 0.5}
+        job = jobs.submit("analyst", body)
+        jobs.wait(job["id"], timeout=30)
+        state = jobs.get("analyst", job["id"])
+        with pytest.raises(NotFound):
+            jobs.get("insurer-a", job["id"])  # only the requester reads it
+    finally:
+        jobs.close()
+    assert state["status"] == "failed" and "NoDeployment" in state["error"]
+    started, failed = audit.entries
+    assert started["kind"] == "federation_job" and started["event"] == "started"
+    assert started["requester"] == "analyst"
+    assert started["departments"] == ["health"]
+    assert started["config"]["dp_noise"] == "1.2" and started["config"]["rounds"] == 3
+    assert started["policy"]["rules"]
+    assert failed["event"] == "failed" and failed["job"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": True}, "rounds"),
+        ({"rounds": 2, "kind": "vertical"}, "kind"),
+        ({"rounds": 2, "dp_noise": -1}, "dp_noise"),
+        ({"rounds": 2, "dp_clip": 0}, "dp_clip"),
+        ({"rounds": 2, "secagg": "yes"}, "secagg"),
+        ({"rounds": 2, "departments": []}, "departments"),
+        ({"rounds": 2, "model": "gpt"}, "model"),
+    ],
+)
+def test_job_requests_are_validated(tmp_path: Path, body: dict[str, Any], field: str):
+    from gateway.federation_jobs import FederationJobs
+
+    jobs = FederationJobs(tmp_path, _Audit())
+    try:
+        with pytest.raises(BadRequest, match=field):
+            jobs.submit("analyst", body)
+    finally:
+        jobs.close()
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def test_cli_refuses_a_data_dir_without_features(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from tongban.cli import main
+
+    for argv in (
+        ["federation", "up", "--data-dir", str(tmp_path), "--nodes", "3"],
+        ["federation", "train", "--data-dir", str(tmp_path), "--rounds", "1", "--nodes", "3"],
+    ):
+        assert main(argv) == 2
+    assert "run tongban generate" in " ".join(capsys.readouterr().err.split())
