@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeGuard
 from primitives.errors import BadRequest, NotFound
 
 from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
+from .statistics_store import StatisticsStore
 
 __all__ = ["FederationJobs", "FederationRequest", "Trainer", "deployment_trainer"]
 
@@ -207,7 +208,10 @@ _RESULT_KEYS = (
 
 
 class FederationJobs:
-    """Runs training jobs one at a time (they share one deployment); jobs live in memory."""
+    """Runs training jobs one at a time (they share one deployment). With a ``store``, each
+    job's document (status, rounds so far, result) is saved at every change, so any
+    gateway worker can serve it and it survives a restart; a job whose worker died stays
+    ``running`` in the store (its audit trail shows no ``completed`` or ``failed``)."""
 
     def __init__(
         self,
@@ -216,8 +220,10 @@ class FederationJobs:
         *,
         jobs: JobPolicy | None = None,
         trainer: Trainer | None = None,
+        store: StatisticsStore | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.store = store
         self.audit = audit
         self.policy = jobs
         self.trainer = trainer or deployment_trainer(data_dir)
@@ -252,15 +258,27 @@ class FederationJobs:
         job.audit_index = self.audit.append(entry)
         with self._lock:
             self._jobs[job.id] = job
+        self._save(job)
         self._pool.submit(self._run, job)
         return {"id": job.id, "status": job.status}
 
     def get(self, requester: str, job_id: str) -> dict[str, Any]:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.requester != requester:
-                raise NotFound("federation job: no such job for this requester")
-            return job.to_json()
+            if job is not None and job.requester == requester:
+                return job.to_json()
+        if job is None and self.store is not None and isinstance(job_id, str):
+            doc = self.store.load(job_id, requester)  # run by another worker, or before
+            if doc is not None:
+                return doc
+        raise NotFound("federation job: no such job for this requester")
+
+    def _save(self, job: FederationJob) -> None:
+        if self.store is None:
+            return
+        with self._lock:
+            doc, status = job.to_json(), job.status
+        self.store.save(job.id, job.requester, status, doc)
 
     def wait(self, job_id: str, timeout: float) -> None:
         """Block until the job has finished (for the CLI and tests)."""
@@ -281,14 +299,17 @@ class FederationJobs:
             keep = ("round", "loss", "auc", "train_loss", "epsilon", "t")
             with self._lock:
                 job.rounds.append({k: ev[k] for k in keep if k in ev})
+            self._save(job)
 
         with self._lock:
             job.status = "running"
+        self._save(job)
         try:
             report = self.trainer(job.request, out.resolve(), progress)
         except Exception as exc:  # the job fails; the gateway keeps serving
             with self._lock:
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            self._save(job)
             self.audit.append(
                 {"kind": "federation_job", "event": "failed", "job": job.id,
                  "requester": job.requester, "error": type(exc).__name__}
@@ -312,3 +333,4 @@ class FederationJobs:
         with self._lock:
             job.result = result
             job.status = "done"
+        self._save(job)

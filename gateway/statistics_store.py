@@ -1,7 +1,8 @@
-"""Durable state of encrypted statistics: jobs and each analyst's privacy budget.
+"""Durable job state: statistics and training jobs, and each analyst's privacy budget.
 
 Jobs live in the gateway's database, so any gunicorn worker can answer
-``GET /v1/statistics/{id}`` for a job another worker ran, and a restart loses no result.
+``GET /v1/statistics/{id}`` or ``GET /v1/federation/jobs/{id}`` for a job another worker
+ran, and a restart loses no result.
 A stored job holds only what the analyst may fetch anyway: the encrypted sums (the gateway
 has no key to decrypt them), the layout and the release rules.
 
@@ -48,7 +49,7 @@ MICRO = 1_000_000
 metadata = MetaData()
 
 jobs = Table(
-    "statistics_jobs",
+    "gateway_jobs",  # statistics and federated training jobs (ids st-… and fl-…)
     metadata,
     Column("id", String(40), primary_key=True),
     Column("requester", String(128), nullable=False, index=True),

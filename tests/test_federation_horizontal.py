@@ -291,6 +291,34 @@ def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_cat
     assert failed["event"] == "failed" and failed["job"] == job["id"]
 
 
+def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
+    """Another worker (another FederationJobs on the same database) serves the job,
+    with the rounds reported so far and the result."""
+    from gateway.federation_jobs import FederationJobs
+    from gateway.statistics_store import StatisticsStore
+
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+
+    def trainer(request: Any, out_dir: Path, progress: Any) -> dict[str, Any]:
+        progress({"event": "round", "round": 1, "loss": 0.5, "auc": 0.7})
+        return {"model_sm3": "ab" * 32, "auc_federated": 0.8, "auc_centralized": 0.81}
+
+    one = FederationJobs(tmp_path, _Audit(), trainer=trainer, store=StatisticsStore(url))
+    other = FederationJobs(tmp_path, _Audit(), store=StatisticsStore(url))
+    try:
+        job = one.submit("analyst", {"kind": "horizontal", "rounds": 1})
+        one.wait(job["id"], timeout=30)
+        seen = other.get("analyst", job["id"])
+        with pytest.raises(NotFound):
+            other.get("insurer-a", job["id"])
+    finally:
+        one.close()
+        other.close()
+    assert seen == one.get("analyst", job["id"])
+    assert seen["status"] == "done" and seen["rounds"] == [{"round": 1, "loss": 0.5, "auc": 0.7}]
+    assert seen["result"]["model_sm3"] == "ab" * 32
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -178,10 +178,11 @@ def build_gateway(
         ),
     )
     jobs = JobPolicy(enforcer, events)
+    job_store = StatisticsStore(policy_store.engine, budget=settings.dp_budget)
     statistics = StatisticsService(
         client,
         events,
-        StatisticsStore(policy_store.engine, budget=settings.dp_budget),
+        job_store,
         jobs=jobs,
         threshold=settings.stats_threshold,
         require_dp=settings.stats_require_dp,
@@ -207,7 +208,7 @@ def build_gateway(
         consents=consents,
         statistics=statistics,
         jobs=jobs,
-        federation=FederationJobs(settings.data_dir, events, jobs=jobs),
+        federation=FederationJobs(settings.data_dir, events, jobs=jobs, store=job_store),
     )
     if start:
         AuditEvents(audit).append(

@@ -8,7 +8,7 @@
   returning one masked slot each.
 * :class:`FeatureHolder` (a host: health, civil): holds features only. It sends masked
   partial logits, turns encrypted residuals into its encrypted, masked gradient (bucket
-  multi-exponentiation, re-randomised with a fresh obfuscator), unmasks the slot it gets
+  multi-exponentiation, re-randomised with a fresh full ``r^n``), unmasks the slot it gets
   back and updates its weights.
 
 Trust: semi-honest parties, no collusion between the label holder and a feature holder.
@@ -132,10 +132,8 @@ class FeatureHolder(_Party):
         session: bytes,
         *,
         workers: int = 2,
-        randomness: Randomness = "djn",
     ) -> None:
         super().__init__(name, features, session)
-        self.randomness = randomness
         self._raw = np.asarray(features, dtype=np.float64)
         self.encoded = encode_features(self._raw)  # (rows, d) digits; re-made per plan
         self.values = feature_values(self.encoded)  # what the model sees
@@ -155,7 +153,10 @@ class FeatureHolder(_Party):
         plan = self._plan()
         n_bits = int(self.public_key.n).bit_length()
         self.layout = DiagonalLayout(plan.batch_size, n_bits, plan.feature_bits)
-        self._pool = _obfuscators(self.randomness, self.public_key, 2 * self.values.shape[1], 1)
+        # Always full r^n here, never DJN: these ciphertexts go to the key holder, who knows
+        # the factorisation and could take discrete logs of a short-exponent obfuscator's
+        # randomness; a uniform r hides our exponents information-theoretically.
+        self._pool = ObfuscatorPool(self.public_key, size=2 * self.values.shape[1], workers=1)
 
     def close(self) -> None:
         if self._pool is not None:

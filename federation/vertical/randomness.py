@@ -10,6 +10,12 @@ each obfuscator into ``ceil(1024 / w)`` multiplications (no squarings): ~16x che
 
 The table (16 MB for a 2048-bit key, ``w = 8``) is built in ~0.2 s. Each obfuscator is
 used once; reusing one would reveal the difference of two plaintexts.
+
+Only for ciphertexts sent to parties that do **not** hold the private key (the label
+holder's residuals, read by feature holders). A key holder knows the factorisation, can
+recover a ciphertext's randomness and take discrete logarithms modulo ``p`` and ``q``, so
+ciphertexts computed *for* the key holder (the feature holders' masked gradients) are
+re-randomised with a full uniform ``r^n`` instead.
 """
 
 from __future__ import annotations

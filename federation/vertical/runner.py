@@ -131,7 +131,7 @@ def setup_job(
         randomness=randomness,
     )
     hosts = [
-        FeatureHolder(v.name, v.X[aligned[v.name]], session, workers=workers, randomness=randomness)
+        FeatureHolder(v.name, v.X[aligned[v.name]], session, workers=workers)
         for v in views.values()
         if v.name != LABEL_HOLDER
     ]
