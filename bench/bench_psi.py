@@ -70,11 +70,8 @@ def _c_mult_seconds(count: int, workers: int) -> float:
     return (time.perf_counter() - started) / count
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    args = parser.parse_args()
-    rows = args.rows
+def run(rows: int = 100_000) -> dict[str, Any]:
+    """The benchmark as one JSON-ready dict (``bench/run.py`` calls this)."""
     a_ids, b_ids = _ids(rows)
     session = secrets.token_bytes(16)
     started = time.perf_counter()
@@ -124,7 +121,14 @@ def main() -> None:
             "parallel scaling",
         },
     }
-    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    print(json.dumps(run(args.rows), indent=2))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ fresh encrypted mask and a ``decrypt`` per feature), timed on a sample and
 **extrapolated** to one epoch of the same shape.
 
 Anchor: FATE 2.0 reports 2m16s per epoch for Coordinated-LR on 100k samples with 30 + 300
-features on 2 x 16 cores. The same-shape figure here is **extrapolated** from the measured
-per-feature cost of the feature holders (300 host features instead of 20), see
-``fate_shape_estimate``.
+features on 2 x 16 cores. ``--features 30,150,150`` runs that shape for real; the default
+run also prints an estimate **extrapolated** from the measured per-feature cost of the
+feature holders (300 host features instead of 20), see ``fate_shape_estimate``.
 
 Run: ``python -m bench.bench_vertical [--rows N] [--epochs E] [--batch B]`` (prints JSON).
 """
@@ -41,6 +41,7 @@ from bench.common import machine
 from federation.horizontal.model import auc
 from federation.vertical import setup_job, split_departments, synthetic_table, train
 from federation.vertical.data import fit_centralized
+from federation.vertical.parties import Randomness
 from federation.vertical.runner import Job, held_out
 
 SAMPLE = 40
@@ -110,24 +111,25 @@ def _baseline(job: Job, batch: int, train_rows: int, host_features: int) -> dict
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=125_000, help="~80%% train after held-out")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8192)
-    parser.add_argument("--learning-rate", type=float, default=1.0)
-    parser.add_argument("--randomness", choices=("djn", "pool"), default="djn")
-    parser.add_argument("--feature-bits", type=int, default=12, help="8: step 1/16, faster")
-    parser.add_argument(
-        "--features",
-        default="10,10,10",
-        help="features of hrss,health,civil; FATE's shape is 30,150,150",
+def run(
+    rows: int = 125_000,
+    epochs: int = 1,
+    batch: int = 8192,
+    learning_rate: float = 1.0,
+    randomness: Randomness = "djn",
+    feature_bits: int = 12,
+    features: tuple[int, int, int] = (10, 10, 10),
+) -> dict[str, Any]:
+    """The benchmark as one JSON-ready dict (``bench/run.py`` calls this)."""
+    args = argparse.Namespace(
+        rows=rows,
+        epochs=epochs,
+        batch=batch,
+        learning_rate=learning_rate,
+        randomness=randomness,
+        feature_bits=feature_bits,
     )
-    args = parser.parse_args()
-    per = tuple(int(v) for v in args.features.split(","))
-    if len(per) != 3:
-        parser.error("--features: expected three counts")
-    table = synthetic_table(args.rows, per, seed=7)
+    table = synthetic_table(args.rows, features, seed=7)
     views = split_departments(table, missing=0.0, seed=7)
     started = time.perf_counter()
     job = setup_job(
@@ -186,6 +188,35 @@ def main() -> None:
             f"{host_features} to {FATE_HOST_FEATURES} host features (extrapolated)",
         },
     }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=125_000, help="~80%% train after held-out")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--learning-rate", type=float, default=1.0)
+    parser.add_argument("--randomness", choices=("djn", "pool"), default="djn")
+    parser.add_argument("--feature-bits", type=int, default=12, help="8: step 1/16, faster")
+    parser.add_argument(
+        "--features",
+        default="10,10,10",
+        help="features of hrss,health,civil; FATE's shape is 30,150,150",
+    )
+    args = parser.parse_args()
+    per = tuple(int(v) for v in args.features.split(","))
+    if len(per) != 3:
+        parser.error("--features: expected three counts")
+    result = run(
+        args.rows,
+        args.epochs,
+        args.batch,
+        args.learning_rate,
+        args.randomness,
+        args.feature_bits,
+        (per[0], per[1], per[2]),
+    )
     print(json.dumps(result, indent=2))
 
 

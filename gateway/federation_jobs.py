@@ -1,9 +1,12 @@
 """Federated training jobs, gateway side: validate, authorize, audit, run, keep.
 
-The gateway does not train: it submits the Flower app to the deployment that
-``tongban federation up`` runs beside it (SuperLink + one SuperNode per county bureau) and
-follows the run. Who may train is a Casbin rule on ``federation:horizontal`` with the
-purpose ``model_training`` (:mod:`gateway.jobs`); a denial is audited there. An allowed job
+Horizontal jobs: the gateway does not train; it submits the Flower app to the deployment
+that ``tongban federation up`` runs beside it (SuperLink + one SuperNode per county bureau)
+and follows the run. Vertical jobs: the gateway runs the coordinator of
+:mod:`federation.vertical` (PSI, then Paillier-protected logistic regression), which only
+schedules and relays masked vectors and ciphertexts. Who may train is a Casbin rule on
+``federation:horizontal`` or ``federation:vertical`` with the purpose ``model_training``
+(:mod:`gateway.jobs`); a denial is audited there. An allowed job
 is audited when it starts (requester, departments, bureaus, configuration) and when it ends
 (status, and the SM3 hash of the final model parameters).
 
@@ -28,10 +31,11 @@ from .statistics_store import StatisticsStore
 
 __all__ = ["FederationJobs", "FederationRequest", "Trainer", "deployment_trainer"]
 
-_OBJECT = "federation:horizontal"
+KINDS = ("horizontal", "vertical")
 _FIELDS = frozenset(
-    {"kind", "rounds", "secagg", "dp_noise", "dp_clip", "departments", "local_epochs"}
-)
+    {"kind", "rounds", "secagg", "dp_noise", "dp_clip", "departments", "local_epochs",
+     "batch_size"}
+)  # fmt: skip
 MAX_ROUNDS = 200
 
 
@@ -49,8 +53,17 @@ class FederationRequest:
     dp_clip: float = 0.5
     local_epochs: int = 20
     departments: tuple[str, ...] = ()
+    kind: str = "horizontal"
+    batch_size: int = 1024
+
+    @property
+    def object(self) -> str:
+        """The policy object of the job (:mod:`gateway.jobs`)."""
+        return f"federation:{self.kind}"
 
     def config(self) -> dict[str, Any]:
+        if self.kind == "vertical":
+            return {"kind": "vertical", "rounds": self.rounds, "batch_size": self.batch_size}
         return {
             "kind": "horizontal",
             "rounds": self.rounds,
@@ -62,20 +75,26 @@ class FederationRequest:
 
     def audit_config(self) -> dict[str, Any]:
         """The configuration as the audit log keeps it (no floats: decimal strings)."""
+        if self.kind == "vertical":
+            return self.config()
         return self.config() | {
             "dp_noise": _decimal(self.dp_noise),
             "dp_clip": _decimal(self.dp_clip),
         }
 
     @classmethod
-    def parse(cls, body: Any, default_departments: tuple[str, ...]) -> FederationRequest:
+    def parse(
+        cls, body: Any, default_departments: Mapping[str, tuple[str, ...]]
+    ) -> FederationRequest:
         if not isinstance(body, Mapping):
             raise BadRequest("body: expected a JSON object")
         extra = sorted(str(k) for k in body if k not in _FIELDS)
         if extra:
             raise BadRequest(f"{extra[0]}: unexpected member")
-        if body.get("kind", "horizontal") != "horizontal":
-            raise BadRequest('kind: expected "horizontal"')
+        kind = _kind(body)
+        batch = body.get("batch_size", 1024)
+        if not _is_int(batch) or not 64 <= batch <= 65536:
+            raise BadRequest("batch_size: expected an integer 64..65536")
         rounds = body.get("rounds")
         if not _is_int(rounds) or not 1 <= rounds <= MAX_ROUNDS:
             raise BadRequest(f"rounds: expected an integer 1..{MAX_ROUNDS}")
@@ -91,14 +110,30 @@ class FederationRequest:
             raise BadRequest("dp_noise: expected a noise multiplier 0..100 (0: no DP)")
         if not 0 < clip <= 100:
             raise BadRequest("dp_clip: expected a clipping norm in (0, 100]")
-        departments = body.get("departments", list(default_departments))
+        departments = body.get("departments", list(default_departments[kind]))
         if (
             not isinstance(departments, list)
             or not departments
             or not all(isinstance(d, str) and d for d in departments)
         ):
             raise BadRequest("departments: expected a non-empty list of department names")
-        return cls(rounds, secagg, noise, clip, epochs, tuple(sorted(set(departments))))
+        return cls(
+            rounds, secagg, noise, clip, epochs, tuple(sorted(set(departments))), kind, batch
+        )
+
+
+def _kind(body: Mapping[str, Any]) -> str:
+    """The job's kind, refusing members that belong to the other kind."""
+    kind = body.get("kind", "horizontal")
+    if kind not in KINDS:
+        raise BadRequest('kind: expected "horizontal" or "vertical"')
+    if kind == "vertical":
+        for name in ("secagg", "dp_noise", "dp_clip", "local_epochs"):
+            if name in body:
+                raise BadRequest(f"{name}: horizontal jobs only")
+    elif "batch_size" in body:
+        raise BadRequest("batch_size: vertical jobs only")
+    return str(kind)
 
 
 def _decimal(value: float | None) -> str | None:
@@ -169,6 +204,26 @@ def deployment_trainer(data_dir: Path) -> Trainer:
     return train
 
 
+def vertical_trainer(data_dir: Path) -> Trainer:
+    """Vertical training (:mod:`federation.vertical`): ECDH-PSI across the departments,
+    then Paillier-protected logistic regression, run beside the gateway as the relay."""
+
+    def train(
+        request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        from federation.vertical.runner import run_vertical
+
+        def on_event(ev: dict[str, Any]) -> None:
+            if ev.get("event") == "round":
+                progress(ev)
+
+        return run_vertical(
+            data_dir, epochs=request.rounds, batch_size=request.batch_size, progress=on_event
+        )
+
+    return train
+
+
 @dataclass
 class FederationJob:
     id: str
@@ -221,14 +276,18 @@ class FederationJobs:
         jobs: JobPolicy | None = None,
         trainer: Trainer | None = None,
         store: StatisticsStore | None = None,
+        vertical: Trainer | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.audit = audit
         self.policy = jobs
-        self.trainer = trainer or deployment_trainer(data_dir)
-        declared = declared_jobs().get(_OBJECT)
-        self.default_departments = declared.departments if declared else ("health",)
+        self.trainers: dict[str, Trainer] = {
+            "horizontal": trainer or deployment_trainer(data_dir),
+            "vertical": vertical or vertical_trainer(data_dir),
+        }
+        declared = declared_jobs()
+        self.default_departments = {k: declared[f"federation:{k}"].departments for k in KINDS}
         self._jobs: dict[str, FederationJob] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="federation")
@@ -241,7 +300,7 @@ class FederationJobs:
         decision = None
         if self.policy is not None:  # denials are audited by the policy
             decision = self.policy.authorize(
-                requester, _OBJECT, request.departments, TRAINING_PURPOSE
+                requester, request.object, request.departments, TRAINING_PURPOSE
             )
         job = FederationJob("fl-" + secrets.token_hex(12), requester, request)
         entry: dict[str, Any] = {
@@ -249,7 +308,7 @@ class FederationJobs:
             "event": "started",
             "requester": requester,
             "job": job.id,
-            "object": _OBJECT,
+            "object": request.object,
             "departments": list(request.departments),
             "config": request.audit_config(),
         }
@@ -305,7 +364,7 @@ class FederationJobs:
             job.status = "running"
         self._save(job)
         try:
-            report = self.trainer(job.request, out.resolve(), progress)
+            report = self.trainers[job.request.kind](job.request, out.resolve(), progress)
         except Exception as exc:  # the job fails; the gateway keeps serving
             with self._lock:
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"

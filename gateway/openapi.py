@@ -51,6 +51,12 @@ ERROR_MODULES = (
     "audit.log",
     "federation.statistics",
     "federation.paillier",
+    "federation.dp",
+    "federation.psi",
+    "gateway.jobs",
+    "gateway.statistics",
+    "gateway.statistics_store",
+    "adapters.at_rest",
 )
 """Every module that defines a :class:`TongbanError` subclass. A test greps the sources for
 ``slug = "`` and fails if a module is missing here."""

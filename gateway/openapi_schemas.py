@@ -791,9 +791,24 @@ def _federation() -> Json:
     return {
         "FederationJobRequest": _obj(
             {
-                "kind": {"type": "string", "enum": ["horizontal"]},
+                "kind": {
+                    "type": "string",
+                    "enum": ["horizontal", "vertical"],
+                    "description": "horizontal: FedAvg among county bureaus on Flower; "
+                    "vertical: ECDH-PSI then Paillier-protected logistic regression across "
+                    "health, hrss (labels) and civil. Rounds are epochs for vertical.",
+                },
                 "rounds": {"type": "integer", "minimum": 1, "maximum": 200},
-                "secagg": {"type": "boolean", "description": "SecAgg+ secure aggregation."},
+                "secagg": {
+                    "type": "boolean",
+                    "description": "SecAgg+ secure aggregation (horizontal only).",
+                },
+                "batch_size": {
+                    "type": "integer",
+                    "minimum": 64,
+                    "maximum": 65536,
+                    "description": "Mini-batch size (vertical only).",
+                },
                 "dp_noise": {
                     "type": "number",
                     "minimum": 0,

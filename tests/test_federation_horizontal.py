@@ -324,7 +324,10 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
     [
         ({"rounds": 0}, "rounds"),
         ({"rounds": True}, "rounds"),
-        ({"rounds": 2, "kind": "vertical"}, "kind"),
+        ({"rounds": 2, "kind": "diagonal"}, "kind"),
+        ({"rounds": 2, "kind": "vertical", "secagg": True}, "secagg"),
+        ({"rounds": 2, "kind": "vertical", "batch_size": 8}, "batch_size"),
+        ({"rounds": 2, "batch_size": 512}, "batch_size"),
         ({"rounds": 2, "dp_noise": -1}, "dp_noise"),
         ({"rounds": 2, "dp_clip": 0}, "dp_clip"),
         ({"rounds": 2, "secagg": "yes"}, "secagg"),

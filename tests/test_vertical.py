@@ -7,6 +7,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import gmpy2
 import numpy as np
@@ -325,3 +326,43 @@ def test_fixed_base_obfuscators_encrypt_correctly_and_never_repeat(small_job):
         # An n-th residue has order dividing lambda = lcm(p - 1, q - 1) modulo n^2.
         assert gmpy2.powmod(r, gmpy2.lcm(key.p - 1, key.q - 1), nsquare) == 1
         assert job.guest._decrypt(int((n * m + 1) * r % nsquare)) == m
+
+
+def test_api_job_runs_vertically_audited_and_stored(small_population, claim_catalog, tmp_path):
+    """POST /v1/federation/jobs with kind "vertical": policy on federation:vertical, the real
+    PSI + hetero-LR coordinator, audit at start and end, the job kept in the store."""
+    from gateway.federation_jobs import FederationJobs
+    from gateway.jobs import JobDenied, JobPolicy
+    from gateway.statistics_store import StatisticsStore
+    from policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
+
+    class Audit:
+        def __init__(self) -> None:
+            self.entries: list[dict[str, Any]] = []
+
+        def append(self, event, subject_id=None) -> int:
+            self.entries.append(dict(event))
+            return len(self.entries) - 1
+
+    audit = Audit()
+    policy = PolicyEnforcer(build_policy(default_rules(), default_legal_bases(), claim_catalog))
+    store = StatisticsStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    jobs = FederationJobs(small_population.dir, audit, jobs=JobPolicy(policy, audit), store=store)
+    try:
+        with pytest.raises(JobDenied):
+            jobs.submit("edu-bureau", {"kind": "vertical", "rounds": 1})
+        job = jobs.submit("analyst", {"kind": "vertical", "rounds": 1, "batch_size": 64})
+        jobs.wait(job["id"], timeout=120)
+        state = jobs.get("analyst", job["id"])
+    finally:
+        jobs.close()
+    assert state["status"] == "done", state.get("error")
+    assert state["config"] == {"kind": "vertical", "rounds": 1, "batch_size": 64}
+    assert state["departments"] == ["civil", "health", "hrss"]
+    assert len(state["rounds"]) == 1 and len(state["result"]["model_sm3"]) == 64
+    assert store.load(job["id"], "analyst") == state
+    denied, started, completed = audit.entries
+    assert denied["kind"] == "job_denied" and denied["object"] == "federation:vertical"
+    assert started["event"] == "started" and started["object"] == "federation:vertical"
+    assert completed["event"] == "completed"
+    assert completed["model_sm3"] == state["result"]["model_sm3"]
