@@ -56,7 +56,10 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
+# bench_gateway and bench_soak drive the load with wrk (Debian package 'wrk').
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || \
+	  echo "!! wrk missing: the gateway and soak benchmarks will fail"
 	$(BIN)/python bench/run.py
 
 clean:

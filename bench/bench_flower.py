@@ -24,6 +24,7 @@ Run: ``python -m bench.bench_flower`` (prints JSON).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -222,7 +223,7 @@ def run() -> dict[str, Any]:
         "in_process_fedavg": baseline,
         "dp_tradeoff": dp_table,
         "dp_on_deployment": dp_deployed,
-        "note": "Measured on a shared 2-core machine under contention from other test runs.",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
 
 

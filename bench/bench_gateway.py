@@ -78,7 +78,8 @@ class Topology:
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
         gateway_port = _port()
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("TONGBAN_") or k.startswith("TONGBAN_RATE_")}  # fmt: skip
         env.update(
             TONGBAN_DATA_DIR=str(self.data),
             TONGBAN_PUBLIC_URL=self.gateway_url,

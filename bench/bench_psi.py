@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -93,7 +94,7 @@ def run(rows: int = 100_000) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "psi",
         "machine": machine(),
-        "note": "measured on a shared 2-core machine under contention from other jobs",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "rows_per_party": rows,
         "overlap": OVERLAP,
         "intersection": len(common),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -160,8 +161,8 @@ def run(
     result: dict[str, Any] = {
         "benchmark": "vertical",
         "machine": machine(),
-        "note": "measured on a shared 2-core machine under contention from other jobs; all "
-        "three parties share the 2 cores",
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "note": "all three parties share this machine's cores",
         "train_rows": job.plan.train,
         "held_out_rows": job.plan.held_out,
         "features": {v.name: len(v.columns) for v in views.values()},

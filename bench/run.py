@@ -23,6 +23,10 @@ BENCHMARKS = (
     "paillier",
     "statistics",
     "flower",
+    "psi",
+    "vertical",
+    "at_rest",
+    "soak",  # ten minutes at the highest rate with p99 < 100 ms
 )
 
 

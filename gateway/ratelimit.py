@@ -36,11 +36,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Engine, Float, MetaData, String, Table, case, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from primitives.db import is_memory_sqlite, make_engine
@@ -143,6 +143,23 @@ class MemoryBucketStore:
         return None
 
 
+_LEVEL = (
+    "(CASE WHEN rate_buckets.tokens + (CASE WHEN rate_buckets.updated < :now"
+    " THEN :now - rate_buckets.updated ELSE 0.0 END) * :rate < :burst"
+    " THEN rate_buckets.tokens + (CASE WHEN rate_buckets.updated < :now"
+    " THEN :now - rate_buckets.updated ELSE 0.0 END) * :rate ELSE :burst END)"
+)
+#: Refill to ``min(burst, tokens + elapsed * rate)``, then take ``cost`` if that leaves
+#: enough; a new bucket starts full. ``RETURNING`` yields no row when the WHERE refuses.
+#: Constant text: every value is a bound parameter.
+_UPSERT = text(
+    "INSERT INTO rate_buckets (key, tokens, updated) VALUES (:key, :burst - :cost, :now)"  # noqa: S608
+    " ON CONFLICT (key) DO UPDATE SET tokens = " + _LEVEL + " - :cost,"
+    " updated = CASE WHEN rate_buckets.updated < :now THEN :now ELSE rate_buckets.updated END"
+    " WHERE " + _LEVEL + " >= :cost RETURNING tokens"
+)
+
+
 class SqlBucketStore:
     """Buckets in a SQL table shared by every worker (see the module docstring)."""
 
@@ -159,6 +176,12 @@ class SqlBucketStore:
             raise ValueError("rate limit store: expected SQLite or PostgreSQL")
         self._max_full_after = max_full_after
         self._next_purge = 0.0
+        # SQLite has one writer: threads of this process queue here, on a lock that wakes
+        # the next one at once, instead of in SQLite's busy handler, which sleeps up to
+        # 100 ms a time. PostgreSQL locks rows, so its transactions run concurrently.
+        self._serial: AbstractContextManager[Any] = (
+            threading.Lock() if self._dialect == "sqlite" else nullcontext()
+        )
 
     def create_schema(self) -> None:
         try:
@@ -166,32 +189,24 @@ class SqlBucketStore:
         except SQLAlchemyError as exc:
             raise StoreUnavailable("rate limit store is unavailable") from exc
 
-    def _upsert(self, charge: Charge, now: float) -> Any:
-        b, c = charge.bucket, buckets.c
-        elapsed = case((c.updated < now, now - c.updated), else_=0.0)
-        refilled = c.tokens + elapsed * b.per_second
-        level = case((refilled < b.burst, refilled), else_=b.burst)
-        insert = (postgresql if self._dialect == "postgresql" else sqlite).insert(buckets)
-        return (
-            insert.values(key=charge.key, tokens=b.burst - charge.cost, updated=now)
-            .on_conflict_do_update(
-                index_elements=[c.key],
-                set_={"tokens": level - charge.cost, "updated": case(
-                    (c.updated < now, now), else_=c.updated)},
-                where=level >= charge.cost,
-            )
-            .returning(c.tokens)
-        )  # fmt: skip
+    def _upsert(self, conn: Any, charge: Charge, now: float) -> Any:
+        """One conditional upsert: the row's tokens after the charge, or ``None`` if the
+        bucket is short. Plain SQL, the same on SQLite (>= 3.35) and PostgreSQL: building
+        the equivalent SQLAlchemy construct per call cost more CPU than the database."""
+        b = charge.bucket
+        params = {"key": charge.key, "burst": float(b.burst), "rate": float(b.per_second),
+                  "cost": float(charge.cost), "now": float(now)}  # fmt: skip
+        return conn.execute(_UPSERT, params).first()
 
     def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
         try:
             if now >= self._next_purge:
                 self.purge(now)
-            with self.engine.connect() as conn, conn.begin() as tx:
+            with self._serial, self.engine.connect() as conn, conn.begin() as tx:
                 if self._dialect == "postgresql":
                     conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 for charge in charges:
-                    if conn.execute(self._upsert(charge, now)).first() is not None:
+                    if self._upsert(conn, charge, now) is not None:
                         continue
                     row = conn.execute(
                         select(buckets.c.tokens, buckets.c.updated).where(

@@ -281,12 +281,13 @@ class Topology:
     def gunicorn_argv(self, name: str) -> list[str]:
         """The gunicorn command line of one service, as documented for production."""
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
-        common = ["--log-level", "warning", "-k", "gthread", "--graceful-timeout", "5"]
-        if name == "gateway":
-            return [gunicorn, *common, "-b", f"127.0.0.1:{self.gateway_port}",
+        common = ["--log-level", "warning", "--graceful-timeout", "5"]
+        if name == "gateway":  # the production worker: gthread plus a read deadline
+            return [gunicorn, *common, "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
+                    "-b", f"127.0.0.1:{self.gateway_port}",
                     "-w", str(self.workers), "--threads", str(self.threads), "--timeout", "60",
                     "tongban.wsgi:gateway()"]  # fmt: skip
-        return [gunicorn, *common, "-b", f"127.0.0.1:{self.adapter_ports[name]}",
+        return [gunicorn, *common, "-k", "gthread", "-b", f"127.0.0.1:{self.adapter_ports[name]}",
                 "-w", "1", "--threads", str(self.adapter_threads),
                 f'tongban.wsgi:adapter("{name}")']  # fmt: skip
 
