@@ -37,8 +37,11 @@ from bench.common import DATA, machine
 from tests.topology import Topology
 
 TARGET_P99_MS = 100.0
+#: A ramp step lasts seconds; a ten-minute hold has a longer tail (measured: a level at
+#: p99 89 ms in the ramp held at 104 ms), so the ramp keeps this margin under the target.
+RAMP_MARGIN = 0.85
 SEGMENT_SECONDS = 240  # below the 300 s access-token lifetime
-RAMP_LEVELS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+RAMP_LEVELS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 # Requests cycle through real subjects; done() prints one JSON line with the summary and
 # the latency histogram (microseconds -> count), so segments merge exactly.
@@ -183,7 +186,7 @@ def run(
                     f"ramp {level:>3} connections: {result['checks_per_s']:>7} checks/s, "
                     f"p99 {result['p99_ms']} ms, errors {result['error_total']}"
                 )
-                if result["p99_ms"] < TARGET_P99_MS and not result["error_total"]:
+                if result["p99_ms"] < RAMP_MARGIN * TARGET_P99_MS and not result["error_total"]:
                     connections, misses = level, 0
                 else:
                     misses += 1
