@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 
 from policies import PolicyAdmin
 from primitives.errors import BadRequest
 
 from .checks import Checker
 from .oauth.flask import current_principal, require_token
+from .views_common import json_body
 
 __all__ = ["BATCH_MAX_BODY", "checks_blueprint"]
 
 BATCH_MAX_BODY = 2 * 1024 * 1024  # 10,000 subjects with consent ids
-
-
-def _json_body() -> Any:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("body: expected a JSON object (Content-Type: application/json)")
-    return body
 
 
 def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
@@ -31,13 +25,13 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
     @require_token("checks")
     def check() -> Response:
         principal = current_principal()
-        return jsonify(checker.check(principal.client_id, _json_body(), g.get("request_id", "")))
+        return jsonify(checker.check(principal.client_id, json_body(), g.get("request_id", "")))
 
     @bp.post("/v1/checks/batch")
     @require_token("checks:batch")
     def batch() -> Response:
         principal = current_principal()
-        return jsonify(checker.batch(principal.client_id, _json_body(), g.get("request_id", "")))
+        return jsonify(checker.batch(principal.client_id, json_body(), g.get("request_id", "")))
 
     @bp.get("/v1/claims")
     @require_token()
@@ -63,7 +57,7 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
     @bp.post("/v1/admin/policy/changes")
     @require_token("admin")
     def propose() -> tuple[Response, int]:
-        change_id = _admin().propose(current_principal().client_id, _json_body())
+        change_id = _admin().propose(current_principal().client_id, json_body())
         return jsonify(id=change_id, status="pending"), 201
 
     @bp.post("/v1/admin/policy/changes/<change_id>/approve")

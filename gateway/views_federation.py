@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, Response, jsonify, request, url_for
-
-from primitives.errors import BadRequest
+from flask import Blueprint, Response, jsonify, url_for
 
 from .federation_jobs import FederationJobs
 from .oauth.flask import current_principal, require_token
+from .views_common import json_body
 
 __all__ = ["federation_blueprint"]
-
-
-def _json_body() -> Any:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise BadRequest("body: expected a JSON object (Content-Type: application/json)")
-    return body
 
 
 def federation_blueprint(service: FederationJobs) -> Blueprint:
@@ -27,7 +17,7 @@ def federation_blueprint(service: FederationJobs) -> Blueprint:
     @bp.post("/v1/federation/jobs")
     @require_token("federation")
     def submit() -> tuple[Response, int, dict[str, str]]:
-        job = service.submit(current_principal().client_id, _json_body())
+        job = service.submit(current_principal().client_id, json_body())
         location = url_for("federation.job", job_id=job["id"])
         return jsonify(job), 202, {"Location": location}
 
