@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["is_memory_sqlite", "make_engine"]
+__all__ = ["PG_CONNECT_TIMEOUT", "is_memory_sqlite", "make_engine"]
 
 
 def is_memory_sqlite(url: str) -> bool:
@@ -22,11 +22,21 @@ def is_memory_sqlite(url: str) -> bool:
     return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
+#: Seconds a new PostgreSQL connection may take before it fails (libpq ``connect_timeout``):
+#: a server that hangs, or a network that drops packets, becomes a 503 instead of a request
+#: thread waiting for TCP to give up.
+PG_CONNECT_TIMEOUT = 5
+
+
 def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000) -> Engine:
     """``synchronous``: SQLite's PRAGMA synchronous for file databases (``FULL`` where a
     commit must survive power loss, e.g. the audit log); ``None`` keeps SQLite's default."""
     if is_memory_sqlite(url):
         return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    if make_url(url).get_backend_name() == "postgresql":
+        return create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT}
+        )
     engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
     if engine.dialect.name == "sqlite":
 
