@@ -85,7 +85,9 @@ class Hostile:
         self.gateway.close()
 
 
-def build_hostile(tmp: Path, **settings: Any) -> Hostile:
+def build_hostile(
+    tmp: Path, *, clients: dict[str, tuple[str, ...]] = CLIENTS, **settings: Any
+) -> Hostile:
     ring = KeyRing(tmp / "keys")
     ring.ensure("gateway")
     idp = ring.ensure("idp")
@@ -96,7 +98,7 @@ def build_hostile(tmp: Path, **settings: Any) -> Hostile:
     registry = gateway.oauth.registry
     secrets = {
         cid: str(registry.register_client(cid, cid, scopes=scopes).secret)
-        for cid, scopes in CLIENTS.items()
+        for cid, scopes in clients.items()
     }
     return Hostile(gateway, app, app.test_client(), config, idp, secrets)
 

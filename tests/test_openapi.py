@@ -4,35 +4,25 @@ gateway actually answers (real responses validated against the documented schema
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import importlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from gateway.app import create_app
-from gateway.metrics import install_metrics
-from gateway.oauth import mint_citizen_token
 from gateway.openapi import ERROR_MODULES, build_openapi, docs_blueprint, problem_types
 from gateway.openapi_schemas import ID_NUMBER_PATTERN
-from gateway.services import Gateway
 from primitives.errors import PROBLEM_BASE, TongbanError
-from primitives.gm import SM2PrivateKey
 from primitives.idnumber import make_id
-from tongban.config import Settings
-from tongban.keys import KeyRing
-from tongban.wiring import build_gateway
 
-PUBLIC_URL = "http://gw.test"
+from .hostile_harness import Hostile, build_hostile
+
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 CLIENTS: dict[str, tuple[str, ...]] = {
@@ -49,65 +39,13 @@ CHILD = make_id("110105", dt.date(2018, 3, 4), 12)
 BAD_CHECK_DIGIT = CHILD[:-1] + ("1" if CHILD[-1] == "0" else "0")
 
 
-def wire_docs_and_metrics(app: Flask, gateway: Gateway) -> None:
-    """What create_app does once integrated; done here only if it does not yet."""
-    if "docs" not in app.blueprints:
-        app.register_blueprint(
-            docs_blueprint(lambda: build_openapi(PUBLIC_URL, catalog=gateway.catalog))
-        )
-    if "metrics" not in app.blueprints:
-        install_metrics(app, audit=gateway.audit)
-
-
-@dataclass
-class Served:
-    gateway: Gateway
-    app: Flask
-    client: FlaskClient
-    settings: Settings
-    idp: SM2PrivateKey
-    secrets: dict[str, str]
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def basic(self, client_id: str, secret: str | None = None) -> dict[str, str]:
-        raw = f"{client_id}:{secret or self.secrets[client_id]}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
-
-    def auth(self, client_id: str) -> dict[str, str]:
-        if client_id not in self.tokens:
-            resp = self.client.post(
-                "/oauth/token",
-                data={"grant_type": "client_credentials"},
-                headers=self.basic(client_id),
-            )
-            assert resp.status_code == 200, resp.get_data(as_text=True)
-            self.tokens[client_id] = resp.get_json()["access_token"]
-        return {"Authorization": f"Bearer {self.tokens[client_id]}"}
-
-    def citizen(self, id_number: str) -> dict[str, str]:
-        token = mint_citizen_token(
-            self.idp, id_number, issuer=self.settings.idp_issuer, audience=PUBLIC_URL
-        )
-        return {"Authorization": f"Bearer {token}"}
+Served = Hostile
 
 
 def build_served(tmp: Path) -> Served:
     """A whole gateway as ``tongban serve`` builds it, with no department connected (every
     answer is ``undetermined``): enough to exercise every route."""
-    ring = KeyRing(tmp / "keys")
-    ring.ensure("gateway")
-    idp = ring.ensure("idp")
-    settings = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600)
-    gateway = build_gateway(settings, start=False)
-    app = create_app(gateway)
-    wire_docs_and_metrics(app, gateway)
-    assert gateway.oauth is not None
-    registry = gateway.oauth.registry
-    secrets = {
-        cid: str(registry.register_client(cid, cid, scopes=scopes).secret)
-        for cid, scopes in CLIENTS.items()
-    }
-    return Served(gateway, app, app.test_client(), settings, idp, secrets)
+    return build_hostile(tmp, clients=CLIENTS)
 
 
 @pytest.fixture(scope="module")
