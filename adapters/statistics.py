@@ -90,6 +90,13 @@ class PoolCache:
         with self._lock:
             return len(self._pools)
 
+    def wait_full(self, timeout: float | None = None) -> bool:
+        """Block until every pool is full (benchmarks separate refilling from the online
+        phase with it); ``False`` if one is not full in time."""
+        with self._lock:
+            pools = list(self._pools.values())
+        return all(pool.wait_full(timeout) for pool in pools)
+
     def close(self) -> None:
         with self._lock:
             pools, self._pools = list(self._pools.values()), OrderedDict()

@@ -10,7 +10,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["canonical_bytes", "canonical_json", "check_values"]
+__all__ = ["canonical_bytes", "canonical_json", "check_values", "decimal_text"]
+
+
+def decimal_text(value: float | None) -> str | None:
+    """A fraction as an entry keeps it: fixed-point text to 6 places, trailing zeros dropped
+    (``0.2`` → ``"0.2"``, ``1.0`` → ``"1"``); ``None`` stays ``None``."""
+    return None if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def check_values(entry: Mapping[str, Any]) -> None:

@@ -108,8 +108,7 @@ def _job(service: StatisticsService, key_jwk: dict[str, Any], dp: float | None) 
 def _wait_pools(locals_: list[SimulatedStatistics], timeout: float = 120.0) -> float:
     start = time.perf_counter()
     for local in locals_:
-        for pool in list(local.pools._pools.values()):
-            pool.wait_full(timeout)
+        local.pools.wait_full(timeout)
     return time.perf_counter() - start
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
+from audit.canonical import decimal_text
 from primitives.errors import BadRequest, NotFound
 
 from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
@@ -78,8 +79,8 @@ class FederationRequest:
         if self.kind == "vertical":
             return self.config()
         return self.config() | {
-            "dp_noise": _decimal(self.dp_noise),
-            "dp_clip": _decimal(self.dp_clip),
+            "dp_noise": decimal_text(self.dp_noise),
+            "dp_clip": decimal_text(self.dp_clip),
         }
 
     @classmethod
@@ -134,10 +135,6 @@ def _kind(body: Mapping[str, Any]) -> str:
     elif "batch_size" in body:
         raise BadRequest("batch_size: vertical jobs only")
     return str(kind)
-
-
-def _decimal(value: float | None) -> str | None:
-    return None if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -385,8 +382,8 @@ class FederationJobs:
                 "bureaus": report.get("bureaus", []),
                 "config": job.request.audit_config(),
                 "model_sm3": report["model_sm3"],
-                "auc_federated": _decimal(float(report["auc_federated"])),
-                "epsilon": _decimal(report.get("epsilon")),
+                "auc_federated": decimal_text(float(report["auc_federated"])),
+                "epsilon": decimal_text(report.get("epsilon")),
             }
         )
         with self._lock:

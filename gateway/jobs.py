@@ -96,18 +96,12 @@ class JobPolicy:
         self.enforcer = enforcer
         self.audit = audit
 
-    def decide(
-        self, requester: str, obj: str, departments: Sequence[str], purpose: str
-    ) -> Decision:
-        """The decision, never raising (an unknown object simply matches no rule)."""
-        return self.enforcer.decide(requester, obj, departments, purpose)
-
     def authorize(
         self, requester: str, obj: str, departments: Sequence[str], purpose: str
     ) -> Decision:
         """The allowing decision (for the caller's audit entry), or :class:`JobDenied`
         after the denial is durably audited."""
-        decision = self.decide(requester, obj, departments, purpose)
+        decision = self.enforcer.decide(requester, obj, departments, purpose)
         if decision.allowed:
             return decision
         index = None

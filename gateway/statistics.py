@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from adapters.client import DepartmentClient
+from audit.canonical import decimal_text
+from federation.dp import parse_epsilon
 from federation.packing import PackingLayout
 from federation.paillier import (
     aggregate,
@@ -139,10 +141,6 @@ class Job:
         return body
 
 
-def _decimal(value: float | None) -> str | None:
-    return None if value is None else f"{value:.6f}".rstrip("0").rstrip(".")
-
-
 class StatisticsService:
     """Runs encrypted-statistics jobs; jobs and budgets are kept in ``store``."""
 
@@ -198,7 +196,7 @@ class StatisticsService:
             return None
         if not isinstance(dp, Mapping) or set(dp) != {"epsilon"}:
             raise BadRequest('dp: expected {"epsilon": number}')
-        return Release.from_json({"threshold": self.threshold, "epsilon": dp["epsilon"]}).epsilon
+        return parse_epsilon(dp["epsilon"])
 
     def submit(self, requester: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, Mapping):
@@ -244,12 +242,12 @@ class StatisticsService:
             "key": job.key_fingerprint,
             "departments": list(statistic.departments),
             # audit entries hold no floats: ε as exact decimal text
-            "release": {"threshold": release.threshold, "epsilon": _decimal(release.epsilon)},
+            "release": {"threshold": release.threshold, "epsilon": decimal_text(release.epsilon)},
         }
         if decision is not None:
             entry["policy"] = decision_record(decision)
         if remaining is not None:
-            entry["budget_remaining"] = _decimal(remaining)
+            entry["budget_remaining"] = decimal_text(remaining)
         # Durable before any department is asked: an unaudited job never runs.
         try:
             job.audit_index = self.audit.append(entry)
