@@ -49,8 +49,8 @@ import datetime as dt
 import json
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -75,7 +75,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit.vault import Pseudonymizer
 from policies.errors import AuditFailed
-from primitives.db import make_engine
+from primitives.db import make_engine, transaction
 from primitives.errors import (
     BadRequest,
     Conflict,
@@ -508,13 +508,8 @@ class ConsentStore:
         except SQLAlchemyError as exc:
             raise StoreUnavailable("the consent store is unavailable") from exc
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the consent store is unavailable") from exc
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, "the consent store")
 
     def _now(self, now: dt.datetime | None = None) -> int:
         return _epoch(self.clock() if now is None else now)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import (
@@ -37,9 +37,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from primitives.db import make_engine
+from primitives.db import make_engine, transaction
 from primitives.errors import Forbidden, StoreUnavailable
 
 __all__ = ["BudgetExhausted", "StatisticsStore", "metadata"]
@@ -90,13 +90,8 @@ class StatisticsStore:
         with self._begin():
             metadata.create_all(self.engine, checkfirst=True)
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the statistics store is unavailable") from exc
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, "the statistics store")
 
     # --- jobs ---------------------------------------------------------------------------
 

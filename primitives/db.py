@@ -8,13 +8,18 @@ its own empty database); server databases get pre-ping so a restarted server hea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["PG_CONNECT_TIMEOUT", "is_memory_sqlite", "make_engine"]
+from .errors import StoreUnavailable
+
+__all__ = ["PG_CONNECT_TIMEOUT", "is_memory_sqlite", "make_engine", "transaction"]
 
 
 def is_memory_sqlite(url: str) -> bool:
@@ -50,3 +55,14 @@ def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000
 
         event.listen(engine, "connect", pragmas)
     return engine
+
+
+@contextmanager
+def transaction(engine: Engine, store: str) -> Iterator[Connection]:
+    """``engine.begin()``, with any database error raised as a 503 ``StoreUnavailable``
+    ("``<store>`` is unavailable"): what every store's writes and reads go through."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable(f"{store} is unavailable") from exc

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, cast
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from primitives.db import transaction
 from primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from primitives.gm import SM2PublicKey
 from primitives.jws import PublicKey, key_from_jwk
@@ -188,13 +189,8 @@ class ClientRegistry:
     def create_schema(self) -> None:
         create_schema(self.engine)
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("oauth client registry is unavailable") from exc
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, "oauth client registry")
 
     def register_client(
         self,
