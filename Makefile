@@ -48,8 +48,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy cannot follow setuptools' package-dir mapping (gateway/ is installed as
+# tongban.gateway), so it reads a view of symlinks laid out as the installed package.
+TYPECHECK_VIEW := build/typecheck
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	@rm -rf $(TYPECHECK_VIEW) && mkdir -p $(TYPECHECK_VIEW)/tongban
+	@for f in tongban/*.py tongban/py.typed; do ln -s ../../../$$f $(TYPECHECK_VIEW)/tongban/; done
+	@for d in gateway adapters audit primitives policies federation; do \
+	  ln -s ../../../$$d $(TYPECHECK_VIEW)/tongban/$$d; done
+	MYPYPATH=$(TYPECHECK_VIEW) $(BIN)/mypy
 
 pytest: $(STAMP) browser
 	$(BIN)/python -m pytest

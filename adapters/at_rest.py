@@ -32,9 +32,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import Connection, Table, select
-
-from primitives.errors import StoreUnavailable
-from primitives.gm import sm4_decrypt, sm4_encrypt
+from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.gm import sm4_decrypt, sm4_encrypt
 
 __all__ = [
     "META_EPOCH",

@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import httpx
-
-from federation.paillier import key_fingerprint, parse_public_key
-from primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
-from primitives.gm import SM2PublicKey
-from primitives.wire import PredicateCall, Tri
+from tongban.federation.paillier import key_fingerprint, parse_public_key
+from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
+from tongban.primitives.gm import SM2PublicKey
+from tongban.primitives.wire import PredicateCall, Tri
 
 from .protocol import (
     AdapterCore,

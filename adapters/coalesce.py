@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from primitives.wire import Tri
+from tongban.primitives.wire import Tri
 
 from .protocol import MAX_BATCH
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
-
-from primitives.errors import UnknownParameter, UnknownPredicate
+from tongban.primitives.errors import UnknownParameter, UnknownPredicate
 
 __all__ = [
     "Columns",

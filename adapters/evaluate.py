@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import Connection, Select, bindparam, literal, or_, select
-
-from primitives.errors import StoreUnavailable, UnknownParameter
-from primitives.idnumber import parse
-from primitives.wire import PredicateCall, Tri
+from tongban.primitives.errors import StoreUnavailable, UnknownParameter
+from tongban.primitives.idnumber import parse
+from tongban.primitives.wire import PredicateCall, Tri
 
 from .at_rest import BlindIndex
 from .department import Predicate

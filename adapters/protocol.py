@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from primitives.errors import BadRequest, Unauthenticated
-from primitives.gm import SM2PrivateKey, SM2PublicKey
-from primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
-from primitives.replay import MemoryReplayCache, ReplayCache
-from primitives.wire import PredicateCall, Tri
+from tongban.primitives.errors import BadRequest, Unauthenticated
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
+from tongban.primitives.replay import MemoryReplayCache, ReplayCache
+from tongban.primitives.wire import PredicateCall, Tri
 
 from .evaluate import Evaluator
 from .statistics import LocalStatistics

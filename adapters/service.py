@@ -8,11 +8,10 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
+from tongban.primitives.jws import jwks
+from tongban.primitives.problem import PROBLEM_JSON, from_http_status, problem_body, request_id
 from werkzeug.exceptions import HTTPException
-
-from primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
-from primitives.jws import jwks
-from primitives.problem import PROBLEM_JSON, from_http_status, problem_body, request_id
 
 from .protocol import AdapterCore
 from .witness import Witness

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 from phe import PaillierPublicKey
 from sqlalchemy import case, func, select
-
-from federation.paillier import (
+from tongban.federation.paillier import (
     InvalidPublicKey,
     ObfuscatorPool,
     OutOfBounds,
@@ -28,7 +27,7 @@ from federation.paillier import (
     key_fingerprint,
     parse_public_key,
 )
-from federation.statistics import (
+from tongban.federation.statistics import (
     DEFAULT_THRESHOLD,
     REGISTRY,
     Release,

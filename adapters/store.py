@@ -15,9 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, literal, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
-
-from primitives.db import make_engine
-from primitives.errors import StoreUnavailable
+from tongban.primitives.db import make_engine
+from tongban.primitives.errors import StoreUnavailable
 
 from .at_rest import (
     META_EPOCH,

@@ -13,10 +13,10 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from audit.merkle import verify_consistency
-from audit.note import NoteError, NoteSignature, SignedNote, sign_line
-from primitives.errors import BadRequest, Conflict
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.audit.merkle import verify_consistency
+from tongban.audit.note import NoteError, NoteSignature, SignedNote, sign_line
+from tongban.primitives.errors import BadRequest, Conflict
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
 from .store import DepartmentStore
 

@@ -25,9 +25,8 @@ from sqlalchemy import Connection, Engine, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from primitives.db import make_engine
-from primitives.errors import StoreUnavailable, TongbanError
+from tongban.primitives.db import make_engine
+from tongban.primitives.errors import StoreUnavailable, TongbanError
 
 from . import schema
 from .canonical import canonical_bytes, check_values

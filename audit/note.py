@@ -21,7 +21,7 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
 __all__ = ["Checkpoint", "NoteError", "NoteSignature", "SignedNote", "sign_line"]
 

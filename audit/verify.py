@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import create_engine, select
-
-from primitives.gm import SM2PublicKey
+from tongban.primitives.gm import SM2PublicKey
 
 from . import schema
 from .canonical import canonical_bytes

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.ingest import ingest
-from adapters.rekey import rotate_data_key, rotate_index_key
-from adapters.store import DepartmentStore, sqlite_url
-from adapters.synthetic.population import REFERENCE_DATE, Population, build_population
-from adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.ingest import ingest
+from tongban.adapters.rekey import rotate_data_key, rotate_index_key
+from tongban.adapters.store import DepartmentStore, sqlite_url
+from tongban.adapters.synthetic.population import REFERENCE_DATE, Population, build_population
+from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
+from tongban.primitives.wire import PredicateCall
+
 from bench.bench_predicates import CASES
 from bench.common import DATA, machine, percentiles
-from primitives.wire import PredicateCall
 
 SEED = 7
 

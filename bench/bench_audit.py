@@ -38,18 +38,18 @@ if str(ROOT) not in sys.path:  # also runnable as ``python bench/bench_audit.py`
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: E402
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: E402
+from tongban.adapters.client import InProcessTransport  # noqa: E402
+from tongban.adapters.witness import MemoryWitnessState, Witness  # noqa: E402
+from tongban.audit import schema  # noqa: E402
+from tongban.audit.log import AuditLog, PreparedEntry  # noqa: E402
+from tongban.audit.merkle import MerkleTree, leaf_hash, verify_inclusion  # noqa: E402
+from tongban.audit.vault import Pseudonymizer  # noqa: E402
+from tongban.audit.verify import verify_store  # noqa: E402
+from tongban.gateway.checkpoints import Checkpointer  # noqa: E402
+from tongban.primitives.gm import SM2PrivateKey  # noqa: E402
+from tongban.primitives.idnumber import make_id  # noqa: E402
 
-from adapters.client import InProcessTransport  # noqa: E402
-from adapters.witness import MemoryWitnessState, Witness  # noqa: E402
-from audit import schema  # noqa: E402
-from audit.log import AuditLog, PreparedEntry  # noqa: E402
-from audit.merkle import MerkleTree, leaf_hash, verify_inclusion  # noqa: E402
-from audit.vault import Pseudonymizer  # noqa: E402
-from audit.verify import verify_store  # noqa: E402
 from bench.common import DATA, machine, percentiles  # noqa: E402
-from gateway.checkpoints import Checkpointer  # noqa: E402
-from primitives.gm import SM2PrivateKey  # noqa: E402
-from primitives.idnumber import make_id  # noqa: E402
 
 ORIGIN = "bench.tongban.example/audit"
 GATEWAY = "tongban-gateway"

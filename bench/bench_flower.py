@@ -35,15 +35,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-
-import federation.horizontal  # noqa: F401  (imports Flower quietly)
-from adapters.synthetic.features import build_features, write_features
-from adapters.synthetic.population import build_population
-from bench.common import machine
-from federation.horizontal.accounting import gaussian_epsilon
-from federation.horizontal.data import held_out_mask, partition_rows
-from federation.horizontal.deploy import Supervisor
-from federation.horizontal.model import (
+import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
+from tongban.adapters.synthetic.features import build_features, write_features
+from tongban.adapters.synthetic.population import build_population
+from tongban.federation.horizontal.accounting import gaussian_epsilon
+from tongban.federation.horizontal.data import held_out_mask, partition_rows
+from tongban.federation.horizontal.deploy import Supervisor
+from tongban.federation.horizontal.model import (
     TrainConfig,
     auc,
     fedavg_in_process,
@@ -52,8 +50,10 @@ from federation.horizontal.model import (
     train_centralized,
     train_local,
 )
-from federation.horizontal.runner import run_training
-from federation.horizontal.settings import RunSettings
+from tongban.federation.horizontal.runner import run_training
+from tongban.federation.horizontal.settings import RunSettings
+
+from bench.common import machine
 
 POPULATION = 100_000
 SEED = 7
@@ -114,8 +114,7 @@ def _dp_in_process(
     """DP FedAvg through Flower's server-side wrapper, clipping as fixedclipping_mod does."""
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.supercore.differential_privacy import compute_clip_model_update
-
-    from federation.horizontal.apps import build_strategy
+    from tongban.federation.horizontal.apps import build_strategy
 
     np.random.seed(seed)  # Flower's noise uses numpy's global generator
     strategy = build_strategy(

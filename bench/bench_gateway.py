@@ -205,7 +205,7 @@ def _prepare(data: Path) -> tuple[dict[str, Any], list[str]]:
     from tongban.keys import KeyRing
 
     if needs_generation(data, POPULATION, 7):
-        from adapters.synthetic.generate import generate
+        from tongban.adapters.synthetic.generate import generate
 
         generate(data, POPULATION, 7, truth=data / "truth.jsonl")
     keys = KeyRing(data / "keys")

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters.departments import DEPARTMENTS
-from adapters.store import DepartmentStore, sqlite_url
-from adapters.synthetic.generate import generate
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.store import DepartmentStore, sqlite_url
+from tongban.adapters.synthetic.generate import generate
+from tongban.primitives.idnumber import validate
+
 from bench.common import DATA, machine
-from primitives.idnumber import validate
 
 SAMPLE = 20_000
 

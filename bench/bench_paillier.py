@@ -35,9 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gmpy2
-
-from bench.common import machine
-from federation.paillier import (
+from tongban.federation.paillier import (
     ObfuscatorPool,
     PackingLayout,
     aggregate,
@@ -46,6 +44,8 @@ from federation.paillier import (
     generate_keypair,
     random_obfuscator,
 )
+
+from bench.common import machine
 
 PARTIES = 12
 COUNTERS = 10_000

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.store import DepartmentStore, sqlite_url
-from adapters.synthetic.generate import generate
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.store import DepartmentStore, sqlite_url
+from tongban.adapters.synthetic.generate import generate
+from tongban.primitives.wire import PredicateCall
+
 from bench.common import DATA, machine, percentiles
-from primitives.wire import PredicateCall
 
 CASES: list[tuple[str, str, dict[str, str]]] = [
     ("health", "birth_certificate_issued", {}),

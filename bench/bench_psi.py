@@ -33,9 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tongban.federation.psi import PsiParty, Transcript, _blind, _curve, hash_to_curve, run_psi
+from tongban.primitives.gm import SM2_N
+
 from bench.common import machine
-from federation.psi import PsiParty, Transcript, _blind, _curve, hash_to_curve, run_psi
-from primitives.gm import SM2_N
 
 OVERLAP = 0.8
 SAMPLE = 20

@@ -45,22 +45,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.client import DepartmentClient, InProcessTransport
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.protocol import AdapterCore, RequestSigner
-from adapters.statistics import LocalQuery, LocalStatistics, PoolCache
-from adapters.store import DepartmentStore
-from audit.log import AuditLog
-from audit.vault import Pseudonymizer
+from tongban.adapters.client import DepartmentClient, InProcessTransport
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.protocol import AdapterCore, RequestSigner
+from tongban.adapters.statistics import LocalQuery, LocalStatistics, PoolCache
+from tongban.adapters.store import DepartmentStore
+from tongban.audit.log import AuditLog
+from tongban.audit.vault import Pseudonymizer
+from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
+from tongban.federation.statistics import Release, Statistic, StatisticsRegistry
+from tongban.gateway.services import AuditEvents
+from tongban.gateway.statistics import StatisticsService
+from tongban.gateway.statistics_store import StatisticsStore
+from tongban.primitives.gm import SM2PrivateKey
+
 from bench.bench_paillier import _baseline, _modexp_ms
 from bench.common import machine
-from federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
-from federation.statistics import Release, Statistic, StatisticsRegistry
-from gateway.services import AuditEvents
-from gateway.statistics import StatisticsService
-from gateway.statistics_store import StatisticsStore
-from primitives.gm import SM2PrivateKey
 
 PARTIES = 12
 COUNTERS = 10_000

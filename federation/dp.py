@@ -43,8 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
-from primitives.errors import BadRequest
+from tongban.primitives.errors import BadRequest
 
 __all__ = [
     "MAX_EPSILON",

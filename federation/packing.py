@@ -26,7 +26,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from primitives.errors import BadRequest
+from tongban.primitives.errors import BadRequest
 
 __all__ = ["GUARD_BITS", "MIN_KEY_BITS", "OutOfBounds", "PackingLayout"]
 

@@ -46,9 +46,8 @@ from typing import Any
 import gmpy2
 import numpy as np
 import numpy.typing as npt
-
-from primitives.errors import BadRequest
-from primitives.gm import SM2_A, SM2_B, SM2_N, SM2_P
+from tongban.primitives.errors import BadRequest
+from tongban.primitives.gm import SM2_A, SM2_B, SM2_N, SM2_P
 
 __all__ = [
     "POINT_BYTES",

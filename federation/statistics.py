@@ -20,8 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from primitives.errors import BadRequest, UnknownParameter
-from primitives.regions import DISTRICTS
+from tongban.primitives.errors import BadRequest, UnknownParameter
+from tongban.primitives.regions import DISTRICTS
 
 from .dp import DiscreteLaplace, parse_epsilon
 from .packing import PackingLayout

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-
-from primitives.errors import BadRequest
-from primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3
-from primitives.jws import PublicKey, sign_compact
+from tongban.primitives.errors import BadRequest
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3
+from tongban.primitives.jws import PublicKey, sign_compact
 
 __all__ = ["ANSWER_TYP", "AnswerSigner"]
 
@@ -25,7 +24,7 @@ ANSWER_LIFETIME = 600  # seconds
 
 
 def _kid(key: ec.EllipticCurvePublicKey) -> str:
-    from primitives.jws import jwks
+    from tongban.primitives.jws import jwks
 
     jwk = jwks({"x": key})["keys"][0]
     return f"es256-{jwk['x'][:16]}"

@@ -7,11 +7,10 @@ import logging
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-
-from adapters.service import install_problem_handlers
-from primitives.errors import StoreUnavailable
-from primitives.jws import PublicKey, jwks
-from primitives.problem import PROBLEM_JSON, problem_body
+from tongban.adapters.service import install_problem_handlers
+from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.jws import PublicKey, jwks
+from tongban.primitives.problem import PROBLEM_JSON, problem_body
 
 from .metrics import install_metrics
 from .oauth.flask import init_oauth

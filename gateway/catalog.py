@@ -15,9 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from adapters.department import Department
-from primitives.errors import BadRequest, UnknownParameter
-from primitives.wire import PredicateCall, Tri, all_of
+from tongban.adapters.department import Department
+from tongban.primitives.errors import BadRequest, UnknownParameter
+from tongban.primitives.wire import PredicateCall, Tri, all_of
 
 from .jobs import JobObject, declared_jobs
 

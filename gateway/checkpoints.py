@@ -25,12 +25,11 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-
-from adapters.client import Transport
-from audit.log import AuditLog
-from audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line
-from primitives.errors import DepartmentUnavailable
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.adapters.client import Transport
+from tongban.audit.log import AuditLog
+from tongban.audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line
+from tongban.primitives.errors import DepartmentUnavailable
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
 __all__ = ["Checkpointer"]
 

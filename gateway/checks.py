@@ -16,14 +16,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.client import DepartmentClient
-from adapters.coalesce import Coalescer
-from adapters.protocol import MAX_BATCH
-from audit.log import AuditLog
-from policies import Decision, PolicyEnforcer
-from primitives.errors import BadRequest, DepartmentUnavailable, Forbidden, TongbanError
-from primitives.idnumber import parse
-from primitives.wire import Tri
+from tongban.adapters.client import DepartmentClient
+from tongban.adapters.coalesce import Coalescer
+from tongban.adapters.protocol import MAX_BATCH
+from tongban.audit.log import AuditLog
+from tongban.policies import Decision, PolicyEnforcer
+from tongban.primitives.errors import BadRequest, DepartmentUnavailable, Forbidden, TongbanError
+from tongban.primitives.idnumber import parse
+from tongban.primitives.wire import Tri
 
 from .answers import AnswerSigner
 from .catalog import Catalog, Claim

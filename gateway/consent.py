@@ -72,11 +72,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-
-from audit.vault import Pseudonymizer
-from policies.errors import AuditFailed
-from primitives.db import make_engine, transaction
-from primitives.errors import (
+from tongban.audit.vault import Pseudonymizer
+from tongban.policies.errors import AuditFailed
+from tongban.primitives.db import make_engine, transaction
+from tongban.primitives.errors import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -84,10 +83,10 @@ from primitives.errors import (
     StoreUnavailable,
     TongbanError,
 )
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import mask, parse
-from primitives.jws import PrivateKey, sign_compact
-from primitives.wire import Tri
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import mask, parse
+from tongban.primitives.jws import PrivateKey, sign_compact
+from tongban.primitives.wire import Tri
 
 from .catalog import Catalog
 from .oauth.registry import ClientRegistry

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
-from audit.canonical import decimal_text
-from primitives.errors import BadRequest, NotFound
+from tongban.audit.canonical import decimal_text
+from tongban.primitives.errors import BadRequest, NotFound
 
 from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
 from .statistics_store import StatisticsStore
@@ -167,10 +167,10 @@ def deployment_trainer(data_dir: Path) -> Trainer:
     def train(
         request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        from adapters.synthetic.features import read_features
-        from federation.horizontal.deploy import read_deployment
-        from federation.horizontal.runner import build_report, run_training
-        from federation.horizontal.settings import RunSettings
+        from tongban.adapters.synthetic.features import read_features
+        from tongban.federation.horizontal.deploy import read_deployment
+        from tongban.federation.horizontal.runner import build_report, run_training
+        from tongban.federation.horizontal.settings import RunSettings
 
         dep = read_deployment(data_dir)
         if dep is None:
@@ -208,7 +208,7 @@ def vertical_trainer(data_dir: Path) -> Trainer:
     def train(
         request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        from federation.vertical.runner import run_vertical
+        from tongban.federation.vertical.runner import run_vertical
 
         def on_event(ev: dict[str, Any]) -> None:
             if ev.get("event") == "round":

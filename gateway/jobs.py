@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from federation.statistics import REGISTRY, StatisticsRegistry
-from policies import Decision, PolicyEnforcer
-from primitives.errors import Forbidden
+from tongban.federation.statistics import REGISTRY, StatisticsRegistry
+from tongban.policies import Decision, PolicyEnforcer
+from tongban.primitives.errors import Forbidden
 
 __all__ = [
     "STATISTICS_PURPOSE",

@@ -19,8 +19,7 @@ from importlib import metadata, resources
 from typing import Any
 
 from flask import Blueprint, Response, request
-
-from primitives.errors import PROBLEM_BASE, NotFound, TongbanError
+from tongban.primitives.errors import PROBLEM_BASE, NotFound, TongbanError
 
 from .catalog import Catalog
 from .oauth.registry import KNOWN_SCOPES
@@ -40,30 +39,28 @@ __all__ = [
 OPENAPI_VERSION = "3.1.0"
 
 ERROR_MODULES = (
-    "primitives.errors",
-    "gateway.oauth.errors",
-    "gateway.catalog",
-    "gateway.checks",
-    "gateway.consent",
-    "policies.errors",
-    "adapters.client",
-    "adapters.witness",
-    "audit.log",
-    "federation.statistics",
-    "federation.paillier",
-    "federation.dp",
-    "federation.psi",
-    "gateway.jobs",
-    "gateway.statistics",
-    "gateway.statistics_store",
-    "adapters.at_rest",
+    "tongban.primitives.errors",
+    "tongban.gateway.oauth.errors",
+    "tongban.gateway.catalog",
+    "tongban.gateway.checks",
+    "tongban.gateway.consent",
+    "tongban.policies.errors",
+    "tongban.adapters.client",
+    "tongban.adapters.witness",
+    "tongban.audit.log",
+    "tongban.federation.statistics",
+    "tongban.federation.paillier",
+    "tongban.federation.dp",
+    "tongban.federation.psi",
+    "tongban.gateway.jobs",
+    "tongban.gateway.statistics",
+    "tongban.gateway.statistics_store",
+    "tongban.adapters.at_rest",
 )
 """Every module that defines a :class:`TongbanError` subclass. A test greps the sources for
 ``slug = "`` and fails if a module is missing here."""
 
-_OWN_PACKAGES = frozenset(
-    {"primitives", "gateway", "policies", "adapters", "audit", "federation", "tongban"}
-)
+_OWN_PACKAGE = "tongban"
 
 _SCOPES = {
     "checks": "Ask single yes/no checks (POST /v1/checks).",
@@ -136,7 +133,7 @@ def error_classes() -> list[type[TongbanError]]:
         importlib.import_module(name)
     seen: dict[type[TongbanError], None] = {}
     for cls in _walk(TongbanError):
-        if cls.__module__.split(".")[0] in _OWN_PACKAGES:
+        if cls.__module__.split(".")[0] == _OWN_PACKAGE:
             seen.setdefault(cls, None)
     return list(seen)
 
@@ -182,7 +179,7 @@ def _version() -> str:
 
 
 def _default_catalog() -> Catalog:
-    from adapters.departments import DEPARTMENTS
+    from tongban.adapters.departments import DEPARTMENTS
 
     return Catalog.load(DEPARTMENTS)
 

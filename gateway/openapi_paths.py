@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.log import AuditIntegrityError
-from federation.dp import InvalidEpsilon
-from federation.paillier import InvalidPublicKey
-from federation.statistics import UnknownStatistic
-from policies.errors import (
+from tongban.audit.log import AuditIntegrityError
+from tongban.federation.dp import InvalidEpsilon
+from tongban.federation.paillier import InvalidPublicKey
+from tongban.federation.statistics import UnknownStatistic
+from tongban.policies.errors import (
     AuditFailed,
     ChangeConflict,
     ChangeNotPending,
@@ -21,7 +21,7 @@ from policies.errors import (
     TwoPersonRule,
     UnknownChange,
 )
-from primitives.errors import (
+from tongban.primitives.errors import (
     BadRequest,
     Forbidden,
     InvalidIdNumber,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from primitives.errors import PROBLEM_BASE, TongbanError
+from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 
 from .catalog import Catalog
 from .checks import MAX_BATCH_SUBJECTS, RESULT_WORD

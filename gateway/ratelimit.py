@@ -42,9 +42,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
-
-from primitives.db import is_memory_sqlite, make_engine
-from primitives.errors import RateLimited, StoreUnavailable
+from tongban.primitives.db import is_memory_sqlite, make_engine
+from tongban.primitives.errors import RateLimited, StoreUnavailable
 
 __all__ = [
     "Bucket",

@@ -8,16 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from adapters.client import DepartmentClient
-from audit.log import AuditLog
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.adapters.client import DepartmentClient
+from tongban.audit.log import AuditLog
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
 from .catalog import Catalog
 from .checkpoints import Checkpointer
 
 if TYPE_CHECKING:  # these modules import this one; types only
-    from policies import PolicyAdmin
-    from primitives.replay import ReplayCache
+    from tongban.policies import PolicyAdmin
+    from tongban.primitives.replay import ReplayCache
 
     from .answers import AnswerSigner
     from .checks import Checker

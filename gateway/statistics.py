@@ -35,17 +35,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from adapters.client import DepartmentClient
-from audit.canonical import decimal_text
-from federation.dp import parse_epsilon
-from federation.packing import PackingLayout
-from federation.paillier import (
+from tongban.adapters.client import DepartmentClient
+from tongban.audit.canonical import decimal_text
+from tongban.federation.dp import parse_epsilon
+from tongban.federation.packing import PackingLayout
+from tongban.federation.paillier import (
     aggregate,
     key_fingerprint,
     parse_public_key,
     public_key_to_jwk,
 )
-from federation.statistics import (
+from tongban.federation.statistics import (
     DEFAULT_THRESHOLD,
     MAX_THRESHOLD,
     REGISTRY,
@@ -53,8 +53,8 @@ from federation.statistics import (
     Statistic,
     StatisticsRegistry,
 )
-from primitives.errors import BadRequest, Forbidden, NotFound, TongbanError
-from primitives.gm import sm3
+from tongban.primitives.errors import BadRequest, Forbidden, NotFound, TongbanError
+from tongban.primitives.gm import sm3
 
 from .jobs import STATISTICS_PURPOSE, JobPolicy, decision_record, statistic_object
 from .statistics_store import StatisticsStore

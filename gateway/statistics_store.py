@@ -38,9 +38,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-
-from primitives.db import make_engine, transaction
-from primitives.errors import Forbidden, StoreUnavailable
+from tongban.primitives.db import make_engine, transaction
+from tongban.primitives.errors import Forbidden, StoreUnavailable
 
 __all__ = ["BudgetExhausted", "StatisticsStore", "metadata"]
 

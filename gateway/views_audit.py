@@ -6,10 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import Blueprint, Response, jsonify, request
-
-from audit.log import AuditLog, StoredEntry
-from primitives.errors import BadRequest, Forbidden, NotFound
-from primitives.idnumber import parse
+from tongban.audit.log import AuditLog, StoredEntry
+from tongban.primitives.errors import BadRequest, Forbidden, NotFound
+from tongban.primitives.idnumber import parse
 
 from .oauth.flask import current_principal, require_token
 from .services import AuditEvents, Gateway, utc_now

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
-
-from policies import PolicyAdmin
-from primitives.errors import BadRequest
+from tongban.policies import PolicyAdmin
+from tongban.primitives.errors import BadRequest
 
 from .checks import Checker
 from .oauth.flask import current_principal, require_token

@@ -11,9 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-
-from audit.log import AuditLog, StoredEntry
-from primitives.errors import BadRequest, NotFound
+from tongban.audit.log import AuditLog, StoredEntry
+from tongban.primitives.errors import BadRequest, NotFound
 
 from .consent import ConsentStore
 from .oauth.flask import current_citizen, require_citizen

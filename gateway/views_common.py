@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import request
-
-from primitives.errors import BadRequest
+from tongban.primitives.errors import BadRequest
 
 __all__ = ["json_body"]
 

@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
-
-from primitives.errors import BadRequest, TongbanError
+from tongban.primitives.errors import BadRequest, TongbanError
 
 from .change import Change, apply_change
 from .enforcer import PolicyEnforcer, compile_policy

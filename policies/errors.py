@@ -19,7 +19,7 @@ decision path can log them without leaking who asked about whom.
 
 from __future__ import annotations
 
-from primitives.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
+from tongban.primitives.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 
 __all__ = [
     "AuditFailed",

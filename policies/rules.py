@@ -18,7 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Protocol
 
-from primitives.gm import sm3
+from tongban.primitives.gm import sm3
 
 from .errors import InvalidPolicy
 

@@ -34,9 +34,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
-
-from primitives.db import make_engine
-from primitives.errors import StoreUnavailable
+from tongban.primitives.db import make_engine
+from tongban.primitives.errors import StoreUnavailable
 
 from .rules import Rule
 

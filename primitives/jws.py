@@ -9,7 +9,8 @@ signature. Any failure raises :class:`~primitives.errors.Unauthenticated` with a
 detail that repeats nothing from the token. Time and audience claims are separate helpers
 because callers differ on which claims they require.
 
-For third parties, :func:`pyjwt_with_sm2` returns a private ``PyJWS`` that knows ``SM2``.
+For third parties, :func:`tongban.primitives.pyjwt_sm2.pyjwt_with_sm2` (extra ``pyjwt``) returns
+a private ``PyJWS`` that knows ``SM2``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Literal, overload
+from typing import Any
 
-import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,23 +30,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from jwt.algorithms import Algorithm
-from jwt.exceptions import InvalidKeyError
-from jwt.types import JWKDict
-
-from primitives.errors import Unauthenticated
-from primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.primitives.errors import Unauthenticated
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
     "PrivateKey",
     "PublicKey",
-    "PyJWTSM2Algorithm",
     "check_audience",
     "check_time_claims",
     "jwks",
     "key_from_jwk",
-    "pyjwt_with_sm2",
     "sign_compact",
     "verify_compact",
 ]
@@ -300,60 +294,3 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
         _coordinate(jwk.get("x")), _coordinate(jwk.get("y")), ec.SECP256R1()
     )
     return numbers.public_key()  # raises ValueError if the point is not on P-256
-
-
-class PyJWTSM2Algorithm(Algorithm):
-    """``SM2`` for PyJWT, so third parties can verify our tokens with a stock library.
-
-    Keys may be :class:`SM2PublicKey`/:class:`SM2PrivateKey`, a JWK dict or JSON string,
-    or the 65-byte uncompressed point.
-    """
-
-    def prepare_key(self, key: Any) -> SM2PublicKey | SM2PrivateKey:
-        if isinstance(key, SM2PublicKey | SM2PrivateKey):
-            return key
-        try:
-            if isinstance(key, bytes) and len(key) == 65:
-                return SM2PublicKey.from_bytes(key)
-            return self.from_jwk(key)
-        except (ValueError, TypeError) as exc:
-            raise InvalidKeyError("not an SM2 key") from exc
-
-    def sign(self, msg: bytes, key: Any) -> bytes:
-        if not isinstance(key, SM2PrivateKey):
-            raise InvalidKeyError("SM2 signing needs an SM2PrivateKey")
-        return key.sign(msg)
-
-    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
-        public = key.public_key if isinstance(key, SM2PrivateKey) else key
-        return isinstance(public, SM2PublicKey) and public.verify(msg, sig)
-
-    @overload
-    @staticmethod
-    def to_jwk(key_obj: Any, as_dict: Literal[True]) -> JWKDict: ...
-
-    @overload
-    @staticmethod
-    def to_jwk(key_obj: Any, as_dict: Literal[False] = False) -> str: ...
-
-    @staticmethod
-    def to_jwk(key_obj: Any, as_dict: bool = False) -> JWKDict | str:
-        public = key_obj.public_key if isinstance(key_obj, SM2PrivateKey) else key_obj
-        if not isinstance(public, SM2PublicKey):
-            raise InvalidKeyError("not an SM2 key")
-        jwk: JWKDict = dict(public.to_jwk())
-        return jwk if as_dict else json.dumps(jwk)
-
-    @staticmethod
-    def from_jwk(jwk: str | JWKDict) -> SM2PublicKey:
-        doc = json.loads(jwk) if isinstance(jwk, str) else jwk
-        if not isinstance(doc, dict):
-            raise InvalidKeyError("JWK must be a JSON object")
-        return SM2PublicKey.from_jwk(doc)
-
-
-def pyjwt_with_sm2() -> jwt.PyJWS:
-    """A fresh ``PyJWS`` limited to ES256 plus ``SM2``; PyJWT's globals stay untouched."""
-    jws = jwt.PyJWS(algorithms=["ES256"])
-    jws.register_algorithm("SM2", PyJWTSM2Algorithm())
-    return jws

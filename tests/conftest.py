@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-from adapters.synthetic.generate import GenerationResult, generate
-from primitives.gm import SM2PrivateKey
+from tongban.adapters.synthetic.generate import GenerationResult, generate
+from tongban.primitives.gm import SM2PrivateKey
 
 if TYPE_CHECKING:
-    from gateway.catalog import Catalog
-    from policies import PolicyAdmin, PolicyEnforcer, PolicyStore
+    from tongban.gateway.catalog import Catalog
+    from tongban.policies import PolicyAdmin, PolicyEnforcer, PolicyStore
 
 PG_URL = os.environ.get("TONGBAN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 DEPARTMENT_NAMES = ("health", "police", "civil", "hrss", "medins")
@@ -115,8 +114,8 @@ def party_keys() -> dict[str, SM2PrivateKey]:
 def claim_catalog() -> Catalog:
     """The shipped claim catalog, validated against the shipped departments. Imported here,
     not at the top, so a change in flight elsewhere in ``gateway`` cannot break collection."""
-    from adapters.departments import DEPARTMENTS
-    from gateway.catalog import Catalog
+    from tongban.adapters.departments import DEPARTMENTS
+    from tongban.gateway.catalog import Catalog
 
     return Catalog.load(DEPARTMENTS)
 
@@ -169,7 +168,7 @@ class PolicyEnv:
 
     def fresh_version(self) -> str:
         """The version another process starting on this store now would enforce."""
-        from policies import open_enforcer
+        from tongban.policies import open_enforcer
 
         return open_enforcer(self.store, self.catalog).version
 
@@ -177,8 +176,8 @@ class PolicyEnv:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def policy_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PolicyStore]:
     """An empty policy store, on SQLite (a file, so threads share it) and on PostgreSQL."""
-    from policies import PolicyStore
-    from policies.store import metadata
+    from tongban.policies import PolicyStore
+    from tongban.policies.store import metadata
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'policy.db'}"
@@ -193,7 +192,7 @@ def policy_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pol
 @pytest.fixture
 def policy_env(policy_store: PolicyStore, claim_catalog: Catalog) -> PolicyEnv:
     """The demo policy seeded into ``policy_store``, with two-person administration."""
-    from policies import PolicyAdmin, open_enforcer
+    from tongban.policies import PolicyAdmin, open_enforcer
 
     enforcer = open_enforcer(policy_store, claim_catalog)
     audit = RecordingAudit()
@@ -238,7 +237,7 @@ class FakeGuardians:
     """``guardian_check`` fake: answers ``verdict`` and records who asked about whom."""
 
     def __init__(self) -> None:
-        from primitives.wire import Tri
+        from tongban.primitives.wire import Tri
 
         self.verdict = Tri.TRUE
         self.calls: list[tuple[str, str]] = []
@@ -263,9 +262,9 @@ def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentE
     """Build a fresh store on ``url`` (its consent table dropped and re-created), with an
     in-memory requester registry holding ``insurer-a``, ``edu-bureau`` and a disabled
     ``retired-client``."""
-    from audit.vault import Pseudonymizer
-    from gateway.consent import ConsentStore, metadata
-    from gateway.oauth import ClientRegistry
+    from tongban.audit.vault import Pseudonymizer
+    from tongban.gateway.consent import ConsentStore, metadata
+    from tongban.gateway.oauth import ClientRegistry
 
     registry = ClientRegistry("sqlite://", scrypt_n=2**4)
     registry.create_schema()

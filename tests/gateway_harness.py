@@ -10,18 +10,18 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from tongban.adapters.client import InProcessTransport
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.protocol import AdapterCore
+from tongban.adapters.statistics import LocalStatistics
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.witness import MemoryWitnessState, Witness
+from tongban.gateway.app import create_app
+from tongban.gateway.oauth import mint_citizen_token
+from tongban.gateway.services import Gateway
+from tongban.primitives.gm import SM2PrivateKey, save_private_key
 
-from adapters.client import InProcessTransport
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.protocol import AdapterCore
-from adapters.statistics import LocalStatistics
-from adapters.store import DepartmentStore
-from adapters.witness import MemoryWitnessState, Witness
-from gateway.app import create_app
-from gateway.oauth import mint_citizen_token
-from gateway.services import Gateway
-from primitives.gm import SM2PrivateKey, save_private_key
 from tongban.config import Settings
 from tongban.keys import KeyRing
 from tongban.wiring import build_gateway

@@ -26,10 +26,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine
-from werkzeug.serving import make_server
-from werkzeug.test import TestResponse
-
-from adapters.client import (
+from tongban.adapters.client import (
     DepartmentClient,
     DepartmentRefused,
     HttpTransport,
@@ -37,9 +34,9 @@ from adapters.client import (
     Reply,
     Transport,
 )
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.protocol import (
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.protocol import (
     ANSWER_TYP,
     GATEWAY_ISSUER,
     REQUEST_LIFETIME,
@@ -47,14 +44,17 @@ from adapters.protocol import (
     AdapterCore,
     RequestSigner,
 )
-from adapters.service import MAX_BODY, create_app
-from adapters.store import DepartmentStore
-from primitives.errors import PROBLEM_BASE, DepartmentUnavailable, Unauthenticated
-from primitives.gm import SM2PrivateKey
-from primitives.jws import key_from_jwk, sign_compact, verify_compact
-from primitives.problem import PROBLEM_JSON
-from primitives.regions import DISTRICTS, PROVINCES
-from primitives.wire import PredicateCall, Tri
+from tongban.adapters.service import MAX_BODY, create_app
+from tongban.adapters.store import DepartmentStore
+from tongban.primitives.errors import PROBLEM_BASE, DepartmentUnavailable, Unauthenticated
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.jws import key_from_jwk, sign_compact, verify_compact
+from tongban.primitives.problem import PROBLEM_JSON
+from tongban.primitives.regions import DISTRICTS, PROVINCES
+from tongban.primitives.wire import PredicateCall, Tri
+from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
+
 from tests.conftest import Generated
 
 DEPT = "police"

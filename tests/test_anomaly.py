@@ -6,8 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-
-from gateway.anomaly import Thresholds, detect, iso
+from tongban.gateway.anomaly import Thresholds, detect, iso
 
 # A Wednesday, 10:00 in Beijing (UTC+8): inside working hours.
 NOON = dt.datetime(2026, 3, 4, 2, 0, tzinfo=dt.UTC)

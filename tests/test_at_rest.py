@@ -20,25 +20,25 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
-
-from adapters.at_rest import SEALED, AtRestKeyError, KeyState, kek_path, read_state
-from adapters.departments import DEPARTMENTS, SEALED_TABLES
-from adapters.evaluate import Evaluator
-from adapters.ingest import ingest
-from adapters.rekey import (
+from tongban.adapters.at_rest import SEALED, AtRestKeyError, KeyState, kek_path, read_state
+from tongban.adapters.departments import DEPARTMENTS, SEALED_TABLES
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.ingest import ingest
+from tongban.adapters.rekey import (
     encrypt_store,
     key_usage,
     rotate_data_key,
     rotate_index_key,
     rotate_kek,
 )
-from adapters.store import DepartmentStore
-from adapters.synthetic.population import REFERENCE_DATE, Population, build_population
-from adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
-from audit import schema as audit_schema
-from audit.log import AuditLog
-from audit.vault import Pseudonymizer, VaultKeys, rotate_vault, vault_key_usage
-from primitives.wire import PredicateCall, Tri
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.synthetic.population import REFERENCE_DATE, Population, build_population
+from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
+from tongban.audit import schema as audit_schema
+from tongban.audit.log import AuditLog
+from tongban.audit.vault import Pseudonymizer, VaultKeys, rotate_vault, vault_key_usage
+from tongban.primitives.wire import PredicateCall, Tri
+
 from tests.conftest import PG_URL, SMALL_POPULATION, SMALL_SEED, Generated
 
 ID = re.compile(r"\d{17}[\dX]")

@@ -19,8 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-
-from primitives.errors import PROBLEM_BASE
+from tongban.primitives.errors import PROBLEM_BASE
 
 from .hostile_harness import ADULT, Hostile, build_hostile, check_body
 

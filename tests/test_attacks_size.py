@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from adapters.service import MAX_JSON_DEPTH, json_depth
-from gateway.app import MAX_BODY
-from gateway.views_checks import BATCH_MAX_BODY
-from primitives.errors import PROBLEM_BASE
+from tongban.adapters.service import MAX_JSON_DEPTH, json_depth
+from tongban.gateway.app import MAX_BODY
+from tongban.gateway.views_checks import BATCH_MAX_BODY
+from tongban.primitives.errors import PROBLEM_BASE
 
 from .hostile_harness import Hostile, build_hostile
 

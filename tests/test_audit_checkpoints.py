@@ -15,20 +15,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tongban.adapters.client import InProcessTransport, Reply
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.service import create_app
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.witness import MetaWitnessState, Witness, WitnessRefused
+from tongban.audit.log import AuditLog
+from tongban.audit.merkle import MerkleTree
+from tongban.audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line
+from tongban.audit.vault import Pseudonymizer
+from tongban.gateway.checkpoints import Checkpointer
+from tongban.primitives.errors import BadRequest, DepartmentUnavailable
+from tongban.primitives.gm import C2SP_SIGNATURE_TYPE, SM2PrivateKey, SM2PublicKey, get_backend
+from tongban.primitives.problem import PROBLEM_JSON
 
-from adapters.client import InProcessTransport, Reply
-from adapters.departments import DEPARTMENTS
-from adapters.service import create_app
-from adapters.store import DepartmentStore
-from adapters.witness import MetaWitnessState, Witness, WitnessRefused
-from audit.log import AuditLog
-from audit.merkle import MerkleTree
-from audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line
-from audit.vault import Pseudonymizer
-from gateway.checkpoints import Checkpointer
-from primitives.errors import BadRequest, DepartmentUnavailable
-from primitives.gm import C2SP_SIGNATURE_TYPE, SM2PrivateKey, SM2PublicKey, get_backend
-from primitives.problem import PROBLEM_JSON
 from tests.test_audit_merkle import sm3
 
 ORIGIN = "gateway.test/audit"

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from tongban.audit.canonical import canonical_json
+from tongban.audit.log import AuditLog
+from tongban.audit.merkle import verify_consistency, verify_inclusion
+from tongban.audit.note import SignedNote
+from tongban.audit.vault import Pseudonymizer
+from tongban.gateway.app import create_app
+from tongban.gateway.services import Gateway
+from tongban.primitives.gm import SM2PublicKey
+from tongban.primitives.idnumber import make_id
+from tongban.primitives.problem import PROBLEM_JSON
 
-from audit.canonical import canonical_json
-from audit.log import AuditLog
-from audit.merkle import verify_consistency, verify_inclusion
-from audit.note import SignedNote
-from audit.vault import Pseudonymizer
-from gateway.app import create_app
-from gateway.services import Gateway
-from primitives.gm import SM2PublicKey
-from primitives.idnumber import make_id
-from primitives.problem import PROBLEM_JSON
 from tests.test_audit_merkle import ref_mth, sm3
 from tongban.config import Settings
 from tongban.keys import KeyRing

@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from tongban.audit import schema
+from tongban.audit.canonical import canonical_json
+from tongban.audit.log import AuditIntegrityError, AuditLog, PreparedEntry
+from tongban.audit.merkle import verify_consistency, verify_inclusion
+from tongban.audit.note import Checkpoint, SignedNote, sign_line
+from tongban.audit.vault import Pseudonymizer
+from tongban.audit.verify import verify_store
+from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id
 
-from audit import schema
-from audit.canonical import canonical_json
-from audit.log import AuditIntegrityError, AuditLog, PreparedEntry
-from audit.merkle import verify_consistency, verify_inclusion
-from audit.note import Checkpoint, SignedNote, sign_line
-from audit.vault import Pseudonymizer
-from audit.verify import verify_store
-from primitives.errors import StoreUnavailable
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import make_id
 from tests.test_audit_merkle import ref_mth, sm3
 
 ORIGIN = "gateway.test/audit"
@@ -457,8 +457,8 @@ def test_crash_of_the_process_mid_batch_leaves_none_of_it(tmp_path: Path):
 import os, sys
 sys.path.insert(0, {str(ROOT)!r})
 from sqlalchemy import event
-from audit.log import AuditLog
-from audit.vault import Pseudonymizer
+from tongban.audit.log import AuditLog
+from tongban.audit.vault import Pseudonymizer
 log = AuditLog("sqlite:///{db}", Pseudonymizer({PSEUDONYM_KEY!r}, {VAULT_KEY!r}), origin="o")
 event.listen(log._writes, "connect", lambda c, r: c.create_function("die", 0, lambda: os._exit(9)))
 log.open()

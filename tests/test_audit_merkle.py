@@ -7,9 +7,8 @@ import hashlib
 import math
 
 import pytest
-
-from audit.canonical import canonical_bytes, canonical_json, check_values
-from audit.merkle import (
+from tongban.audit.canonical import canonical_bytes, canonical_json, check_values
+from tongban.audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     MerkleTree,

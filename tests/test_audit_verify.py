@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tongban.adapters.client import InProcessTransport
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.witness import MetaWitnessState, Witness
+from tongban.audit.canonical import canonical_json
+from tongban.audit.log import AuditLog
+from tongban.audit.note import Checkpoint, SignedNote, sign_line
+from tongban.audit.vault import Pseudonymizer
+from tongban.audit.verify import VerifyReport, verify_store
+from tongban.gateway.checkpoints import Checkpointer
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id
 
-from adapters.client import InProcessTransport
-from adapters.departments import DEPARTMENTS
-from adapters.store import DepartmentStore
-from adapters.witness import MetaWitnessState, Witness
-from audit.canonical import canonical_json
-from audit.log import AuditLog
-from audit.note import Checkpoint, SignedNote, sign_line
-from audit.vault import Pseudonymizer
-from audit.verify import VerifyReport, verify_store
-from gateway.checkpoints import Checkpointer
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import make_id
 from tests.test_audit_merkle import sm3
 from tongban.cli import main
 from tongban.config import Settings

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from adapters.departments import DEPARTMENTS
-from gateway.catalog import Catalog, Claim, UnknownClaim, UnknownPurpose
-from primitives.errors import PROBLEM_BASE, BadRequest, UnknownParameter
-from primitives.regions import DISTRICTS
-from primitives.wire import PredicateCall, Tri
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.gateway.catalog import Catalog, Claim, UnknownClaim, UnknownPurpose
+from tongban.primitives.errors import PROBLEM_BASE, BadRequest, UnknownParameter
+from tongban.primitives.regions import DISTRICTS
+from tongban.primitives.wire import PredicateCall, Tri
 
 SHIPPED_TEXT = resources.files("gateway").joinpath("claims.json").read_text("utf-8")
 SHIPPED: dict[str, Any] = json.loads(SHIPPED_TEXT)

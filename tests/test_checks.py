@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from adapters.client import InProcessTransport
-from audit.merkle import verify_inclusion
-from audit.note import SignedNote
-from primitives.errors import DepartmentUnavailable
-from primitives.gm import SM2PublicKey, get_backend
-from primitives.jws import key_from_jwk, verify_compact
+from tongban.adapters.client import InProcessTransport
+from tongban.audit.merkle import verify_inclusion
+from tongban.audit.note import SignedNote
+from tongban.primitives.errors import DepartmentUnavailable
+from tongban.primitives.gm import SM2PublicKey, get_backend
+from tongban.primitives.jws import key_from_jwk, verify_compact
 
 from .conftest import Generated
 from .gateway_harness import Harness, build_harness, jws_parts

@@ -9,21 +9,21 @@ import threading
 
 import pytest
 from sqlalchemy import text
-
-from audit.log import AuditLog
-from audit.vault import Pseudonymizer
-from gateway.consent import (
+from tongban.audit.log import AuditLog
+from tongban.audit.vault import Pseudonymizer
+from tongban.gateway.consent import (
     CONSENT_TOKEN_TYPE,
     Consent,
     ConsentRefused,
     ConsentStatus,
     ConsentStore,
 )
-from gateway.services import AuditEvents
-from primitives.errors import PROBLEM_BASE, BadRequest, StoreUnavailable, TongbanError
-from primitives.idnumber import make_id, mask
-from primitives.jws import verify_compact
-from primitives.wire import Tri
+from tongban.gateway.services import AuditEvents
+from tongban.primitives.errors import PROBLEM_BASE, BadRequest, StoreUnavailable, TongbanError
+from tongban.primitives.idnumber import make_id, mask
+from tongban.primitives.jws import verify_compact
+from tongban.primitives.wire import Tri
+
 from tests.conftest import ConsentEnv
 
 ADULT = make_id("150622", dt.date(1985, 3, 9), 42)
@@ -454,8 +454,8 @@ def test_real_audit_log_stores_no_id_number(tmp_path, claim_catalog, party_keys)
 def test_exported_names_are_complete_and_slugs_distinct():
     import inspect
 
-    import gateway.views_citizen as views
-    from gateway import consent
+    import tongban.gateway.views_citizen as views
+    from tongban.gateway import consent
 
     for module in (consent, views):
         defined = {
@@ -477,7 +477,7 @@ def test_exported_names_are_complete_and_slugs_distinct():
 
 
 def test_consent_id_shape(consent_env: ConsentEnv):
-    from gateway.consent import is_consent_id
+    from tongban.gateway.consent import is_consent_id
 
     granted = consent_env.store.grant(ADULT, _body())
 

@@ -10,19 +10,19 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from tongban.adapters.client import DepartmentClient, InProcessTransport
+from tongban.adapters.protocol import RequestSigner
+from tongban.adapters.service import install_problem_handlers
+from tongban.audit.log import AuditLog
+from tongban.gateway.catalog import Catalog
+from tongban.gateway.oauth import CitizenTokenVerifier, TokenIssuer, mint_citizen_token
+from tongban.gateway.oauth.flask import init_oauth
+from tongban.gateway.services import AuditEvents, Gateway
+from tongban.gateway.views_citizen import citizen_blueprint
+from tongban.primitives.errors import PROBLEM_BASE
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id, mask
 
-from adapters.client import DepartmentClient, InProcessTransport
-from adapters.protocol import RequestSigner
-from adapters.service import install_problem_handlers
-from audit.log import AuditLog
-from gateway.catalog import Catalog
-from gateway.oauth import CitizenTokenVerifier, TokenIssuer, mint_citizen_token
-from gateway.oauth.flask import init_oauth
-from gateway.services import AuditEvents, Gateway
-from gateway.views_citizen import citizen_blueprint
-from primitives.errors import PROBLEM_BASE
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import make_id, mask
 from tests.conftest import ConsentEnv, make_consent_env
 
 IDP = "https://idp.test"
@@ -161,7 +161,7 @@ def test_guardian_grants_for_a_child_who_can_read_it(app: CitizenApp):
 
 
 def test_not_a_guardian_is_forbidden(app: CitizenApp):
-    from primitives.wire import Tri
+    from tongban.primitives.wire import Tri
 
     app.env.guardians.verdict = Tri.FALSE
 

@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import create_engine
-
-from adapters.departments import DEPARTMENTS
-from federation.dp import TAIL, DiscreteLaplace, InvalidEpsilon, parse_epsilon
-from federation.statistics import REGISTRY, Release
-from gateway.catalog import Catalog
-from gateway.jobs import declared_jobs
-from gateway.statistics_store import BudgetExhausted, StatisticsStore, metadata
-from policies import InvalidPolicy, Rule
-from policies.rules import check_rule
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.federation.dp import TAIL, DiscreteLaplace, InvalidEpsilon, parse_epsilon
+from tongban.federation.statistics import REGISTRY, Release
+from tongban.gateway.catalog import Catalog
+from tongban.gateway.jobs import declared_jobs
+from tongban.gateway.statistics_store import BudgetExhausted, StatisticsStore, metadata
+from tongban.policies import InvalidPolicy, Rule
+from tongban.policies.rules import check_rule
 
 
 @pytest.mark.parametrize("parties", [1, 3, 12])

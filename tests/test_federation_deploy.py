@@ -15,14 +15,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from adapters.synthetic.features import build_features, read_features, write_features
-from adapters.synthetic.population import build_population
-from federation.horizontal.data import held_out_mask, partition_rows
-from federation.horizontal.deploy import Deployment, descendants, read_deployment
-from federation.horizontal.model import TrainConfig, fedavg_in_process, train_local
-from federation.horizontal.runner import build_report, model_hash, run_training, write_report
-from federation.horizontal.settings import RunSettings
+from tongban.adapters.synthetic.features import build_features, read_features, write_features
+from tongban.adapters.synthetic.population import build_population
+from tongban.federation.horizontal.data import held_out_mask, partition_rows
+from tongban.federation.horizontal.deploy import Deployment, descendants, read_deployment
+from tongban.federation.horizontal.model import TrainConfig, fedavg_in_process, train_local
+from tongban.federation.horizontal.runner import (
+    build_report,
+    model_hash,
+    run_training,
+    write_report,
+)
+from tongban.federation.horizontal.settings import RunSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -138,7 +142,7 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
 def test_gateway_job_two_rounds_audits_model_hash(up: _Up, data_dir: Path):
     """The job core against the real deployment, 3 SuperNodes x 2 rounds: audited at start
     and at the end with the model's SM3 hash; the model is FedAvg's."""
-    from gateway.federation_jobs import FederationJobs
+    from tongban.gateway.federation_jobs import FederationJobs
 
     class Audit:
         def __init__(self) -> None:

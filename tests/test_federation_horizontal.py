@@ -11,26 +11,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-import federation.horizontal  # noqa: F401  (imports Flower quietly)
-from adapters.synthetic.features import (
+import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
+from tongban.adapters.synthetic.features import (
     FeatureTable,
     build_features,
     read_features,
     write_features,
 )
-from adapters.synthetic.population import build_population
-from federation.horizontal.accounting import gaussian_epsilon
-from federation.horizontal.data import held_out_mask, load_partition, partition_rows
-from federation.horizontal.model import (
+from tongban.adapters.synthetic.population import build_population
+from tongban.federation.horizontal.accounting import gaussian_epsilon
+from tongban.federation.horizontal.data import held_out_mask, load_partition, partition_rows
+from tongban.federation.horizontal.model import (
     TrainConfig,
     auc,
     fedavg_in_process,
     predict,
     train_centralized,
 )
-from federation.horizontal.settings import RunSettings
-from primitives.errors import BadRequest, NotFound
+from tongban.federation.horizontal.settings import RunSettings
+from tongban.primitives.errors import BadRequest, NotFound
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +167,7 @@ def _call_client(data_dir: Path, config: dict[str, Any]) -> tuple[np.ndarray, in
     from flwr.app import Context, RecordDict
     from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
-
-    from federation.horizontal.apps import client_app
+    from tongban.federation.horizontal.apps import client_app
 
     node: dict[str, bool | float | int | str] = {
         "data-dir": str(data_dir),
@@ -196,8 +194,7 @@ def test_client_clips_its_update_when_the_dp_wrapper_asks(data_dir: Path, task_i
 
 def test_server_adds_gaussian_noise_scaled_to_clip_over_bureaus():
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-
-    from federation.horizontal.apps import build_strategy
+    from tongban.federation.horizontal.apps import build_strategy
 
     settings = RunSettings(num_partitions=3, dp_noise=1.5, dp_clip=0.4)
     strategy = build_strategy(settings, lambda *_: None, lambda _r: {})
@@ -234,16 +231,16 @@ class _Audit:
 
 def _demo_policy(catalog: Any, audit: _Audit) -> Any:
     """The demo policy (policies/default.csv): the analyst may train, nobody else."""
-    from gateway.jobs import JobPolicy
-    from policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
+    from tongban.gateway.jobs import JobPolicy
+    from tongban.policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
 
     enforcer = PolicyEnforcer(build_policy(default_rules(), default_legal_bases(), catalog))
     return JobPolicy(enforcer, audit)
 
 
 def test_policy_denial_is_audited_and_nothing_runs(tmp_path: Path, claim_catalog: Any):
-    from gateway.federation_jobs import FederationJobs
-    from gateway.jobs import JobDenied
+    from tongban.gateway.federation_jobs import FederationJobs
+    from tongban.gateway.jobs import JobDenied
 
     audit = _Audit()
     ran: list[Any] = []
@@ -268,7 +265,7 @@ def test_policy_denial_is_audited_and_nothing_runs(tmp_path: Path, claim_catalog
 
 def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_catalog: Any):
     """Policy allows the analyst; without a running deployment the job fails, audited."""
-    from gateway.federation_jobs import FederationJobs
+    from tongban.gateway.federation_jobs import FederationJobs
 
     audit = _Audit()
     jobs = FederationJobs(tmp_path, audit, jobs=_demo_policy(claim_catalog, audit))
@@ -294,8 +291,8 @@ def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_cat
 def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
     """Another worker (another FederationJobs on the same database) serves the job,
     with the rounds reported so far and the result."""
-    from gateway.federation_jobs import FederationJobs
-    from gateway.statistics_store import StatisticsStore
+    from tongban.gateway.federation_jobs import FederationJobs
+    from tongban.gateway.statistics_store import StatisticsStore
 
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
 
@@ -336,7 +333,7 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
     ],
 )
 def test_job_requests_are_validated(tmp_path: Path, body: dict[str, Any], field: str):
-    from gateway.federation_jobs import FederationJobs
+    from tongban.gateway.federation_jobs import FederationJobs
 
     jobs = FederationJobs(tmp_path, _Audit())
     try:

@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 from rich.console import Console
 from sqlalchemy import extract, func, select
-
-from adapters.departments import DEPARTMENTS
-from adapters.departments.police import RELATIONS
-from adapters.store import DepartmentStore
-from adapters.synthetic.generate import GenerationResult, generate
-from adapters.synthetic.population import (
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.departments.police import RELATIONS
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.synthetic.generate import GenerationResult, generate
+from tongban.adapters.synthetic.population import (
     OTHER_BIRTH_REGIONS,
     REFERENCE_DATE,
     Population,
     build_population,
 )
-from adapters.synthetic.records import DEPARTMENT_ORDER
-from primitives.idnumber import Reason, validate_many
-from primitives.regions import DISTRICTS
+from tongban.adapters.synthetic.records import DEPARTMENT_ORDER
+from tongban.primitives.idnumber import Reason, validate_many
+from tongban.primitives.regions import DISTRICTS
+
 from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 
 DETERMINISM_SIZE = 1500

@@ -12,9 +12,8 @@ import sys
 import pytest
 from gmssl import sm2 as gmssl_sm2
 from gmssl import sm3 as gmssl_sm3
-
-from primitives import gm
-from primitives.gm import SM2_N, SM2PrivateKey, SM2PublicKey
+from tongban.primitives import gm
+from tongban.primitives.gm import SM2_N, SM2PrivateKey, SM2PublicKey
 
 TONGSUO = gm.get_backend("tongsuo")
 GMSSL = gm.get_backend("gmssl")

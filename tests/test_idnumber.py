@@ -8,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-
-from primitives.errors import InvalidIdNumber
-from primitives.idnumber import (
+from tongban.primitives.errors import InvalidIdNumber
+from tongban.primitives.idnumber import (
     Reason,
     birth_yyyymmdd_many,
     check_char,
@@ -22,7 +21,7 @@ from primitives.idnumber import (
     validate,
     validate_many,
 )
-from primitives.regions import PROVINCES
+from tongban.primitives.regions import PROVINCES
 
 EXAMPLE = "11010519491231002X"  # the example printed in GB 11643-1999
 TODAY = dt.date(2026, 6, 30)

@@ -11,10 +11,10 @@ from typing import Any, cast
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-
-from primitives import jws
-from primitives.errors import Unauthenticated
-from primitives.gm import SM2PrivateKey
+from tongban.primitives import jws
+from tongban.primitives.errors import Unauthenticated
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.pyjwt_sm2 import pyjwt_with_sm2
 
 TYP = "tongban-answer+jwt"
 PAYLOAD = {"sub": "q-1", "answer": True, "iat": 1_700_000_000, "exp": 1_700_000_060}
@@ -306,7 +306,7 @@ def test_jwks_rejects_other_key_types():
 
 def test_pyjwt_verifies_our_sm2_token():
     token = jws.sign_compact(PAYLOAD, SM2_KEY, typ=TYP, kid="sm2")
-    pyjws = jws.pyjwt_with_sm2()
+    pyjws = pyjwt_with_sm2()
 
     by_object = pyjws.decode_complete(token, key=cast(Any, KEYS["sm2"]), algorithms=["SM2"])
     by_jwk = pyjws.decode_complete(token, key=json.dumps(KEYS["sm2"].to_jwk()), algorithms=["SM2"])
@@ -320,20 +320,20 @@ def test_pyjwt_rejects_tampered_sm2_token():
     forged = f"{head}.{_segment({**PAYLOAD, 'answer': False})}.{sig}"
 
     with pytest.raises(jwt.InvalidSignatureError):
-        jws.pyjwt_with_sm2().decode_complete(forged, key=cast(Any, KEYS["sm2"]), algorithms=["SM2"])
+        pyjwt_with_sm2().decode_complete(forged, key=cast(Any, KEYS["sm2"]), algorithms=["SM2"])
 
 
 def test_pyjwt_signed_sm2_token_verifies_here():
     body = json.dumps(PAYLOAD).encode()
     headers = {"typ": TYP, "kid": "sm2"}
 
-    token = jws.pyjwt_with_sm2().encode(body, cast(Any, SM2_KEY), algorithm="SM2", headers=headers)
+    token = pyjwt_with_sm2().encode(body, cast(Any, SM2_KEY), algorithm="SM2", headers=headers)
 
     assert _verify(token)[1] == PAYLOAD
 
 
 def test_pyjwt_globals_are_untouched():
-    jws.pyjwt_with_sm2()
+    pyjwt_with_sm2()
 
     with pytest.raises(NotImplementedError):
         jwt.PyJWS().get_algorithm_by_name("SM2")

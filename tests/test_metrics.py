@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
-
-from gateway.metrics import (
+from tongban.gateway.metrics import (
     AUDIT_APPENDS,
     CHECKS,
     DEPARTMENT_CALLS,
@@ -23,7 +22,7 @@ from gateway.metrics import (
     safe_label,
     track_audit,
 )
-from primitives.idnumber import make_id
+from tongban.primitives.idnumber import make_id
 
 from .test_openapi import Served, build_served
 

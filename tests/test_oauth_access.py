@@ -12,10 +12,9 @@ import logging
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
-
-from adapters.service import install_problem_handlers
-from gateway import oauth
-from gateway.oauth import (
+from tongban.adapters.service import install_problem_handlers
+from tongban.gateway import oauth
+from tongban.gateway.oauth import (
     AccessTokenVerifier,
     ClientRegistry,
     InsufficientScope,
@@ -25,11 +24,11 @@ from gateway.oauth import (
     mint_citizen_token,
     require_scope,
 )
-from gateway.oauth.flask import init_oauth, require_token
-from primitives.errors import PROBLEM_BASE
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import make_id
-from primitives.jws import sign_compact
+from tongban.gateway.oauth.flask import init_oauth, require_token
+from tongban.primitives.errors import PROBLEM_BASE
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id
+from tongban.primitives.jws import sign_compact
 
 ISSUER = "https://gateway.test"
 AUDIENCE = "https://gateway.test/v1"

@@ -8,9 +8,8 @@ import logging
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
-
-from adapters.service import install_problem_handlers
-from gateway.oauth import (
+from tongban.adapters.service import install_problem_handlers
+from tongban.gateway.oauth import (
     Citizen,
     CitizenTokenVerifier,
     ClientRegistry,
@@ -18,12 +17,12 @@ from gateway.oauth import (
     TokenIssuer,
     mint_citizen_token,
 )
-from gateway.oauth._jwt import key_id
-from gateway.oauth.flask import current_citizen, init_oauth, require_citizen
-from primitives.errors import PROBLEM_BASE, InvalidIdNumber
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import make_id
-from primitives.jws import sign_compact
+from tongban.gateway.oauth._jwt import key_id
+from tongban.gateway.oauth.flask import current_citizen, init_oauth, require_citizen
+from tongban.primitives.errors import PROBLEM_BASE, InvalidIdNumber
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id
+from tongban.primitives.jws import sign_compact
 
 IDP = "https://idp.test"
 GATEWAY = "https://gateway.test/v1"

@@ -9,14 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
-
-from gateway import oauth
-from gateway.oauth import AuthMethod, ClientRegistry, SqlReplayCache
-from gateway.oauth._schema import clients, make_engine, metadata
-from gateway.oauth.credentials import hash_secret, verify_secret
-from primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
-from primitives.gm import SM2PrivateKey
-from primitives.jws import jwks
+from tongban.gateway import oauth
+from tongban.gateway.oauth import AuthMethod, ClientRegistry, SqlReplayCache
+from tongban.gateway.oauth._schema import clients, make_engine, metadata
+from tongban.gateway.oauth.credentials import hash_secret, verify_secret
+from tongban.primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.jws import jwks
 
 SM2_KEY = SM2PrivateKey.generate()
 P256_KEY = ec.generate_private_key(ec.SECP256R1())

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from tongban.gateway.openapi import ERROR_MODULES, build_openapi, docs_blueprint, problem_types
+from tongban.gateway.openapi_schemas import ID_NUMBER_PATTERN
+from tongban.primitives.errors import PROBLEM_BASE, TongbanError
+from tongban.primitives.idnumber import make_id
 from werkzeug.test import TestResponse
-
-from gateway.openapi import ERROR_MODULES, build_openapi, docs_blueprint, problem_types
-from gateway.openapi_schemas import ID_NUMBER_PATTERN
-from primitives.errors import PROBLEM_BASE, TongbanError
-from primitives.idnumber import make_id
 
 from .hostile_harness import Hostile, build_hostile
 
@@ -152,7 +151,7 @@ def test_enumerations_come_from_the_catalog(spec: dict[str, Any], served: Served
 
 def test_catalog_argument_changes_the_document(served: Served):
     """The enumerations follow the catalog the gateway enforces, not a copy."""
-    from gateway.catalog import Catalog
+    from tongban.gateway.catalog import Catalog
 
     catalog = served.gateway.catalog
     smaller = Catalog({"married": catalog.claims["married"]}, catalog.purposes)
@@ -258,9 +257,9 @@ def test_contradictory_error_classes_are_refused(body: dict[str, Any], message: 
     """A subclass that reuses a slug with another meaning cannot reach the document."""
     import gc
 
-    from primitives.errors import BadRequest
+    from tongban.primitives.errors import BadRequest
 
-    rogue = type("Rogue", (BadRequest,), {**body, "__module__": "gateway.rogue"})
+    rogue = type("Rogue", (BadRequest,), {**body, "__module__": "tongban.gateway.rogue"})
     try:
         with pytest.raises(ValueError, match=message):
             problem_types()
@@ -678,7 +677,7 @@ def _operations_and_docs_scenario(served: Served, contract: Contract) -> None:
 
 
 def _statistics_scenario(served: Served, contract: Contract) -> None:
-    from federation.paillier import generate_keypair, public_key_to_jwk
+    from tongban.federation.paillier import generate_keypair, public_key_to_jwk
 
     analyst = served.auth("analyst")
     _call(served, contract, "get", "/v1/statistics", 200, headers=analyst)

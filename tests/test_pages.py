@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-
-from audit.merkle import leaf_hash, verify_inclusion
-from audit.note import SignedNote
-from primitives.idnumber import mask
+from tongban.audit.merkle import leaf_hash, verify_inclusion
+from tongban.audit.note import SignedNote
+from tongban.primitives.idnumber import mask
 
 from .conftest import Generated
 from .gateway_harness import PUBLIC_URL, Harness, build_harness

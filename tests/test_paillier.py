@@ -14,8 +14,7 @@ import gmpy2
 import pytest
 from phe import EncryptedNumber, PaillierPrivateKey, PaillierPublicKey, util
 from phe import command_line as phe_cli
-
-from federation.paillier import (
+from tongban.federation.paillier import (
     GUARD_BITS,
     InvalidCiphertext,
     InvalidPublicKey,
@@ -33,7 +32,7 @@ from federation.paillier import (
     public_key_to_jwk,
     to_encrypted_numbers,
 )
-from primitives.errors import BadRequest
+from tongban.primitives.errors import BadRequest
 
 WAIT = 60.0  # generous upper bound for pool fills on a loaded CI machine; never a sleep
 

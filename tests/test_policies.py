@@ -8,10 +8,8 @@ import json
 import re
 
 import pytest
-
-import policies
-from gateway.catalog import Catalog
-from policies import (
+from tongban.gateway.catalog import Catalog
+from tongban.policies import (
     FERTILITY_GROUP,
     Decision,
     InvalidPolicy,
@@ -25,8 +23,10 @@ from policies import (
     default_model_text,
     default_rules,
 )
-from policies.rules import check_legal_basis, check_rule
-from primitives.gm import sm3
+from tongban.policies.rules import check_legal_basis, check_rule
+from tongban.primitives.gm import sm3
+
+from tongban import policies
 
 DENY_RULE = ("insurer", "*", FERTILITY_GROUP, "underwriting", "deny")
 

@@ -5,8 +5,7 @@ runs on SQLite and on PostgreSQL (the ``policy_env`` fixture)."""
 from __future__ import annotations
 
 import pytest
-
-from policies import (
+from tongban.policies import (
     AuditFailed,
     BasisEdit,
     BasisOp,
@@ -21,7 +20,7 @@ from policies import (
     TwoPersonRule,
     UnknownChange,
 )
-from primitives.errors import PROBLEM_BASE, BadRequest, StoreUnavailable
+from tongban.primitives.errors import PROBLEM_BASE, BadRequest, StoreUnavailable
 
 LI, WANG, ZHAO = "admin-li", "admin-wang", "admin-zhao"
 EDU_POLICE = "p, education, police, birth_registered, school_enrollment, allow"

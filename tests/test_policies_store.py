@@ -8,8 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-
-from policies import (
+from tongban.policies import (
     BasisEdit,
     BasisOp,
     Change,
@@ -24,6 +23,7 @@ from policies import (
     default_rules,
     open_enforcer,
 )
+
 from tests.conftest import RecordingAudit
 
 LI, WANG = "admin-li", "admin-wang"

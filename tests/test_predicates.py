@@ -10,15 +10,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.store import DepartmentStore
+from tongban.gateway.catalog import Catalog, Claim
+from tongban.primitives.errors import (
+    BadRequest,
+    InvalidIdNumber,
+    UnknownParameter,
+    UnknownPredicate,
+)
+from tongban.primitives.idnumber import make_id, mask
+from tongban.primitives.regions import DISTRICTS
+from tongban.primitives.wire import PredicateCall, Tri
 
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.store import DepartmentStore
-from gateway.catalog import Catalog, Claim
-from primitives.errors import BadRequest, InvalidIdNumber, UnknownParameter, UnknownPredicate
-from primitives.idnumber import make_id, mask
-from primitives.regions import DISTRICTS
-from primitives.wire import PredicateCall, Tri
 from tests.conftest import Generated
 
 REFERENCE = dt.date(2026, 6, 30)

@@ -6,8 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-
-from federation.psi import (
+from tongban.federation.psi import (
     POINT_BYTES,
     InvalidPoint,
     PsiError,
@@ -20,7 +19,7 @@ from federation.psi import (
     intersect_tags,
     run_psi,
 )
-from primitives.gm import SM2_A, SM2_B, SM2_P
+from tongban.primitives.gm import SM2_A, SM2_B, SM2_P
 
 SESSION = b"test-session"
 

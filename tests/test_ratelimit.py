@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-
-from gateway.metrics import REGISTRY
-from gateway.ratelimit import (
+from tongban.gateway.metrics import REGISTRY
+from tongban.gateway.ratelimit import (
     Bucket,
     MemoryBucketStore,
     RateLimiter,
@@ -21,7 +20,8 @@ from gateway.ratelimit import (
     build_rate_limiter,
     metadata,
 )
-from primitives.errors import PROBLEM_BASE, RateLimited
+from tongban.primitives.errors import PROBLEM_BASE, RateLimited
+
 from tongban.config import Settings
 
 from .hostile_harness import ADULT, OTHER_ADULT, Hostile, build_hostile, check_body

@@ -15,11 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
-
-from adapters.client import InProcessTransport, Reply
-from adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
-from adapters.statistics import LocalStatistics, PoolCache
-from federation.paillier import (
+from tongban.adapters.client import InProcessTransport, Reply
+from tongban.adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
+from tongban.adapters.statistics import LocalStatistics, PoolCache
+from tongban.federation.paillier import (
     OutOfBounds,
     PackingLayout,
     decrypt_vector,
@@ -27,7 +26,7 @@ from federation.paillier import (
     key_fingerprint,
     public_key_to_jwk,
 )
-from federation.statistics import (
+from tongban.federation.statistics import (
     REGISTRY,
     YEARS,
     Release,
@@ -36,11 +35,12 @@ from federation.statistics import (
     StatParam,
     UnknownStatistic,
 )
-from gateway.services import AuditEvents
-from gateway.statistics import DpRequired, StatisticsService
-from gateway.statistics_store import StatisticsStore
-from primitives.errors import Unauthenticated
-from primitives.regions import DISTRICTS
+from tongban.gateway.services import AuditEvents
+from tongban.gateway.statistics import DpRequired, StatisticsService
+from tongban.gateway.statistics_store import StatisticsStore
+from tongban.primitives.errors import Unauthenticated
+from tongban.primitives.regions import DISTRICTS
+
 from tongban.cli import build_parser
 from tongban.stats import StatsError, parse_params, run_from_demo
 

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.ingest import TableReport, ingest
+from tongban.adapters.store import DepartmentStore, sqlite_url
+from tongban.adapters.synthetic.population import build_population
+from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
+from tongban.primitives.idnumber import Reason, check_char, make_id, mask, validate
+from tongban.primitives.wire import PredicateCall, Tri
 
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.ingest import TableReport, ingest
-from adapters.store import DepartmentStore, sqlite_url
-from adapters.synthetic.population import build_population
-from adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
-from primitives.idnumber import Reason, check_char, make_id, mask, validate
-from primitives.wire import PredicateCall, Tri
 from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 
 AS_OF = dt.date(2026, 6, 30)

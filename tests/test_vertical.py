@@ -12,10 +12,9 @@ from typing import Any
 import gmpy2
 import numpy as np
 import pytest
-
-from federation.packing import OutOfBounds
-from federation.psi import Transcript
-from federation.vertical import (
+from tongban.federation.packing import OutOfBounds
+from tongban.federation.psi import Transcript
+from tongban.federation.vertical import (
     LABEL_HOLDER,
     Relay,
     VKind,
@@ -24,7 +23,7 @@ from federation.vertical import (
     split_departments,
     synthetic_table,
 )
-from federation.vertical.encoding import (
+from tongban.federation.vertical.encoding import (
     RESIDUAL_MAX,
     RESIDUAL_OFFSET,
     STAT_BITS,
@@ -34,8 +33,8 @@ from federation.vertical.encoding import (
     encode_logits,
     encode_residuals,
 )
-from federation.vertical.multiexp import multiexp
-from federation.vertical.runner import _step
+from tongban.federation.vertical.multiexp import multiexp
+from tongban.federation.vertical.runner import _step
 
 NOTES = Path(__file__).resolve().parent.parent / "README.md"  # the table of who receives what
 
@@ -313,7 +312,7 @@ def test_cli_trains_vertically_and_writes_the_report(small_population, tmp_path,
 
 
 def test_fixed_base_obfuscators_encrypt_correctly_and_never_repeat(small_job):
-    from federation.vertical.randomness import FixedBaseObfuscators
+    from tongban.federation.vertical.randomness import FixedBaseObfuscators
 
     job, _ = small_job
     pk = job.guest.public_key
@@ -331,10 +330,10 @@ def test_fixed_base_obfuscators_encrypt_correctly_and_never_repeat(small_job):
 def test_api_job_runs_vertically_audited_and_stored(small_population, claim_catalog, tmp_path):
     """POST /v1/federation/jobs with kind "vertical": policy on federation:vertical, the real
     PSI + hetero-LR coordinator, audit at start and end, the job kept in the store."""
-    from gateway.federation_jobs import FederationJobs
-    from gateway.jobs import JobDenied, JobPolicy
-    from gateway.statistics_store import StatisticsStore
-    from policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
+    from tongban.gateway.federation_jobs import FederationJobs
+    from tongban.gateway.jobs import JobDenied, JobPolicy
+    from tongban.gateway.statistics_store import StatisticsStore
+    from tongban.policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
 
     class Audit:
         def __init__(self) -> None:

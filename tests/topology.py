@@ -31,9 +31,8 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-
-from gateway.answers import ANSWER_TYP
-from primitives.jws import PublicKey, key_from_jwk, verify_compact
+from tongban.gateway.answers import ANSWER_TYP
+from tongban.primitives.jws import PublicKey, key_from_jwk, verify_compact
 
 __all__ = [
     "CLIENTS",
@@ -229,7 +228,8 @@ class Topology:
     # --- set-up ------------------------------------------------------------------------
 
     def setup(self) -> Topology:
-        from adapters.synthetic.generate import generate
+        from tongban.adapters.synthetic.generate import generate
+
         from tongban.config import Settings
         from tongban.keys import KeyRing
         from tongban.wiring import build_registry

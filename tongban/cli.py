@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from primitives.errors import InvalidIdNumber
-from primitives.idnumber import parse
+from tongban.primitives.errors import InvalidIdNumber
+from tongban.primitives.idnumber import parse
 
 from .config import DEPARTMENTS, Settings
 from .federation_cli import add_federation
@@ -45,7 +45,7 @@ def _id_check(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from adapters.synthetic.generate import generate
+    from tongban.adapters.synthetic.generate import generate
 
     console = Console(stderr=True)
     result = generate(
@@ -71,7 +71,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _adapter_serve(args: argparse.Namespace) -> int:
-    from adapters.service import create_app
+    from tongban.adapters.service import create_app
 
     from .serve import serve
     from .wiring import build_adapter
@@ -84,7 +84,7 @@ def _adapter_serve(args: argparse.Namespace) -> int:
 
 
 def _gateway_serve(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
+    from tongban.gateway.app import create_app
 
     from .serve import serve
     from .wiring import build_gateway
@@ -99,7 +99,7 @@ def _gateway_serve(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from audit.verify import verify_store
+    from tongban.audit.verify import verify_store
 
     from .keys import KeyRing
 
@@ -136,7 +136,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _citizen_token(args: argparse.Namespace) -> int:
     """DEMO ONLY: mint a citizen token with the demo's local identity-provider key. A real
     deployment accepts tokens from the province's identity provider instead."""
-    from gateway.oauth import mint_citizen_token
+    from tongban.gateway.oauth import mint_citizen_token
 
     from .keys import KeyRing
 

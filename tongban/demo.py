@@ -108,10 +108,10 @@ def encrypt_at_rest(data_dir: Path, console: Console) -> None:
     encrypt --all``): each department gets its own key-encryption key under DIR/keys."""
     from rich.progress import Progress
 
-    from adapters.at_rest import create_kek, load_kek
-    from adapters.departments import DEPARTMENTS as DECLARED
-    from adapters.rekey import encrypt_store
-    from adapters.store import DepartmentStore
+    from tongban.adapters.at_rest import create_kek, load_kek
+    from tongban.adapters.departments import DEPARTMENTS as DECLARED
+    from tongban.adapters.rekey import encrypt_store
+    from tongban.adapters.store import DepartmentStore
 
     from .config import Settings
 
@@ -135,7 +135,7 @@ def run_demo(
     console = Console(stderr=True)
     data_dir = data_dir.resolve()
     if needs_generation(data_dir, population, seed):
-        from adapters.synthetic.generate import generate
+        from tongban.adapters.synthetic.generate import generate
 
         console.print(f"generating {population:,} citizens (seed {seed}) into {data_dir}")
         generate(data_dir, population, seed, truth=data_dir / "truth.jsonl", console=console)

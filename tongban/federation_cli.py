@@ -23,7 +23,7 @@ _DEFAULT_NODES = 8  # one per district in primitives.regions.DISTRICTS
 
 
 def federation_up(args: argparse.Namespace) -> int:
-    from federation.horizontal.deploy import DeploymentError, Supervisor
+    from tongban.federation.horizontal.deploy import DeploymentError, Supervisor
 
     console = Console(stderr=True)
     try:
@@ -71,17 +71,17 @@ def _progress_line(ev: dict[str, Any]) -> str:
 
 def federation_train(args: argparse.Namespace) -> int:
     if getattr(args, "kind", "horizontal") == "vertical":
-        from federation.vertical.cli import train_command
+        from tongban.federation.vertical.cli import train_command
 
         return train_command(args)
-    from federation.horizontal.deploy import DeploymentError, Supervisor, read_deployment
-    from federation.horizontal.runner import (
+    from tongban.federation.horizontal.deploy import DeploymentError, Supervisor, read_deployment
+    from tongban.federation.horizontal.runner import (
         TrainingFailed,
         build_report,
         run_training,
         write_report,
     )
-    from federation.horizontal.settings import RunSettings
+    from tongban.federation.horizontal.settings import RunSettings
 
     console = Console(stderr=True)
     data_dir: Path = args.data_dir.resolve()
@@ -130,7 +130,7 @@ def federation_train(args: argparse.Namespace) -> int:
 
 
 def _n_features(data_dir: Path) -> int:
-    from adapters.synthetic.features import read_features
+    from tongban.adapters.synthetic.features import read_features
 
     return len(read_features(data_dir).columns)
 

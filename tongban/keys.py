@@ -16,7 +16,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from primitives.gm import SM2PrivateKey, SM2PublicKey, load_or_create_private_key, load_private_key
+from tongban.primitives.gm import (
+    SM2PrivateKey,
+    SM2PublicKey,
+    load_or_create_private_key,
+    load_private_key,
+)
 
 __all__ = ["KeyRing"]
 

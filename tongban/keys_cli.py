@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from primitives.errors import TongbanError
+from tongban.primitives.errors import TongbanError
 
 from .config import DEPARTMENTS, Settings
 
 if TYPE_CHECKING:
-    from adapters.store import DepartmentStore
+    from tongban.adapters.store import DepartmentStore
 
 __all__ = ["add_keys"]
 
@@ -41,10 +41,10 @@ def _progress() -> Progress:
 
 
 def _store(settings: Settings, department: str, *, create_kek: bool = False) -> DepartmentStore:
-    from adapters.at_rest import create_kek as new_kek
-    from adapters.at_rest import load_kek
-    from adapters.departments import DEPARTMENTS as REGISTRY
-    from adapters.store import DepartmentStore
+    from tongban.adapters.at_rest import create_kek as new_kek
+    from tongban.adapters.at_rest import load_kek
+    from tongban.adapters.departments import DEPARTMENTS as REGISTRY
+    from tongban.adapters.store import DepartmentStore
 
     kek = load_kek(settings.keys_dir, department)
     if kek is None and create_kek:
@@ -53,8 +53,8 @@ def _store(settings: Settings, department: str, *, create_kek: bool = False) -> 
 
 
 def _department_status(settings: Settings, department: str) -> dict[str, Any]:
-    from adapters.at_rest import read_state
-    from adapters.rekey import key_usage
+    from tongban.adapters.at_rest import read_state
+    from tongban.adapters.rekey import key_usage
 
     store = _store(settings, department)
     try:
@@ -75,7 +75,7 @@ def _department_status(settings: Settings, department: str) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from audit.vault import VaultKeys, vault_key_usage
+    from tongban.audit.vault import VaultKeys, vault_key_usage
 
     settings = Settings.from_env(data_dir=args.data_dir)
     out: dict[str, Any] = {"departments": {}}
@@ -96,7 +96,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _encrypt(args: argparse.Namespace) -> int:
-    from adapters.rekey import encrypt_store
+    from tongban.adapters.rekey import encrypt_store
 
     settings = Settings.from_env(data_dir=args.data_dir)
     departments = DEPARTMENTS if args.all else (args.department,)
@@ -115,7 +115,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     if args.vault:
-        from audit.vault import VaultKeys, rotate_vault
+        from tongban.audit.vault import VaultKeys, rotate_vault
 
         with _progress() as progress:
             vault = rotate_vault(
@@ -129,7 +129,7 @@ def _rotate(args: argparse.Namespace) -> int:
     if args.department is None:
         print("keys rotate: name --department or --vault", file=sys.stderr)
         return 1
-    from adapters.rekey import rotate_data_key, rotate_index_key, rotate_kek
+    from tongban.adapters.rekey import rotate_data_key, rotate_index_key, rotate_kek
 
     store = _store(settings, args.department)
     try:

@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
-from federation.statistics import REGISTRY, Release
-from primitives.errors import TongbanError
+from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
+from tongban.federation.statistics import REGISTRY, Release
+from tongban.primitives.errors import TongbanError
 
 __all__ = [
     "Cell",

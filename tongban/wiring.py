@@ -4,32 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from adapters.at_rest import load_kek
-from adapters.client import DepartmentClient, HttpTransport, Transport
-from adapters.departments import DEPARTMENTS
-from adapters.evaluate import Evaluator
-from adapters.protocol import AdapterCore, RequestSigner
-from adapters.statistics import LocalStatistics
-from adapters.store import DepartmentStore
-from adapters.witness import MetaWitnessState, Witness
-from audit.log import AuditLog
-from audit.vault import Pseudonymizer, VaultKeys
-from gateway.answers import AnswerSigner
-from gateway.catalog import Catalog
-from gateway.checkpoints import Checkpointer
-from gateway.checks import Checker
-from gateway.consent import ConsentRequired, ConsentStore
-from gateway.federation_jobs import FederationJobs
-from gateway.jobs import JobPolicy
-from gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
-from gateway.ratelimit import build_rate_limiter
-from gateway.services import AuditEvents, Gateway, OAuthParts
-from gateway.statistics import StatisticsService
-from gateway.statistics_store import StatisticsStore
-from policies import PolicyAdmin, PolicyStore, open_enforcer
-from primitives.errors import TongbanError
-from primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
-from primitives.wire import PredicateCall, Tri
+from tongban.adapters.at_rest import load_kek
+from tongban.adapters.client import DepartmentClient, HttpTransport, Transport
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.protocol import AdapterCore, RequestSigner
+from tongban.adapters.statistics import LocalStatistics
+from tongban.adapters.store import DepartmentStore
+from tongban.adapters.witness import MetaWitnessState, Witness
+from tongban.audit.log import AuditLog
+from tongban.audit.vault import Pseudonymizer, VaultKeys
+from tongban.gateway.answers import AnswerSigner
+from tongban.gateway.catalog import Catalog
+from tongban.gateway.checkpoints import Checkpointer
+from tongban.gateway.checks import Checker
+from tongban.gateway.consent import ConsentRequired, ConsentStore
+from tongban.gateway.federation_jobs import FederationJobs
+from tongban.gateway.jobs import JobPolicy
+from tongban.gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
+from tongban.gateway.ratelimit import build_rate_limiter
+from tongban.gateway.services import AuditEvents, Gateway, OAuthParts
+from tongban.gateway.statistics import StatisticsService
+from tongban.gateway.statistics_store import StatisticsStore
+from tongban.policies import PolicyAdmin, PolicyStore, open_enforcer
+from tongban.primitives.errors import TongbanError
+from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
+from tongban.primitives.wire import PredicateCall, Tri
 
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
 from .config import Settings

@@ -26,7 +26,7 @@ from flask import Flask
 from .config import Settings
 
 if TYPE_CHECKING:
-    from gateway.services import Gateway
+    from tongban.gateway.services import Gateway
 
 __all__ = ["adapter", "gateway"]
 
@@ -71,7 +71,7 @@ def _wait_for_stores(*urls: str) -> None:
 
 
 def gateway() -> Flask:
-    from gateway.app import create_app
+    from tongban.gateway.app import create_app
 
     from .wiring import build_gateway
 
@@ -89,7 +89,7 @@ def _follow_policy(built: Gateway, settings: Settings) -> None:
     """A policy change approved in one worker is committed to the shared store but loaded
     only by that worker's enforcer: every worker polls the store's head version and
     reloads when it moved, so all workers enforce one policy within the poll interval."""
-    from policies import PolicyStore
+    from tongban.policies import PolicyStore
 
     admin, checker = built.policy_admin, built.checker
     if admin is None or checker is None or settings.policy_poll_interval <= 0:
@@ -111,7 +111,7 @@ def _follow_policy(built: Gateway, settings: Settings) -> None:
 
 
 def adapter(department: str) -> Flask:
-    from adapters.service import create_app
+    from tongban.adapters.service import create_app
 
     from .wiring import build_adapter
 

@@ -21,8 +21,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-
-from primitives.idnumber import birth_yyyymmdd_many
+from tongban.primitives.idnumber import birth_yyyymmdd_many
 
 from ..at_rest import SEALED
 from ..columns import dates, end_not_after_start, yyyymmdd

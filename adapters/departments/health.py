@@ -22,8 +22,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-
-from primitives.idnumber import birth_yyyymmdd_many
+from tongban.primitives.idnumber import birth_yyyymmdd_many
 
 from ..at_rest import SEALED
 from ..columns import dates, in_future, precedes, years_before, yyyymmdd

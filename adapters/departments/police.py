@@ -21,8 +21,7 @@ from sqlalchemy import (
     func,
     select,
 )
-
-from primitives.regions import DISTRICTS, PROVINCES
+from tongban.primitives.regions import DISTRICTS, PROVINCES
 
 from ..at_rest import SEALED
 from ..columns import in_future

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
-from primitives.idnumber import make_ids_many
-from primitives.regions import DISTRICTS
+from tongban.primitives.idnumber import make_ids_many
+from tongban.primitives.regions import DISTRICTS
 
 from ..columns import yyyymmdd
 

@@ -246,7 +246,7 @@ def _evaluator(
     """Centralised evaluation on the held-out rows after every round."""
     if not settings.eval_data_dir:
         return lambda _r, _p, _c: None
-    from adapters.synthetic.features import read_features
+    from tongban.adapters.synthetic.features import read_features
 
     table = read_features(Path(settings.eval_data_dir))
     held = held_out_mask(table)

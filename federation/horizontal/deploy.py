@@ -165,7 +165,7 @@ class Supervisor:
         *,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from adapters.synthetic.features import read_features
+        from tongban.adapters.synthetic.features import read_features
 
         self.data_dir = data_dir.resolve()
         self.num_partitions = num_partitions

@@ -23,7 +23,7 @@ APP_MODULE = "tongban_horizontal_app"
 
 _SHIM = b'''"""Entry points of the tongban horizontal-training Flower app."""
 
-from federation.horizontal.apps import client_app, server_app
+from tongban.federation.horizontal.apps import client_app, server_app
 
 __all__ = ["client_app", "server_app"]
 '''

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from adapters.synthetic.features import read_features
-from primitives.gm import sm3
+from tongban.adapters.synthetic.features import read_features
+from tongban.primitives.gm import sm3
 
 from .data import held_out_mask, partition_rows
 from .deploy import Deployment

@@ -24,7 +24,7 @@ def progress_line(event: dict[str, Any]) -> str:
 
 def train_command(args: argparse.Namespace) -> int:
     """Run a vertical job on ``args.data_dir``; ``--rounds`` counts epochs."""
-    from federation.horizontal.runner import write_report
+    from tongban.federation.horizontal.runner import write_report
 
     from .runner import run_vertical
 

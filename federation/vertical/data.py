@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
-from adapters.synthetic.features import FeatureTable
+from tongban.adapters.synthetic.features import FeatureTable
 
 __all__ = [
     "DEPARTMENTS",

@@ -40,8 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
-from federation.packing import MIN_KEY_BITS, OutOfBounds
+from tongban.federation.packing import MIN_KEY_BITS, OutOfBounds
 
 __all__ = [
     "FEATURE_BITS",

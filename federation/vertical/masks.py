@@ -18,9 +18,8 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
-
-from federation.psi import POINT_BYTES, InvalidPoint, _curve
-from primitives.gm import SM2_GX, SM2_N
+from tongban.federation.psi import POINT_BYTES, InvalidPoint, _curve
+from tongban.primitives.gm import SM2_GX, SM2_N
 
 __all__ = ["PairwiseMasks"]
 

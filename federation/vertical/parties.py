@@ -26,10 +26,9 @@ import gmpy2
 import numpy as np
 import numpy.typing as npt
 from phe import PaillierPrivateKey, PaillierPublicKey
-
-from federation.horizontal.model import auc
-from federation.packing import OutOfBounds
-from federation.paillier import (
+from tongban.federation.horizontal.model import auc
+from tongban.federation.packing import OutOfBounds
+from tongban.federation.paillier import (
     InvalidCiphertext,
     ObfuscatorPool,
     _crt_decryptor,
@@ -37,7 +36,7 @@ from federation.paillier import (
     parse_public_key,
     public_key_to_jwk,
 )
-from primitives.gm import sm3
+from tongban.primitives.gm import sm3
 
 from .encoding import (
     RESIDUAL_FRAC,

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from adapters.synthetic.features import FeatureTable, read_features
-from federation.horizontal.data import HELD_OUT_MOD
-from federation.horizontal.model import auc
-from federation.psi import PsiParty, Transcript, run_psi
-from primitives.gm import sm3
+from tongban.adapters.synthetic.features import FeatureTable, read_features
+from tongban.federation.horizontal.data import HELD_OUT_MOD
+from tongban.federation.horizontal.model import auc
+from tongban.federation.psi import PsiParty, Transcript, run_psi
+from tongban.primitives.gm import sm3
 
 from .data import LABEL_HOLDER, DepartmentView, fit_centralized, split_departments
 from .messages import Plan, Relay, VKind

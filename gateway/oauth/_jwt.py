@@ -16,9 +16,9 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from primitives.errors import Unauthenticated
-from primitives.gm import SM2PublicKey
-from primitives.jws import PublicKey, jwks, verify_compact
+from tongban.primitives.errors import Unauthenticated
+from tongban.primitives.gm import SM2PublicKey
+from tongban.primitives.jws import PublicKey, jwks, verify_compact
 
 from .errors import (
     InvalidToken,

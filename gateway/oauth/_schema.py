@@ -19,9 +19,8 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.exc import SQLAlchemyError
-
-from primitives.db import make_engine
-from primitives.errors import StoreUnavailable
+from tongban.primitives.db import make_engine
+from tongban.primitives.errors import StoreUnavailable
 
 __all__ = ["clients", "create_schema", "make_engine", "metadata", "spent_ids"]
 

@@ -28,10 +28,9 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
-
-from primitives.errors import Unauthenticated
-from primitives.jws import PrivateKey, sign_compact, verify_compact
-from primitives.replay import ReplayCache
+from tongban.primitives.errors import Unauthenticated
+from tongban.primitives.jws import PrivateKey, sign_compact, verify_compact
+from tongban.primitives.replay import ReplayCache
 
 from ._jwt import check_audience, check_times, string_claim, unverified_header
 from .errors import InvalidToken, TokenReplayed, TokenWrongType

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from primitives.errors import InvalidIdNumber
-from primitives.gm import SM2PrivateKey
-from primitives.idnumber import mask, parse
-from primitives.jws import SUPPORTED_ALGORITHMS, PrivateKey, PublicKey, sign_compact
+from tongban.primitives.errors import InvalidIdNumber
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import mask, parse
+from tongban.primitives.jws import SUPPORTED_ALGORITHMS, PrivateKey, PublicKey, sign_compact
 
 from ._jwt import (
     bearer_token,

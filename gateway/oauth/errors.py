@@ -22,7 +22,7 @@ copies it into an RFC 6749 ``error_description``, which forbids those characters
 
 from __future__ import annotations
 
-from primitives.errors import Forbidden, Unauthenticated
+from tongban.primitives.errors import Forbidden, Unauthenticated
 
 __all__ = [
     "InsufficientScope",

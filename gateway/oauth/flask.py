@@ -15,10 +15,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask, Response, current_app, g, request
-
-from primitives.errors import TongbanError
-from primitives.problem import PROBLEM_JSON, problem_body
-from primitives.replay import ReplayCache
+from tongban.primitives.errors import TongbanError
+from tongban.primitives.problem import PROBLEM_JSON, problem_body
+from tongban.primitives.replay import ReplayCache
 
 from .assertion import PrivateKeyJWT
 from .citizen import Citizen, CitizenTokenVerifier

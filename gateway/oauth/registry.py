@@ -21,12 +21,11 @@ from typing import Any, Literal, cast
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from primitives.db import transaction
-from primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
-from primitives.gm import SM2PublicKey
-from primitives.jws import PublicKey, key_from_jwk
-from primitives.jws import jwks as public_jwks
+from tongban.primitives.db import transaction
+from tongban.primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from tongban.primitives.gm import SM2PublicKey
+from tongban.primitives.jws import PublicKey, key_from_jwk
+from tongban.primitives.jws import jwks as public_jwks
 
 from ._schema import clients, create_schema, make_engine
 from .credentials import SCRYPT_N, hash_secret, new_secret, verify_secret

@@ -13,8 +13,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from primitives.gm import SM2PrivateKey
-from primitives.jws import SUPPORTED_ALGORITHMS, PrivateKey, PublicKey, sign_compact
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.jws import SUPPORTED_ALGORITHMS, PrivateKey, PublicKey, sign_compact
 
 from ._jwt import (
     bearer_token,

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from tongban.audit.log import StoredEntry
+from tongban.primitives.errors import NotFound, TongbanError
+from tongban.primitives.idnumber import mask
 from werkzeug.wrappers import Response as WResponse
-
-from audit.log import StoredEntry
-from primitives.errors import NotFound, TongbanError
-from primitives.idnumber import mask
 
 from ..consent import ConsentStore
 from ..oauth import Citizen

@@ -25,13 +25,12 @@ from flask import (
     session,
     url_for,
 )
+from tongban.audit.canonical import canonical_bytes
+from tongban.audit.log import AuditLog, StoredEntry
+from tongban.audit.note import SignedNote
+from tongban.primitives.errors import NotFound, TongbanError
+from tongban.primitives.idnumber import mask, parse
 from werkzeug.wrappers import Response as WResponse
-
-from audit.canonical import canonical_bytes
-from audit.log import AuditLog, StoredEntry
-from audit.note import SignedNote
-from primitives.errors import NotFound, TongbanError
-from primitives.idnumber import mask, parse
 
 from ..anomaly import Flag, Thresholds, detect, iso
 from ..oauth import Principal
