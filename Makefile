@@ -12,13 +12,29 @@ BROWSER_STAMP := browser-tests/node_modules/.installed
 
 DEMO_ARGS ?=
 
-.PHONY: demo test install browser lint typecheck pytest bench clean
+.PHONY: demo test install browser lint typecheck pytest bench clean lock screenshots
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements/dev.txt pins (hashes checked), then tongban itself.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# What `make demo` alone needs: the runtime lock (no test tools).
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): pyproject.toml requirements/demo.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements/demo.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(DEMO_STAMP)
+
+# Regenerate the lock files from pyproject.toml's ranges (needs the package index).
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+              --no-emit-find-links --extra federation --extra postgres --extra gmssl --extra pyjwt
+lock: $(STAMP)
+	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements/demo.txt pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra dev -o requirements/dev.txt pyproject.toml
 
 # Idempotent: installs chromium (and node/npm) with apt only when missing and we are root;
 # otherwise says loudly that the browser tests will be skipped.
@@ -41,7 +57,7 @@ browser: $(BROWSER_STAMP)
 
 install: $(STAMP) browser
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/tongban demo $(DEMO_ARGS)
 
 lint: $(STAMP)
@@ -62,6 +78,19 @@ pytest: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
+
+# Refresh the committed page screenshots (docs/screenshots/) in headless Chromium. Needs a
+# CJK font, or every Chinese character is a box: installs Debian's fonts-noto-cjk when it can.
+screenshots: $(STAMP) browser
+	@if ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq fonts-noto-cjk; \
+	  else \
+	    echo "!! no CJK font (Debian: apt-get install fonts-noto-cjk): screenshots not refreshed"; exit 1; \
+	  fi; \
+	fi
+	@fc-list :lang=zh | grep -q . || { echo "!! still no CJK font: screenshots not refreshed"; exit 1; }
+	TONGBAN_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_pages_browser.py
 
 # bench_gateway and bench_soak drive the load with wrk (Debian package 'wrk').
 bench: $(STAMP)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from tongban.primitives.extras import require_extra
 
 from .errors import StoreUnavailable
 
@@ -39,6 +40,8 @@ def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000
     if is_memory_sqlite(url):
         return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     if make_url(url).get_backend_name() == "postgresql":
+        if make_url(url).get_driver_name() == "psycopg":
+            require_extra("psycopg", "postgres", "a PostgreSQL store (postgresql+psycopg://)")
         return create_engine(
             url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT}
         )

@@ -7,9 +7,11 @@ names the extra instead of an ``ImportError`` traceback from deep inside a servi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 
-__all__ = ["EXTRAS", "MissingExtra", "require_extra"]
+__all__ = ["EXTRAS", "MissingExtra", "extra_imports", "require_extra"]
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "federation": ("flwr", "matplotlib"),
@@ -39,3 +41,18 @@ def require_extra(module: str, extra: str, feature: str) -> None:
         found = False
     if not found:
         raise MissingExtra(extra, feature)
+
+
+@contextlib.contextmanager
+def extra_imports(extra: str, feature: str) -> Iterator[None]:
+    """Wrap a module's imports of an extra: a missing one becomes :class:`MissingExtra`.
+
+    Only a module of ``extra`` itself counts; any other ``ModuleNotFoundError`` (a broken
+    install of a core dependency) propagates unchanged.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXTRAS[extra]:
+            raise
+        raise MissingExtra(extra, feature) from exc

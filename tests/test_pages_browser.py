@@ -1,7 +1,8 @@
 """The pages in a real headless Chromium (Debian's ``/usr/bin/chromium``, driven by
 ``playwright-core`` from ``browser-tests/``): an officer filters, verifies a proof and
 sees an anomaly flag; a citizen grants consent, sees the check, revokes, and the next
-check is refused. Screenshots land in ``docs/screenshots/``.
+check is refused. Screenshots land in ``build/screenshots/`` (ignored by git); ``make
+screenshots`` sets ``TONGBAN_SCREENSHOTS=docs/screenshots`` to refresh the committed ones.
 
 Skipped, loudly, only when Chromium, node or ``browser-tests/node_modules`` is absent
 (``make install`` / ``.ci/run`` install them)."""
@@ -27,7 +28,9 @@ from .gateway_harness import Harness, build_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_TESTS = ROOT / "browser-tests"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Never the committed docs/screenshots by default: on a machine without a CJK font every
+# Chinese character renders as a box, and a `git commit -a` would replace the good images.
+SCREENSHOTS = Path(os.environ.get("TONGBAN_SCREENSHOTS", ROOT / "build" / "screenshots"))
 CHROMIUM = os.environ.get("TONGBAN_CHROMIUM", "/usr/bin/chromium")
 
 

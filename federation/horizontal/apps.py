@@ -26,33 +26,36 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Context, Message
-from flwr.client.mod import fixedclipping_mod, secaggplus_mod
-from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import (
-    Code,
-    FitRes,
-    Metrics,
-    NDArrays,
-    Scalar,
-    Status,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common import recorddict_compat as compat
-from flwr.server import Grid, LegacyContext, ServerConfig
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
-from flwr.serverapp import ServerApp
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from tongban.primitives.extras import extra_imports
 
 from .data import Partition, held_out_mask, load_partition
 from .model import TrainConfig, auc, init_params, log_loss, predict, train_local
 from .settings import RunSettings
+
+with extra_imports("federation", "Flower training"):
+    from flwr.app import Context, Message
+    from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+    from flwr.clientapp import ClientApp
+    from flwr.clientapp.typing import ClientAppCallable
+    from flwr.common import (
+        Code,
+        FitRes,
+        Metrics,
+        NDArrays,
+        Scalar,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.server import Grid, LegacyContext, ServerConfig
+    from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, Strategy
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+    from flwr.server.workflow.constant import Key as WorkflowKey
+    from flwr.serverapp import ServerApp
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 __all__ = ["client_app", "server_app"]
 

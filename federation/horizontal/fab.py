@@ -13,9 +13,12 @@ import hashlib
 import json
 import warnings
 
-from flwr.cli.build import build_fab_from_files
+from tongban.primitives.extras import extra_imports
 
 from .settings import RunSettings
+
+with extra_imports("federation", "the Flower app bundle"):
+    from flwr.cli.build import build_fab_from_files
 
 __all__ = ["APP_MODULE", "build_fab", "pyproject_toml"]
 
