@@ -184,6 +184,9 @@ class GmsslSM2:
     name = "gmssl"
 
     def __init__(self) -> None:
+        from .extras import require_extra
+
+        require_extra("gmssl", "gmssl", "the gmssl SM2 backend")
         from gmssl import sm2
 
         self._sm2 = sm2

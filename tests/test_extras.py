@@ -132,3 +132,20 @@ def test_without_postgres_extra_a_postgresql_url_names_the_extra():
         "a PostgreSQL store (postgresql+psycopg://) needs the 'postgres' extra: "
         "pip install 'tongban[postgres]'"
     )
+
+
+def test_without_gmssl_extra_the_gmssl_backend_names_the_extra():
+    code = (
+        "from tongban.primitives.gm import use_backend, SM2PrivateKey\n"
+        "from tongban.primitives.extras import MissingExtra\n"
+        "SM2PrivateKey.generate().sign(b'core signing needs no extra')\n"
+        "try:\n"
+        "    use_backend('gmssl')\n"
+        "except MissingExtra as exc:\n"
+        "    print(exc)\n"
+    )
+    done = _run(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "the gmssl SM2 backend needs the 'gmssl' extra: pip install 'tongban[gmssl]'"
+    )
