@@ -8,6 +8,13 @@ index inside the hashed bytes, so a reordering is caught at the exact position.
 Several processes may share one store: PostgreSQL serialises writers with an advisory
 lock, SQLite with its write lock plus a retry, and each process catches up on the
 others' entries before adding its own leaves.
+
+The log's origin (the name in every checkpoint, which witnesses and verifiers check) is
+fixed when the log is created: the first :meth:`AuditLog.open` stores it in
+``audit_meta``, and every later open uses the stored one. A different configured origin
+(a gateway restarted on another host or port) is ignored with a warning rather than
+refused, so a restart keeps serving and every checkpoint keeps naming one log; a log from
+before the origin was stored takes the origin its first checkpoint names.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import queue
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, event, func, insert, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable, TongbanError
@@ -31,16 +40,25 @@ from tongban.primitives.errors import StoreUnavailable, TongbanError
 from . import schema
 from .canonical import canonical_bytes, check_values
 from .merkle import MerkleTree, leaf_hash
-from .note import SignedNote
+from .note import NoteError, SignedNote
 from .vault import Pseudonymizer
 
-__all__ = ["AuditIntegrityError", "AuditLog", "PreparedEntry", "StoredEntry"]
+__all__ = [
+    "ORIGIN_KEY",
+    "AuditIntegrityError",
+    "AuditLog",
+    "PreparedEntry",
+    "StoredEntry",
+    "read_origin",
+    "stored_origin",
+]
 
 log = logging.getLogger("tongban.audit")
 _FILTER_FIELDS = ("kind", "requester", "claim", "purpose", "subject", "decision", "result")
 _ROW_FIELDS = (*_FILTER_FIELDS, "time")
 _PG_LOCK = 0x7B_A0D17  # advisory lock id shared by every gateway process
 _SQLITE_RETRIES = 20
+ORIGIN_KEY = "origin"  # audit_meta key of the log's origin
 
 
 class AuditIntegrityError(TongbanError):
@@ -135,6 +153,49 @@ class _Waiter:
         return self.indexes
 
 
+def stored_origin(conn: Connection) -> str | None:
+    """The origin the log on ``conn`` was created with: the stored one, else (a log from
+    before origins were stored) the origin of its first checkpoint; None for a new log."""
+    tables = inspect(conn)
+    if tables.has_table(schema.meta.name):
+        value = conn.execute(
+            select(schema.meta.c.value).where(schema.meta.c.key == ORIGIN_KEY)
+        ).scalar()
+        if value is not None:
+            return str(value)
+    if not tables.has_table(schema.checkpoints.name):
+        return None
+    first = conn.execute(
+        select(schema.checkpoints.c.note).order_by(schema.checkpoints.c.size).limit(1)
+    ).scalar()
+    if first is None:
+        return None
+    try:
+        return SignedNote.parse(first).checkpoint.origin
+    except NoteError:  # a damaged note: the verifier reports it; the log names itself anew
+        return None
+
+
+def read_origin(url: str) -> str | None:
+    """The origin of the log stored at ``url``, or None if there is no log there yet.
+    Read-only: a SQLite file that does not exist is not created."""
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
+        return None
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return stored_origin(conn)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable("the audit store is unavailable") from exc
+    finally:
+        engine.dispose()
+
+
 def _driver_sql(dialect: str) -> dict[str, str]:
     mark = "?" if dialect == "sqlite" else "%s"
     cols = ("idx", "leaf_hash", "entry", *_ROW_FIELDS)
@@ -169,7 +230,7 @@ class AuditLog:
         wait_timeout: float | None = 30.0,
     ) -> None:
         self.url = url
-        self.origin = origin
+        self.origin = origin  # as configured; open() replaces it by the stored one
         self.pseudonyms = pseudonymizer
         self.max_batch = max_batch
         self.wait_timeout = wait_timeout  # how long an appender waits for its commit
@@ -193,10 +254,11 @@ class AuditLog:
     # --- lifecycle --------------------------------------------------------------------
 
     def open(self) -> AuditLog:
-        """Create tables, rebuild the tree from the store, check it against the latest
-        signed checkpoint, and start the writer."""
+        """Create tables, fix or read the log's origin, rebuild the tree from the store,
+        check it against the latest signed checkpoint, and start the writer."""
         try:
             schema.metadata.create_all(self.engine)
+            self._pin_origin()
             with self.engine.connect() as conn:
                 self._load(conn)
         except SQLAlchemyError as exc:
@@ -204,6 +266,27 @@ class AuditLog:
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
         return self
+
+    def _pin_origin(self) -> None:
+        """Store the configured origin if the log has none yet (the first open of several
+        racing processes wins), then use whatever is stored."""
+        configured = self.origin
+        with self._writes.begin() as conn:
+            known = stored_origin(conn) or configured
+            conn.execute(self._insert_ignore(schema.meta).values(key=ORIGIN_KEY, value=known))
+            stored = str(
+                conn.execute(
+                    select(schema.meta.c.value).where(schema.meta.c.key == ORIGIN_KEY)
+                ).scalar_one()
+            )
+        if stored != configured:
+            log.warning(
+                "audit log origin is %r, fixed when the log was created; the configured "
+                "origin %r is ignored (witnesses must be configured with the stored one)",
+                stored,
+                configured,
+            )
+        self.origin = stored
 
     def close(self) -> None:
         with self._state:

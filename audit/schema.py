@@ -1,12 +1,13 @@
 """The audit store's tables. Append-only by construction: the library has no code path
 that updates or deletes an entry (the vault, which holds the only link to a person, can
-be erased; entries never)."""
+be erased; entries never). ``audit_meta`` holds facts fixed when the log is created, such
+as its origin (the name every checkpoint carries)."""
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, MetaData, String, Table, Text
 
-__all__ = ["checkpoints", "entries", "metadata", "vault"]
+__all__ = ["checkpoints", "entries", "meta", "metadata", "vault"]
 
 metadata = MetaData()
 
@@ -46,4 +47,11 @@ vault = Table(
     Column("pseudonym", String(64), primary_key=True),
     # SM4-GCM under the vault key, with the pseudonym as associated data.
     Column("id_number", LargeBinary, nullable=False),
+)
+
+meta = Table(
+    "audit_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
 )

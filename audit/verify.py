@@ -5,6 +5,9 @@ recomputes every leaf hash from the canonical entry, rebuilds the tree, and chec
 stored checkpoint: the gateway's signature, each witness cosignature, its root against
 the recomputed tree, and consistency with the checkpoint before it. The first failure is
 reported with the first index it implicates.
+
+Checkpoints must all name one log: the origin stored with the log when it was created
+(``audit_meta``), unless the caller names the origin it expects.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.engine import make_url
+from tongban.primitives.errors import NotFound
 from tongban.primitives.gm import SM2PublicKey
 
 from . import schema
 from .canonical import canonical_bytes
+from .log import stored_origin
 from .merkle import MerkleTree, leaf_hash, verify_consistency
 from .note import NoteError, SignedNote
 
-__all__ = ["Finding", "VerifyReport", "verify_rows", "verify_store"]
+__all__ = ["AuditLogMissing", "Finding", "VerifyReport", "verify_rows", "verify_store"]
+
+
+class AuditLogMissing(NotFound):
+    """There is no audit log at the URL: nothing to verify (and nothing was created)."""
+
+    slug = "audit-log-missing"
+    title = "No audit log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +161,23 @@ def verify_store(
     witnesses: Mapping[str, SM2PublicKey],
     origin: str | None = None,
 ) -> VerifyReport:
+    """Verify the log at ``url``. Checkpoints must name ``origin``, by default the origin
+    stored with the log. Raises :class:`AuditLogMissing` if there is no log at ``url``."""
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
+        raise AuditLogMissing(f"no audit log at {parsed.database}")
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
+            if not inspect(conn).has_table(schema.entries.name):
+                raise AuditLogMissing(f"no audit log in {shown}")
+            if origin is None:
+                origin = stored_origin(conn)
             e = schema.entries
             rows = (
                 (int(i), bytes(h), body)

@@ -1,10 +1,14 @@
-"""``tongban``: the command line."""
+"""The ``tongban`` command line: thin commands over the cores (see ``build_parser``).
+
+Every command runs through :func:`tongban.boundary.run_command`: an expected failure is
+one ``tongban: <sentence>`` line on stderr and a non-zero exit (2: something missing,
+1: failed); ``tongban --debug ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +20,27 @@ from rich.table import Table
 from tongban.primitives.errors import InvalidIdNumber
 from tongban.primitives.idnumber import parse
 
+from .boundary import MissingPrerequisite, configure_logging, missing_sqlite_file, run_command
 from .config import DEPARTMENTS, Settings
 from .federation_cli import add_federation
 from .keys_cli import add_keys
+from .parsing import DATA_DIR_HELP, Parser, command, version
 
-__all__ = ["main"]
+__all__ = ["DESCRIPTION", "build_parser", "main"]
+
+DESCRIPTION = """\
+tongban 通办: privacy-preserving data sharing between government departments.
+Departments keep their records; other systems get signed yes/no answers, checked
+against policy and consent and recorded in a tamper-evident SM3 Merkle audit log.
+Analysts get Paillier-encrypted statistics and federated models."""
+
+EPILOG = """\
+first run, step by step:
+  tongban generate --population 1000 --seed 7 --out data --truth data/truth.jsonl
+  tongban keys init --data-dir data
+  tongban adapter serve --department health --port 8081 --data-dir data
+  tongban gateway serve --port 8080 --data-dir data --adapter health=http://127.0.0.1:8081
+or everything at once: tongban demo --data-dir demo-data"""
 
 
 def _id_check(args: argparse.Namespace) -> int:
@@ -73,9 +93,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _adapter_serve(args: argparse.Namespace) -> int:
     from tongban.adapters.service import create_app
 
-    from .serve import serve
+    from .serve import check_can_listen, serve
     from .wiring import build_adapter
 
+    check_can_listen(args.host, args.port, args.department)
     stores = {args.department: args.store_url} if args.store_url else None
     settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
     core, witness = build_adapter(settings, args.department)
@@ -83,13 +104,27 @@ def _adapter_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_url(text: str) -> tuple[str, str]:
+    """``--adapter NAME=URL``."""
+    name, sep, url = text.partition("=")
+    if not sep or name not in DEPARTMENTS or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=URL with NAME one of {', '.join(DEPARTMENTS)}, e.g. "
+            "health=http://127.0.0.1:8081"
+        )
+    return name, url.rstrip("/")
+
+
 def _gateway_serve(args: argparse.Namespace) -> int:
     from tongban.gateway.app import create_app
 
-    from .serve import serve
+    from .serve import check_can_listen, serve
     from .wiring import build_gateway
 
+    check_can_listen(args.host, args.port, "gateway")  # before the gateway starts its log
     settings = Settings.from_env(data_dir=args.data_dir)
+    if args.adapter:
+        settings = settings.with_(adapter_urls={**settings.adapter_urls, **dict(args.adapter)})
     gateway = build_gateway(settings)
     try:
         serve(create_app(gateway), args.host, args.port, "gateway")
@@ -98,29 +133,37 @@ def _gateway_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_hint(data_dir: Path) -> str:
+    data_dir = data_dir.absolute()
+    return (
+        f"start the gateway on it once (`tongban gateway serve --data-dir {data_dir}` or "
+        f"`tongban demo --data-dir {data_dir}`)"
+    )
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
-    from tongban.audit.verify import verify_store
+    from tongban.audit.verify import AuditLogMissing, verify_store
 
     from .keys import KeyRing
 
     settings = Settings.from_env(data_dir=args.data_dir)
+    url = settings.audit_store_url()
+    absent = missing_sqlite_file(url)
+    if absent is not None:
+        raise MissingPrerequisite(f"no audit log at {absent}: {_start_hint(settings.data_dir)}")
     keys = KeyRing(settings.keys_dir)
-    witnesses = {}
-    for dept in DEPARTMENTS:
-        try:
-            witnesses[dept] = keys.public(dept)
-        except FileNotFoundError:
-            continue
-    demo = settings.data_dir / "demo.json"
-    origin = None
-    if demo.exists():  # the log's name comes from the gateway's URL
-        origin = settings.with_(public_url=json.loads(demo.read_text())["gateway"]).origin
-    report = verify_store(
-        settings.audit_store_url(),
-        gateway=(settings.gateway_issuer, keys.public("gateway")),
-        witnesses=witnesses,
-        origin=origin,
-    )
+    keys.require(public=["gateway"])
+    witnesses = {d: keys.public(d) for d in DEPARTMENTS if not keys.missing(public=[d])}
+    try:
+        report = verify_store(
+            url,
+            gateway=(settings.gateway_issuer, keys.public("gateway")),
+            witnesses=witnesses,
+            # Checkpoints must name the log's stored origin, or the one configured.
+            origin=settings.log_origin,
+        )
+    except AuditLogMissing as exc:
+        raise MissingPrerequisite(f"{exc.detail}: {_start_hint(settings.data_dir)}") from None
     summary = {
         "ok": report.ok,
         "entries": report.entries,
@@ -135,7 +178,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _citizen_token(args: argparse.Namespace) -> int:
     """DEMO ONLY: mint a citizen token with the demo's local identity-provider key. A real
-    deployment accepts tokens from the province's identity provider instead."""
+    deployment accepts tokens from the province's identity provider instead. Refuses,
+    creating nothing, when the data directory has no identity-provider key."""
     from tongban.gateway.oauth import mint_citizen_token
 
     from .keys import KeyRing
@@ -146,7 +190,14 @@ def _citizen_token(args: argparse.Namespace) -> int:
     except InvalidIdNumber as exc:
         print(f"invalid: {exc.detail.removeprefix('id_number: ')}", file=sys.stderr)
         return 1
-    idp = KeyRing(settings.keys_dir).ensure("idp")
+    keys = KeyRing(settings.keys_dir)
+    if keys.missing(private=["idp"]):
+        data_dir = settings.data_dir.resolve()
+        raise MissingPrerequisite(
+            f"no demo identity-provider key in {data_dir / 'keys'}: pass --data-dir with the "
+            f"directory `tongban demo` uses, or run `tongban keys init --data-dir {data_dir}`"
+        )
+    idp = keys.private("idp")
     demo = settings.data_dir / "demo.json"
     audience = json.loads(demo.read_text())["gateway"] if demo.exists() else settings.public_url
     print(
@@ -164,101 +215,166 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _stats_run(args: argparse.Namespace) -> int:
-    from .stats import run_from_demo
+    from .stats import statistic_from_dir, write_result
 
-    return run_from_demo(args.data_dir, args.name, args.param, args.format, epsilon=args.epsilon)
+    result = statistic_from_dir(
+        args.data_dir, args.name, args.param, gateway=args.gateway, epsilon=args.epsilon
+    )
+    write_result(result, args.format)
+    return 0
 
 
 def _add_stats(sub: Any) -> None:
-    stats = sub.add_parser("stats", help="encrypted cross-department statistics (analyst)")
-    stats_sub = stats.add_subparsers(dest="stats_command", required=True)
-    s_run = stats_sub.add_parser(
-        "run", help="run a statistic as the demo's analyst: key, submit, decrypt, print"
+    stats = command(sub, "stats", "encrypted cross-department statistics (as the analyst)")
+    stats_sub = stats.add_subparsers(dest="stats_command", required=True, metavar="COMMAND")
+    s_run = command(
+        stats_sub,
+        "run",
+        "run a statistic as the demo's analyst: make a Paillier key, submit, decrypt, print",
     )
     s_run.add_argument("name", help="a registered statistic, e.g. births_by_district_year")
     s_run.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="e.g. year=2024"
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the statistic, e.g. year=2024; repeat for several",
     )
-    s_run.add_argument("--data-dir", type=Path, required=True)
-    s_run.add_argument("--format", choices=("table", "csv"), default="table")
+    s_run.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    s_run.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="the gateway (default: the demo's, from DIR/demo.json, else TONGBAN_PUBLIC_URL)",
+    )
+    s_run.add_argument("--format", choices=("table", "csv"), default="table", help="output")
     s_run.add_argument(
         "--epsilon",
         type=float,
         default=None,
         help="differential privacy: each department adds its share of discrete Laplace "
         "noise; the total has scale sensitivity/epsilon and epsilon is charged to the "
-        "analyst's budget",
+        "analyst's budget (default: no noise)",
     )
     s_run.set_defaults(func=_stats_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tongban", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    id_cmd = sub.add_parser("id", help="GB 11643 ID number utilities")
-    id_sub = id_cmd.add_subparsers(dest="id_command", required=True)
-    check = id_sub.add_parser("check", help="validate and parse an ID number")
-    check.add_argument("number")
-    check.set_defaults(func=_id_check)
-
-    gen = sub.add_parser("generate", help="generate a synthetic population into department stores")
-    gen.add_argument("--population", type=int, required=True)
-    gen.add_argument("--seed", type=int, required=True)
-    gen.add_argument("--out", type=Path, required=True)
-    gen.add_argument("--truth", type=Path)
-    gen.add_argument("--workers", type=int, default=None)
-    gen.set_defaults(func=_generate)
-
-    adapter = sub.add_parser("adapter", help="department adapter")
-    adapter_sub = adapter.add_subparsers(dest="adapter_command", required=True)
-    a_serve = adapter_sub.add_parser("serve", help="serve a department's predicates over HTTP")
-    a_serve.add_argument("--department", choices=DEPARTMENTS, required=True)
-    a_serve.add_argument("--port", type=int, required=True)
-    a_serve.add_argument("--data-dir", type=Path, required=True)
-    a_serve.add_argument("--host", default="127.0.0.1")
-    a_serve.add_argument("--store-url", help="SQLAlchemy URL (default: DIR/departments/NAME.db)")
-    a_serve.set_defaults(func=_adapter_serve)
-
-    gateway = sub.add_parser("gateway", help="the verification gateway")
-    gateway_sub = gateway.add_subparsers(dest="gateway_command", required=True)
-    g_serve = gateway_sub.add_parser("serve", help="serve the gateway over HTTP")
-    g_serve.add_argument("--port", type=int, default=8080)
-    g_serve.add_argument("--data-dir", type=Path, required=True)
-    g_serve.add_argument("--host", default="127.0.0.1")
-    g_serve.set_defaults(func=_gateway_serve)
-
-    citizen = sub.add_parser(
-        "citizen-token", help="DEMO ONLY: mint a citizen token with the demo identity provider"
+    parser = Parser(prog="tongban", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument(
+        "--version", action="version", version=f"tongban {version()}", help="print the version"
     )
-    citizen.add_argument("id_number")
-    citizen.add_argument("--data-dir", type=Path, default=Path("demo-data"))
-    citizen.add_argument("--lifetime", type=int, default=600)
-    citizen.set_defaults(func=_citizen_token)
-
-    audit_cmd = sub.add_parser("audit", help="the audit log")
-    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="recompute and check the whole audit log")
-    verify.add_argument("--data-dir", type=Path, required=True)
-    verify.set_defaults(func=_audit_verify)
-
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python tracebacks instead of one-line errors, and log at DEBUG",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_id_and_generate(sub)
+    _add_servers(sub)
+    _add_citizen_and_audit(sub)
     _add_stats(sub)
     add_keys(sub)
     add_federation(sub)
-
-    demo = sub.add_parser("demo", help="generate data and run the gateway with five adapters")
-    demo.add_argument("--data-dir", type=Path, default=Path("demo-data"))
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--population", type=int, default=10_000)
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.set_defaults(func=_demo)
+    _add_demo(sub)
     return parser
 
 
+def _add_id_and_generate(sub: Any) -> None:
+    id_cmd = command(sub, "id", "GB 11643 citizen ID number utilities")
+    id_sub = id_cmd.add_subparsers(dest="id_command", required=True, metavar="COMMAND")
+    check = command(id_sub, "check", "validate and parse an ID number (exit 1 if invalid)")
+    check.add_argument("number", help="an 18-digit ID number, e.g. 11010519491231002X")
+    check.set_defaults(func=_id_check)
+
+    gen = command(sub, "generate", "generate a synthetic population into department stores")
+    gen.add_argument("--population", type=int, required=True, help="number of citizens")
+    gen.add_argument("--seed", type=int, required=True, help="random seed (same seed, same data)")
+    gen.add_argument(
+        "--out", type=Path, required=True, help="data directory to write (DIR/departments/...)"
+    )
+    gen.add_argument(
+        "--truth",
+        type=Path,
+        metavar="FILE",
+        help="also write ground truth as JSON lines here (default: not written)",
+    )
+    gen.add_argument(
+        "--workers", type=int, default=None, help="loader processes (default: one per core)"
+    )
+    gen.set_defaults(func=_generate)
+
+
+def _add_servers(sub: Any) -> None:
+    adapter = command(sub, "adapter", "a department adapter")
+    adapter_sub = adapter.add_subparsers(dest="adapter_command", required=True, metavar="COMMAND")
+    a_serve = command(
+        adapter_sub, "serve", "serve a department's predicates over HTTP (needs keys and data)"
+    )
+    a_serve.add_argument(
+        "--department", choices=DEPARTMENTS, required=True, help="the department to serve"
+    )
+    a_serve.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    a_serve.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    a_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    a_serve.add_argument(
+        "--store-url",
+        metavar="URL",
+        help="SQLAlchemy URL of the department store (default: DIR/departments/NAME.db)",
+    )
+    a_serve.set_defaults(func=_adapter_serve)
+
+    gateway = command(sub, "gateway", "the verification gateway")
+    gateway_sub = gateway.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
+    g_serve = command(gateway_sub, "serve", "serve the gateway over HTTP (needs keys)")
+    g_serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    g_serve.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    g_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    g_serve.add_argument(
+        "--adapter",
+        action="append",
+        type=_adapter_url,
+        default=[],
+        metavar="NAME=URL",
+        help="a department adapter to connect, e.g. health=http://127.0.0.1:8081; repeat "
+        "for several (default: those in TONGBAN_ADAPTER_URL_<NAME>)",
+    )
+    g_serve.set_defaults(func=_gateway_serve)
+
+
+def _add_citizen_and_audit(sub: Any) -> None:
+    citizen = command(
+        sub, "citizen-token", "DEMO ONLY: mint a citizen token with the demo identity provider"
+    )
+    citizen.add_argument("id_number", help="the citizen's ID number")
+    citizen.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("demo-data"),
+        help="data directory holding the demo identity-provider key, DIR/keys/idp.key",
+    )
+    citizen.add_argument("--lifetime", type=int, default=600, help="token lifetime, seconds")
+    citizen.set_defaults(func=_citizen_token)
+
+    audit_cmd = command(sub, "audit", "the audit log")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    verify = command(
+        audit_sub, "verify", "recompute and check the whole audit log (exit 1: first bad index)"
+    )
+    verify.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    verify.set_defaults(func=_audit_verify)
+
+
+def _add_demo(sub: Any) -> None:
+    demo = command(sub, "demo", "generate data if needed, then run the gateway with five adapters")
+    demo.add_argument("--data-dir", type=Path, default=Path("demo-data"), help=DATA_DIR_HELP)
+    demo.add_argument("--port", type=int, default=8080, help="the gateway's port")
+    demo.add_argument("--population", type=int, default=10_000, help="synthetic citizens")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the population")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.set_defaults(func=_demo)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # httpx logs every request URL at INFO; keep operators' logs to what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    configure_logging(debug=args.debug)
+    return run_command(lambda: args.func(args), debug=args.debug)

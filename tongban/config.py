@@ -23,6 +23,10 @@ class Settings:
     adapter_timeout: float = 2.0
     gateway_issuer: str = "tongban-gateway"
     public_url: str = "http://127.0.0.1:8080"
+    # The audit log's name in checkpoints (TONGBAN_LOG_ORIGIN). Unset: derived from
+    # public_url. A log keeps the origin it was created with (tongban.audit.log), so
+    # witnesses of an existing log are configured with that one (the demo does so).
+    log_origin: str | None = None
     audit_url: str | None = None  # default: DIR/audit.db
     gateway_db_url: str | None = None  # requesters, policies, consents; default DIR/gateway.db
     checkpoint_interval: float = 2.0
@@ -56,6 +60,7 @@ class Settings:
             "data_dir": Path,
             "adapter_timeout": float,
             "public_url": str,
+            "log_origin": str,
             "audit_url": str,
             "gateway_db_url": str,
             "sm2_backend": str,
@@ -109,7 +114,10 @@ class Settings:
 
     @property
     def origin(self) -> str:
-        """The audit log's name in checkpoints: the gateway's host and path."""
+        """The audit log's name in checkpoints, as configured: ``log_origin``, else the
+        gateway's host and path. A log created under another name keeps that one."""
+        if self.log_origin:
+            return self.log_origin
         return self.public_url.split("://", 1)[-1].rstrip("/") + "/audit"
 
     @property

@@ -22,10 +22,16 @@ from types import FrameType
 import httpx
 from rich.console import Console
 
-from .config import DEPARTMENTS
-from .keys import KeyRing
+from .config import DEPARTMENTS, Settings
+from .provision import DEMO_CLIENTS, init_data_dir, write_private_json
 
-__all__ = ["needs_generation", "run_demo"]
+__all__ = [
+    "DEMO_CLIENTS",
+    "demo_log_origin",
+    "needs_generation",
+    "register_demo_clients",
+    "run_demo",
+]
 
 _PR_SET_PDEATHSIG = 1
 _STARTUP_TIMEOUT = 60.0
@@ -113,8 +119,6 @@ def encrypt_at_rest(data_dir: Path, console: Console) -> None:
     from tongban.adapters.rekey import encrypt_store
     from tongban.adapters.store import DepartmentStore
 
-    from .config import Settings
-
     settings = Settings(data_dir=data_dir)
     with Progress(console=console, transient=True) as progress:
         for department in DEPARTMENTS:
@@ -140,10 +144,9 @@ def run_demo(
         console.print(f"generating {population:,} citizens (seed {seed}) into {data_dir}")
         generate(data_dir, population, seed, truth=data_dir / "truth.jsonl", console=console)
         encrypt_at_rest(data_dir, console)
-    keys = KeyRing(data_dir / "keys")
-    for party in ("gateway", "idp", *DEPARTMENTS):
-        keys.ensure(party)
-    clients = register_demo_clients(data_dir)
+    # The supervisor's children see no TONGBAN_* variable but these: neither does it.
+    settings = Settings(data_dir=data_dir, public_url=f"http://{host}:{port}")
+    clients = init_data_dir(data_dir, settings).clients
 
     sup = _Supervisor(console)
 
@@ -154,9 +157,11 @@ def run_demo(
     signal.signal(signal.SIGTERM, on_signal)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
     env["TONGBAN_DATA_DIR"] = str(data_dir)
-    gateway_url = f"http://{host}:{port}"
-    # Adapters witness the gateway's log, whose name in checkpoints comes from its URL.
+    gateway_url = settings.public_url
     env["TONGBAN_PUBLIC_URL"] = gateway_url
+    # Adapters witness the gateway's log under the name it was created with, whatever
+    # port this run uses.
+    env["TONGBAN_LOG_ORIGIN"] = demo_log_origin(settings)
     cli = [sys.executable, "-m", "tongban"]
     adapters: dict[str, str] = {}
     code = 0
@@ -208,49 +213,28 @@ def run_demo(
     return code
 
 
-# Demo requesters and what they may ask for (the policy decides which claims).
-DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "edu-bureau": ("Education bureau 教育局", ("checks", "checks:batch")),
-    "allowance-office": ("Maternity allowance office 生育津贴经办", ("checks", "checks:batch")),
-    "subsidy-office": ("Childcare subsidy office 育儿补贴经办", ("checks", "checks:batch")),
-    "insurer-a": ("Insurer A 保险公司", ("checks",)),
-    "analyst": ("Provincial analyst 统计分析", ("statistics", "federation")),
-    "privacy-officer": ("Privacy officer 个人信息保护负责人", ("audit:read",)),
-    "admin-1": ("Administrator 1", ("admin",)),
-    "admin-2": ("Administrator 2", ("admin",)),
-}
-
-
 def register_demo_clients(data_dir: Path) -> dict[str, dict[str, str]]:
-    """Register the demo requesters (or rotate their secrets) and return credentials."""
-    from .config import Settings
-    from .wiring import build_registry
+    """The demo requesters' credentials (``tongban keys init``): registered if missing,
+    recorded secrets kept."""
+    return init_data_dir(data_dir).clients
 
-    registry = build_registry(Settings.from_env(data_dir=data_dir))
-    out: dict[str, dict[str, str]] = {}
-    for client_id, (name, scopes) in DEMO_CLIENTS.items():
-        if registry.get(client_id) is None:
-            secret = registry.register_client(client_id, name, scopes=scopes).secret
-        else:
-            secret = registry.rotate_secret(client_id)
-        out[client_id] = {"client_id": client_id, "client_secret": str(secret)}
-    registry.engine.dispose()
-    return out
+
+def demo_log_origin(settings: Settings) -> str:
+    """The audit log's origin for the demo's processes: the one the log was created with,
+    else (a new log) the one the gateway's URL gives. Gateway and witnesses get the same."""
+    from tongban.audit.log import read_origin
+
+    return read_origin(settings.audit_store_url()) or settings.origin
 
 
 def _write_demo_json(
     data_dir: Path, gateway: str, adapters: dict[str, str], clients: dict[str, dict[str, str]]
 ) -> None:
-    path = data_dir / "demo.json"
     doc = {
         "gateway": gateway,
         "adapters": adapters,
         "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
     }
-    tmp = path.with_suffix(".tmp")
-    # Client secrets live here: readable by the demo's user only.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    # Client secrets live here too: readable by the demo's user only.
+    write_private_json(data_dir / "demo.json", doc)

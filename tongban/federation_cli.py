@@ -1,8 +1,12 @@
-"""``tongban federation up|train``: horizontal federated training with Flower on loopback.
+"""``tongban federation up|train``: federated training on loopback.
 
-``up`` starts a SuperLink and one SuperNode per county bureau and runs until SIGTERM/SIGINT.
-``train`` runs the Flower app against the deployment ``up`` published for the same
-``--data-dir``; if none is running it brings one up for the duration of the run.
+Horizontal (Flower, the ``federation`` extra): ``up`` starts a SuperLink and one SuperNode
+per county bureau and runs until SIGTERM/SIGINT; ``train`` runs the Flower app against the
+deployment ``up`` published for the same ``--data-dir``, or brings one up for the run.
+Vertical (``train --kind vertical``): PSI on SM2, then Paillier logistic regression across
+health, hrss and civil, which hold different columns about the same families.
+
+Without the extra, the command stops with one line naming it (``MissingExtra``).
 """
 
 from __future__ import annotations
@@ -13,24 +17,49 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+
+from tongban.primitives.extras import require_extra
+
+from .boundary import MissingPrerequisite, UsageError
+from .parsing import DATA_DIR_HELP, command
+
+if TYPE_CHECKING:
+    from tongban.federation.horizontal.deploy import Supervisor
 
 __all__ = ["add_federation", "federation_train", "federation_up"]
 
 _DEFAULT_NODES = 8  # one per district in primitives.regions.DISTRICTS
 
 
+def _supervisor(data_dir: Path, nodes: int, console: Console) -> Supervisor:
+    """A deployment supervisor, or a one-line refusal: no features (exit 2), bad usage."""
+    from tongban.federation.horizontal.deploy import Supervisor
+
+    try:
+        return Supervisor(data_dir, nodes, log=console.print)
+    except FileNotFoundError as exc:
+        raise MissingPrerequisite(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def require_federation_extra(args: argparse.Namespace, feature: str) -> None:
+    """Flower for horizontal training, matplotlib for a report's PNG."""
+    if getattr(args, "kind", "horizontal") == "horizontal":
+        require_extra("flwr", "federation", feature)
+    if getattr(args, "report", None):
+        require_extra("matplotlib", "federation", f"{feature} --report")
+
+
 def federation_up(args: argparse.Namespace) -> int:
-    from tongban.federation.horizontal.deploy import DeploymentError, Supervisor
+    require_federation_extra(args, "tongban federation up")
+    from tongban.federation.horizontal.deploy import DeploymentError
 
     console = Console(stderr=True)
-    try:
-        sup = Supervisor(args.data_dir, args.nodes, log=console.print)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
+    sup = _supervisor(args.data_dir, args.nodes, console)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         sup.stop_event.set()
@@ -70,11 +99,12 @@ def _progress_line(ev: dict[str, Any]) -> str:
 
 
 def federation_train(args: argparse.Namespace) -> int:
+    require_federation_extra(args, "tongban federation train")
     if getattr(args, "kind", "horizontal") == "vertical":
         from tongban.federation.vertical.cli import train_command
 
         return train_command(args)
-    from tongban.federation.horizontal.deploy import DeploymentError, Supervisor, read_deployment
+    from tongban.federation.horizontal.deploy import DeploymentError, read_deployment
     from tongban.federation.horizontal.runner import (
         TrainingFailed,
         build_report,
@@ -89,11 +119,7 @@ def federation_train(args: argparse.Namespace) -> int:
     sup: Supervisor | None = None
     if dep is None:
         console.print(f"no deployment running for {data_dir}; starting {args.nodes} SuperNodes")
-        try:
-            sup = Supervisor(data_dir, args.nodes, log=console.print)
-        except (FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 2
+        sup = _supervisor(data_dir, args.nodes, console)
         try:
             dep = sup.start()
         except DeploymentError as exc:
@@ -136,29 +162,56 @@ def _n_features(data_dir: Path) -> int:
 
 
 def add_federation(sub: Any) -> None:
-    fed = sub.add_parser("federation", help="horizontal federated training with Flower")
-    fed_sub = fed.add_subparsers(dest="federation_command", required=True)
+    fed = command(
+        sub,
+        "federation",
+        "federated training: horizontal (Flower, bureaus with the same columns) and vertical "
+        "(PSI + Paillier LR, departments with different columns)",
+    )
+    fed_sub = fed.add_subparsers(dest="federation_command", required=True, metavar="COMMAND")
 
-    up = fed_sub.add_parser("up", help="start a SuperLink and one SuperNode per bureau")
-    up.add_argument("--data-dir", type=Path, required=True)
+    up = command(
+        fed_sub, "up", "horizontal: start a SuperLink and one SuperNode per bureau, until stopped"
+    )
+    up.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
     up.add_argument("--nodes", type=int, default=_DEFAULT_NODES, help="SuperNodes (bureaus)")
     up.set_defaults(func=federation_up)
 
-    train = fed_sub.add_parser("train", help="train the outreach model across the bureaus")
-    train.add_argument("--data-dir", type=Path, required=True)
-    train.add_argument("--rounds", type=int, required=True)
+    train = command(
+        fed_sub,
+        "train",
+        "train the childcare-subsidy outreach model, horizontally across bureaus or "
+        "vertically across departments (--kind)",
+    )
+    train.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    train.add_argument(
+        "--rounds", type=int, required=True, help="federated rounds (vertical: epochs)"
+    )
     train.add_argument("--secagg", action="store_true", help="SecAgg+ secure aggregation")
-    train.add_argument("--dp-noise", type=float, default=0.0, help="noise multiplier z")
-    train.add_argument("--dp-clip", type=float, default=0.5, help="L2 clipping norm C")
-    train.add_argument("--report", type=Path, help="write the JSON report (and a PNG beside)")
-    train.add_argument("--local-epochs", type=int, default=20)
-    train.add_argument("--nodes", type=int, default=_DEFAULT_NODES, help="if none is running")
-    train.add_argument("--out", type=Path, help="job directory (progress, model)")
+    train.add_argument("--dp-noise", type=float, default=0.0, help="DP noise multiplier z")
+    train.add_argument("--dp-clip", type=float, default=0.5, help="DP L2 clipping norm C")
+    train.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="write the JSON report here and a PNG beside it (default: no report)",
+    )
+    train.add_argument("--local-epochs", type=int, default=20, help="epochs per round on a node")
+    train.add_argument(
+        "--nodes", type=int, default=_DEFAULT_NODES, help="SuperNodes to start if none is running"
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="job directory for progress and model (default: DIR/federation/jobs/<time>)",
+    )
     train.add_argument(
         "--kind",
         choices=("horizontal", "vertical"),
         default="horizontal",
-        help="vertical: PSI + Paillier LR across health, hrss, civil (--rounds = epochs)",
+        help="horizontal: Flower across bureaus; vertical: PSI + Paillier LR across health, "
+        "hrss, civil",
     )
-    train.add_argument("--batch-size", type=int, default=1024, help="vertical only")
+    train.add_argument("--batch-size", type=int, default=1024, help="vertical only: batch size")
     train.set_defaults(func=federation_train)

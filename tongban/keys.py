@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +24,18 @@ from tongban.primitives.gm import (
     load_private_key,
 )
 
-__all__ = ["KeyRing"]
+from .config import DEPARTMENTS
+
+__all__ = ["SIGNING_PARTIES", "KeyRing", "init_hint"]
+
+#: Every SM2 key of a single-host deployment: the gateway's three roles, the demo identity
+#: provider, and one per department (``tongban keys init`` creates these).
+SIGNING_PARTIES = ("gateway", "gateway-answers", "gateway-tokens", "idp", *DEPARTMENTS)
+
+
+def init_hint(data_dir: Path) -> str:
+    """How to get the keys of ``data_dir``."""
+    return f"run `tongban keys init --data-dir {data_dir}`"
 
 
 class KeyRing:
@@ -80,6 +92,26 @@ class KeyRing:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path.name}: not an EC key")
         return key
+
+    def missing(self, *, private: Iterable[str] = (), public: Iterable[str] = ()) -> list[str]:
+        """The parties whose private key (``NAME.key``) or public JWK is absent."""
+        absent = [p for p in private if not (self.directory / f"{p}.key").exists()]
+        absent += [p for p in public if not (self.directory / f"{p}.jwk.json").exists()]
+        return list(dict.fromkeys(absent))
+
+    def require(self, *, private: Iterable[str] = (), public: Iterable[str] = ()) -> None:
+        """Raise :class:`~tongban.boundary.MissingPrerequisite` naming what is absent and
+        the command that creates it; the ring lives at ``DATA_DIR/keys``."""
+        from .boundary import MissingPrerequisite
+
+        absent = self.missing(private=private, public=public)
+        if not absent:
+            return
+        where = self.directory.absolute()
+        hint = init_hint(where.parent)
+        if not (where.is_dir() and any(where.glob("*.key"))):
+            raise MissingPrerequisite(f"no keys in {where}: {hint}")
+        raise MissingPrerequisite(f"no key for {', '.join(absent)} in {where}: {hint}")
 
     def private(self, party: str) -> SM2PrivateKey:
         return load_private_key(self.directory / f"{party}.key")

@@ -1,12 +1,16 @@
-"""``tongban keys``: encryption-at-rest keys of the department stores and the audit vault.
+"""``tongban keys``: a data directory's keys.
 
+    tongban keys init    --data-dir DIR
     tongban keys status  --data-dir DIR
     tongban keys encrypt --data-dir DIR (--department NAME | --all)
     tongban keys rotate  --data-dir DIR --department NAME [--index | --kek]
     tongban keys rotate  --data-dir DIR --vault
 
-Output is JSON on stdout (key ids, states and row counts, never key material); progress
-goes to stderr.
+``init`` creates the SM2 key ring and registers the demo requesters (credentials in
+``DIR/clients.json``, mode 0600), never overwriting a key or rotating a known secret. The
+others manage encryption at rest of the department stores and the audit vault. Output is
+JSON on stdout (key ids, states and row counts, never key material); progress goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tongban.primitives.errors import TongbanError
 
+from .boundary import MissingPrerequisite, missing_sqlite_file
 from .config import DEPARTMENTS, Settings
+from .parsing import DATA_DIR_HELP, command
 
 if TYPE_CHECKING:
     from tongban.adapters.store import DepartmentStore
@@ -38,6 +44,36 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=Console(stderr=True),
     )
+
+
+def _generate_hint(settings: Settings) -> str:
+    return f"run `tongban generate --population 1000 --seed 7 --out {settings.data_dir.absolute()}`"
+
+
+def _require_stores(settings: Settings, departments: tuple[str, ...]) -> None:
+    """Refuse before creating anything (a KEK, an empty database) for absent stores."""
+    absent = [d for d in departments if missing_sqlite_file(settings.store_url(d)) is not None]
+    if absent:
+        where = settings.data_dir.absolute() / "departments"
+        raise MissingPrerequisite(
+            f"no store for {', '.join(absent)} in {where}: {_generate_hint(settings)}"
+        )
+
+
+def _require_audit(settings: Settings) -> None:
+    absent = missing_sqlite_file(settings.audit_store_url())
+    if absent is not None:
+        raise MissingPrerequisite(
+            f"no audit log at {absent}: start the gateway on {settings.data_dir.absolute()} once"
+        )
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .provision import init_data_dir
+
+    report = init_data_dir(args.data_dir)
+    print(json.dumps(report.summary(), indent=2))
+    return 0
 
 
 def _store(settings: Settings, department: str, *, create_kek: bool = False) -> DepartmentStore:
@@ -78,18 +114,27 @@ def _status(args: argparse.Namespace) -> int:
     from tongban.audit.vault import VaultKeys, vault_key_usage
 
     settings = Settings.from_env(data_dir=args.data_dir)
+    present = tuple(d for d in DEPARTMENTS if missing_sqlite_file(settings.store_url(d)) is None)
+    if not present:
+        _require_stores(settings, DEPARTMENTS)
     out: dict[str, Any] = {"departments": {}}
     for department in DEPARTMENTS:
+        if department not in present:
+            out["departments"][department] = {"problem": "missing", "detail": "no store"}
+            continue
         try:
             out["departments"][department] = _department_status(settings, department)
         except TongbanError as exc:
             out["departments"][department] = {"problem": exc.type, "detail": exc.detail}
-    keys = VaultKeys(settings.keys_dir)
+    has_audit = missing_sqlite_file(settings.audit_store_url()) is None
     out["vault"] = {
-        "key_ids": keys.ids(),
+        # Reading the vault's keys creates the first one; status only looks.
+        "key_ids": VaultKeys(settings.keys_dir).ids() if has_audit else [],
         "rows_by_key_id": {
             str(k): n for k, n in sorted(vault_key_usage(settings.audit_store_url()).items())
-        },
+        }
+        if has_audit
+        else {},
     }
     print(json.dumps(out, indent=2))
     return 0
@@ -100,6 +145,7 @@ def _encrypt(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(data_dir=args.data_dir)
     departments = DEPARTMENTS if args.all else (args.department,)
+    _require_stores(settings, departments)
     done: dict[str, bool] = {}
     with _progress() as progress:
         for department in departments:
@@ -117,6 +163,7 @@ def _rotate(args: argparse.Namespace) -> int:
     if args.vault:
         from tongban.audit.vault import VaultKeys, rotate_vault
 
+        _require_audit(settings)
         with _progress() as progress:
             vault = rotate_vault(
                 settings.audit_store_url(),
@@ -129,6 +176,7 @@ def _rotate(args: argparse.Namespace) -> int:
     if args.department is None:
         print("keys rotate: name --department or --vault", file=sys.stderr)
         return 1
+    _require_stores(settings, (args.department,))
     from tongban.adapters.rekey import rotate_data_key, rotate_index_key, rotate_kek
 
     store = _store(settings, args.department)
@@ -153,40 +201,52 @@ def _guarded(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args))
+        except MissingPrerequisite:
+            raise  # the command line's boundary names it and how to get it
         except TongbanError as exc:  # key problems: the stable type and a detail, no data
-            print(f"{exc.type}: {exc.detail}", file=sys.stderr)
+            print(f"tongban: {exc.detail} ({exc.type})", file=sys.stderr)
             return 1
 
     return run
 
 
 def add_keys(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="encryption-at-rest keys: status, encrypt, rotate")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys = command(
+        sub, "keys", "keys: init (signing keys, demo requesters); status, encrypt, rotate at rest"
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
-    status = keys_sub.add_parser("status", help="key ids, states and rows per key")
-    status.add_argument("--data-dir", type=Path, required=True)
+    init = command(
+        keys_sub,
+        "init",
+        "create DIR/keys and register the demo requesters (DIR/clients.json); idempotent",
+    )
+    init.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    init.set_defaults(func=_init)
+
+    status = command(keys_sub, "status", "key ids, states and rows per key")
+    status.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
     status.set_defaults(func=_guarded(_status))
 
-    encrypt = keys_sub.add_parser(
-        "encrypt", help="encrypt plaintext department stores at rest (creates the KEK)"
+    encrypt = command(
+        keys_sub, "encrypt", "encrypt plaintext department stores at rest (creates the KEK)"
     )
     which = encrypt.add_mutually_exclusive_group(required=True)
-    which.add_argument("--department", choices=DEPARTMENTS)
-    which.add_argument("--all", action="store_true")
-    encrypt.add_argument("--data-dir", type=Path, required=True)
-    encrypt.add_argument("--batch", type=int, default=5000)
+    which.add_argument("--department", choices=DEPARTMENTS, help="one department's store")
+    which.add_argument("--all", action="store_true", help="every department's store")
+    encrypt.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    encrypt.add_argument("--batch", type=int, default=5000, help="rows per transaction")
     encrypt.set_defaults(func=_guarded(_encrypt))
 
-    rotate = keys_sub.add_parser(
-        "rotate", help="re-seal a store under a new data key (or --index, --kek), or the vault"
+    rotate = command(
+        keys_sub, "rotate", "re-seal a store under a new data key (or --index, --kek), or the vault"
     )
     target = rotate.add_mutually_exclusive_group(required=True)
-    target.add_argument("--department", choices=DEPARTMENTS)
+    target.add_argument("--department", choices=DEPARTMENTS, help="a department's store")
     target.add_argument("--vault", action="store_true", help="the audit log's pseudonym vault")
     kind = rotate.add_mutually_exclusive_group()
     kind.add_argument("--index", action="store_true", help="the blind-index key (re-index)")
     kind.add_argument("--kek", action="store_true", help="the key-encryption key (re-wrap)")
-    rotate.add_argument("--data-dir", type=Path, required=True)
-    rotate.add_argument("--batch", type=int, default=5000)
+    rotate.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    rotate.add_argument("--batch", type=int, default=5000, help="rows per transaction")
     rotate.set_defaults(func=_guarded(_rotate))

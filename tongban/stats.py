@@ -8,6 +8,10 @@ job names (default 10). For statistics with a count companion (sums of yuan) the
 applies to the number of contributing records, not to the amount. With ``--epsilon``, each
 department adds its share of discrete Laplace noise and its offset; the offsets are
 subtracted here, and the values printed are the noisy ones.
+
+The gateway is the one ``--gateway`` names, else the demo's (``DIR/demo.json``), else
+``TONGBAN_PUBLIC_URL``; the analyst's credentials come from ``DIR/clients.json``
+(``tongban keys init``) or the demo's copy in ``DIR/demo.json``.
 """
 
 from __future__ import annotations
@@ -30,17 +34,23 @@ from rich.table import Table
 
 from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
 from tongban.federation.statistics import REGISTRY, Release
-from tongban.primitives.errors import TongbanError
+
+from .boundary import CommandFailed, MissingPrerequisite, describe
+from .config import Settings
+from .provision import read_credentials
 
 __all__ = [
     "Cell",
     "StatsError",
     "StatsResult",
+    "gateway_url",
     "parse_params",
     "render_csv",
     "render_table",
     "run_from_demo",
     "run_statistic",
+    "statistic_from_dir",
+    "write_result",
 ]
 
 ANALYST = "analyst"
@@ -48,7 +58,7 @@ _POLL_SECONDS = 0.2
 _RUNNING = ("queued", "running")
 
 
-class StatsError(RuntimeError):
+class StatsError(CommandFailed):
     """The flow could not complete; the message says where."""
 
 
@@ -75,7 +85,7 @@ def _check(resp: httpx.Response, what: str) -> Any:
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
-        raise StatsError(f"{what}: HTTP {resp.status_code}: {detail}")
+        raise StatsError(f"{what} failed: HTTP {resp.status_code}: {detail}")
     return resp.json()
 
 
@@ -212,6 +222,77 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def gateway_url(data_dir: Path, explicit: str | None = None) -> str:
+    """Where the gateway is: ``explicit``, else the demo's, else TONGBAN_PUBLIC_URL."""
+    if explicit:
+        return explicit.rstrip("/")
+    try:
+        demo = json.loads((data_dir / "demo.json").read_text(encoding="utf-8"))
+        return str(demo["gateway"]).rstrip("/")
+    except (OSError, ValueError, KeyError, TypeError):
+        return Settings.from_env(data_dir=data_dir).public_url.rstrip("/")
+
+
+def statistic_from_dir(
+    data_dir: Path,
+    name: str,
+    pairs: list[str],
+    *,
+    gateway: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+    keypair: tuple[PaillierPublicKey, PaillierPrivateKey] | None = None,
+    console: Console | None = None,
+    epsilon: float | None = None,
+) -> StatsResult:
+    """Run a statistic as the analyst of ``data_dir``. Raises MissingPrerequisite without
+    the analyst's credentials, StatsError naming the gateway's URL when it cannot be
+    reached or answers unexpectedly."""
+    params = parse_params(pairs)
+    data_dir = data_dir.absolute()
+    creds = read_credentials(data_dir).get(ANALYST)
+    if creds is None:
+        raise MissingPrerequisite(
+            f"no credentials for the {ANALYST} in {data_dir / 'clients.json'}: run "
+            f"`tongban keys init --data-dir {data_dir}` (or `tongban demo --data-dir "
+            f"{data_dir}`)"
+        )
+    url = gateway_url(data_dir, gateway)
+    try:
+        with httpx.Client(transport=transport, trust_env=False, timeout=30.0) as http:
+            return run_statistic(
+                http,
+                url,
+                creds["client_id"],
+                creds["client_secret"],
+                name,
+                params,
+                console=console,
+                keypair=keypair,
+                epsilon=epsilon,
+            )
+    except httpx.TransportError as exc:
+        raise StatsError(
+            f"cannot reach the gateway at {url} ({type(exc).__name__}): start it with "
+            f"`tongban gateway serve --data-dir {data_dir}` or `tongban demo --data-dir "
+            f"{data_dir}`, or pass --gateway URL"
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise StatsError(f"the gateway at {url} failed: {type(exc).__name__}") from exc
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StatsError(
+            f"the gateway at {url} answered unexpectedly ({type(exc).__name__})"
+        ) from exc
+
+
+def write_result(result: StatsResult, fmt: str, out: Callable[[str], None] = print) -> None:
+    if fmt == "csv":
+        out(render_csv(result).rstrip("\n"))
+    else:
+        buf = io.StringIO()
+        Console(file=buf, width=100).print(render_table(result))
+        out(buf.getvalue().rstrip("\n"))
+
+
 def run_from_demo(
     data_dir: Path,
     name: str,
@@ -223,34 +304,24 @@ def run_from_demo(
     out: Callable[[str], None] = print,
     console: Console | None = None,
     epsilon: float | None = None,
+    gateway: str | None = None,
 ) -> int:
-    """``tongban stats run`` as the demo's analyst (credentials from DIR/demo.json)."""
+    """``tongban stats run`` as the demo's analyst: 0, or 1 with one line on stderr."""
     console = console or Console(stderr=True)
     try:
-        demo = json.loads((data_dir / "demo.json").read_text())
-        creds = demo["clients"][ANALYST]
-        with httpx.Client(transport=transport, trust_env=False, timeout=30.0) as http:
-            result = run_statistic(
-                http,
-                demo["gateway"],
-                creds["client_id"],
-                creds["client_secret"],
-                name,
-                parse_params(pairs),
-                console=console,
-                keypair=keypair,
-                epsilon=epsilon,
-            )
-    except (OSError, KeyError, ValueError, StatsError, httpx.HTTPError) as exc:
-        console.print(f"[red]stats run failed: {exc}[/red]")
+        result = statistic_from_dir(
+            data_dir,
+            name,
+            pairs,
+            gateway=gateway,
+            transport=transport,
+            keypair=keypair,
+            console=console,
+            epsilon=epsilon,
+        )
+    except Exception as exc:
+        line = f"tongban: stats run failed: {describe(exc)[1]}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
         return 1
-    except TongbanError as exc:  # an unknown statistic, a result that fails to unpack
-        console.print(f"[red]stats run failed: {exc.detail}[/red]")
-        return 1
-    if fmt == "csv":
-        out(render_csv(result).rstrip("\n"))
-    else:
-        buf = io.StringIO()
-        Console(file=buf, width=100).print(render_table(result))
-        out(buf.getvalue().rstrip("\n"))
+    write_result(result, fmt, out)
     return 0

@@ -31,16 +31,30 @@ from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
 from tongban.primitives.wire import PredicateCall, Tri
 
+from .boundary import MissingPrerequisite, missing_sqlite_file
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
 from .config import Settings
 from .keys import KeyRing
 
-__all__ = ["build_adapter", "build_gateway", "build_registry"]
+__all__ = ["build_adapter", "build_gateway", "build_registry", "require_department_data"]
+
+
+def require_department_data(settings: Settings, department: str) -> None:
+    """Refuse to serve a department whose SQLite store does not exist (opening it would
+    create an empty one, and every answer would be "unknown")."""
+    missing = missing_sqlite_file(settings.store_url(department))
+    if missing is not None:
+        raise MissingPrerequisite(
+            f"no {department} data at {missing}: run `tongban generate --population 1000 "
+            f"--seed 7 --out {settings.data_dir.absolute()}` (or pass --store-url)"
+        )
 
 
 def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore, Witness]:
     use_backend(settings.sm2_backend)
     dept = DEPARTMENTS[department]
+    KeyRing(settings.keys_dir).require(private=[department], public=["gateway"])
+    require_department_data(settings, department)
     # A department with a key-encryption key has its store encrypted at rest.
     kek = load_kek(settings.keys_dir, department)
     store = DepartmentStore(dept, settings.store_url(department), kek=kek)
@@ -112,6 +126,8 @@ def build_gateway(
     public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``."""
     use_backend(settings.sm2_backend)
     keys = KeyRing(settings.keys_dir)
+    connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
+    keys.require(private=["gateway"], public=connected if department_keys is None else ())
     # One key per role. "gateway" is the key the departments know: it signs predicate
     # requests and audit checkpoints. Answers and consent artefacts, and access tokens, get
     # keys of their own, so a compromise or rotation of one role leaves the others intact.
@@ -120,7 +136,6 @@ def build_gateway(
     token_key = keys.ensure("gateway-tokens")
     signer = RequestSigner(signing_key, issuer=settings.gateway_issuer)
     if department_keys is None:
-        connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
         department_keys = {d: keys.public(d) for d in connected}
     department_keys = dict(department_keys)
     if transport is None:
@@ -212,7 +227,7 @@ def build_gateway(
     )
     if start:
         AuditEvents(audit).append(
-            {"kind": "lifecycle", "event": "gateway_started", "origin": settings.origin}
+            {"kind": "lifecycle", "event": "gateway_started", "origin": audit.origin}
         )
         checkpointer.start()
     return gateway

@@ -1,0 +1,58 @@
+"""argparse the one way every ``tongban`` command uses it: each option says its default.
+
+:class:`HelpFormatter` appends ``(default: X)`` to an option's help, ``(required)`` to a
+required one, and leaves a help that already names its default alone; descriptions and
+epilogs are printed as written. :func:`command` adds a subcommand whose ``--help``
+repeats the one-line summary the parent lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import Any
+
+__all__ = ["DATA_DIR_HELP", "HelpFormatter", "Parser", "command", "version"]
+
+DATA_DIR_HELP = "data directory: DIR/keys, DIR/departments, DIR/audit.db, DIR/gateway.db"
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    try:
+        return _dist_version("tongban")
+    except PackageNotFoundError:  # running from a tree that was never installed
+        return "unknown"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "(default" in text or "%(default)" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if not action.option_strings:  # a positional
+            return text
+        if action.nargs == 0:  # a flag
+            return f"{text} (default: off)" if action.default is False else text
+        if action.default is None or action.default == []:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subparsers (the same class) use :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand listed with ``summary``, whose own ``--help`` starts with it."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=kwargs.pop("description", summary), **kwargs
+    )
+    return parser
