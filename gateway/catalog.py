@@ -126,7 +126,7 @@ class Catalog:
     @classmethod
     def load(cls, departments: Mapping[str, Department], path: Path | None = None) -> Catalog:
         if path is None:
-            text = resources.files("gateway").joinpath("claims.json").read_text("utf-8")
+            text = resources.files(__package__).joinpath("claims.json").read_text("utf-8")
         else:
             text = path.read_text("utf-8")
         return cls.from_json(json.loads(text, object_pairs_hook=_no_duplicates), departments)

@@ -6,9 +6,14 @@ and follows the run. Vertical jobs: the gateway runs the coordinator of
 :mod:`federation.vertical` (PSI, then Paillier-protected logistic regression), which only
 schedules and relays masked vectors and ciphertexts. Who may train is a Casbin rule on
 ``federation:horizontal`` or ``federation:vertical`` with the purpose ``model_training``
-(:mod:`gateway.jobs`); a denial is audited there. An allowed job
-is audited when it starts (requester, departments, bureaus, configuration) and when it ends
-(status, and the SM3 hash of the final model parameters).
+(:mod:`gateway.jobs`); a denial is audited there. An allowed job is audited when it starts
+(requester, the departments the policy decided on, configuration) and when it ends (status,
+who trained, and the SM3 hash of the final model parameters).
+
+Who trained is what the job record and the completion entry name, and only that: for a
+horizontal job the county bureaus' SuperNodes of the deployment (``bureaus``: node,
+districts, rows; no department adapter is asked anything), for a vertical one the
+departments whose parties ran (``departments``).
 
 The training itself is a seam (:class:`Trainer`): the default runs the real app against
 the deployment found in the data directory.
@@ -16,6 +21,8 @@ the deployment found in the data directory.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -38,6 +45,9 @@ _FIELDS = frozenset(
      "batch_size"}
 )  # fmt: skip
 MAX_ROUNDS = 200
+FINISHED = ("done", "failed")
+
+log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
@@ -118,9 +128,12 @@ class FederationRequest:
             or not all(isinstance(d, str) and d for d in departments)
         ):
             raise BadRequest("departments: expected a non-empty list of department names")
-        return cls(
-            rounds, secagg, noise, clip, epochs, tuple(sorted(set(departments))), kind, batch
-        )
+        # The departments are what policy decides on, so a request may not narrow them: a
+        # vertical job reads health, hrss and civil rows whatever it names.
+        involved = tuple(sorted(set(default_departments[kind])))
+        if tuple(sorted(set(departments))) != involved:
+            raise BadRequest(f"departments: a {kind} job involves {', '.join(involved)}")
+        return cls(rounds, secagg, noise, clip, epochs, involved, kind, batch)
 
 
 def _kind(body: Mapping[str, Any]) -> str:
@@ -169,12 +182,13 @@ def deployment_trainer(data_dir: Path) -> Trainer:
     ) -> dict[str, Any]:
         from tongban.adapters.synthetic.features import read_features
         from tongban.federation.horizontal.deploy import read_deployment
-        from tongban.federation.horizontal.runner import build_report, run_training
+        from tongban.federation.horizontal.runner import build_report, bureaus_of, run_training
         from tongban.federation.horizontal.settings import RunSettings
 
         dep = read_deployment(data_dir)
         if dep is None:
             raise NoDeployment("no federation deployment is running (tongban federation up)")
+        progress({"event": "bureaus", "bureaus": bureaus_of(dep)})
         settings = RunSettings(
             rounds=request.rounds,
             local_epochs=request.local_epochs,
@@ -192,11 +206,7 @@ def deployment_trainer(data_dir: Path) -> Trainer:
                 progress(ev)
 
         result = run_training(dep, settings, on_event=on_event)
-        report = build_report(result, data_dir, list(request.departments))
-        report["bureaus"] = [
-            {"node": n.partition_id, "districts": n.districts, "rows": n.rows} for n in dep.nodes
-        ]
-        return report
+        return build_report(result, data_dir)
 
     return train
 
@@ -211,8 +221,8 @@ def vertical_trainer(data_dir: Path) -> Trainer:
         from tongban.federation.vertical.runner import run_vertical
 
         def on_event(ev: dict[str, Any]) -> None:
-            if ev.get("event") == "round":
-                progress(ev)
+            if ev.get("event") == "round":  # its seconds are the epoch's, t is cumulative
+                progress(ev | {"round_seconds": ev.get("seconds"), "elapsed_seconds": ev.get("t")})
 
         return run_vertical(
             data_dir, epochs=request.rounds, batch_size=request.batch_size, progress=on_event
@@ -223,6 +233,10 @@ def vertical_trainer(data_dir: Path) -> Trainer:
 
 @dataclass
 class FederationJob:
+    """One job as this worker knows it. Never mutated in place by the runner: each change
+    is built as a new state, saved, and only then published (:meth:`FederationJobs._update`).
+    """
+
     id: str
     requester: str
     request: FederationRequest
@@ -231,15 +245,25 @@ class FederationJob:
     result: dict[str, Any] | None = None
     error: str | None = None
     audit_index: int | None = None
+    #: Horizontal jobs: the SuperNodes (county bureaus) that trained, as the trainer found
+    #: them in the deployment (``node``, ``districts``, ``rows``); empty until it has.
+    bureaus: list[dict[str, Any]] = field(default_factory=list)
+    #: Vertical jobs: the departments whose parties run (the report's, once it has run).
+    departments: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "config": self.request.config(),
-            "departments": list(self.request.departments),
-            "rounds": list(self.rounds),
         }
+        # What took part, and nothing else: a horizontal job is trained by the bureaus'
+        # SuperNodes, no department adapter is asked; a vertical one by departments.
+        if self.request.kind == "horizontal":
+            body["bureaus"] = [dict(b) for b in self.bureaus]
+        else:
+            body["departments"] = list(self.departments)
+        body["rounds"] = list(self.rounds)
         if self.result is not None:
             body["result"] = self.result
         if self.error is not None:
@@ -257,13 +281,33 @@ _RESULT_KEYS = (
     "partitions",
     "run_id",
 )
+_ROUND_KEYS = (
+    "round",
+    "loss",
+    "auc",
+    "train_loss",
+    "epsilon",
+    "round_seconds",
+    "elapsed_seconds",
+)
+
+
+def _bureaus(value: Any) -> list[dict[str, Any]]:
+    """The trainer's list of bureaus, as the job keeps it."""
+    if not isinstance(value, list):
+        return []
+    keep = ("node", "districts", "rows")
+    return [{k: b[k] for k in keep if k in b} for b in value if isinstance(b, Mapping)]
 
 
 class FederationJobs:
     """Runs training jobs one at a time (they share one deployment). With a ``store``, each
     job's document (status, rounds so far, result) is saved at every change, so any
     gateway worker can serve it and it survives a restart; a job whose worker died stays
-    ``running`` in the store (its audit trail shows no ``completed`` or ``failed``)."""
+    ``running`` in the store (its audit trail shows no ``completed`` or ``failed``).
+
+    Every change is saved *before* this worker shows it (:meth:`get`, :meth:`wait`): whoever
+    sees a job finished here can also read it finished from the store, in any worker."""
 
     def __init__(
         self,
@@ -287,6 +331,7 @@ class FederationJobs:
         self.default_departments = {k: declared[f"federation:{k}"].departments for k in KINDS}
         self._jobs: dict[str, FederationJob] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="federation")
 
     def close(self) -> None:
@@ -300,6 +345,8 @@ class FederationJobs:
                 requester, request.object, request.departments, TRAINING_PURPOSE
             )
         job = FederationJob("fl-" + secrets.token_hex(12), requester, request)
+        if request.kind == "vertical":
+            job.departments = list(request.departments)
         entry: dict[str, Any] = {
             "kind": "federation_job",
             "event": "started",
@@ -312,9 +359,9 @@ class FederationJobs:
         if decision is not None:
             entry["policy"] = decision_record(decision)
         job.audit_index = self.audit.append(entry)
+        self._save(job)  # before anybody can see it, like every later change
         with self._lock:
             self._jobs[job.id] = job
-        self._save(job)
         self._pool.submit(self._run, job)
         return {"id": job.id, "status": job.status}
 
@@ -330,63 +377,78 @@ class FederationJobs:
         raise NotFound("federation job: no such job for this requester")
 
     def _save(self, job: FederationJob) -> None:
-        if self.store is None:
-            return
+        if self.store is not None:
+            self.store.save(job.id, job.requester, job.status, job.to_json())
+
+    def _update(self, job: FederationJob, **changes: Any) -> None:
+        """Persist the job's next state, then publish it to this worker's readers.
+
+        If the store refuses the save, the state is published anyway (and the failure
+        logged): the job must still finish here rather than look ``running`` forever;
+        the store then lags, as it does for a worker that died."""
         with self._lock:
-            doc, status = job.to_json(), job.status
-        self.store.save(job.id, job.requester, status, doc)
+            nxt = dataclasses.replace(job, **changes)
+        try:
+            self._save(nxt)
+        except Exception as exc:  # logged; the job goes on
+            log.warning("federation job %s: state not saved (%s)", job.id, type(exc).__name__)
+        with self._changed:
+            for name, value in changes.items():
+                setattr(job, name, value)
+            self._changed.notify_all()
 
     def wait(self, job_id: str, timeout: float) -> None:
-        """Block until the job has finished (for the CLI and tests)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._jobs[job_id].status in ("done", "failed"):
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"federation job {job_id} still running")
+        """Block until the job has finished (for the CLI and tests); by then the store
+        holds its final state."""
+        with self._changed:
+            job = self._jobs[job_id]
+            if not self._changed.wait_for(lambda: job.status in FINISHED, timeout):
+                raise TimeoutError(f"federation job {job_id} still running")
 
     def _run(self, job: FederationJob) -> None:
         out = self.data_dir / "federation" / "jobs" / job.id
 
         def progress(ev: dict[str, Any]) -> None:
-            keep = ("round", "loss", "auc", "train_loss", "epsilon", "t")
-            with self._lock:
-                job.rounds.append({k: ev[k] for k in keep if k in ev})
-            self._save(job)
+            if ev.get("event") == "bureaus":
+                self._update(job, bureaus=_bureaus(ev.get("bureaus")))
+                return
+            self._update(job, rounds=[*job.rounds, {k: ev[k] for k in _ROUND_KEYS if k in ev}])
 
-        with self._lock:
-            job.status = "running"
-        self._save(job)
+        self._update(job, status="running")
         try:
             report = self.trainers[job.request.kind](job.request, out.resolve(), progress)
+            result = {k: report[k] for k in _RESULT_KEYS if k in report}
+            took_part = self._took_part(job, report)
+            self.audit.append(  # a job is done only once its completion is audited
+                {
+                    "kind": "federation_job",
+                    "event": "completed",
+                    "job": job.id,
+                    "requester": job.requester,
+                    **took_part,
+                    "config": job.request.audit_config(),
+                    "model_sm3": report["model_sm3"],
+                    "auc_federated": decimal_text(float(report["auc_federated"])),
+                    "epsilon": decimal_text(report.get("epsilon")),
+                }
+            )
         except Exception as exc:  # the job fails; the gateway keeps serving
-            with self._lock:
-                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
-            self._save(job)
-            self.audit.append(
-                {"kind": "federation_job", "event": "failed", "job": job.id,
-                 "requester": job.requester, "error": type(exc).__name__}
-            )  # fmt: skip
+            try:
+                self.audit.append(
+                    {"kind": "federation_job", "event": "failed", "job": job.id,
+                     "requester": job.requester, "error": type(exc).__name__}
+                )  # fmt: skip
+            except Exception as audit_exc:  # still fail the job, not leave it running
+                log.warning("federation job %s: failure not audited (%s)", job.id,
+                            type(audit_exc).__name__)  # fmt: skip
+            self._update(job, status="failed", error=f"{type(exc).__name__}: {exc}")
             return
-        result = {k: report[k] for k in _RESULT_KEYS if k in report}
-        self.audit.append(
-            {
-                "kind": "federation_job",
-                "event": "completed",
-                "job": job.id,
-                "requester": job.requester,
-                "departments": list(job.request.departments),
-                "bureaus": report.get("bureaus", []),
-                "config": job.request.audit_config(),
-                "model_sm3": report["model_sm3"],
-                "auc_federated": decimal_text(float(report["auc_federated"])),
-                "epsilon": decimal_text(report.get("epsilon")),
-            }
-        )
-        with self._lock:
-            job.result = result
-            job.status = "done"
-        self._save(job)
+        self._update(job, result=result, status="done", **took_part)
+
+    @staticmethod
+    def _took_part(job: FederationJob, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Who trained: the bureaus' SuperNodes of a horizontal job, the departments of a
+        vertical one, as the trainer's report names them."""
+        if job.request.kind == "horizontal":
+            return {"bureaus": _bureaus(report.get("bureaus")) or job.bureaus}
+        return {"departments": sorted(report.get("departments") or job.departments)}

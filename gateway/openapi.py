@@ -261,7 +261,7 @@ _CSP = (
 
 
 def _static(name: str) -> bytes:
-    return resources.files("gateway").joinpath("static", name).read_bytes()
+    return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
 def _etag(data: bytes) -> str:

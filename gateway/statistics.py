@@ -29,6 +29,7 @@ contribute: never a silently partial total.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -295,8 +296,8 @@ class StatisticsService:
             except Exception:  # a bug must fail the job, not return a partial total
                 job.failures.append({"department": department, "problem": "internal"})
         if job.failures:
-            job.status = "failed"
             if job.release.epsilon is not None:
+                # Before the store says "failed": whoever reads that may resubmit at once.
                 self.store.refund(job.id)  # nothing was released
             self.audit.append(
                 {
@@ -308,7 +309,7 @@ class StatisticsService:
                     "failed": list(job.failures),
                 }
             )
-            self.store.save(job.id, job.requester, job.status, job.to_json())
+            self._finish(job, "failed")
             return
         total = aggregate(key, vectors, layout)
         width = (int(key.nsquare).bit_length() + 7) // 8
@@ -324,6 +325,13 @@ class StatisticsService:
                 "ciphertexts_sm3": digest,
             }
         )
-        job.ciphertexts = total
-        job.status = "done"
-        self.store.save(job.id, job.requester, job.status, job.to_json())
+        self._finish(job, "done", total)
+
+    def _finish(self, job: Job, status: str, ciphertexts: list[int] | None = None) -> None:
+        """Save the job's final state, and only then show it on ``job`` (what ``submit``
+        answers): nothing reports a job finished that the store does not hold so."""
+        final = dataclasses.replace(
+            job, status=status, ciphertexts=job.ciphertexts if ciphertexts is None else ciphertexts
+        )
+        self.store.save(job.id, job.requester, final.status, final.to_json())
+        job.status, job.ciphertexts = final.status, final.ciphertexts

@@ -255,7 +255,7 @@ def check_legal_basis(purpose: str, basis: str, catalog: ClaimCatalog) -> None:
 
 
 def _read(name: str) -> str:
-    return resources.files("policies").joinpath(name).read_text("utf-8")
+    return resources.files(__package__).joinpath(name).read_text("utf-8")
 
 
 def default_model_text() -> str:

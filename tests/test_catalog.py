@@ -17,7 +17,7 @@ from tongban.primitives.errors import PROBLEM_BASE, BadRequest, UnknownParameter
 from tongban.primitives.regions import DISTRICTS
 from tongban.primitives.wire import PredicateCall, Tri
 
-SHIPPED_TEXT = resources.files("gateway").joinpath("claims.json").read_text("utf-8")
+SHIPPED_TEXT = resources.files("tongban.gateway").joinpath("claims.json").read_text("utf-8")
 SHIPPED: dict[str, Any] = json.loads(SHIPPED_TEXT)
 
 PURPOSES = {
@@ -325,3 +325,33 @@ def test_unknown_purpose(catalog: Catalog, name: Any):
 
 def test_declared_but_unused_purpose_is_known(catalog: Catalog):
     assert catalog.purpose("underwriting").title_zh == "保险核保"
+
+
+def test_shipped_files_load_outside_the_source_tree(tmp_path: Path):
+    """The installed package finds its own data (claims, policy, model, docs page) from any
+    working directory: ``tongban gateway serve`` is not always started in the checkout,
+    where the bare folder names ``gateway`` and ``policies`` happen to import too."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('gateway') is None  # only tongban.gateway here\n"
+        "from tongban.adapters.departments import DEPARTMENTS\n"
+        "from tongban.gateway.catalog import Catalog\n"
+        "from tongban.gateway.openapi import _static\n"
+        "from tongban.policies import build_policy, default_legal_bases, default_rules\n"
+        "build_policy(default_rules(), default_legal_bases(), Catalog.load(DEPARTMENTS))\n"
+        "assert _static('docs.html')\n"
+        "print('loaded')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "loaded\n"

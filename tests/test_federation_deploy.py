@@ -106,6 +106,9 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
     assert saved["epsilon"] is None
     assert [r["round"] for r in saved["rounds"]] == [1]
     assert all({"loss", "auc", "train_loss"} <= set(r) for r in saved["rounds"])
+    assert 0 < saved["rounds"][0]["round_seconds"] <= saved["rounds"][0]["elapsed_seconds"]
+    assert [b["node"] for b in saved["bureaus"]] == list(range(NODES))
+    assert "departments" not in saved  # no department adapter trains
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["model_sm3"] == model_hash(result.params)
     assert saved["auc_federated"] > 0.65
@@ -162,6 +165,9 @@ def test_gateway_job_two_rounds_audits_model_hash(up: _Up, data_dir: Path):
         jobs.close()
     assert body["status"] == "done", body.get("error")
     assert [r["round"] for r in body["rounds"]] == [1, 2]
+    assert all(r["round_seconds"] <= r["elapsed_seconds"] for r in body["rounds"])
+    assert [b["node"] for b in body["bureaus"]] == list(range(NODES))
+    assert "departments" not in body
     assert abs(body["result"]["auc_federated"] - body["result"]["auc_centralized"]) < 0.01
     kinds = [(e["kind"], e["event"]) for e in audit.entries]
     assert kinds == [("federation_job", "started"), ("federation_job", "completed")]

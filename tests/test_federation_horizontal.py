@@ -357,3 +357,108 @@ def test_cli_refuses_a_data_dir_without_features(
     ):
         assert main(argv) == 2
     assert "run tongban generate" in " ".join(capsys.readouterr().err.split())
+
+
+# --- progress and the report: per-round time, integer round ticks, who trained ---------
+
+
+def _events() -> list[dict[str, Any]]:
+    """What the ServerApp writes: ``t`` is seconds since it started, cumulative."""
+    return [
+        {"event": "start", "t": 0.5, "rounds": 3, "num_partitions": 3, "secagg": False,
+         "dp_noise": 0.0},
+        {"event": "round", "t": 12.5, "round": 1, "loss": 0.6, "auc": 0.70, "train_loss": 0.61},
+        {"event": "round", "t": 20.0, "round": 2, "loss": 0.5, "auc": 0.74, "train_loss": 0.52},
+        {"event": "round", "t": 31.25, "round": 3, "loss": 0.45, "auc": 0.76, "train_loss": 0.47,
+         "epsilon": 1.5},
+        {"event": "done", "t": 31.5, "rounds": 3, "epsilon": None},
+    ]  # fmt: skip
+
+
+def test_round_times_are_per_round_and_the_cumulative_time_is_named_so():
+    from tongban.federation.horizontal.runner import round_times
+
+    timed = round_times(_events())
+    rounds = [e for e in timed if e["event"] == "round"]
+    assert [r["round_seconds"] for r in rounds] == [12.0, 7.5, 11.25]
+    assert [r["elapsed_seconds"] for r in rounds] == [12.5, 20.0, 31.25]
+    assert timed[0] == _events()[0] and timed[-1] == _events()[-1]
+    assert "round_seconds" not in _events()[1]  # copies, the input is left alone
+
+
+def test_progress_lines_say_which_time_is_which():
+    from tongban.federation.horizontal.runner import progress_line, round_times
+
+    lines = [progress_line(e) for e in round_times(_events())]
+    assert lines[0] == "run started: 3 rounds, 3 nodes, secagg=False, dp_noise=0.0"
+    assert lines[2] == (
+        "round 2: train loss 0.5200, held-out loss 0.5000, AUC 0.7400 "
+        "(7.5s this round, 20.0s elapsed)"
+    )
+    assert "epsilon 1.50 (11.2s this round, 31.2s elapsed)" in lines[3]
+    assert lines[-1] == "done after 31.5s in total"
+
+
+def _report(rounds: int) -> dict[str, Any]:
+    timed = [e for e in _events() if e["event"] == "round"][:rounds]
+    return {
+        "rounds": timed,
+        "centralized_rounds": [{"round": r["round"], "auc": 0.77} for r in timed],
+        "epsilon": None,
+    }
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_the_report_curve_ticks_rounds_at_whole_numbers(rounds: int):
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    from tongban.federation.horizontal.runner import plot_report
+
+    fig = plot_report(_report(rounds))
+    try:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(fig)
+
+
+def test_write_report_writes_json_and_png(tmp_path: Path):
+    import json
+
+    from tongban.federation.horizontal.runner import write_report
+
+    png = write_report(_report(3), tmp_path / "r.json")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "r.json").read_text())["rounds"][0]["round"] == 1
+
+
+def test_the_report_names_the_bureaus_that_trained_not_departments(data_dir: Path):
+    from tongban.federation.horizontal.deploy import Deployment, NodeInfo
+    from tongban.federation.horizontal.runner import (
+        RunResult,
+        build_report,
+        bureaus_of,
+        round_times,
+    )
+
+    dep = Deployment("127.0.0.1:1", str(data_dir), 2, 0, "")
+    dep.nodes = [NodeInfo(0, ["150102"], 10, 1), NodeInfo(1, ["150105", "150203"], 12, 2)]
+    settings = RunSettings(
+        rounds=2, num_partitions=2, n_features=len(read_features(data_dir).columns)
+    )
+    rounds = [e for e in round_times(_events()) if e["event"] == "round"][:2]
+    result = RunResult(1, settings, np.zeros(settings.n_features + 1), rounds, seconds=21.0)
+    result.bureaus = bureaus_of(dep)
+    report = build_report(result, data_dir, ["health"])
+    assert report["bureaus"] == [
+        {"node": 0, "districts": ["150102"], "rows": 10},
+        {"node": 1, "districts": ["150105", "150203"], "rows": 12},
+    ]
+    assert "departments" not in report
+    assert [r["round_seconds"] for r in report["rounds"]] == [12.0, 7.5]
+    assert [r["elapsed_seconds"] for r in report["rounds"]] == [12.5, 20.0]
+    assert all("t" not in r for r in report["rounds"])
+    assert report["total_seconds"] == 21.0 and "seconds" not in report

@@ -4,6 +4,12 @@
 ``flwr run`` does), follows the ServerApp's progress events, and waits for the run to finish.
 ``build_report`` then scores the final model and a centrally trained one on the same
 held-out rows; ``write_report`` writes the JSON and the PNG curve beside it.
+
+Times: the ServerApp stamps every event with ``t``, seconds since it started (cumulative).
+Round events reach ``on_event`` and the report with both ``round_seconds`` (that round
+alone: since the previous round ended, or since the run started for the first) and
+``elapsed_seconds`` (cumulative, the same as ``t``); :func:`progress_line` prints both,
+named as such.
 """
 
 from __future__ import annotations
@@ -12,10 +18,10 @@ import contextlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tongban.adapters.synthetic.features import read_features
@@ -30,10 +36,17 @@ __all__ = [
     "RunResult",
     "TrainingFailed",
     "build_report",
+    "bureaus_of",
     "model_hash",
+    "plot_report",
+    "progress_line",
+    "round_times",
     "run_training",
     "write_report",
 ]
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Event = dict[str, Any]
 
@@ -47,10 +60,60 @@ class RunResult:
     run_id: int
     settings: RunSettings
     params: Floats
-    rounds: list[Event] = field(default_factory=list)
+    rounds: list[Event] = field(default_factory=list)  # with times (:func:`round_times`)
     done: Event = field(default_factory=dict)
     seconds: float = 0.0
     submit_seconds: float = 0.0
+    #: The SuperNodes (county bureaus) the run trained on (:func:`bureaus_of`).
+    bureaus: list[dict[str, Any]] = field(default_factory=list)
+
+
+def bureaus_of(deployment: Deployment) -> list[dict[str, Any]]:
+    """Who takes part in a horizontal run: each SuperNode's partition, its districts and
+    how many families it holds."""
+    return [
+        {"node": n.partition_id, "districts": list(n.districts), "rows": n.rows}
+        for n in deployment.nodes
+    ]
+
+
+def round_times(events: Sequence[Event]) -> list[Event]:
+    """``events`` (in order), each round event copied with ``round_seconds`` (that round
+    alone) and ``elapsed_seconds`` (cumulative since the ServerApp started, its ``t``).
+    A round starts where the previous round event, or else the ``start`` event, left off."""
+    out: list[Event] = []
+    last = 0.0
+    for ev in events:
+        if ev.get("event") == "start":
+            last = float(ev.get("t", 0.0))
+        elif ev.get("event") == "round":
+            t = float(ev["t"])
+            out.append(ev | {"round_seconds": round(t - last, 4), "elapsed_seconds": t})
+            last = t
+            continue
+        out.append(ev)
+    return out
+
+
+def progress_line(ev: Event) -> str:
+    """One line of ``tongban federation train`` progress for an event of
+    :func:`run_training`: per-round time, and the cumulative time labelled as such."""
+    if ev["event"] == "start":
+        return (
+            f"run started: {ev['rounds']} rounds, {ev['num_partitions']} nodes, "
+            f"secagg={ev['secagg']}, dp_noise={ev['dp_noise']}"
+        )
+    if ev["event"] == "round":
+        eps = f", epsilon {ev['epsilon']:.2f}" if ev.get("epsilon") is not None else ""
+        elapsed = float(ev["elapsed_seconds"] if "elapsed_seconds" in ev else ev["t"])
+        this_round = ev.get("round_seconds")
+        took = f"{this_round:.1f}s this round, " if this_round is not None else ""
+        return (
+            f"round {ev['round']}: train loss {ev.get('train_loss', float('nan')):.4f}, "
+            f"held-out loss {ev['loss']:.4f}, AUC {ev['auc']:.4f}{eps} "
+            f"({took}{elapsed:.1f}s elapsed)"
+        )
+    return f"done after {ev['t']:.1f}s in total"
 
 
 def model_hash(params: Floats) -> str:
@@ -107,11 +170,12 @@ def run_training(
         if not res.HasField("run_id"):
             raise TrainingFailed("the SuperLink did not start the run")
         result = RunResult(int(res.run_id), settings, np.zeros(0))
+        result.bureaus = bureaus_of(deployment)
         result.submit_seconds = time.perf_counter() - started
         seen = 0
         deadline = time.monotonic() + timeout
         while True:
-            events = _read_events(progress)
+            events = round_times(_read_events(progress))
             for ev in events[seen:]:
                 if ev["event"] == "round":
                     result.rounds.append(ev)
@@ -151,9 +215,16 @@ def _read_events(path: Path) -> list[Event]:
     return out
 
 
-def build_report(result: RunResult, data_dir: Path, departments: list[str]) -> dict[str, Any]:
+def build_report(
+    result: RunResult, data_dir: Path, departments: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The training report: per-round metrics, federated and centralised AUC on the same
-    held-out rows, epsilon (``None`` without DP), and the model's SM3 hash."""
+    held-out rows, epsilon (``None`` without DP), the model's SM3 hash, and who trained:
+    the ``bureaus`` (SuperNodes) of the run.
+
+    ``departments`` is ignored and kept only for existing callers: no department adapter
+    takes part in horizontal training, so the report names none."""
+    del departments
     s = result.settings
     table = read_features(data_dir)
     held = held_out_mask(table)
@@ -168,8 +239,7 @@ def build_report(result: RunResult, data_dir: Path, departments: list[str]) -> d
     return {
         "run_id": str(result.run_id),
         "rounds": [
-            {k: v for k, v in ev.items() if k not in ("event", "t")} | {"t": ev["t"]}
-            for ev in result.rounds
+            {k: v for k, v in ev.items() if k not in ("event", "t")} for ev in result.rounds
         ],
         "centralized_rounds": central_rounds,
         "auc_federated": auc(predict(result.params, x_eval), y_eval),
@@ -180,26 +250,39 @@ def build_report(result: RunResult, data_dir: Path, departments: list[str]) -> d
         if s.dp_noise > 0
         else None,
         "secagg": s.secagg,
-        "departments": departments,
+        "bureaus": [dict(b) for b in result.bureaus],
         "partitions": s.num_partitions,
         "held_out_rows": int(held.sum()),
         "train_rows": len(train_rows),
         "model_sm3": model_hash(result.params),
         "model": [float(v) for v in result.params],
         "columns": list(table.columns),
-        "seconds": round(result.seconds, 3),
+        "total_seconds": round(result.seconds, 3),  # the whole run, submission included
     }
 
 
 def write_report(report: dict[str, Any], path: Path) -> Path:
-    """Write the JSON report and ``<stem>.png`` (held-out AUC per round, federated against
-    centralised) beside it; returns the PNG path."""
+    """Write the JSON report and ``<stem>.png`` (:func:`plot_report`) beside it; returns
+    the PNG path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    fig = plot_report(report)
+    png = path.with_suffix(".png")
+    fig.savefig(png, dpi=100)
+    import matplotlib.pyplot as plt  # after plot_report chose the Agg backend
+
+    plt.close(fig)
+    return png
+
+
+def plot_report(report: dict[str, Any]) -> Figure:
+    """Held-out AUC per round, federated against centralised; rounds are whole numbers,
+    so the x axis ticks only at integers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     fed = report["rounds"]
@@ -211,11 +294,9 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
         title += f" (DP, epsilon={report['epsilon']:.2f})"
     ax.set_title(title)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one round: one tick
     ax.set_ylabel("AUC")
     ax.grid(alpha=0.3)
     ax.legend()
-    png = path.with_suffix(".png")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return fig
