@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-from tongban.cli import main
+from tongban.cli import build_parser, main
 from tongban.config import DEPARTMENTS
 
 VALID = "11010519491231002X"
@@ -25,6 +28,8 @@ INVALID = {
 }
 # Anything shaped like a full ID number: 17 digits and a digit or X.
 FULL_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?![\dXx])")
+# reStructuredText that would show up verbatim in --help: ``literals`` and :roles:.
+RAW_RST = re.compile(r"``|:(func|class|mod|meth|attr|data):")
 
 
 def _env() -> dict[str, str]:
@@ -148,3 +153,58 @@ def test_generate_as_a_real_process(tmp_path: Path):
     assert "validation report" in output
     assert not FULL_ID.search(output)
     assert not any(n in output for n in numbers)
+
+
+# --- --help and --version ---------------------------------------------------------------
+
+
+def _parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every parser of the command line, with its command path."""
+    todo = [("tongban", build_parser())]
+    while todo:
+        path, parser = todo.pop()
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend((f"{path} {name}", p) for name, p in action.choices.items())
+
+
+def test_every_option_has_help_and_shows_its_default():
+    seen, paths = 0, set()
+    for path, parser in _parsers():
+        paths.add(path)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{path} {name}: no help"
+            seen += 1
+            if not action.option_strings or isinstance(action, argparse._VersionAction):
+                continue
+            shown = formatter._expand_help(action)
+            assert "(default" in shown or "(required)" in shown, f"{path} {name}: {shown!r}"
+        for summary in (parser.description, parser.epilog):
+            assert not RAW_RST.search(summary or ""), f"{path}: raw RST in {summary!r}"
+    assert seen > 50  # the walk reached the subcommands
+    assert {"tongban keys init", "tongban federation train", "tongban stats run"} <= paths
+
+
+def test_top_level_help_is_plain_text_and_names_both_kinds_of_training(
+    capsys: pytest.CaptureFixture[str],
+):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert not RAW_RST.search(out)
+    federation = next(line for line in out.splitlines() if "federation" in line)
+    rest = out[out.index(federation) :]
+    assert "horizontal" in rest[:300] and "vertical" in rest[:300]
+    assert "tongban keys init --data-dir" in out  # the first-run sequence
+
+
+def test_version_prints_the_installed_version():
+    proc = _tongban("--version")
+    assert proc.returncode == 0
+    assert proc.stdout == f"tongban {version('tongban')}\n"

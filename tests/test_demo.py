@@ -156,3 +156,39 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path):
         while (alive := _processes_mentioning(str(demo.data_dir))) and time.monotonic() < deadline:
             time.sleep(POLL)
         assert alive == [], f"orphans survived: {alive}"
+
+
+def _audit_verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tongban", "audit", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_restart_on_another_port_keeps_the_log_and_the_credentials(tmp_path: Path):
+    """`tongban demo --port A`, stop, `tongban demo --port B` on the same data directory:
+    the log keeps the origin it was created with (every checkpoint is for one log, and the
+    witnesses keep cosigning), and no requester's secret changes."""
+    docs = []
+    for _ in range(2):
+        with _demo(tmp_path) as demo:
+            docs.append(_wait_until_up(demo))
+            demo.proc.send_signal(signal.SIGTERM)
+            assert demo.proc.wait(timeout=15) == 0, demo.tail()
+
+    first, second = docs
+    assert first["gateway"] != second["gateway"]
+    assert second["clients"] == first["clients"]
+    stored = json.loads((tmp_path / "demo-data" / "clients.json").read_text(encoding="utf-8"))
+    assert stored["clients"] == first["clients"]
+    proc = _audit_verify(tmp_path / "demo-data")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] is True and summary["findings"] == []
+    # Each run's first checkpoint, at least, was cosigned by every department.
+    assert all(summary["cosignatures"].get(d, 0) >= 2 for d in DEPARTMENTS), summary

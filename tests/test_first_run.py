@@ -251,8 +251,8 @@ def test_the_readme_sequence_works_without_the_demo(tmp_path: Path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     summary = json.loads(verify.stdout)
     assert summary["ok"] and summary["entries"] >= 2 and summary["cosignatures"]["health"] >= 1
-    token = _cli("citizen-token", subject, "--data-dir", str(data))
-    assert token.returncode == 0 and token.stdout.count(".") == 2, token.stderr
+    minted = _cli("citizen-token", subject, "--data-dir", str(data))
+    assert minted.returncode == 0 and minted.stdout.count(".") == 2, minted.stderr
 
     for log in (health_log, gateway_log):
         text = log.read_text(encoding="utf-8", errors="replace")

@@ -240,7 +240,7 @@ def _add_stats(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="a parameter of the statistic, e.g. year=2024; repeat for several",
     )
-    s_run.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    s_run.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     s_run.add_argument(
         "--gateway",
         metavar="URL",
@@ -314,7 +314,7 @@ def _add_servers(sub: Any) -> None:
         "--department", choices=DEPARTMENTS, required=True, help="the department to serve"
     )
     a_serve.add_argument("--port", type=int, required=True, help="TCP port to listen on")
-    a_serve.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    a_serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     a_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     a_serve.add_argument(
         "--store-url",
@@ -327,7 +327,7 @@ def _add_servers(sub: Any) -> None:
     gateway_sub = gateway.add_subparsers(dest="gateway_command", required=True, metavar="COMMAND")
     g_serve = command(gateway_sub, "serve", "serve the gateway over HTTP (needs keys)")
     g_serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
-    g_serve.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    g_serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     g_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     g_serve.add_argument(
         "--adapter",
@@ -360,13 +360,15 @@ def _add_citizen_and_audit(sub: Any) -> None:
     verify = command(
         audit_sub, "verify", "recompute and check the whole audit log (exit 1: first bad index)"
     )
-    verify.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    verify.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     verify.set_defaults(func=_audit_verify)
 
 
 def _add_demo(sub: Any) -> None:
     demo = command(sub, "demo", "generate data if needed, then run the gateway with five adapters")
-    demo.add_argument("--data-dir", type=Path, default=Path("demo-data"), help=DATA_DIR_HELP)
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path("demo-data"), metavar="DIR", help=DATA_DIR_HELP
+    )
     demo.add_argument("--port", type=int, default=8080, help="the gateway's port")
     demo.add_argument("--population", type=int, default=10_000, help="synthetic citizens")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the population")

@@ -173,7 +173,7 @@ def add_federation(sub: Any) -> None:
     up = command(
         fed_sub, "up", "horizontal: start a SuperLink and one SuperNode per bureau, until stopped"
     )
-    up.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    up.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     up.add_argument("--nodes", type=int, default=_DEFAULT_NODES, help="SuperNodes (bureaus)")
     up.set_defaults(func=federation_up)
 
@@ -183,7 +183,7 @@ def add_federation(sub: Any) -> None:
         "train the childcare-subsidy outreach model, horizontally across bureaus or "
         "vertically across departments (--kind)",
     )
-    train.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    train.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     train.add_argument(
         "--rounds", type=int, required=True, help="federated rounds (vertical: epochs)"
     )
@@ -203,7 +203,7 @@ def add_federation(sub: Any) -> None:
     train.add_argument(
         "--out",
         type=Path,
-        metavar="DIR",
+        metavar="JOB_DIR",
         help="job directory for progress and model (default: DIR/federation/jobs/<time>)",
     )
     train.add_argument(

@@ -221,11 +221,11 @@ def add_keys(sub: Any) -> None:
         "init",
         "create DIR/keys and register the demo requesters (DIR/clients.json); idempotent",
     )
-    init.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    init.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     init.set_defaults(func=_init)
 
     status = command(keys_sub, "status", "key ids, states and rows per key")
-    status.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    status.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     status.set_defaults(func=_guarded(_status))
 
     encrypt = command(
@@ -234,7 +234,7 @@ def add_keys(sub: Any) -> None:
     which = encrypt.add_mutually_exclusive_group(required=True)
     which.add_argument("--department", choices=DEPARTMENTS, help="one department's store")
     which.add_argument("--all", action="store_true", help="every department's store")
-    encrypt.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    encrypt.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     encrypt.add_argument("--batch", type=int, default=5000, help="rows per transaction")
     encrypt.set_defaults(func=_guarded(_encrypt))
 
@@ -247,6 +247,6 @@ def add_keys(sub: Any) -> None:
     kind = rotate.add_mutually_exclusive_group()
     kind.add_argument("--index", action="store_true", help="the blind-index key (re-index)")
     kind.add_argument("--kek", action="store_true", help="the key-encryption key (re-wrap)")
-    rotate.add_argument("--data-dir", type=Path, required=True, help=DATA_DIR_HELP)
+    rotate.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     rotate.add_argument("--batch", type=int, default=5000, help="rows per transaction")
     rotate.set_defaults(func=_guarded(_rotate))

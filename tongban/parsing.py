@@ -1,9 +1,9 @@
 """argparse the one way every ``tongban`` command uses it: each option says its default.
 
 :class:`HelpFormatter` appends ``(default: X)`` to an option's help, ``(required)`` to a
-required one, and leaves a help that already names its default alone; descriptions and
-epilogs are printed as written. :func:`command` adds a subcommand whose ``--help``
-repeats the one-line summary the parent lists.
+required one, and leaves a help that already names its default alone; a description or
+epilog laid out over several lines is printed as written, a one-line one is wrapped.
+:func:`command` adds a subcommand whose ``--help`` repeats the summary the parent lists.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ def version() -> str:
         return "unknown"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # laid out by hand (the top-level description, examples)
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if action.default is argparse.SUPPRESS or "(default" in text or "%(default)" in text:
