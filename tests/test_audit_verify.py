@@ -350,6 +350,26 @@ def test_unknown_witness_signatures_are_not_counted(data_dir: Path):
     assert report.ok and report.cosignatures == {"health": 4}
 
 
+def test_every_checkpoint_must_name_the_origin_stored_with_the_log(data_dir: Path):
+    """Even the first checkpoint: the log's name is the one stored when it was created,
+    not whatever the first note says (a genuinely signed note for another log)."""
+    gateway = KeyRing(data_dir / "keys").private("gateway")
+    note = note_at(data_dir, 50)
+    cp = note.checkpoint
+    body = Checkpoint("127.0.0.1:8090/audit", cp.size, cp.root).body()
+    set_note(data_dir, 50, SignedNote(body, (sign_line(body, "tongban-gateway", gateway),)))
+
+    report = verify(data_dir)
+
+    assert not report.ok
+    assert problems(report) == "checkpoint at size 50: for another log (127.0.0.1:8090/audit)"
+
+
+def test_a_log_without_a_stored_origin_is_named_by_its_first_checkpoint(data_dir: Path):
+    sql(data_dir, "DROP TABLE audit_meta")  # a log from before origins were stored
+    assert verify(data_dir).ok
+
+
 # --- the command line ------------------------------------------------------------------
 
 
@@ -361,7 +381,12 @@ def _cli(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TONGBAN_DATA_DIR", "TONGBAN_AUDIT_URL", "TONGBAN_PUBLIC_URL"):
+    for name in (
+        "TONGBAN_DATA_DIR",
+        "TONGBAN_AUDIT_URL",
+        "TONGBAN_PUBLIC_URL",
+        "TONGBAN_LOG_ORIGIN",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -407,3 +432,31 @@ def test_cli_reports_a_forged_checkpoint(data_dir: Path, capsys: pytest.CaptureF
     assert code == 1 and summary["ok"] is False
     assert summary["first_bad_index"] == 200
     assert "gateway signature invalid" in " ".join(summary["findings"])
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_on_an_empty_directory_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    code = main(["audit", "verify", "--data-dir", str(tmp_path)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"tongban: no audit log at {tmp_path}/audit.db: ")
+    assert "tongban gateway serve --data-dir" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cli_without_the_gateway_key_names_keys_init(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    (data_dir / "keys" / "gateway.jwk.json").unlink()
+
+    code = main(["audit", "verify", "--data-dir", str(data_dir)])
+
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"tongban: no key for gateway in {data_dir}/keys: "
+        f"run `tongban keys init --data-dir {data_dir}`\n"
+    )

@@ -3,6 +3,11 @@
 The supervisor owns its children: they die with it (PR_SET_PDEATHSIG, so even a
 ``kill -9`` of the demo leaves no orphans), a child that exits early stops the demo with
 its exit code, and Ctrl-C or SIGTERM stops them all cleanly.
+
+Keys and the demo requesters come from :func:`tongban.provision.init_data_dir` (what
+``tongban keys init`` runs), so a restart keeps every key and every client secret. A
+restart on another ``--port`` keeps the audit log's origin too: the log stores the one it
+was created with, and the supervisor hands that one to the gateway and to every witness.
 """
 
 from __future__ import annotations
