@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
-from tongban.primitives.errors import UnknownParameter, UnknownPredicate
+from tongban.primitives.errors import UnknownPredicate
+from tongban.primitives.params import check_enumerated
 
 __all__ = [
     "Columns",
@@ -56,19 +57,7 @@ class Predicate:
     related_query: RelatedQueryFn | None = None
 
     def check_params(self, params: Mapping[str, str]) -> dict[str, str]:
-        declared = {p.name: p for p in self.params}
-        extra = sorted(set(params) - set(declared))
-        if extra:
-            raise UnknownParameter(f"params: {self.name} takes no parameter named {extra[0]!r}")
-        clean: dict[str, str] = {}
-        for name, spec in declared.items():
-            if name not in params:
-                raise UnknownParameter(f"params.{name}: required by {self.name}")
-            value = params[name]
-            if value not in spec.values:
-                raise UnknownParameter(f"params.{name}: expected one of the enumerated values")
-            clean[name] = value
-        return clean
+        return check_enumerated(self.name, params, {p.name: p.values for p in self.params})
 
     def describe(self) -> dict[str, object]:
         return {
@@ -112,7 +101,9 @@ class Department:
         try:
             return self.predicates[name]
         except KeyError:
-            raise UnknownPredicate(f"predicate: {self.name} does not evaluate {name!r}") from None
+            raise UnknownPredicate(
+                f"predicate: not one {self.name} evaluates; GET /v1/predicates lists them"
+            ) from None
 
 
 def common_tables(metadata: MetaData) -> None:

@@ -7,10 +7,17 @@ import re
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from flask import Request as FlaskRequest
 from flask.json.provider import DefaultJSONProvider
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
 from tongban.primitives.jws import jwks
-from tongban.primitives.problem import PROBLEM_JSON, from_http_status, problem_body, request_id
+from tongban.primitives.problem import (
+    PROBLEM_JSON,
+    from_http_status,
+    malformed_json,
+    problem_body,
+    request_id,
+)
 from werkzeug.exceptions import HTTPException
 
 from .protocol import AdapterCore
@@ -43,7 +50,7 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
     def cosign() -> Response:
         if witness is None:
             raise NotFound("this adapter is not a witness")
-        body = request.get_json(silent=True)
+        body = request.get_json()
         if not isinstance(body, dict):
             raise BadRequest("body: expected a JSON object")
         note, from_size, path = (
@@ -118,10 +125,20 @@ class _DepthLimitedJSON(DefaultJSONProvider):
         return super().loads(s, **kwargs)
 
 
+class ProblemRequest(FlaskRequest):
+    """``get_json()`` failures as problems: ``malformed-json`` for a body that does not
+    parse (with where, never what), ``bad-request`` for one not sent as JSON."""
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        raise malformed_json(e, self.get_data(cache=True))
+
+
 def install_problem_handlers(app: Flask, max_body: int, logger: logging.Logger) -> None:
-    """Request ids and RFC 9457 errors for a tongban HTTP shell (adapter or gateway), and
-    the JSON nesting limit (400 ``bad-request`` beyond :data:`MAX_JSON_DEPTH` levels)."""
+    """Request ids and RFC 9457 errors for a tongban HTTP shell (adapter or gateway), the
+    JSON nesting limit (400 ``bad-request`` beyond :data:`MAX_JSON_DEPTH` levels), and
+    ``request.get_json()`` failures as problems (:class:`ProblemRequest`)."""
     app.json = _DepthLimitedJSON(app)
+    app.request_class = ProblemRequest
 
     @app.before_request
     def _request_id() -> None:

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tongban.primitives.errors import BadRequest, UnknownParameter
+from tongban.primitives.errors import BadRequest
+from tongban.primitives.params import check_enumerated
 from tongban.primitives.regions import DISTRICTS
 
 from .dp import DiscreteLaplace, parse_epsilon
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_PARTIES",
     "MAX_THRESHOLD",
     "REGISTRY",
+    "STATISTICS_PATH",
     "YEARS",
     "Release",
     "StatParam",
@@ -75,6 +77,11 @@ class Release:
         return {"threshold": self.threshold, "epsilon": self.epsilon}
 
 
+STATISTICS_PATH = "/v1/statistics"
+"""Where an analyst finds the statistics on offer (an unknown-statistic problem points there,
+in ``detail`` and as its ``statistics`` member)."""
+
+
 class UnknownStatistic(BadRequest):
     slug = "unknown-statistic"
     title = "Unknown statistic"
@@ -116,23 +123,7 @@ class Statistic:
 
     def check_params(self, params: object) -> dict[str, str]:
         """Exactly the declared parameters, each with an enumerated value."""
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise BadRequest("params: expected an object")
-        declared = {p.name: p for p in self.params}
-        extra = sorted(str(k) for k in params if k not in declared)
-        if extra:
-            raise UnknownParameter(f"params: {self.name} takes no parameter named {extra[0]!r}")
-        clean: dict[str, str] = {}
-        for name, spec in declared.items():
-            if name not in params:
-                raise UnknownParameter(f"params.{name}: required by {self.name}")
-            value = params[name]
-            if not isinstance(value, str) or value not in spec.values:
-                raise UnknownParameter(f"params.{name}: expected one of the enumerated values")
-            clean[name] = value
-        return clean
+        return check_enumerated(self.name, params, {p.name: p.values for p in self.params})
 
     def noise(self, release: Release, parties: int) -> tuple[DiscreteLaplace, ...]:
         """The noise of each released part (values, then counts if companion); empty
@@ -202,11 +193,17 @@ class StatisticsRegistry:
 
     def get(self, name: object) -> Statistic:
         if not isinstance(name, str):
-            raise UnknownStatistic("statistic: expected a statistic name")
+            raise UnknownStatistic(
+                f"statistic: expected a statistic name; GET {STATISTICS_PATH} lists them",
+                statistics=STATISTICS_PATH,
+            )
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownStatistic("statistic: not a registered statistic") from None
+            raise UnknownStatistic(
+                f"statistic: not a registered statistic; GET {STATISTICS_PATH} lists them",
+                statistics=STATISTICS_PATH,
+            ) from None
 
     def for_department(self, department: str) -> list[Statistic]:
         return [s for s in self._items.values() if department in s.departments]

@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from tongban.adapters.department import Department
-from tongban.primitives.errors import BadRequest, UnknownParameter
+from tongban.primitives.errors import BadRequest
+from tongban.primitives.params import check_enumerated
 from tongban.primitives.wire import PredicateCall, Tri, all_of
 
 from .jobs import JobObject, declared_jobs
 
-__all__ = ["Catalog", "Claim", "Purpose", "Term", "UnknownClaim", "UnknownPurpose"]
+__all__ = ["CLAIMS_PATH", "Catalog", "Claim", "Purpose", "Term", "UnknownClaim", "UnknownPurpose"]
+
+CLAIMS_PATH = "/v1/claims"
+"""Where a requester finds the claims it may ask and the purposes (the unknown-claim and
+unknown-purpose problems point there, in ``detail`` and as their ``claims`` member)."""
 
 
 class UnknownClaim(BadRequest):
@@ -71,22 +76,7 @@ class Claim:
         return tuple(dict.fromkeys(t.department for t in self.terms))
 
     def check_params(self, params: Any) -> dict[str, str]:
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping):
-            raise BadRequest("params: expected an object")
-        extra = sorted(set(params) - set(self.params))
-        if extra:
-            raise UnknownParameter(f"params: {self.name} takes no parameter {extra[0]!r}")
-        clean: dict[str, str] = {}
-        for name, allowed in self.params.items():
-            value = params.get(name)
-            if value is None:
-                raise UnknownParameter(f"params.{name}: required by {self.name}")
-            if not isinstance(value, str) or value not in allowed:
-                raise UnknownParameter(f"params.{name}: expected one of the enumerated values")
-            clean[name] = value
-        return clean
+        return check_enumerated(self.name, params, self.params)
 
     def combine(self, results: Sequence[Tri]) -> Tri:
         return all_of([t.interpret(r) for t, r in zip(self.terms, results, strict=True)])
@@ -157,13 +147,23 @@ class Catalog:
         return cls(claims, purposes)
 
     def claim(self, name: Any) -> Claim:
+        """The claim ``name``, or :class:`UnknownClaim`, which points to the list of claims
+        and never repeats the name (a caller's mistake could be a personal datum)."""
         if not isinstance(name, str) or name not in self.claims:
-            raise UnknownClaim("claim: not in the catalog")
+            raise UnknownClaim(
+                f"claim: not in the catalog; GET {CLAIMS_PATH} lists the claims",
+                claims=CLAIMS_PATH,
+            )
         return self.claims[name]
 
     def purpose(self, name: Any) -> Purpose:
         if not isinstance(name, str) or name not in self.purposes:
-            raise UnknownPurpose("purpose: not in the catalog")
+            allowed = sorted(self.purposes)
+            raise UnknownPurpose(
+                f"purpose: expected one of {', '.join(allowed)} (GET {CLAIMS_PATH} lists them)",
+                allowed=allowed,
+                claims=CLAIMS_PATH,
+            )
         return self.purposes[name]
 
 

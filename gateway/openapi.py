@@ -48,6 +48,7 @@ ERROR_MODULES = (
     "tongban.adapters.client",
     "tongban.adapters.witness",
     "tongban.audit.log",
+    "tongban.audit.verify",
     "tongban.federation.statistics",
     "tongban.federation.paillier",
     "tongban.federation.dp",

@@ -25,6 +25,7 @@ from tongban.primitives.errors import (
     BadRequest,
     Forbidden,
     InvalidIdNumber,
+    MalformedJson,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -127,7 +128,11 @@ def _op(
     description: str = "",
     **extra: Any,
 ) -> Json:
-    """An operation. Every one can fail with ``internal`` (500)."""
+    """An operation. Every one can fail with ``internal`` (500), and every one with a JSON
+    request body with ``malformed-json`` (400)."""
+    body = extra.get("requestBody", {}).get("content", {})
+    if "application/json" in body and MalformedJson not in errors:
+        errors = (*errors, MalformedJson)
     responses: Json = {**ok, **problem_responses(*errors, TongbanError)}
     operation: Json = {"operationId": op_id, "tags": [tag], "summary": summary}
     if description:

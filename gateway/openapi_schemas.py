@@ -158,6 +158,21 @@ def _problem() -> Json:
                 "description": "For `rate-limited`: seconds to wait, as in `Retry-After`.",
             },
             "limit": _str("For `rate-limited`: which limit.", enum=["requester", "subject"]),
+            "parameter": _str("For `unknown-parameter`: the enumerated parameter at fault."),
+            "allowed": _array(
+                _str(),
+                description="For `unknown-parameter` and `unknown-purpose`: every value the "
+                "parameter or purpose may take (the caller's own value is never repeated).",
+            ),
+            "claims": _str(
+                "For `unknown-claim` and `unknown-purpose`: where the claims and purposes are "
+                "listed (`/v1/claims`).",
+                format="uri-reference",
+            ),
+            "statistics": _str(
+                "For `unknown-statistic`: where the statistics are listed (`/v1/statistics`).",
+                format="uri-reference",
+            ),
         },
         ["type", "title", "status", "detail", "instance"],
         closed=False,

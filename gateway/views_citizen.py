@@ -17,6 +17,7 @@ from tongban.primitives.errors import BadRequest, NotFound
 from .consent import ConsentStore
 from .oauth.flask import current_citizen, require_citizen
 from .services import Gateway
+from .views_common import json_body
 
 __all__ = ["ACCESS_LOG_KINDS", "citizen_blueprint"]
 
@@ -37,14 +38,6 @@ def _int_arg(name: str, default: int | None, *, minimum: int, maximum: int) -> i
     if not minimum <= value <= maximum:
         raise BadRequest(f"{name}: expected {minimum} to {maximum}")
     return value
-
-
-def _json_body() -> object:
-    # Size is the app's MAX_CONTENT_LENGTH (413, raised by get_data before parsing).
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise BadRequest("body: expected a JSON object")
-    return body
 
 
 def _decision(entry: Mapping[str, Any]) -> str:
@@ -109,7 +102,7 @@ def citizen_blueprint(gateway: Gateway, consents: ConsentStore) -> Blueprint:
     @bp.post("/v1/consents")
     @require_citizen
     def grant() -> Response:
-        consent = consents.grant(current_citizen().id_number, _json_body())
+        consent = consents.grant(current_citizen().id_number, json_body(force=True))
         resp = jsonify(consent.to_json())
         resp.status_code = 201
         resp.headers["Location"] = f"/v1/consents/{consent.id}"

@@ -1,7 +1,8 @@
 """The one error tree every tongban component raises.
 
     TongbanError                      500 internal
-    ├── BadRequest                    400 (malformed JSON, wrong shape)
+    ├── BadRequest                    400 (wrong shape: valid JSON, not what was expected)
+    │   ├── MalformedJson             400 (the body does not parse as JSON)
     │   ├── InvalidIdNumber           422 (GB 11643 validation failed)
     │   ├── UnknownPredicate          400
     │   ├── UnknownParameter          400 (name or value outside the enumeration)
@@ -31,6 +32,7 @@ __all__ = [
     "DepartmentUnavailable",
     "Forbidden",
     "InvalidIdNumber",
+    "MalformedJson",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -82,6 +84,14 @@ class BadRequest(TongbanError):
     status = 400
     slug = "bad-request"
     title = "Malformed request"
+
+
+class MalformedJson(BadRequest):
+    """The body is not JSON at all (as opposed to JSON of the wrong shape, a
+    ``bad-request``). ``detail`` says where parsing stopped, never what it read."""
+
+    slug = "malformed-json"
+    title = "Request body is not valid JSON"
 
 
 class InvalidIdNumber(BadRequest):

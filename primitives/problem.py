@@ -6,9 +6,16 @@ import json
 import re
 import secrets
 
-from .errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, TongbanError
+from .errors import (
+    BadRequest,
+    MalformedJson,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TongbanError,
+)
 
-__all__ = ["PROBLEM_JSON", "from_http_status", "problem_body", "request_id"]
+__all__ = ["PROBLEM_JSON", "from_http_status", "malformed_json", "problem_body", "request_id"]
 
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
@@ -37,3 +44,15 @@ def from_http_status(status: int | None, max_body: int) -> TongbanError:
     if status == 413:
         return PayloadTooLarge(f"body: at most {max_body} bytes")
     return BadRequest("the request could not be read")
+
+
+def malformed_json(exc: ValueError | None, body: bytes) -> BadRequest:
+    """The problem for a request body the JSON parser refused (``exc``), or that was not
+    sent as JSON at all (``None``). It says where parsing stopped, never what it read."""
+    if exc is None:
+        return BadRequest("body: expected JSON (Content-Type: application/json)")
+    if not body.strip():
+        return MalformedJson("body: empty; expected a JSON document")
+    if isinstance(exc, json.JSONDecodeError):
+        return MalformedJson(f"body: not valid JSON (line {exc.lineno}, column {exc.colno})")
+    return MalformedJson("body: not valid JSON (expected UTF-8 text)")

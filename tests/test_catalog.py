@@ -355,3 +355,85 @@ def test_shipped_files_load_outside_the_source_tree(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "loaded\n"
+
+
+# --- what a refusal tells the caller ----------------------------------------------------
+
+
+def test_an_unknown_claim_points_to_the_list_of_claims(catalog: Catalog):
+    with pytest.raises(UnknownClaim) as info:
+        catalog.claim("11010519491231002X")  # a confused caller's ID number
+    problem = info.value.to_problem()
+    assert problem["detail"] == "claim: not in the catalog; GET /v1/claims lists the claims"
+    assert problem["claims"] == "/v1/claims"
+    assert "11010519491231002X" not in json.dumps(problem)
+
+
+def test_an_unknown_purpose_lists_the_purposes(catalog: Catalog):
+    with pytest.raises(UnknownPurpose) as info:
+        catalog.purpose("13800138000")
+    problem = info.value.to_problem()
+    assert problem["allowed"] == sorted(catalog.purposes)
+    assert "school_enrollment" in problem["detail"] and "/v1/claims" in problem["detail"]
+    assert "13800138000" not in json.dumps(problem)
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"district": "11010519491231002X"}, "params.district: expected one of "),
+        ({}, "params.district: required by household_in_district, one of "),
+        ({"district": None}, "params.district: required by household_in_district, one of "),
+    ],
+)
+def test_an_enumerated_parameter_error_names_the_parameter_and_its_values(
+    catalog: Catalog, params: dict[str, Any], detail: str
+):
+    with pytest.raises(UnknownParameter) as info:
+        catalog.claim("household_in_district").check_params(params)
+    problem = info.value.to_problem()
+    districts = list(catalog.claim("household_in_district").params["district"])
+    assert sorted(districts) == sorted(DISTRICTS)
+    assert problem["parameter"] == "district"
+    assert problem["allowed"] == districts  # in the catalog's order
+    assert problem["detail"] == detail + ", ".join(districts)
+    assert "11010519491231002X" not in json.dumps(problem)
+
+
+def test_an_unexpected_parameter_is_not_repeated(catalog: Catalog):
+    with pytest.raises(UnknownParameter) as info:
+        catalog.claim("household_in_district").check_params({"11010519491231002X": "1"})
+    assert info.value.detail == "params: household_in_district takes only district"
+    with pytest.raises(UnknownParameter) as info:
+        catalog.claim("married").check_params({"x": "1"})
+    assert info.value.detail == "params: married takes no parameters"
+
+
+def test_long_enumerations_are_abbreviated_in_detail_and_complete_in_allowed():
+    from tongban.federation.statistics import REGISTRY, UnknownStatistic
+
+    statistic = REGISTRY.get("births_by_district_year")
+    years = list(next(p for p in statistic.params if p.name == "year").values)
+    assert len(years) > 12
+    with pytest.raises(UnknownParameter) as info:
+        statistic.check_params({"year": "1066"})
+    problem = info.value.to_problem()
+    assert problem["allowed"] == years and problem["parameter"] == "year"
+    assert problem["detail"] == (
+        f"params.year: expected one of {years[0]}, {years[1]}, {years[2]}, ..., {years[-1]} "
+        f"({len(years)} values, in allowed)"
+    )
+    with pytest.raises(UnknownStatistic) as stat:
+        REGISTRY.get("income_by_name")
+    assert stat.value.to_problem()["statistics"] == "/v1/statistics"
+    assert "income_by_name" not in stat.value.detail
+
+
+def test_a_predicate_parameter_error_lists_the_values_too():
+    predicate = DEPARTMENTS["health"].predicate("children_at_least_youngest_under")
+    with pytest.raises(UnknownParameter) as info:
+        predicate.check_params({"min_children": "9", "youngest_under_years": "3"})
+    problem = info.value.to_problem()
+    assert problem["parameter"] == "min_children"
+    assert problem["allowed"] == ["2", "3"]
+    assert problem["detail"] == "params.min_children: expected one of 2, 3"

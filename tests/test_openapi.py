@@ -442,7 +442,7 @@ def _check_scenario(served: Served, contract: Contract) -> None:
             data="{",
             headers={**edu, "Content-Type": "application/json"},
         ),
-        "bad-request",
+        "malformed-json",
     )
     big = json.dumps({**body, "consent_id": "x" * 70_000})
     _problem(
