@@ -141,7 +141,10 @@ def encrypt_at_rest(data_dir: Path, console: Console) -> None:
 def run_demo(
     data_dir: Path, port: int, population: int, seed: int, *, host: str = "127.0.0.1"
 ) -> int:
+    from .serve import check_can_listen
+
     console = Console(stderr=True)
+    check_can_listen(host, port, "the demo's gateway")  # before minutes of generation
     data_dir = data_dir.resolve()
     if needs_generation(data_dir, population, seed):
         from tongban.adapters.synthetic.generate import generate
