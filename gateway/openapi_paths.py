@@ -55,6 +55,7 @@ from .consent import (
 )
 from .jobs import JobDenied
 from .oauth.errors import (
+    InsecureTransport,
     InsufficientScope,
     InvalidToken,
     TokenExpired,
@@ -175,43 +176,45 @@ _COUNT = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}
 
 def _oauth_paths() -> Json:
     token_error = {"application/json": {"schema": ref("OAuthError")}}
-    return {
-        "/oauth/token": {
-            "post": _op(
-                "token",
-                "oauth",
-                "Issue an access token (client credentials)",
-                {
-                    "200": _json(ref("TokenResponse"), "An RFC 9068 JWT access token."),
-                    "400": {
-                        "description": "RFC 6749 error, e.g. `invalid_scope` (a scope this "
-                        "client may not request), `unsupported_grant_type`, or "
-                        "`invalid_client` for a refused client assertion (with `type`).",
-                        "content": token_error,
-                    },
-                    "401": {
-                        "description": "`invalid_client`: HTTP Basic credentials refused.",
-                        "headers": {
-                            "WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}
-                        },
-                        "content": token_error,
-                    },
-                },
-                (PayloadTooLarge, StoreUnavailable),
-                security=[{"clientSecretBasic": []}, {}],
-                description="OAuth 2.0 client credentials grant (RFC 6749 section 4.4). The "
-                "client authenticates with `client_secret_basic` (HTTP Basic) or "
-                "`private_key_jwt` (RFC 7523: `client_assertion_type` and `client_assertion` "
-                "in the form; the empty security requirement stands for it), never both. "
-                "Errors follow RFC 6749 section 5.2 (`application/json`), not problem+json.",
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/x-www-form-urlencoded": {"schema": ref("TokenRequest")}
-                    },
-                },
-            )
+    # A 400 is either an RFC 6749 error or, before Authlib reads the request at all, the
+    # insecure-transport problem: one response, two media types.
+    insecure = problem_responses(InsecureTransport)["400"]
+    token = _op(
+        "token",
+        "oauth",
+        "Issue an access token (client credentials)",
+        {
+            "200": _json(ref("TokenResponse"), "An RFC 9068 JWT access token."),
+            "400": {
+                "description": "RFC 6749 error, e.g. `invalid_scope` (a scope this "
+                "client may not request), `unsupported_grant_type`, or "
+                "`invalid_client` for a refused client assertion (with `type`); or the "
+                "problem `insecure-transport` (`application/problem+json`).",
+                "headers": insecure["headers"],
+                "content": {**token_error, **insecure["content"]},
+            },
+            "401": {
+                "description": "`invalid_client`: HTTP Basic credentials refused.",
+                "headers": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
+                "content": token_error,
+            },
         },
+        (PayloadTooLarge, StoreUnavailable),
+        security=[{"clientSecretBasic": []}, {}],
+        description="OAuth 2.0 client credentials grant (RFC 6749 section 4.4). The "
+        "client authenticates with `client_secret_basic` (HTTP Basic) or "
+        "`private_key_jwt` (RFC 7523: `client_assertion_type` and `client_assertion` "
+        "in the form; the empty security requirement stands for it), never both. "
+        "Errors follow RFC 6749 section 5.2 (`application/json`), not problem+json, "
+        "except `insecure-transport`: a request that by its own scheme and `Host` "
+        "came over plain HTTP to a host that is not loopback.",
+        requestBody={
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": ref("TokenRequest")}},
+        },
+    )
+    return {
+        "/oauth/token": {"post": token},
         "/.well-known/jwks.json": {
             "get": _op(
                 "jwks",

@@ -12,6 +12,9 @@
         └── TokenRevoked      token-revoked   the client was disabled after the token was issued
     Forbidden (primitives)                    403
     └── InsufficientScope     insufficient-scope    authentic token without the needed scope
+    BadRequest (primitives)                   400
+    └── InsecureTransport     insecure-transport    token request over plain HTTP to a
+                                                    non-loopback host (as the request says)
 
 A client fixing its integration needs to know *which* check failed, so each failure class
 has its own slug; none of them says anything an attacker could not learn by decoding the
@@ -22,9 +25,10 @@ copies it into an RFC 6749 ``error_description``, which forbids those characters
 
 from __future__ import annotations
 
-from tongban.primitives.errors import Forbidden, Unauthenticated
+from tongban.primitives.errors import BadRequest, Forbidden, Unauthenticated
 
 __all__ = [
+    "InsecureTransport",
     "InsufficientScope",
     "InvalidToken",
     "TokenExpired",
@@ -81,6 +85,16 @@ class TokenReplayed(InvalidToken):
 class TokenRevoked(InvalidToken):
     slug = "token-revoked"
     title = "Token revoked"
+
+
+class InsecureTransport(BadRequest):
+    """Authlib refuses to run the token endpoint for a request that, by its own scheme and
+    ``Host`` header, came over plain HTTP to a host that is not loopback (RFC 6749 3.2:
+    TLS is required). The ``Host`` is the client's to choose, so this is the client's
+    error, never a server error; ``detail`` does not repeat the host."""
+
+    slug = "insecure-transport"
+    title = "The token endpoint needs HTTPS"
 
 
 class InsufficientScope(Forbidden):

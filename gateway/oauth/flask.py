@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import InsecureTransportError
 from flask import Flask, Response, current_app, g, request
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
@@ -21,7 +22,7 @@ from tongban.primitives.replay import ReplayCache
 
 from .assertion import PrivateKeyJWT
 from .citizen import Citizen, CitizenTokenVerifier
-from .errors import InsufficientScope, InvalidToken, TokenMissing
+from .errors import InsecureTransport, InsufficientScope, InvalidToken, TokenMissing
 from .registry import ClientRegistry
 from .replay import SqlReplayCache
 from .server import configure_server
@@ -116,8 +117,7 @@ def init_oauth(
         verifier = token_issuer.verifier(client_active=registry.is_enabled)
 
     def token() -> Response:
-        response: Response = server.create_token_response()
-        return response
+        return _token_response(server)
 
     app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
     app.register_error_handler(InvalidToken, _bearer_problem)
@@ -125,6 +125,20 @@ def init_oauth(
     state = OAuthState(server, verifier, citizen_verifier)
     app.extensions[EXTENSION] = state
     return state
+
+
+def _token_response(server: Any) -> Response:
+    """Authlib's token response, with the one exception it raises before its own error
+    handling (a request that looks like plain HTTP to a non-loopback host, e.g. a spoofed
+    ``Host``) as the :class:`InsecureTransport` problem rather than a 500."""
+    try:
+        response: Response = server.create_token_response()
+    except InsecureTransportError:
+        raise InsecureTransport(
+            "transport: the token endpoint takes HTTPS requests only (or loopback HTTP); "
+            "this one names another host over plain HTTP"
+        ) from None
+    return response
 
 
 def _state() -> OAuthState:
