@@ -145,8 +145,12 @@ def test_audit_verify_on_an_empty_directory(tmp_path: Path):
     assert _tree(tmp_path) == []
 
 
-def test_debug_shows_the_traceback(tmp_path: Path):
-    proc = tongban("--debug", "audit", "verify", "--data-dir", str(tmp_path))
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(tmp_path: Path, where: str):
+    argv = ["audit", "verify", "--data-dir", str(tmp_path)]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+
+    proc = tongban(*argv)
 
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr
@@ -294,6 +298,19 @@ def test_an_unexpected_error_is_one_line_unless_debug(capsys: pytest.CaptureFixt
     )
     with pytest.raises(RuntimeError):
         run_command(boom, debug=True)
+
+
+def test_no_id_number_reaches_an_error_line(capsys: pytest.CaptureFixture[str]):
+    def leaky() -> int:
+        raise ValueError(f"cannot parse row {VALID} / {VALID[:6] + VALID[8:17]}")
+
+    assert run_command(leaky) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert VALID not in err and VALID[:6] + VALID[8:17] not in err
+    assert err == (
+        "tongban: unexpected ValueError: cannot parse row <ID number> / <ID number> "
+        "(--debug shows where)\n"
+    )
 
 
 def test_main_returns_the_code_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -134,6 +134,8 @@ def test_demo_comes_up_and_stops_cleanly_on_sigterm(tmp_path: Path):
         assert isinstance(doc["clients"], dict)
         assert (demo.data_dir / "truth.jsonl").is_file()
         assert len(_processes_mentioning(str(demo.data_dir))) >= 1 + len(DEPARTMENTS) + 1
+        # werkzeug colours a 404's request line; the demo's log is a file: no colours.
+        assert httpx.get(doc["gateway"] + "/no-such-page", trust_env=False).status_code == 404
 
         demo.proc.send_signal(signal.SIGTERM)
         code = demo.proc.wait(timeout=15)
@@ -141,6 +143,9 @@ def test_demo_comes_up_and_stops_cleanly_on_sigterm(tmp_path: Path):
         assert code == 0, demo.tail()
         assert _processes_mentioning(str(demo.data_dir)) == []
         assert "demo stopped" in demo.tail()
+        log = demo.log.read_text(encoding="utf-8", errors="replace")
+        assert '"GET /no-such-page HTTP/1.1" 404' in log
+        assert "\x1b[" not in log
 
 
 def test_children_die_with_a_killed_supervisor(tmp_path: Path):

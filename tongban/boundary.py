@@ -39,6 +39,7 @@ __all__ = [
     "make_log_handler",
     "missing_sqlite_file",
     "run_command",
+    "scrub",
 ]
 
 EXIT_FAILURE = 1
@@ -46,6 +47,8 @@ EXIT_PREREQUISITE = 2
 EXIT_INTERRUPTED = 130
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# Anything shaped like an ID number (18 characters, or a first-generation 15 digits).
+_ID_NUMBER = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
 _LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
@@ -143,6 +146,12 @@ def describe(exc: BaseException) -> tuple[int, str]:
     return EXIT_FAILURE, f"unexpected {type(exc).__name__}{detail} (--debug shows where)"
 
 
+def scrub(sentence: str) -> str:
+    """``sentence`` with anything shaped like an ID number replaced: errors from outside
+    the project may quote the values they choked on."""
+    return _ID_NUMBER.sub("<ID number>", sentence)
+
+
 def run_command(
     func: Callable[[], int], *, debug: bool = False, stderr: TextIO | None = None
 ) -> int:
@@ -153,7 +162,7 @@ def run_command(
         if debug:
             raise
         code, sentence = describe(exc)
-        print(f"tongban: {sentence}", file=stderr or sys.stderr)
+        print(f"tongban: {scrub(sentence)}", file=stderr or sys.stderr)
         return code
 
 

@@ -24,7 +24,7 @@ from .boundary import MissingPrerequisite, configure_logging, missing_sqlite_fil
 from .config import DEPARTMENTS, Settings
 from .federation_cli import add_federation
 from .keys_cli import add_keys
-from .parsing import DATA_DIR_HELP, Parser, command, version
+from .parsing import DATA_DIR_HELP, Parser, add_debug, command, version
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
 
@@ -263,11 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"tongban {version()}", help="print the version"
     )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show Python tracebacks instead of one-line errors, and log at DEBUG",
-    )
+    add_debug(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_id_and_generate(sub)
     _add_servers(sub)

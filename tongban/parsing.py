@@ -13,7 +13,15 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
 
-__all__ = ["DATA_DIR_HELP", "HelpFormatter", "Parser", "command", "version"]
+__all__ = [
+    "DATA_DIR_HELP",
+    "DEBUG_HELP",
+    "HelpFormatter",
+    "Parser",
+    "add_debug",
+    "command",
+    "version",
+]
 
 DATA_DIR_HELP = "data directory: DIR/keys, DIR/departments, DIR/audit.db, DIR/gateway.db"
 
@@ -55,9 +63,28 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+DEBUG_HELP = "show Python tracebacks instead of one-line errors, and log at DEBUG"
+
+
+def add_debug(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--debug``, on the top-level parser and (so it may follow the command) on every
+    subcommand; there without a default of its own, which would override the top's."""
+    if top:
+        parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    else:
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"{DEBUG_HELP} (default: off)",
+        )
+
+
 def command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A subcommand listed with ``summary``, whose own ``--help`` starts with it."""
+    """A subcommand listed with ``summary``, whose own ``--help`` starts with it, and which
+    takes ``--debug`` like the top-level parser."""
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=summary, description=kwargs.pop("description", summary), **kwargs
     )
+    add_debug(parser)
     return parser

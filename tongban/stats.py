@@ -35,7 +35,7 @@ from rich.table import Table
 from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
 from tongban.federation.statistics import REGISTRY, Release
 
-from .boundary import CommandFailed, MissingPrerequisite, describe
+from .boundary import CommandFailed, MissingPrerequisite, describe, scrub
 from .config import Settings
 from .provision import read_credentials
 
@@ -320,7 +320,7 @@ def run_from_demo(
             epsilon=epsilon,
         )
     except Exception as exc:
-        line = f"tongban: stats run failed: {describe(exc)[1]}"
+        line = f"tongban: stats run failed: {scrub(describe(exc)[1])}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
         return 1
     write_result(result, fmt, out)
