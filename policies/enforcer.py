@@ -35,6 +35,20 @@ __all__ = ["CompiledPolicy", "Decision", "PolicyEnforcer", "Reason", "compile_po
 
 log = logging.getLogger(__name__)
 
+_CASBIN_LOGGERS = ("casbin", "casbin.policy", "casbin.role", "casbin.enforcer")
+"""Casbin logs the whole model and every rule at INFO as it loads a policy, and then
+disables its own loggers altogether (warnings included) unless ``enable_log``."""
+
+
+def _casbin_warnings_only() -> None:
+    """Casbin's own loggers at WARNING, and enabled: its problems are still seen, the
+    policy dump is not (:meth:`PolicyEnforcer.load` logs a one-line summary instead)."""
+    for name in _CASBIN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.disabled = False
+
+
 _EVALUATION_LOCK = threading.Lock()
 """Serialises every Casbin evaluation in the process (see the module docstring)."""
 
@@ -100,6 +114,7 @@ class CompiledPolicy:
 def compile_policy(policy: Policy) -> CompiledPolicy:
     """Build a Casbin enforcer for ``policy``; :class:`InvalidPolicy` if Casbin refuses it.
     Rules load in sorted order, so the same policy always yields the same matched rules."""
+    _casbin_warnings_only()
     try:
         model = casbin.Enforcer.new_model(text=policy.model_text)
         enforcer = casbin.Enforcer(model, _RulesAdapter(sorted(policy.rules)))
@@ -108,11 +123,26 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         raise
     except Exception as exc:
         raise InvalidPolicy("policy: the Casbin model or rules could not be loaded") from exc
+    finally:
+        _casbin_warnings_only()  # the Enforcer just disabled them again
     grants = [r.values for r in policy.rules if r.ptype == "g" and len(r.values) > 1]
     # Role names that no g line grants to a requester of the same name (the demo's client
     # "analyst" holds role "analyst" explicitly; no client is granted "insurer" that way).
     roles = frozenset(g[1] for g in grants) - {g[0] for g in grants}
     return CompiledPolicy(policy, enforcer, roles)
+
+
+def _log_loaded(policy: Policy, previous: str | None) -> None:
+    """One line per policy taken into force (a reload of the same version, DEBUG): its
+    version and how many rules and legal bases it has, never the rules themselves."""
+    level = logging.DEBUG if policy.version == previous else logging.INFO
+    log.log(
+        level,
+        "policy %s loaded: %d rules, %d legal bases",
+        policy.version,
+        len(policy.rules),
+        len(policy.legal_bases),
+    )
 
 
 def _valid(value: object) -> bool:
@@ -124,6 +154,7 @@ class PolicyEnforcer:
 
     def __init__(self, policy: Policy | CompiledPolicy) -> None:
         self._current = policy if isinstance(policy, CompiledPolicy) else compile_policy(policy)
+        _log_loaded(self._current.policy, None)
 
     @property
     def policy(self) -> Policy:
@@ -137,7 +168,8 @@ class PolicyEnforcer:
         """Swap in a new policy (compiling it first, outside any lock) and return its version.
         Decisions in flight finish on the snapshot they started with."""
         compiled = policy if isinstance(policy, CompiledPolicy) else compile_policy(policy)
-        self._current = compiled  # one reference assignment: atomic for readers
+        previous, self._current = self._current, compiled  # one assignment: atomic for readers
+        _log_loaded(compiled.policy, previous.policy.version)
         return compiled.policy.version
 
     def legal_basis(self, purpose: object) -> str | None:

@@ -354,3 +354,57 @@ def test_reload_swaps_the_snapshot(enforcer, claim_catalog, demo):
     assert enforcer.decide(
         "edu-bureau", "household_in_district", ["police"], "school_enrollment"
     ).allowed
+
+
+# --- what loading a policy logs ---------------------------------------------------------
+
+
+def _fresh_casbin_loggers() -> None:
+    """As in a new process: Casbin's loggers neither disabled nor given a level yet."""
+    import logging
+
+    for name in ("casbin", "casbin.policy", "casbin.role", "casbin.enforcer"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
+
+
+def test_loading_logs_one_summary_line_and_never_the_rules(
+    demo: Policy, claim_catalog: Catalog, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    _fresh_casbin_loggers()
+    caplog.set_level(logging.DEBUG)
+    enforcer = PolicyEnforcer(demo)
+    other = build_policy([*demo.rules, Rule("p", ("analyst", "*", "married", "x", "allow"))],
+                         default_legal_bases(), claim_catalog)  # fmt: skip
+    enforcer.load(other)
+    enforcer.load(other)  # the same version again: not news
+    enforcer.enforce("edu-bureau", "health", "birth_registered", "school_enrollment")
+
+    casbin = [r for r in caplog.records if r.name.startswith("casbin")]
+    assert casbin == [], [r.getMessage()[:80] for r in casbin]
+    info = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [(r.name, r.levelname) for r in info] == [("tongban.policies.enforcer", "INFO")] * 2
+    assert info[0].getMessage() == (
+        f"policy {demo.version} loaded: {len(demo.rules)} rules, "
+        f"{len(demo.legal_bases)} legal bases"
+    )
+    assert info[1].getMessage().startswith(f"policy {other.version} loaded: ")
+    for rule in demo.rules:  # no rule, requester or role name in any line
+        assert ", ".join(rule.values) not in caplog.text
+    assert "edu-bureau" not in caplog.text and "fertility_derived" not in caplog.text
+
+
+def test_casbin_warnings_still_reach_the_log(demo: Policy, caplog: pytest.LogCaptureFixture):
+    import logging
+
+    _fresh_casbin_loggers()
+    caplog.set_level(logging.DEBUG)
+    PolicyEnforcer(demo)  # Casbin disables its loggers after building an enforcer
+    logging.getLogger("casbin.role").warning("a role link went wrong")
+    logging.getLogger("casbin.policy").info("p : sub, dom, obj, act, eft : [...]")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("casbin")] == [
+        "a role link went wrong"
+    ]
