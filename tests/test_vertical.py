@@ -1,5 +1,5 @@
 """Vertical LR: encodings at their bounds, exact encrypted gradients, what each party
-receives (checked against the table in the README), and quality."""
+receives (checked against the table in docs/federation.md), and quality."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from tongban.federation.vertical.encoding import (
 from tongban.federation.vertical.multiexp import multiexp
 from tongban.federation.vertical.runner import _step
 
-NOTES = Path(__file__).resolve().parent.parent / "README.md"  # the table of who receives what
+NOTES = Path(__file__).resolve().parent.parent / "docs" / "federation.md"  # who receives what
 
 
 # -- encodings ------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def test_encrypted_gradient_step_equals_the_plaintext_step(small_job):
 
 
 def _table_rows() -> dict[str, set[str]]:
-    """``kind -> recipients`` from the README's table of who receives what."""
+    """``kind -> recipients`` from the table in docs/federation.md of who receives what."""
     rows: dict[str, set[str]] = {}
     for line in NOTES.read_text(encoding="utf-8").splitlines():
         m = re.match(r"\|\s*`(vlr\.[a-z_]+|psi\.[a-z_]+)`\s*\|([^|]*)\|([^|]*)\|", line)
@@ -190,7 +190,7 @@ def test_every_message_of_a_whole_job_matches_the_readme_table():
     table = synthetic_table(200, 2, seed=4)
     run_on_table(table, epochs=1, batch_size=64, relay=relay, psi_transcript=psi)
     documented = _table_rows()
-    assert documented, "the README must carry the table"
+    assert documented, "docs/federation.md must carry the table"
     seen: dict[str, set[str]] = {}
     received = [(m.kind.value, m.recipient) for m in relay.messages] + [
         (m.kind.value, m.recipient) for m in psi.messages
