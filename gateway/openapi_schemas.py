@@ -19,6 +19,7 @@ from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 from .catalog import Catalog
 from .checks import MAX_BATCH_SUBJECTS, RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
+from .jobs import declared_jobs
 
 __all__ = [
     "CHANGE_ID_PATTERN",
@@ -803,6 +804,11 @@ def _operations() -> Json:
 
 
 def _federation() -> Json:
+    declared = declared_jobs()
+    involved = "; ".join(
+        f"{kind}: {', '.join(sorted(declared[f'federation:{kind}'].departments))}"
+        for kind in ("horizontal", "vertical")
+    )
     return {
         "FederationJobRequest": _obj(
             {
@@ -837,7 +843,14 @@ def _federation() -> Json:
                     "description": "L2 clipping norm of each bureau's update.",
                 },
                 "local_epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "departments": _array(_str(), minItems=1),
+                "departments": _array(
+                    _str(),
+                    minItems=1,
+                    description="Optional, and if given exactly the departments the job's "
+                    f"kind involves ({involved}): the departments the policy decides on. The "
+                    "job's document names who trained: `bureaus` (horizontal) or "
+                    "`departments` (vertical).",
+                ),
             },
             ["rounds"],
         ),
