@@ -11,7 +11,7 @@ encrypting, the encrypted total carries exactly one discrete Laplace draw of sca
 its own share; removing the noise needs all ``k`` shares, so no single department (and not
 the gateway, which sees ciphertexts only) can remove it. If ``k-1`` departments collude,
 the remaining share is ``NB(1/k)``-shaped noise, weaker than the full mechanism: that is the
-trust assumption, stated in the README.
+trust assumption, stated in docs/statistics.md.
 
 **Packing.** Paillier slots hold non-negative integers, so each party adds an offset ``L``
 to every noisy value and clips its noise share to ``[-L, L]``. The analyst subtracts

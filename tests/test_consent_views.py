@@ -173,7 +173,7 @@ def test_not_a_guardian_is_forbidden(app: CitizenApp):
 @pytest.mark.parametrize(
     ("kwargs", "status", "slug"),
     [
-        ({"data": b"{not json", "content_type": "application/json"}, 400, "bad-request"),
+        ({"data": b"{not json", "content_type": "application/json"}, 400, "malformed-json"),
         ({"data": b"null", "content_type": "application/json"}, 400, "bad-request"),
         ({"json": ["a", "list"]}, 400, "bad-request"),
         ({"json": {**GRANT, "requester": "nobody-here"}}, 400, "unknown-requester"),

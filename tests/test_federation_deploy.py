@@ -98,7 +98,7 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
     events: list[dict[str, object]] = []
     result = run_training(up.deployment, settings, on_event=events.append, timeout=240)
     assert [e["event"] for e in events] == ["start", "round", "done"]
-    report = build_report(result, data_dir, ["health"])
+    report = build_report(result, data_dir)
     png = write_report(report, tmp_path / "report.json")
     saved = json.loads((tmp_path / "report.json").read_text())
     for key in ("rounds", "auc_federated", "auc_centralized", "epsilon"):

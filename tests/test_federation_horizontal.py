@@ -452,7 +452,7 @@ def test_the_report_names_the_bureaus_that_trained_not_departments(data_dir: Pat
     rounds = [e for e in round_times(_events()) if e["event"] == "round"][:2]
     result = RunResult(1, settings, np.zeros(settings.n_features + 1), rounds, seconds=21.0)
     result.bureaus = bureaus_of(dep)
-    report = build_report(result, data_dir, ["health"])
+    report = build_report(result, data_dir)
     assert report["bureaus"] == [
         {"node": 0, "districts": ["150102"], "rows": 10},
         {"node": 1, "districts": ["150105", "150203"], "rows": 12},

@@ -1,4 +1,4 @@
-"""The README's command-line sequence without ``tongban demo``: ``generate``, ``keys init``,
+"""The command-line sequence of docs/cli.md without ``tongban demo``: ``generate``, ``keys init``,
 ``adapter serve``, ``gateway serve``, then a check, ``audit verify`` and ``citizen-token``
 with the credentials ``keys init`` wrote; ``keys init`` is idempotent; server logs that go
 to a file carry no ANSI colour escapes."""
@@ -141,7 +141,7 @@ def test_logs_to_a_file_have_no_ansi_escapes_but_a_terminal_keeps_colour():
     assert ESC in _log_through(_Terminal())
 
 
-# --- the README sequence, as real processes ---------------------------------------------
+# --- the docs/cli.md sequence, as real processes ---------------------------------------------
 
 
 @contextmanager

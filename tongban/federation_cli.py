@@ -83,21 +83,6 @@ def federation_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _progress_line(ev: dict[str, Any]) -> str:
-    if ev["event"] == "start":
-        return (
-            f"run started: {ev['rounds']} rounds, {ev['num_partitions']} nodes, "
-            f"secagg={ev['secagg']}, dp_noise={ev['dp_noise']}"
-        )
-    if ev["event"] == "round":
-        eps = f", epsilon {ev['epsilon']:.2f}" if ev.get("epsilon") is not None else ""
-        return (
-            f"round {ev['round']}: train loss {ev.get('train_loss', float('nan')):.4f}, "
-            f"held-out loss {ev['loss']:.4f}, AUC {ev['auc']:.4f}{eps} ({ev['t']:.1f}s)"
-        )
-    return f"done after {ev['t']:.1f}s"
-
-
 def federation_train(args: argparse.Namespace) -> int:
     require_federation_extra(args, "tongban federation train")
     if getattr(args, "kind", "horizontal") == "vertical":
@@ -108,6 +93,7 @@ def federation_train(args: argparse.Namespace) -> int:
     from tongban.federation.horizontal.runner import (
         TrainingFailed,
         build_report,
+        progress_line,
         run_training,
         write_report,
     )
@@ -139,8 +125,8 @@ def federation_train(args: argparse.Namespace) -> int:
             eval_data_dir=str(data_dir),
             out_dir=str(Path(out).resolve()),
         )
-        result = run_training(dep, settings, on_event=lambda ev: console.print(_progress_line(ev)))
-        report = build_report(result, data_dir, ["health"])
+        result = run_training(dep, settings, on_event=lambda ev: console.print(progress_line(ev)))
+        report = build_report(result, data_dir)
     except TrainingFailed as exc:
         console.print(f"[red]{exc}[/red] (logs: {data_dir / 'federation' / 'logs'})")
         return 1

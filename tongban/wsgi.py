@@ -7,7 +7,7 @@ Settings come from ``TONGBAN_*`` variables. Each worker builds its own cores aft
 fork (no preload): threads and database connections do not survive a fork. Workers on
 one host build one at a time (a file lock in the data directory), so their first starts
 do not race to create the same tables. The production topology, with PostgreSQL shared
-by the gateway workers, is in the README ("Production topology").
+by the gateway workers, is in docs/operations.md ("Production topology").
 """
 
 from __future__ import annotations

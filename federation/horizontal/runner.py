@@ -215,16 +215,11 @@ def _read_events(path: Path) -> list[Event]:
     return out
 
 
-def build_report(
-    result: RunResult, data_dir: Path, departments: Sequence[str] | None = None
-) -> dict[str, Any]:
+def build_report(result: RunResult, data_dir: Path) -> dict[str, Any]:
     """The training report: per-round metrics, federated and centralised AUC on the same
     held-out rows, epsilon (``None`` without DP), the model's SM3 hash, and who trained:
-    the ``bureaus`` (SuperNodes) of the run.
-
-    ``departments`` is ignored and kept only for existing callers: no department adapter
-    takes part in horizontal training, so the report names none."""
-    del departments
+    the ``bureaus`` (SuperNodes) of the run. No department adapter takes part in horizontal
+    training, so the report names none."""
     s = result.settings
     table = read_features(data_dir)
     held = held_out_mask(table)

@@ -19,7 +19,8 @@ T = TypeVar("T")
 
 
 class VKind(StrEnum):
-    """What a message carries (one row each in the README table "What each party receives")."""
+    """What a message carries: one row each in docs/federation.md, "What each party
+    receives"."""
 
     PLAN = "vlr.plan"  # coordinator -> all: the public job parameters
     PUBLIC_KEY = "vlr.public_key"  # label holder -> feature holders: Paillier public key

@@ -2,7 +2,7 @@
 
 The coordinator (this module, beside the gateway) only schedules and relays: it sees the
 plan, sizes, public keys, masked vectors and ciphertexts (see the table in
-the README, "Vertical federated training"), never features, labels or residuals. Evaluation
+docs/federation.md, "What each party receives"), never features, labels or residuals. Evaluation
 happens at the label holder, the only party that can compute an AUC.
 """
 
