@@ -31,7 +31,8 @@ $(DEMO_STAMP): pyproject.toml requirements/demo.txt
 
 # Regenerate the lock files from pyproject.toml's ranges (needs the package index).
 LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-              --no-emit-find-links --extra federation --extra postgres --extra gmssl --extra pyjwt
+              --no-emit-find-links --extra federation --extra postgres --extra mysql --extra gmssl \
+              --extra pyjwt
 lock: $(STAMP)
 	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements/demo.txt pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --extra dev -o requirements/dev.txt pyproject.toml

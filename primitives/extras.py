@@ -16,6 +16,7 @@ __all__ = ["EXTRAS", "MissingExtra", "extra_imports", "require_extra"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "federation": ("flwr", "matplotlib"),
     "postgres": ("psycopg",),
+    "mysql": ("pymysql",),
     "gmssl": ("gmssl",),
     "pyjwt": ("jwt",),
 }
