@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import Connection, Table, select
+
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.gm import sm4_decrypt, sm4_encrypt
 

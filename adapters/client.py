@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import httpx
+
 from tongban.federation.paillier import key_fingerprint, parse_public_key
 from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from tongban.primitives.gm import SM2PublicKey

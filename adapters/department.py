@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
+
 from tongban.primitives.errors import UnknownPredicate
 from tongban.primitives.params import check_enumerated
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy import Connection, Select, bindparam, literal, or_, select
+
 from tongban.primitives.errors import StoreUnavailable, UnknownParameter
 from tongban.primitives.idnumber import parse
 from tongban.primitives.wire import PredicateCall, Tri

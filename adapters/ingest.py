@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func, select
+
 from tongban.primitives.idnumber import Reason, mask, validate_many
 
 from .at_rest import SEALED, AtRest

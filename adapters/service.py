@@ -9,6 +9,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from flask import Request as FlaskRequest
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException
+
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
 from tongban.primitives.jws import jwks
 from tongban.primitives.problem import (
@@ -18,7 +20,6 @@ from tongban.primitives.problem import (
     problem_body,
     request_id,
 )
-from werkzeug.exceptions import HTTPException
 
 from .protocol import AdapterCore
 from .witness import Witness

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from phe import PaillierPublicKey
 from sqlalchemy import case, func, select
+
 from tongban.federation.paillier import (
     InvalidPublicKey,
     ObfuscatorPool,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, literal, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
+
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, inspect, select, update
+
 from tongban.primitives.db import make_engine
 from tongban.primitives.gm import hmac_sm3, sm4_decrypt, sm4_encrypt
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.engine import make_url
+
 from tongban.primitives.errors import NotFound
 from tongban.primitives.gm import SM2PublicKey
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_predicates import CASES
+from bench.common import DATA, machine, percentiles
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.ingest import ingest
@@ -27,9 +29,6 @@ from tongban.adapters.store import DepartmentStore, sqlite_url
 from tongban.adapters.synthetic.population import REFERENCE_DATE, Population, build_population
 from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
 from tongban.primitives.wire import PredicateCall
-
-from bench.bench_predicates import CASES
-from bench.common import DATA, machine, percentiles
 
 SEED = 7
 

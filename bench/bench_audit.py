@@ -38,6 +38,8 @@ if str(ROOT) not in sys.path:  # also runnable as ``python bench/bench_audit.py`
 from sqlalchemy import Engine, create_engine, event, func, insert, select, text  # noqa: E402
 from sqlalchemy.dialects.postgresql import insert as pg_insert  # noqa: E402
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert  # noqa: E402
+
+from bench.common import DATA, machine, percentiles  # noqa: E402
 from tongban.adapters.client import InProcessTransport  # noqa: E402
 from tongban.adapters.witness import MemoryWitnessState, Witness  # noqa: E402
 from tongban.audit import schema  # noqa: E402
@@ -48,8 +50,6 @@ from tongban.audit.verify import verify_store  # noqa: E402
 from tongban.gateway.checkpoints import Checkpointer  # noqa: E402
 from tongban.primitives.gm import SM2PrivateKey  # noqa: E402
 from tongban.primitives.idnumber import make_id  # noqa: E402
-
-from bench.common import DATA, machine, percentiles  # noqa: E402
 
 ORIGIN = "bench.tongban.example/audit"
 GATEWAY = "tongban-gateway"

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gmssl import sm3 as gmssl_sm3
 from gmssl import sm4 as gmssl_sm4
+
 from tongban.primitives import gm
 
 _MB = 1024 * 1024

@@ -35,7 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+
 import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
+from bench.common import machine
 from tongban.adapters.synthetic.features import build_features, write_features
 from tongban.adapters.synthetic.population import build_population
 from tongban.federation.horizontal.accounting import gaussian_epsilon
@@ -52,8 +54,6 @@ from tongban.federation.horizontal.model import (
 )
 from tongban.federation.horizontal.runner import run_training
 from tongban.federation.horizontal.settings import RunSettings
-
-from bench.common import machine
 
 POPULATION = 100_000
 SEED = 7
@@ -114,6 +114,7 @@ def _dp_in_process(
     """DP FedAvg through Flower's server-side wrapper, clipping as fixedclipping_mod does."""
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.supercore.differential_privacy import compute_clip_model_update
+
     from tongban.federation.horizontal.apps import build_strategy
 
     np.random.seed(seed)  # Flower's noise uses numpy's global generator

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import DATA, machine
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.store import DepartmentStore, sqlite_url
 from tongban.adapters.synthetic.generate import generate
 from tongban.primitives.idnumber import validate
-
-from bench.common import DATA, machine
 
 SAMPLE = 20_000
 

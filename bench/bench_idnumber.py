@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import numpy as np
-from tongban.primitives.idnumber import make_ids_many, validate, validate_many
 
 from bench.common import machine
+from tongban.primitives.idnumber import make_ids_many, validate, validate_many
 
 
 def run(n: int = 1_000_000, baseline_n: int = 100_000) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gmpy2
+
+from bench.common import machine
 from tongban.federation.paillier import (
     ObfuscatorPool,
     PackingLayout,
@@ -44,8 +46,6 @@ from tongban.federation.paillier import (
     generate_keypair,
     random_obfuscator,
 )
-
-from bench.common import machine
 
 PARTIES = 12
 COUNTERS = 10_000

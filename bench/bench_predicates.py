@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import DATA, machine, percentiles
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.store import DepartmentStore, sqlite_url
 from tongban.adapters.synthetic.generate import generate
 from tongban.primitives.wire import PredicateCall
-
-from bench.common import DATA, machine, percentiles
 
 CASES: list[tuple[str, str, dict[str, str]]] = [
     ("health", "birth_certificate_issued", {}),

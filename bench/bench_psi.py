@@ -33,10 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import machine
 from tongban.federation.psi import PsiParty, Transcript, _blind, _curve, hash_to_curve, run_psi
 from tongban.primitives.gm import SM2_N
-
-from bench.common import machine
 
 OVERLAP = 0.8
 SAMPLE = 20

@@ -45,6 +45,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_paillier import _baseline, _modexp_ms
+from bench.common import machine
 from tongban.adapters.client import DepartmentClient, InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
@@ -59,9 +61,6 @@ from tongban.gateway.services import AuditEvents
 from tongban.gateway.statistics import StatisticsService
 from tongban.gateway.statistics_store import StatisticsStore
 from tongban.primitives.gm import SM2PrivateKey
-
-from bench.bench_paillier import _baseline, _modexp_ms
-from bench.common import machine
 
 PARTIES = 12
 COUNTERS = 10_000

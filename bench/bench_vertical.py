@@ -37,13 +37,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+
+from bench.common import machine
 from tongban.federation.horizontal.model import auc
 from tongban.federation.vertical import setup_job, split_departments, synthetic_table, train
 from tongban.federation.vertical.data import fit_centralized
 from tongban.federation.vertical.parties import Randomness
 from tongban.federation.vertical.runner import Job, held_out
-
-from bench.common import machine
 
 SAMPLE = 40
 FATE_SECONDS = 136.0

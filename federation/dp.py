@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.primitives.errors import BadRequest
 
 __all__ = [

@@ -27,6 +27,7 @@ from typing import Any
 
 import gmpy2
 from phe import EncryptedNumber, PaillierPrivateKey, PaillierPublicKey, paillier, util
+
 from tongban.primitives.errors import BadRequest
 
 from .packing import GUARD_BITS, MIN_KEY_BITS, OutOfBounds, PackingLayout

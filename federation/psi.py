@@ -46,6 +46,7 @@ from typing import Any
 import gmpy2
 import numpy as np
 import numpy.typing as npt
+
 from tongban.primitives.errors import BadRequest
 from tongban.primitives.gm import SM2_A, SM2_B, SM2_N, SM2_P
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from tongban.primitives.errors import BadRequest
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3
 from tongban.primitives.jws import PublicKey, sign_compact

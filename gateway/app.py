@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, g, jsonify, request
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from tongban.adapters.service import install_problem_handlers
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks

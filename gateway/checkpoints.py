@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+
 from tongban.adapters.client import Transport
 from tongban.audit.log import AuditLog
 from tongban.audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line

@@ -72,6 +72,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
+
 from tongban.audit.vault import Pseudonymizer
 from tongban.policies.errors import AuditFailed
 from tongban.primitives.db import make_engine, transaction

@@ -41,6 +41,7 @@ from typing import Protocol
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
 from tongban.audit.note import SignedNote
 
 __all__ = [

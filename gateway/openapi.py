@@ -19,6 +19,7 @@ from importlib import metadata, resources
 from typing import Any
 
 from flask import Blueprint, Response, request
+
 from tongban.primitives.errors import PROBLEM_BASE, NotFound, TongbanError
 
 from .catalog import Catalog

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
+
 from tongban.primitives.db import is_memory_sqlite, make_engine
 from tongban.primitives.errors import RateLimited, StoreUnavailable
 

@@ -38,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+
 from tongban.primitives.db import make_engine, transaction
 from tongban.primitives.errors import Forbidden, StoreUnavailable
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import Blueprint, Response, jsonify, request
+
 from tongban.audit.log import AuditLog, StoredEntry
 from tongban.primitives.errors import BadRequest, Forbidden, NotFound
 from tongban.primitives.idnumber import parse

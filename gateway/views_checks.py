@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
+
 from tongban.policies import PolicyAdmin
 from tongban.primitives.errors import BadRequest
 

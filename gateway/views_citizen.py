@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+
 from tongban.audit.log import AuditLog, StoredEntry
 from tongban.primitives.errors import BadRequest, NotFound
 

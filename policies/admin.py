@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
+
 from tongban.primitives.errors import BadRequest, TongbanError
 
 from .change import Change, apply_change

@@ -34,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
+
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable
 

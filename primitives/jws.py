@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 

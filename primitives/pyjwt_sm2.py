@@ -17,6 +17,7 @@ import jwt  # noqa: E402
 from jwt.algorithms import Algorithm  # noqa: E402
 from jwt.exceptions import InvalidKeyError  # noqa: E402
 from jwt.types import JWKDict  # noqa: E402
+
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey  # noqa: E402
 
 __all__ = ["PyJWTSM2Algorithm", "pyjwt_with_sm2"]

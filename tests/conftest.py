@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
 from tongban.adapters.synthetic.generate import GenerationResult, generate
 from tongban.primitives.gm import SM2PrivateKey
 

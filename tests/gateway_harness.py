@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+
 from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
@@ -17,13 +18,12 @@ from tongban.adapters.protocol import AdapterCore
 from tongban.adapters.statistics import LocalStatistics
 from tongban.adapters.store import DepartmentStore
 from tongban.adapters.witness import MemoryWitnessState, Witness
+from tongban.config import Settings
 from tongban.gateway.app import create_app
 from tongban.gateway.oauth import mint_citizen_token
 from tongban.gateway.services import Gateway
-from tongban.primitives.gm import SM2PrivateKey, save_private_key
-
-from tongban.config import Settings
 from tongban.keys import KeyRing
+from tongban.primitives.gm import SM2PrivateKey, save_private_key
 from tongban.wiring import build_gateway
 
 PUBLIC_URL = "http://gw.test"

@@ -13,15 +13,15 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+
+from tongban.config import Settings
 from tongban.gateway.app import create_app
 from tongban.gateway.consent import consents_table as consent_table
 from tongban.gateway.oauth import mint_citizen_token
 from tongban.gateway.services import Gateway
+from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id
-
-from tongban.config import Settings
-from tongban.keys import KeyRing
 from tongban.wiring import build_gateway
 
 PUBLIC_URL = "http://gw.test"

@@ -26,6 +26,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine
+from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
+
+from tests.conftest import Generated
 from tongban.adapters.client import (
     DepartmentClient,
     DepartmentRefused,
@@ -52,10 +56,6 @@ from tongban.primitives.jws import key_from_jwk, sign_compact, verify_compact
 from tongban.primitives.problem import PROBLEM_JSON
 from tongban.primitives.regions import DISTRICTS, PROVINCES
 from tongban.primitives.wire import PredicateCall, Tri
-from werkzeug.serving import make_server
-from werkzeug.test import TestResponse
-
-from tests.conftest import Generated
 
 DEPT = "police"
 OTHER = "civil"

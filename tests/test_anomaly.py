@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
 from tongban.gateway.anomaly import Thresholds, detect, iso
 
 # A Wednesday, 10:00 in Beijing (UTC+8): inside working hours.

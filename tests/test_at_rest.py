@@ -20,6 +20,8 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
+
+from tests.conftest import PG_URL, SMALL_POPULATION, SMALL_SEED, Generated
 from tongban.adapters.at_rest import SEALED, AtRestKeyError, KeyState, kek_path, read_state
 from tongban.adapters.departments import DEPARTMENTS, SEALED_TABLES
 from tongban.adapters.evaluate import Evaluator
@@ -38,8 +40,6 @@ from tongban.audit import schema as audit_schema
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer, VaultKeys, rotate_vault, vault_key_usage
 from tongban.primitives.wire import PredicateCall, Tri
-
-from tests.conftest import PG_URL, SMALL_POPULATION, SMALL_SEED, Generated
 
 ID = re.compile(r"\d{17}[\dX]")
 SAMPLE = 400

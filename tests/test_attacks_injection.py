@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
 from tongban.primitives.errors import PROBLEM_BASE
 
 from .hostile_harness import ADULT, Hostile, build_hostile, check_body

@@ -24,17 +24,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from tongban.gateway.oauth import (
     ACCESS_TOKEN_TYPE,
     CITIZEN_TOKEN_TYPE,
     AuthMethod,
     sign_client_assertion,
 )
+from tongban.keys import KeyRing
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import PrivateKey, jwks, sign_compact
-
-from tongban.keys import KeyRing
 
 from .hostile_harness import ADULT, PUBLIC_URL, Hostile, build_hostile, check_body
 

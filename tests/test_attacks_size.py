@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from tongban.adapters.service import MAX_JSON_DEPTH, json_depth
 from tongban.gateway.app import MAX_BODY
 from tongban.gateway.views_checks import BATCH_MAX_BODY

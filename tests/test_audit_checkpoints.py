@@ -15,6 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from tests.test_audit_merkle import sm3
 from tongban.adapters.client import InProcessTransport, Reply
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.service import create_app
@@ -28,8 +30,6 @@ from tongban.gateway.checkpoints import Checkpointer
 from tongban.primitives.errors import BadRequest, DepartmentUnavailable
 from tongban.primitives.gm import C2SP_SIGNATURE_TYPE, SM2PrivateKey, SM2PublicKey, get_backend
 from tongban.primitives.problem import PROBLEM_JSON
-
-from tests.test_audit_merkle import sm3
 
 ORIGIN = "gateway.test/audit"
 GATEWAY = "tongban-gateway"

@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+
+from tests.test_audit_merkle import ref_mth, sm3
 from tongban.audit.canonical import canonical_json
 from tongban.audit.log import AuditLog
 from tongban.audit.merkle import verify_consistency, verify_inclusion
 from tongban.audit.note import SignedNote
 from tongban.audit.vault import Pseudonymizer
+from tongban.config import Settings
 from tongban.gateway.app import create_app
 from tongban.gateway.services import Gateway
+from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PublicKey
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.problem import PROBLEM_JSON
-
-from tests.test_audit_merkle import ref_mth, sm3
-from tongban.config import Settings
-from tongban.keys import KeyRing
 from tongban.wiring import build_gateway
 
 ALICE = make_id("110105", dt.date(1985, 3, 14), 27)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from tests.test_audit_merkle import ref_mth, sm3
 from tongban.audit import schema
 from tongban.audit.canonical import canonical_json
 from tongban.audit.log import AuditIntegrityError, AuditLog, PreparedEntry
@@ -27,8 +29,6 @@ from tongban.audit.verify import verify_store
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id
-
-from tests.test_audit_merkle import ref_mth, sm3
 
 ORIGIN = "gateway.test/audit"
 GATEWAY = "tongban-gateway"

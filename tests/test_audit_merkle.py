@@ -7,6 +7,7 @@ import hashlib
 import math
 
 import pytest
+
 from tongban.audit.canonical import canonical_bytes, canonical_json, check_values
 from tongban.audit.merkle import (
     EMPTY_ROOT,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.test_audit_merkle import sm3
 from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.store import DepartmentStore
@@ -23,14 +25,12 @@ from tongban.audit.log import AuditLog
 from tongban.audit.note import Checkpoint, SignedNote, sign_line
 from tongban.audit.vault import Pseudonymizer
 from tongban.audit.verify import VerifyReport, verify_store
-from tongban.gateway.checkpoints import Checkpointer
-from tongban.primitives.gm import SM2PrivateKey
-from tongban.primitives.idnumber import make_id
-
-from tests.test_audit_merkle import sm3
 from tongban.cli import main
 from tongban.config import Settings
+from tongban.gateway.checkpoints import Checkpointer
 from tongban.keys import KeyRing
+from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.idnumber import make_id
 
 ENTRIES = 300
 CHECKPOINTS_AT = (50, 120, 200, 300)

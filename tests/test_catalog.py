@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.gateway.catalog import Catalog, Claim, UnknownClaim, UnknownPurpose
 from tongban.primitives.errors import PROBLEM_BASE, BadRequest, UnknownParameter

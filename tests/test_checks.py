@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from tongban.adapters.client import InProcessTransport
 from tongban.audit.merkle import verify_inclusion
 from tongban.audit.note import SignedNote

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tongban.primitives.extras import MissingExtra
 
 from tongban.boundary import (
     EXIT_FAILURE,
@@ -25,6 +24,7 @@ from tongban.boundary import (
 )
 from tongban.cli import main
 from tongban.keys import KeyRing
+from tongban.primitives.extras import MissingExtra
 from tongban.provision import init_data_dir
 
 VALID = "11010519491231002X"

@@ -9,6 +9,8 @@ import threading
 
 import pytest
 from sqlalchemy import text
+
+from tests.conftest import ConsentEnv
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer
 from tongban.gateway.consent import (
@@ -23,8 +25,6 @@ from tongban.primitives.errors import PROBLEM_BASE, BadRequest, StoreUnavailable
 from tongban.primitives.idnumber import make_id, mask
 from tongban.primitives.jws import verify_compact
 from tongban.primitives.wire import Tri
-
-from tests.conftest import ConsentEnv
 
 ADULT = make_id("150622", dt.date(1985, 3, 9), 42)
 OTHER_ADULT = make_id("110105", dt.date(1990, 7, 1), 17)

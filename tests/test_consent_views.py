@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from tests.conftest import ConsentEnv, make_consent_env
 from tongban.adapters.client import DepartmentClient, InProcessTransport
 from tongban.adapters.protocol import RequestSigner
 from tongban.adapters.service import install_problem_handlers
@@ -22,8 +24,6 @@ from tongban.gateway.views_citizen import citizen_blueprint
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id, mask
-
-from tests.conftest import ConsentEnv, make_consent_env
 
 IDP = "https://idp.test"
 GATEWAY = "https://gateway.test"

@@ -10,6 +10,7 @@ import time
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+
 from tongban.primitives.db import PG_CONNECT_TIMEOUT, make_engine
 
 

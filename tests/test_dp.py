@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import create_engine
+
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.federation.dp import TAIL, DiscreteLaplace, InvalidEpsilon, parse_epsilon
 from tongban.federation.statistics import REGISTRY, Release

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+
 from tongban.primitives.errors import PROBLEM_BASE
 
 from .topology import Load, Outcome, Topology, assert_every_answer_audited

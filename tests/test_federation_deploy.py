@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tongban.adapters.synthetic.features import build_features, read_features, write_features
 from tongban.adapters.synthetic.population import build_population
 from tongban.federation.horizontal.data import held_out_mask, partition_rows

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
 from tongban.adapters.synthetic.features import (
     FeatureTable,
@@ -167,6 +168,7 @@ def _call_client(data_dir: Path, config: dict[str, Any]) -> tuple[np.ndarray, in
     from flwr.app import Context, RecordDict
     from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
+
     from tongban.federation.horizontal.apps import client_app
 
     node: dict[str, bool | float | int | str] = {
@@ -194,6 +196,7 @@ def test_client_clips_its_update_when_the_dp_wrapper_asks(data_dir: Path, task_i
 
 def test_server_adds_gaussian_noise_scaled_to_clip_over_bureaus():
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
     from tongban.federation.horizontal.apps import build_strategy
 
     settings = RunSettings(num_partitions=3, dp_noise=1.5, dp_clip=0.4)
@@ -412,6 +415,7 @@ def _report(rounds: int) -> dict[str, Any]:
 def test_the_report_curve_ticks_rounds_at_whole_numbers(rounds: int):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
     from tongban.federation.horizontal.runner import plot_report
 
     fig = plot_report(_report(rounds))

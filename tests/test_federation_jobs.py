@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tongban.gateway.federation_jobs import FederationJobs
 from tongban.primitives.errors import BadRequest, StoreUnavailable
 

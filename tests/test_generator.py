@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 from sqlalchemy import extract, func, select
+
+from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.departments.police import RELATIONS
 from tongban.adapters.store import DepartmentStore
@@ -29,8 +31,6 @@ from tongban.adapters.synthetic.population import (
 from tongban.adapters.synthetic.records import DEPARTMENT_ORDER
 from tongban.primitives.idnumber import Reason, validate_many
 from tongban.primitives.regions import DISTRICTS
-
-from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 
 DETERMINISM_SIZE = 1500
 

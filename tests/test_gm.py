@@ -12,6 +12,7 @@ import sys
 import pytest
 from gmssl import sm2 as gmssl_sm2
 from gmssl import sm3 as gmssl_sm3
+
 from tongban.primitives import gm
 from tongban.primitives.gm import SM2_N, SM2PrivateKey, SM2PublicKey
 

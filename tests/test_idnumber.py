@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from tongban.primitives.errors import InvalidIdNumber
 from tongban.primitives.idnumber import (
     Reason,

@@ -11,6 +11,7 @@ from typing import Any, cast
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from tongban.primitives import jws
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.gm import SM2PrivateKey

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+
 from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.store import DepartmentStore
@@ -17,12 +18,11 @@ from tongban.audit import schema
 from tongban.audit.log import AuditLog, read_origin
 from tongban.audit.note import Checkpoint, SignedNote, sign_line
 from tongban.audit.vault import Pseudonymizer
-from tongban.primitives.gm import SM2PrivateKey
-
 from tongban.cli import main
 from tongban.config import Settings
 from tongban.demo import demo_log_origin
 from tongban.keys import KeyRing
+from tongban.primitives.gm import SM2PrivateKey
 from tongban.provision import init_data_dir
 from tongban.wiring import build_adapter, build_gateway
 

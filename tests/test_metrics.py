@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
+
 from tongban.gateway.metrics import (
     AUDIT_APPENDS,
     CHECKS,

@@ -8,6 +8,7 @@ import logging
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
+
 from tongban.adapters.service import install_problem_handlers
 from tongban.gateway.oauth import (
     Citizen,

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
+
 from tongban.gateway import oauth
 from tongban.gateway.oauth import AuthMethod, ClientRegistry, SqlReplayCache
 from tongban.gateway.oauth._schema import clients, make_engine, metadata

@@ -15,13 +15,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
 from tongban.adapters.service import install_problem_handlers
 from tongban.gateway.oauth import ClientRegistry, TokenIssuer, sign_client_assertion
 from tongban.gateway.oauth.flask import current_principal, init_oauth, require_token
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks, sign_compact
-from werkzeug.test import TestResponse
 
 ISSUER = "https://gateway.test"
 AUDIENCE = "https://gateway.test/v1"

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from werkzeug.test import TestResponse
+
 from tongban.gateway.openapi import ERROR_MODULES, build_openapi, docs_blueprint, problem_types
 from tongban.gateway.openapi_schemas import ID_NUMBER_PATTERN
 from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 from tongban.primitives.idnumber import make_id
-from werkzeug.test import TestResponse
 
 from .hostile_harness import Hostile, build_hostile
 

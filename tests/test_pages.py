@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+
 from tongban.audit.merkle import leaf_hash, verify_inclusion
 from tongban.audit.note import SignedNote
 from tongban.primitives.idnumber import mask

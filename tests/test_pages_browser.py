@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tongban.primitives.idnumber import mask
 from werkzeug.serving import make_server
+
+from tongban.primitives.idnumber import mask
 
 from .conftest import Generated
 from .gateway_harness import Harness, build_harness

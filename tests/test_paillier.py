@@ -14,6 +14,7 @@ import gmpy2
 import pytest
 from phe import EncryptedNumber, PaillierPrivateKey, PaillierPublicKey, util
 from phe import command_line as phe_cli
+
 from tongban.federation.paillier import (
     GUARD_BITS,
     InvalidCiphertext,

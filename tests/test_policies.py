@@ -8,6 +8,8 @@ import json
 import re
 
 import pytest
+
+from tongban import policies
 from tongban.gateway.catalog import Catalog
 from tongban.policies import (
     FERTILITY_GROUP,
@@ -25,8 +27,6 @@ from tongban.policies import (
 )
 from tongban.policies.rules import check_legal_basis, check_rule
 from tongban.primitives.gm import sm3
-
-from tongban import policies
 
 DENY_RULE = ("insurer", "*", FERTILITY_GROUP, "underwriting", "deny")
 

@@ -5,6 +5,7 @@ runs on SQLite and on PostgreSQL (the ``policy_env`` fixture)."""
 from __future__ import annotations
 
 import pytest
+
 from tongban.policies import (
     AuditFailed,
     BasisEdit,

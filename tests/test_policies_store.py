@@ -8,6 +8,8 @@ import threading
 from typing import Any
 
 import pytest
+
+from tests.conftest import RecordingAudit
 from tongban.policies import (
     BasisEdit,
     BasisOp,
@@ -23,8 +25,6 @@ from tongban.policies import (
     default_rules,
     open_enforcer,
 )
-
-from tests.conftest import RecordingAudit
 
 LI, WANG = "admin-li", "admin-wang"
 EDU_POLICE = "p, education, police, birth_registered, school_enrollment, allow"

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+
+from tests.conftest import Generated
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.store import DepartmentStore
@@ -23,8 +25,6 @@ from tongban.primitives.errors import (
 from tongban.primitives.idnumber import make_id, mask
 from tongban.primitives.regions import DISTRICTS
 from tongban.primitives.wire import PredicateCall, Tri
-
-from tests.conftest import Generated
 
 REFERENCE = dt.date(2026, 6, 30)
 WORDS: dict[Any, Tri] = {True: Tri.TRUE, False: Tri.FALSE, None: Tri.UNKNOWN}

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from tongban.federation.psi import (
     POINT_BYTES,
     InvalidPoint,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+
+from tongban.config import Settings
 from tongban.gateway.metrics import REGISTRY
 from tongban.gateway.ratelimit import (
     Bucket,
@@ -21,8 +23,6 @@ from tongban.gateway.ratelimit import (
     metadata,
 )
 from tongban.primitives.errors import PROBLEM_BASE, RateLimited
-
-from tongban.config import Settings
 
 from .hostile_harness import ADULT, OTHER_ADULT, Hostile, build_hostile, check_body
 

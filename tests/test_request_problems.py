@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from tongban.primitives.errors import PROBLEM_BASE
 
 from .hostile_harness import ADULT, Hostile, build_hostile, check_body
@@ -107,6 +108,7 @@ def test_the_consent_form_takes_json_whatever_its_content_type(gw: Hostile):
 
 def test_the_adapter_witness_endpoint_reports_malformed_json_too(gw: Hostile):
     from flask import Flask, jsonify, request
+
     from tongban.adapters.service import install_problem_handlers
 
     app = Flask("t")

@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
+
 from tongban.adapters.client import InProcessTransport, Reply
 from tongban.adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
 from tongban.adapters.statistics import LocalStatistics, PoolCache
+from tongban.cli import build_parser
 from tongban.federation.paillier import (
     OutOfBounds,
     PackingLayout,
@@ -40,8 +42,6 @@ from tongban.gateway.statistics import DpRequired, StatisticsService
 from tongban.gateway.statistics_store import StatisticsStore
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.regions import DISTRICTS
-
-from tongban.cli import build_parser
 from tongban.stats import StatsError, parse_params, run_from_demo
 
 from .conftest import Generated

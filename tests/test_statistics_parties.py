@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
-from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
-from tongban.federation.statistics import Release
 
 from bench.bench_statistics import Setup, build
+from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
+from tongban.federation.statistics import Release
 
 PARTIES = 12
 COUNTERS = 400  # 5 ciphertexts per department

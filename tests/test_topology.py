@@ -13,17 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+
 from tongban.audit import schema
 from tongban.audit.log import AuditLog
 from tongban.audit.note import SignedNote
 from tongban.audit.vault import Pseudonymizer
 from tongban.gateway.checkpoints import _PG_ROUND_LOCK, Checkpointer
 from tongban.gateway.oauth import AuthMethod, ClientRegistry, sign_client_assertion
+from tongban.keys import KeyRing
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks
-
-from tongban.keys import KeyRing
 
 from .topology import (
     DEPARTMENTS,

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+
+from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.ingest import TableReport, ingest
@@ -21,8 +23,6 @@ from tongban.adapters.synthetic.population import build_population
 from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
 from tongban.primitives.idnumber import Reason, check_char, make_id, mask, validate
 from tongban.primitives.wire import PredicateCall, Tri
-
-from tests.conftest import SMALL_POPULATION, SMALL_SEED, Generated
 
 AS_OF = dt.date(2026, 6, 30)
 FULL_ID = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")

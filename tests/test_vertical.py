@@ -12,6 +12,7 @@ from typing import Any
 import gmpy2
 import numpy as np
 import pytest
+
 from tongban.federation.packing import OutOfBounds
 from tongban.federation.psi import Transcript
 from tongban.federation.vertical import (

@@ -31,6 +31,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+
 from tongban.gateway.answers import ANSWER_TYP
 from tongban.primitives.jws import PublicKey, key_from_jwk, verify_compact
 
@@ -229,7 +230,6 @@ class Topology:
 
     def setup(self) -> Topology:
         from tongban.adapters.synthetic.generate import generate
-
         from tongban.config import Settings
         from tongban.keys import KeyRing
         from tongban.wiring import build_registry

@@ -21,6 +21,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+
 from tongban.primitives.idnumber import birth_yyyymmdd_many
 
 from ..at_rest import SEALED

@@ -22,6 +22,7 @@ from sqlalchemy import (
     or_,
     select,
 )
+
 from tongban.primitives.idnumber import birth_yyyymmdd_many
 
 from ..at_rest import SEALED

@@ -21,6 +21,7 @@ from sqlalchemy import (
     func,
     select,
 )
+
 from tongban.primitives.regions import DISTRICTS, PROVINCES
 
 from ..at_rest import SEALED

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.primitives.idnumber import make_ids_many
 from tongban.primitives.regions import DISTRICTS
 

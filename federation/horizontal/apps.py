@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+
 from tongban.primitives.extras import extra_imports
 
 from .data import Partition, held_out_mask, load_partition

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.adapters.synthetic.features import FeatureTable, read_features
 
 __all__ = ["HELD_OUT_MOD", "Partition", "held_out_mask", "load_partition", "partition_rows"]

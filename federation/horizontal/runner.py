@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from tongban.adapters.synthetic.features import read_features
 from tongban.primitives.gm import sm3
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.federation.packing import MIN_KEY_BITS, OutOfBounds
 
 __all__ = [

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.federation.psi import POINT_BYTES, InvalidPoint, _curve
 from tongban.primitives.gm import SM2_GX, SM2_N
 

@@ -26,6 +26,7 @@ import gmpy2
 import numpy as np
 import numpy.typing as npt
 from phe import PaillierPrivateKey, PaillierPublicKey
+
 from tongban.federation.horizontal.model import auc
 from tongban.federation.packing import OutOfBounds
 from tongban.federation.paillier import (

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from tongban.adapters.synthetic.features import FeatureTable, read_features
 from tongban.federation.horizontal.data import HELD_OUT_MOD
 from tongban.federation.horizontal.model import auc

@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.exc import SQLAlchemyError
+
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable
 

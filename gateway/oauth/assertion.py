@@ -28,6 +28,7 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
+
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.jws import PrivateKey, sign_compact, verify_compact
 from tongban.primitives.replay import ReplayCache

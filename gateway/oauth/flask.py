@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InsecureTransportError
 from flask import Flask, Response, current_app, g, request
+
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
 from tongban.primitives.replay import ReplayCache

@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from tongban.primitives.db import transaction
 from tongban.primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from tongban.primitives.gm import SM2PublicKey

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine, delete, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from tongban.primitives.errors import StoreUnavailable
 
 from ._schema import create_schema, make_engine, spent_ids

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response
+
 from tongban.adapters.service import install_problem_handlers
 
 from ..oauth.flask import EXTENSION

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as WResponse
+
 from tongban.audit.log import StoredEntry
 from tongban.primitives.errors import NotFound, TongbanError
 from tongban.primitives.idnumber import mask
-from werkzeug.wrappers import Response as WResponse
 
 from ..consent import ConsentStore
 from ..oauth import Citizen

@@ -25,12 +25,13 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.wrappers import Response as WResponse
+
 from tongban.audit.canonical import canonical_bytes
 from tongban.audit.log import AuditLog, StoredEntry
 from tongban.audit.note import SignedNote
 from tongban.primitives.errors import NotFound, TongbanError
 from tongban.primitives.idnumber import mask, parse
-from werkzeug.wrappers import Response as WResponse
 
 from ..anomaly import Flag, Thresholds, detect, iso
 from ..oauth import Principal

@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 
 from flask import Flask, current_app, session
+
 from tongban.primitives.errors import Forbidden, TongbanError
 
 from ..oauth import Citizen, Principal, require_scope
