@@ -87,9 +87,10 @@ class InProcessTransport:
             return exc.status, json.dumps(exc.to_problem()).encode()
 
     def health(self, department: str, timeout: float) -> dict[str, Any]:
-        if department not in self.cores:
+        core = self.cores.get(department)
+        if core is None:
             raise DepartmentUnavailable(f"department {department} is not connected")
-        return {"status": "ok", "department": department}
+        return core.health()
 
 
 class HttpTransport:
@@ -128,10 +129,15 @@ class HttpTransport:
         return resp.status_code, resp.content
 
     def health(self, department: str, timeout: float) -> dict[str, Any]:
+        """The adapter's health body; an adapter whose source is not ready answers 503
+        with the same members (``"ready": false``), which is an answer too."""
         try:
             resp = self.http.get(self._url(department, "/healthz"), timeout=timeout)
-            resp.raise_for_status()
             body = resp.json()
+            if resp.status_code != 200 and not (
+                resp.status_code == 503 and isinstance(body, dict) and "ready" in body
+            ):
+                resp.raise_for_status()
         except (httpx.HTTPError, ValueError) as exc:
             raise DepartmentUnavailable(f"department {department} did not answer") from exc
         return body if isinstance(body, dict) else {}
@@ -245,8 +251,15 @@ class DepartmentClient:
             body = self.transport.health(department, min(self.timeout, 1.0))
         except DepartmentUnavailable:
             return {"reachable": False}
-        return {
+        status = body.get("status")
+        report: dict[str, Any] = {
             "reachable": True,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-            "status": body.get("status", "unknown"),
+            "status": status if isinstance(status, str) else "unavailable",
+            # An adapter that says nothing about readiness is ready when it is "ok".
+            "ready": bool(body.get("ready", status == "ok")),
         }
+        source = body.get("source")
+        if isinstance(source, dict) and isinstance(source.get("kind"), str):
+            report["source"] = source["kind"]
+        return report

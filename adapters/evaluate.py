@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypedDict, TypeVar
 
-from sqlalchemy import Connection, Select, bindparam, literal, or_, select
+from sqlalchemy import Connection, Select, bindparam, literal, or_, select, text
 
 from tongban.primitives.errors import StoreUnavailable, UnknownParameter
 from tongban.primitives.idnumber import parse
@@ -16,9 +16,67 @@ from .at_rest import BlindIndex
 from .department import Predicate
 from .store import DepartmentStore
 
-__all__ = ["Evaluator"]
+__all__ = ["MANAGED", "Evaluator", "PredicateSource", "SourceHealth"]
 
 T = TypeVar("T")
+
+MANAGED = "managed"
+"""The source kind of a store that `tongban generate` fills (every other kind is the
+SQLAlchemy dialect of a department's own database: "sqlite", "postgresql", "mysql", ...)."""
+
+
+class SourceHealth(TypedDict):
+    """Where a department's answers come from and whether it can be read right now."""
+
+    kind: str
+    reachable: bool
+    detail: str
+
+
+class PredicateSource(Protocol):
+    """What the adapter (:class:`~tongban.adapters.protocol.AdapterCore` and its HTTP
+    service) needs of a department's answers: a managed store's :class:`Evaluator` and a
+    department file's :class:`~tongban.adapters.file_source.FileSource` both are one.
+
+    ``evaluate`` and ``evaluate_many`` validate the call (predicate known, parameters
+    enumerated, ``related`` present iff declared, ID numbers valid) before reading
+    anything, raising :class:`~tongban.primitives.errors.TongbanError` subclasses.
+    """
+
+    @property
+    def name(self) -> str:
+        """The department's name in claims, policy and certificates."""
+        ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """``managed``, or the dialect of the department's own database."""
+        ...
+
+    def describe(self) -> list[dict[str, object]]:
+        """The predicates, as ``GET /v1/predicates`` lists them."""
+        ...
+
+    def evaluate(self, call: PredicateCall) -> Tri: ...
+
+    def evaluate_many(
+        self, predicate_name: str, params: Mapping[str, str], subjects: list[str]
+    ) -> list[Tri]: ...
+
+    def answer_as_of(self) -> str:
+        """What the next answer reflects, as ISO 8601: a managed store's reference date;
+        for a live source the time of reading (taken before the read, so every change
+        committed by then is in the answer)."""
+        ...
+
+    def health(self) -> SourceHealth: ...
+
+    def dispose(self) -> None:
+        """Close the connections to the source."""
+        ...
 
 
 class Evaluator:
@@ -49,8 +107,39 @@ class Evaluator:
             for name, p in self.department.predicates.items()
         }
 
+    @property
+    def name(self) -> str:
+        return self.department.name
+
+    @property
+    def title(self) -> str:
+        return self.department.title
+
+    @property
+    def kind(self) -> str:
+        return MANAGED
+
+    def describe(self) -> list[dict[str, object]]:
+        return [p.describe() for p in self.department.predicates.values()]
+
     def as_of(self) -> dt.date:
         return self.store.as_of()
+
+    def answer_as_of(self) -> str:
+        return self.as_of().isoformat()
+
+    def health(self) -> SourceHealth:
+        """Reachable when the store answers a trivial query and its reference date."""
+        try:
+            with self.store.reading() as conn:
+                conn.execute(text("SELECT 1"))
+            as_of = self.as_of()
+        except Exception:  # StoreUnavailable, or a meta table that cannot be read
+            return SourceHealth(kind=MANAGED, reachable=False, detail="store is unavailable")
+        return SourceHealth(kind=MANAGED, reachable=True, detail=f"as of {as_of.isoformat()}")
+
+    def dispose(self) -> None:
+        self.store.dispose()
 
     def check(self, call: PredicateCall) -> tuple[Predicate, dict[str, str], str, str | None]:
         predicate = self.department.predicate(call.predicate)
@@ -66,7 +155,7 @@ class Evaluator:
         return predicate, params, subject, related
 
     def evaluate_many(
-        self, predicate_name: str, params: dict[str, str], subjects: list[str]
+        self, predicate_name: str, params: Mapping[str, str], subjects: list[str]
     ) -> list[Tri]:
         """One predicate over many subjects (a batch check), on one connection."""
         predicate = self.department.predicate(predicate_name)

@@ -14,15 +14,18 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol
 
+from typing_extensions import TypeVar
+
+from tongban.federation.statistics import Release, Statistic, UnknownStatistic
 from tongban.primitives.errors import BadRequest, Unauthenticated
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 from tongban.primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
 from tongban.primitives.replay import MemoryReplayCache, ReplayCache
 from tongban.primitives.wire import PredicateCall, Tri
 
-from .evaluate import Evaluator
+from .evaluate import Evaluator, PredicateSource
 from .statistics import LocalStatistics
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "AdapterCore",
     "Answer",
     "RequestSigner",
+    "StatisticsContributor",
     "verify_answer",
     "verify_batch_answer",
     "verify_statistic_answer",
@@ -49,6 +53,8 @@ MAX_ANSWER = 64 * 1024  # characters of a predicate or batch answer
 MAX_STATISTIC_ANSWER = 8 * 1024 * 1024
 _ALGS = ("SM2",)
 _HEX = re.compile(r"[0-9a-f]{1,4096}")
+# What an answer's ``as_of`` may be: an ISO 8601 date, or a date and time with an offset.
+_AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2}))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,22 @@ class Answer:
     predicate: str
     result: Tri
     token: str  # the department's signed answer, kept as evidence
+    #: What the answer reflects (ISO 8601): a managed store's reference date, or the time
+    #: a live department database was read. None from an adapter that does not say.
+    as_of: str | None = None
+
+
+class StatisticsContributor(Protocol):
+    """A department's side of an encrypted statistic (:class:`LocalStatistics`)."""
+
+    def contribute(
+        self,
+        name: object,
+        params: object,
+        key_jwk: object,
+        parties: object,
+        release: object = None,
+    ) -> tuple[Statistic, dict[str, str], str, list[int], Release]: ...
 
 
 class RequestSigner:
@@ -120,29 +142,54 @@ def _resolver(keys: Mapping[str, SM2PublicKey]) -> Callable[[str], SM2PublicKey 
     return keys.get
 
 
-class AdapterCore:
+#: The core's source of answers; a bare ``AdapterCore`` is over any source.
+S = TypeVar("S", bound=PredicateSource, default=PredicateSource, covariant=True)
+
+
+class AdapterCore(Generic[S]):
     """Department side: authenticate, evaluate, sign. Raises :class:`TongbanError`s."""
 
     def __init__(
         self,
-        evaluator: Evaluator,
+        evaluator: S,
         key: SM2PrivateKey,
         gateway_keys: Mapping[str, SM2PublicKey],
         *,
         replay: ReplayCache | None = None,
         gateway_issuer: str = GATEWAY_ISSUER,
         clock: Callable[[], float] = time.time,
-        statistics: LocalStatistics | None = None,
+        statistics: StatisticsContributor | None = None,
     ) -> None:
+        """``evaluator`` answers the predicates (a managed :class:`Evaluator` or a
+        department file's source). ``statistics``: how this department contributes to
+        encrypted statistics; a managed store's by default, none for any other source
+        (every statistic request is then refused as one it does not contribute to)."""
         self.evaluator = evaluator
-        self.name = evaluator.department.name
+        self.name = evaluator.name
         self.key = key
         self.kid = key.public_key.key_id
         self.gateway_keys = dict(gateway_keys)
         self.replay = replay or MemoryReplayCache()
         self.gateway_issuer = gateway_issuer
         self.clock = clock
-        self.statistics = statistics or LocalStatistics(evaluator.store)
+        if statistics is None and isinstance(evaluator, Evaluator):
+            statistics = LocalStatistics(evaluator.store)
+        self.statistics = statistics
+
+    def health(self) -> dict[str, Any]:
+        """The adapter's health: where its answers come from and whether that source can
+        be read now (``ready``). Never raises: an unreachable source is reported."""
+        source = self.evaluator.health()
+        ready = bool(source["reachable"])
+        body: dict[str, Any] = {
+            "status": "ok" if ready else "unavailable",
+            "ready": ready,
+            "department": self.name,
+            "source": dict(source),
+        }
+        if ready:
+            body["as_of"] = self.evaluator.answer_as_of()
+        return body
 
     def authenticate(self, token: str) -> tuple[dict[str, Any], str]:
         _, payload = verify_compact(
@@ -174,6 +221,8 @@ class AdapterCore:
         }
         if "statistic" in payload:
             job, name, params, key, parties, release = _statistic(payload["statistic"])
+            if self.statistics is None:
+                raise UnknownStatistic(f"statistic: {self.name} does not contribute to it")
             statistic, clean, fingerprint, ciphertexts, applied = self.statistics.contribute(
                 name, params, key, parties, release
             )
@@ -188,11 +237,14 @@ class AdapterCore:
             )
         elif "batch" in payload:
             predicate, params, subjects = _batch(payload["batch"])
+            as_of = self.evaluator.answer_as_of()  # before reading: all it reflects
             results = self.evaluator.evaluate_many(predicate, params, subjects)
-            answer.update(predicate=predicate, results=[r.value for r in results])
+            answer.update(predicate=predicate, results=[r.value for r in results], as_of=as_of)
         else:
             call = PredicateCall.from_json(payload.get("call"))
-            answer.update(predicate=call.predicate, result=self.evaluator.evaluate(call).value)
+            as_of = self.evaluator.answer_as_of()
+            result = self.evaluator.evaluate(call)
+            answer.update(predicate=call.predicate, result=result.value, as_of=as_of)
         return sign_compact(answer, self.key, typ=ANSWER_TYP, kid=self.kid)
 
 
@@ -278,7 +330,18 @@ def verify_answer(
         result = Tri(str(payload.get("result")))
     except ValueError as exc:
         raise Unauthenticated("answer carries no valid result") from exc
-    return Answer(department, predicate, result, token)
+    return Answer(department, predicate, result, token, _as_of(payload))
+
+
+def _as_of(payload: Mapping[str, Any]) -> str | None:
+    """The answer's ``as_of``, signed with it: absent (an adapter that does not say), or an
+    ISO 8601 date or date-time."""
+    as_of = payload.get("as_of")
+    if as_of is None:
+        return None
+    if not isinstance(as_of, str) or not _AS_OF.fullmatch(as_of):
+        raise Unauthenticated("answer carries a malformed as_of")
+    return as_of
 
 
 def verify_batch_answer(
@@ -294,6 +357,7 @@ def verify_batch_answer(
     payload = _verified_answer(
         token, department, department_key, request_jti, predicate, gateway_issuer, time.time()
     )
+    _as_of(payload)
     results = payload.get("results")
     if not isinstance(results, list) or len(results) != count:
         raise Unauthenticated("answer does not match the request")

@@ -74,12 +74,8 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
 
     @app.get("/v1/predicates")
     def predicates() -> Response:
-        dept = core.evaluator.department
-        return jsonify(
-            department=dept.name,
-            title=dept.title,
-            predicates=[p.describe() for p in dept.predicates.values()],
-        )
+        source = core.evaluator
+        return jsonify(department=source.name, title=source.title, predicates=source.describe())
 
     @app.get("/.well-known/jwks.json")
     def keys() -> Response:
@@ -87,11 +83,14 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> Response:
-        try:
-            as_of = core.evaluator.as_of()
-        except Exception as exc:
-            raise StoreUnavailable(f"{core.name} store is unavailable") from exc
-        return jsonify(status="ok", department=core.name, as_of=as_of.isoformat())
+        # 200 when the source can be read; 503 store-unavailable (problem+json carrying
+        # the same members, "ready": false) when it cannot: the adapter keeps running and
+        # answers "unknown" until its source is back (docs/departments.md).
+        body = core.health()
+        if not body["ready"]:
+            extra = {k: v for k, v in body.items() if k != "status"}
+            raise StoreUnavailable(f"{core.name} source is not reachable", **extra)
+        return jsonify(body)
 
     return app
 

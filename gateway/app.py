@@ -75,8 +75,16 @@ def create_app(gateway: Gateway) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         # Liveness is "this process answers"; a department being down degrades answers to
-        # `undetermined` but does not make the gateway unhealthy.
-        return jsonify(gateway.health())
+        # `undetermined` but does not make the gateway unhealthy. Each department reports
+        # its source's kind and whether that source can be read (`ready`) from its own
+        # /healthz: an adapter up over an unreachable database degrades too.
+        body = gateway.health()
+        departments = body.get("departments")
+        if isinstance(departments, dict) and any(
+            not r.get("ready", r.get("reachable")) for r in departments.values()
+        ):
+            body["status"] = "degraded"
+        return jsonify(body)
 
     @app.get("/.well-known/jwks.json")
     def keys() -> Response:

@@ -790,6 +790,15 @@ def _operations() -> Json:
                             "reachable": {"type": "boolean"},
                             "latency_ms": {"type": "number", "minimum": 0},
                             "status": _str(),
+                            "ready": {
+                                "type": "boolean",
+                                "description": "the department's source can be read now",
+                            },
+                            "source": _str(
+                                "where the department's answers come from: `managed` (the "
+                                "generated store) or its database's kind (`sqlite`, "
+                                "`postgresql`, `mysql`, ...)"
+                            ),
                         },
                         ["reachable"],
                     ),
@@ -797,8 +806,8 @@ def _operations() -> Json:
                 "audit": _obj({"size": {"type": "integer", "minimum": 0}}, ["size"]),
             },
             ["status", "departments"],
-            description="`degraded` when a department is unreachable: answers become "
-            "`undetermined`, the gateway itself stays up.",
+            description="`degraded` when a department is unreachable or its source is not "
+            "ready: answers become `undetermined`, the gateway itself stays up.",
         ),
     }
 
