@@ -408,3 +408,43 @@ def test_crafted_rows(legacy_conn: Connection, today: dt.date) -> None:
         transaction.rollback()
     # Rolled back: the loaded rows are there again.
     assert legacy_conn.execute(text("SELECT COUNT(*) FROM CSYXZM")).scalar_one() > 100
+
+
+def test_the_mariadb_ddl_is_the_schema(small_population: Generated) -> None:
+    """schema_mariadb.sql, run by a DBA, creates the table schema.py creates."""
+    ddl = (EXAMPLE / "schema_mariadb.sql").read_text(encoding="utf-8")
+    code = re.sub(r"--[^\n]*", "", ddl)  # no string in it holds "--"
+    statements = [s for s in code.split(";") if s.strip()]
+    assert len(statements) == 1
+    columns = (
+        "SELECT COLUMN_NAME, ORDINAL_POSITION, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT"
+        " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()"
+        " AND TABLE_NAME = 'CSYXZM' ORDER BY ORDINAL_POSITION"
+    )
+    indexes = (
+        "SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE FROM information_schema.STATISTICS"
+        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'CSYXZM' ORDER BY INDEX_NAME"
+    )
+    charset = (
+        "SELECT TABLE_COLLATION FROM information_schema.TABLES"
+        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'CSYXZM'"
+    )
+    seen = []
+    for how in ("ddl", "schema.py"):
+        for url in _server(MARIADB_URL, "DROP DATABASE IF EXISTS {}"):
+            engine = create_engine(url)
+            with engine.begin() as conn:
+                if how == "ddl":
+                    conn.exec_driver_sql(statements[0])
+                else:
+                    loader._schema().metadata.create_all(conn)
+                seen.append(
+                    [
+                        conn.execute(text(columns)).all(),
+                        conn.execute(text(indexes)).all(),
+                        conn.execute(text(charset)).scalar_one().split("_")[0],
+                    ]
+                )
+            engine.dispose()
+    assert seen[0] == seen[1]
+    assert seen[0][2] == "utf8mb4" and len(seen[0][0]) == 12 and len(seen[0][1]) == 4
