@@ -75,7 +75,8 @@ class SourceTimeout(Exception):
 _SOURCE_ERRORS = (SQLAlchemyError, SourceTimeout, OSError)
 _Person = tuple[str, str | None]
 _NUMERIC_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_QUOTED_RE = re.compile(r"'[^']*'|\"[^\"]*\"")
+# Quoted text in a driver's message (not the apostrophe of "Can't").
+_QUOTED_RE = re.compile(r"(?<![A-Za-z])'[^']*'|\"[^\"]*\"")
 _LONG_DIGITS_RE = re.compile(r"\d[\dXx]{5,}")
 
 
