@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +39,7 @@ __all__ = [
     "QualityCheck",
     "SqlRefused",
     "check_select",
+    "key_line",
     "load_department_file",
     "mask_url",
     "parse_department_file",
@@ -519,6 +520,12 @@ class _Locator:
             if where is not None:
                 return where
         return _Where(1, 1, 1)
+
+
+def key_line(text: str, key: Sequence[str]) -> int:
+    """The line of ``key`` (a path such as ``("predicates", "x", "sql")``) in a department
+    file's text, as refusals place it: its own line, else its nearest enclosing table's."""
+    return _Locator(text).find(tuple(key)).line
 
 
 def _split_key(text: str) -> Path_:

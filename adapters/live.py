@@ -333,7 +333,7 @@ class LiveSource:
             conn.exec_driver_sql("START TRANSACTION READ ONLY")
 
     @contextmanager
-    def _deadline(self, conn: Connection) -> Iterator[None]:
+    def deadline(self, conn: Connection) -> Iterator[None]:
         """SQLite has no statement timeout: a progress handler interrupts the statement
         once the deadline passes (it runs every thousand virtual-machine steps)."""
         if self.kind != "sqlite":
@@ -347,13 +347,24 @@ class LiveSource:
         finally:
             raw.set_progress_handler(None, 0)
 
+    def run(
+        self, sql: str | TextClause, values: Mapping[str, object], limit: int
+    ) -> tuple[int, list[Row[Any]]]:
+        """One statement in a read-only transaction of its own, with the timeout: the width
+        of its result and up to ``limit`` rows. ``sql`` is a statement the file's check
+        passed (a ``.sql`` of the file). Errors propagate: SQLAlchemy's, or
+        :class:`SourceTimeout`."""
+        statement = text(sql) if isinstance(sql, str) else sql
+        with self.reading() as conn:
+            return self._rows(conn, statement, values, limit)
+
     def _rows(
         self, conn: Connection, statement: TextClause, values: Mapping[str, object], limit: int
     ) -> tuple[int, list[Row[Any]]]:
         """Run one statement: its width and up to ``limit`` rows. A statement that took the
         whole timeout raises :class:`SourceTimeout` whatever it returned."""
         start = time.monotonic()
-        with self._deadline(conn):
+        with self.deadline(conn):
             result = conn.execute(statement, dict(values))
             width = len(result.keys())
             rows = list(result.fetchmany(limit))
@@ -530,7 +541,7 @@ class LiveSource:
         values["record_bound"] = stat.record_bound
         what = f"statistic {name}"
         try:
-            with self.reading() as conn, self._deadline(conn):
+            with self.reading() as conn, self.deadline(conn):
                 result = conn.execute(text(stat.sql), values)
                 width, rows = len(result.keys()), result.fetchall()
         except _SOURCE_ERRORS as exc:
@@ -563,12 +574,12 @@ class LiveSource:
         try:
             with self.reading() as conn:
                 streaming = conn.execution_options(stream_results=True)
-                with self._deadline(conn):
+                with self.deadline(conn):
                     result = streaming.execute(text(features.sql), self._dates(today))
                 if len(result.keys()) != width:
                     raise self._shape(f"features {name}", f"expected {width} columns")
                 while True:
-                    with self._deadline(conn):
+                    with self.deadline(conn):
                         chunk = result.fetchmany(_CHUNK)
                     if not chunk:
                         break
@@ -620,7 +631,7 @@ class LiveSource:
         with its password masked and never an error's statement or parameters."""
         out: dict[str, object] = {"kind": self.kind, "ready": self.ready, "defects": self.defects}
         try:
-            with self.reading() as conn, self._deadline(conn):
+            with self.reading() as conn, self.deadline(conn):
                 server = self._server(conn)
         except _SOURCE_ERRORS as exc:
             self._unavailable("health probe", exc)
@@ -650,7 +661,7 @@ class LiveSource:
         prefix = "EXPLAIN QUERY PLAN" if self.kind == "sqlite" else "EXPLAIN"
         values = self._dates(today) | dict(params or {})
         try:
-            with self.reading() as conn, self._deadline(conn):
+            with self.reading() as conn, self.deadline(conn):
                 result = conn.execute(text(f"{prefix} {checked.text}"), values)
                 keys, rows = list(result.keys()), result.fetchall()
         except _SOURCE_ERRORS as exc:

@@ -13,6 +13,7 @@ from tongban.adapters.deptfile import (
     DepartmentFile,
     DepartmentFileError,
     check_select,
+    key_line,
     load_department_file,
     mask_url,
     parse_department_file,
@@ -520,3 +521,12 @@ def test_the_example_in_the_docs_is_the_format_loaded_here() -> None:
     assert set(dept.predicates) == {"birth_certificate_issued", "children_at_least_youngest_under"}
     assert dept.quality["mother_under_14"].predicates == ("children_at_least_youngest_under",)
     assert dept.statistics["births_by_district_year"].record_bound == 1
+
+
+def test_key_line_places_keys_as_refusals_do() -> None:
+    assert key_line(GOOD, ("predicates", "children_at_least", "params")) == L_CHILDREN_PARAMS
+    assert key_line(GOOD, ("predicates", "birth_certificate_issued", "sql")) == L_CERT_SQL
+    # A key inside an inline table, or one that is not there: its table's line.
+    assert key_line(GOOD, ("predicates", "children_at_least", "params", "min_children")) == 15
+    assert key_line(GOOD, ("predicates", "birth_certificate_issued", "related")) == L_CERT_HEADER
+    assert key_line(GOOD, ("nowhere",)) == 1

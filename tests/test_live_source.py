@@ -280,6 +280,11 @@ def test_answers_yes_and_no_including_the_15_digit_form_and_a_lower_case_x(
     assert live.evaluate("mother_of", MOTHER_OLD, related18=CHILD_A) is Tri.TRUE
     assert live.evaluate("mother_of", MOTHER_X, related18=CHILD_A) is Tri.FALSE
 
+    # One of the file's statements, run as the adapter runs them (for tools that check a file).
+    binds = {"subject": CHILD_A, "subject15": None, "today_yyyymmdd": "20991231"}
+    width, rows = live.run(live.dept.predicates[cert].sql, binds, 2)
+    assert (width, [tuple(r) for r in rows]) == (1, [(1,)])
+
     batch = [CHILD_A, CHILD_OLD, CHILD_D, STRANGER, CHILD_B]
     assert live.evaluate_many(cert, batch) == [live.evaluate(cert, s) for s in batch]
     assert live.evaluate_many(cert, batch) == [Tri.TRUE, Tri.TRUE, Tri.FALSE, Tri.FALSE, Tri.TRUE]
