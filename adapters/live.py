@@ -291,6 +291,7 @@ class LiveSource:
         self.engine = self._engine()
         self._predicates = {n: text(p.sql) for n, p in dept.predicates.items()}
         self._named = {n: _named_statement(q) for n, q in dept.quality.items()}
+        self._checks = {n: dept.checks_for(n) for n in dept.predicates}
 
     def _engine(self) -> Engine:
         if self.kind == "sqlite":
@@ -473,7 +474,7 @@ class LiveSource:
         except _SOURCE_ERRORS as exc:
             self._unavailable(f"predicate {pred.name} (batch)", exc)
             failures += 1
-        if not failures:
+        if persons and not failures:
             self._recovered()
         return out + [Tri.UNKNOWN] * (len(persons) - len(out))
 
@@ -503,7 +504,7 @@ class LiveSource:
         values: dict[str, object],
         persons: list[_Person],
     ) -> Tri:
-        for check in self.dept.checks_for(pred.name):
+        for check in self._checks[pred.name]:
             if any(self._is_named(conn, check, values, p) for p in persons):
                 return Tri.UNKNOWN
         binds = dict(values)
