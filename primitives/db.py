@@ -21,7 +21,13 @@ from tongban.primitives.extras import require_extra
 
 from .errors import StoreUnavailable
 
-__all__ = ["PG_CONNECT_TIMEOUT", "is_memory_sqlite", "make_engine", "transaction"]
+__all__ = [
+    "PG_CONNECT_TIMEOUT",
+    "PG_IDLE_IN_TX_MS",
+    "is_memory_sqlite",
+    "make_engine",
+    "transaction",
+]
 
 
 def is_memory_sqlite(url: str) -> bool:
@@ -34,6 +40,10 @@ def is_memory_sqlite(url: str) -> bool:
 #: thread waiting for TCP to give up.
 PG_CONNECT_TIMEOUT = 5
 
+#: Milliseconds a PostgreSQL session may sit idle inside a transaction before the server
+#: ends it and releases its locks. No tongban transaction waits on anything but the database.
+PG_IDLE_IN_TX_MS = 30_000
+
 
 def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000) -> Engine:
     """``synchronous``: SQLite's PRAGMA synchronous for file databases (``FULL`` where a
@@ -44,7 +54,14 @@ def make_engine(url: str, *, synchronous: str | None = None, busy_ms: int = 5000
         if make_url(url).get_driver_name() == "psycopg":
             require_extra("psycopg", "postgres", "a PostgreSQL store (postgresql+psycopg://)")
         return create_engine(
-            url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT}
+            url,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT,
+                # A session whose client vanished mid-transaction (a network cut, a killed
+                # worker) must not keep its locks on the audit table for ever.
+                "options": f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TX_MS}",
+            },
         )
     engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
     if engine.dialect.name == "sqlite":

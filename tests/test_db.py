@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from tongban.primitives.db import PG_CONNECT_TIMEOUT, make_engine
+from tongban.primitives.db import PG_CONNECT_TIMEOUT, PG_IDLE_IN_TX_MS, make_engine
 
 
 @pytest.mark.slow
@@ -36,5 +36,17 @@ def test_a_live_postgresql_still_connects(pg_scratch_url: str):
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_sessions_end_a_transaction_left_idle(pg_scratch_url: str):
+    """A session whose client vanished inside a transaction must not hold its locks for
+    ever: the server ends it after PG_IDLE_IN_TX_MS."""
+    engine = make_engine(pg_scratch_url)
+    try:
+        with engine.connect() as conn:
+            shown = conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar()
+        assert shown == f"{PG_IDLE_IN_TX_MS // 1000}s"
     finally:
         engine.dispose()

@@ -319,7 +319,9 @@ def _custom_assertion(key: SM2PrivateKey, kid: str = "sm-1", **overrides: Any) -
         "exp": now + 60,
         "jti": f"j-{time.perf_counter_ns()}",
     }
-    claims.update(overrides)
+    # A callable override is a time relative to the moment of signing: parametrize runs at
+    # collection, and a long suite can outlive an absolute "ten minutes from now".
+    claims.update({k: v(now) if callable(v) else v for k, v in overrides.items()})
     typ = claims.pop("typ", "client-authentication+jwt")
     return sign_compact({k: v for k, v in claims.items() if v is not None}, key, typ=typ, kid=kid)
 
@@ -327,14 +329,14 @@ def _custom_assertion(key: SM2PrivateKey, kid: str = "sm-1", **overrides: Any) -
 @pytest.mark.parametrize(
     ("overrides", "slug"),
     [
-        ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 180}, "token-expired"),
+        ({"exp": lambda now: now - 120, "iat": lambda now: now - 180}, "token-expired"),
         ({"aud": "https://elsewhere.test/oauth/token"}, "token-wrong-audience"),
         ({"aud": AUDIENCE}, "token-wrong-audience"),
-        ({"exp": int(time.time()) + 3600}, "token-invalid"),  # not short-lived
+        ({"exp": lambda now: now + 3600}, "token-invalid"),  # not short-lived
         ({"iss": "bank-es"}, "token-invalid"),  # iss != sub
         ({"jti": None}, "token-invalid"),
         ({"exp": None}, "token-invalid"),
-        ({"nbf": int(time.time()) + 600}, "token-not-yet-valid"),
+        ({"nbf": lambda now: now + 600}, "token-not-yet-valid"),
         ({"typ": "at+jwt"}, "token-wrong-type"),  # an access token is not an assertion
     ],
 )
