@@ -143,15 +143,15 @@ def _resolver(keys: Mapping[str, SM2PublicKey]) -> Callable[[str], SM2PublicKey 
 
 
 #: The core's source of answers; a bare ``AdapterCore`` is over any source.
-S = TypeVar("S", bound=PredicateSource, default=PredicateSource, covariant=True)
+S_co = TypeVar("S_co", bound=PredicateSource, default=PredicateSource, covariant=True)
 
 
-class AdapterCore(Generic[S]):
+class AdapterCore(Generic[S_co]):
     """Department side: authenticate, evaluate, sign. Raises :class:`TongbanError`s."""
 
     def __init__(
         self,
-        evaluator: S,
+        evaluator: S_co,
         key: SM2PrivateKey,
         gateway_keys: Mapping[str, SM2PublicKey],
         *,

@@ -20,8 +20,15 @@ from rich.table import Table
 from tongban.primitives.errors import InvalidIdNumber
 from tongban.primitives.idnumber import parse
 
-from .boundary import MissingPrerequisite, configure_logging, missing_sqlite_file, run_command
+from .boundary import (
+    MissingPrerequisite,
+    UsageError,
+    configure_logging,
+    missing_sqlite_file,
+    run_command,
+)
 from .config import DEPARTMENTS, Settings
+from .department_cli import add_department
 from .federation_cli import add_federation
 from .keys_cli import add_keys
 from .parsing import DATA_DIR_HELP, Parser, add_debug, command, version
@@ -39,6 +46,8 @@ first run, step by step:
   tongban generate --population 1000 --seed 7 --out data --truth data/truth.jsonl
   tongban keys init --data-dir data
   tongban adapter serve --department health --port 8081 --data-dir data
+    (or a department's own database: tongban department check health.toml, then
+     tongban adapter serve --department-file health.toml --port 8081 --data-dir data)
   tongban gateway serve --port 8080 --data-dir data --adapter health=http://127.0.0.1:8081
 or everything at once: tongban demo --data-dir demo-data"""
 
@@ -91,16 +100,36 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _adapter_serve(args: argparse.Namespace) -> int:
+    from tongban.adapters.protocol import AdapterCore
     from tongban.adapters.service import create_app
 
     from .serve import check_can_listen, serve
-    from .wiring import build_adapter
+    from .wiring import build_adapter, build_file_adapter
 
-    check_can_listen(args.host, args.port, args.department)
-    stores = {args.department: args.store_url} if args.store_url else None
-    settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
-    core, witness = build_adapter(settings, args.department)
-    serve(create_app(core, witness), args.host, args.port, args.department)
+    core: AdapterCore
+    if args.department_file is not None:
+        from tongban.adapters.deptfile import load_department_file
+
+        # A file the adapter would refuse is refused before anything starts, in one line.
+        dept = load_department_file(args.department_file)
+        if args.store_url and not dept.managed:
+            raise UsageError(
+                f'{args.department_file}: --store-url is for source = "managed"; this file '
+                "names its own source"
+            )
+        check_can_listen(args.host, args.port, dept.name)
+        stores = {dept.name: args.store_url} if args.store_url else None
+        settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
+        core, witness = build_file_adapter(settings, dept)
+    else:
+        check_can_listen(args.host, args.port, args.department)
+        stores = {args.department: args.store_url} if args.store_url else None
+        settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
+        core, witness = build_adapter(settings, args.department)
+    try:
+        serve(create_app(core, witness), args.host, args.port, core.name)
+    finally:
+        core.evaluator.dispose()
     return 0
 
 
@@ -125,6 +154,9 @@ def _gateway_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
     if args.adapter:
         settings = settings.with_(adapter_urls={**settings.adapter_urls, **dict(args.adapter)})
+    if args.department_file:
+        files = (*settings.department_files, *args.department_file)
+        settings = settings.with_(department_files=files)
     gateway = build_gateway(settings)
     try:
         serve(create_app(gateway), args.host, args.port, "gateway")
@@ -211,7 +243,14 @@ def _citizen_token(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.data_dir, args.port, args.population, args.seed, host=args.host)
+    return run_demo(
+        args.data_dir,
+        args.port,
+        args.population,
+        args.seed,
+        host=args.host,
+        department_files=args.department_file,
+    )
 
 
 def _stats_run(args: argparse.Namespace) -> int:
@@ -270,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_citizen_and_audit(sub)
     _add_stats(sub)
     add_keys(sub)
+    add_department(sub)
     add_federation(sub)
     _add_demo(sub)
     return parser
@@ -306,8 +346,18 @@ def _add_servers(sub: Any) -> None:
     a_serve = command(
         adapter_sub, "serve", "serve a department's predicates over HTTP (needs keys and data)"
     )
-    a_serve.add_argument(
-        "--department", choices=DEPARTMENTS, required=True, help="the department to serve"
+    which = a_serve.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--department",
+        choices=DEPARTMENTS,
+        help="a built-in department, over the store `tongban generate` fills",
+    )
+    which.add_argument(
+        "--department-file",
+        type=Path,
+        metavar="FILE",
+        help="a department file (docs/departments.md): its predicates, answered from the "
+        "database it names; keys still come from DIR/keys",
     )
     a_serve.add_argument("--port", type=int, required=True, help="TCP port to listen on")
     a_serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
@@ -315,7 +365,7 @@ def _add_servers(sub: Any) -> None:
     a_serve.add_argument(
         "--store-url",
         metavar="URL",
-        help="SQLAlchemy URL of the department store (default: DIR/departments/NAME.db)",
+        help="SQLAlchemy URL of the managed department store (default: DIR/departments/NAME.db)",
     )
     a_serve.set_defaults(func=_adapter_serve)
 
@@ -333,6 +383,16 @@ def _add_servers(sub: Any) -> None:
         metavar="NAME=URL",
         help="a department adapter to connect, e.g. health=http://127.0.0.1:8081; repeat "
         "for several (default: those in TONGBAN_ADAPTER_URL_<NAME>)",
+    )
+    g_serve.add_argument(
+        "--department-file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="the department file its adapter serves, replacing the built-in department of "
+        "its name: claims are checked against its predicates; repeat for several (default: "
+        "those in TONGBAN_DEPARTMENT_FILES)",
     )
     g_serve.set_defaults(func=_gateway_serve)
 
@@ -369,6 +429,15 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--population", type=int, default=10_000, help="synthetic citizens")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the population")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument(
+        "--department-file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="serve this department from its file instead of the generated store; its name "
+        "must be a built-in department's; repeat for several",
+    )
     demo.set_defaults(func=_demo)
 
 

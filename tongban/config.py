@@ -20,6 +20,10 @@ class Settings:
     store_urls: Mapping[str, str] = field(default_factory=dict)
     # Adapter service URLs, as the gateway reaches them.
     adapter_urls: Mapping[str, str] = field(default_factory=dict)
+    # Department files replacing built-in departments (docs/departments.md): the gateway
+    # validates claims against their predicates (TONGBAN_DEPARTMENT_FILES, os.pathsep
+    # separated).
+    department_files: tuple[Path, ...] = ()
     adapter_timeout: float = 2.0
     gateway_issuer: str = "tongban-gateway"
     public_url: str = "http://127.0.0.1:8080"
@@ -74,6 +78,7 @@ class Settings:
             "rate_subject_burst": float,
             "rate_subject_per_second": float,
             "request_read_timeout": float,
+            "department_files": lambda v: tuple(Path(p) for p in v.split(os.pathsep) if p),
         }
         aliases = {"gateway_db_url": "TONGBAN_GATEWAY_DB_URL"}
         for name, parse in parsers.items():

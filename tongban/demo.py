@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -79,15 +80,27 @@ class _Supervisor:
         self.children[name] = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
 
     def wait_healthy(self, name: str, url: str) -> None:
+        """Until the child answers /healthz: 200, or (an adapter up over a source it
+        cannot reach yet) 503 with ``"ready": false``, which is said and not waited for:
+        that department answers ``undetermined`` until its database is back."""
         deadline = time.monotonic() + _STARTUP_TIMEOUT
         while time.monotonic() < deadline and not self.stop.is_set():
             code = self.children[name].poll()
             if code is not None:
                 raise RuntimeError(f"{name} exited with code {code} during start-up")
             try:
-                if httpx.get(url + "/healthz", timeout=1.0, trust_env=False).status_code == 200:
+                resp = httpx.get(url + "/healthz", timeout=1.0, trust_env=False)
+                if resp.status_code == 200:
                     return
-            except httpx.HTTPError:
+                body = resp.json() if resp.status_code == 503 else None
+                if isinstance(body, dict) and body.get("ready") is False:
+                    kind = (body.get("source") or {}).get("kind", "its")
+                    self.console.print(
+                        f"[yellow]{name}: up, but its {kind} source is not reachable yet: "
+                        "its answers are undetermined until it is[/yellow]"
+                    )
+                    return
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{name} did not become healthy")
@@ -138,13 +151,38 @@ def encrypt_at_rest(data_dir: Path, console: Console) -> None:
     console.print("department stores encrypted at rest (SM4-GCM, one KEK per department)")
 
 
+def _department_files(paths: Sequence[Path]) -> dict[str, Path]:
+    """The files that replace built-in departments, by name, checked before anything
+    starts: each loads (its ``${VAR}`` set here, as its adapter will need them), names a
+    built-in department, and the claims still find every predicate they use."""
+    from tongban.adapters.deptfile import load_department_file
+
+    from .wiring import department_files, load_catalog
+
+    files = department_files([p.resolve() for p in paths])
+    for dept in files.values():
+        assert dept.path is not None
+        load_department_file(dept.path)  # with the environment: an unset ${VAR} is refused
+    load_catalog(files)
+    return {name: dept.path for name, dept in files.items() if dept.path is not None}
+
+
 def run_demo(
-    data_dir: Path, port: int, population: int, seed: int, *, host: str = "127.0.0.1"
+    data_dir: Path,
+    port: int,
+    population: int,
+    seed: int,
+    *,
+    host: str = "127.0.0.1",
+    department_files: Sequence[Path] = (),
 ) -> int:
+    """``department_files``: departments served from their files (docs/departments.md),
+    each replacing the built-in department of its name."""
     from .serve import check_can_listen
 
     console = Console(stderr=True)
     check_can_listen(host, port, "the demo's gateway")  # before minutes of generation
+    files = _department_files(department_files)
     data_dir = data_dir.resolve()
     if needs_generation(data_dir, population, seed):
         from tongban.adapters.synthetic.generate import generate
@@ -174,20 +212,13 @@ def run_demo(
     adapters: dict[str, str] = {}
     code = 0
     try:
-        for offset, dept in enumerate(DEPARTMENTS, start=1):
-            dept_port = _free_port(host, port + offset)
-            adapters[dept] = f"http://{host}:{dept_port}"
-            sup.spawn(
-                dept,
-                [*cli, "adapter", "serve", "--department", dept, "--port", str(dept_port),
-                 "--data-dir", str(data_dir), "--host", host],
-                env,
-            )  # fmt: skip
+        adapters = _spawn_adapters(sup, [*cli, "adapter", "serve"], host, port, env, files)
         for dept, url in adapters.items():
             sup.wait_healthy(dept, url)
         gateway_env = dict(env)
         for dept, url in adapters.items():
             gateway_env[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
+        declared = [a for path in files.values() for a in ("--department-file", str(path))]
         sup.spawn(
             "gateway",
             [
@@ -200,11 +231,12 @@ def run_demo(
                 str(data_dir),
                 "--host",
                 host,
+                *declared,
             ],
             gateway_env,
         )
         sup.wait_healthy("gateway", gateway_url)
-        _write_demo_json(data_dir, gateway_url, adapters, clients)
+        _write_demo_json(data_dir, gateway_url, adapters, clients, files)
         if not sup.stop.is_set():
             console.print(
                 f"[green]tongban demo is up[/green]: gateway {gateway_url} "
@@ -219,6 +251,40 @@ def run_demo(
         sup.shutdown()
     console.print("demo stopped")
     return code
+
+
+def _spawn_adapters(
+    sup: _Supervisor,
+    serve: list[str],
+    host: str,
+    port: int,
+    env: dict[str, str],
+    files: dict[str, Path],
+) -> dict[str, str]:
+    """One adapter per department, on the ports after the gateway's; their URLs."""
+    from tongban.adapters.file_source import referenced_variables
+
+    data_dir = env["TONGBAN_DATA_DIR"]
+    adapters: dict[str, str] = {}
+    for offset, dept in enumerate(DEPARTMENTS, start=1):
+        dept_port = _free_port(host, port + offset)
+        adapters[dept] = f"http://{host}:{dept_port}"
+        which = ["--department", dept]
+        child_env = env
+        if dept in files:
+            which = ["--department-file", str(files[dept])]
+            # The file's ${VAR}s (its source URL), and only those, besides the demo's.
+            child_env = dict(env)
+            for var in referenced_variables(files[dept]):
+                if var in os.environ:
+                    child_env[var] = os.environ[var]
+            sup.console.print(f"{dept}: served from {files[dept]}")
+        sup.spawn(
+            dept,
+            [*serve, *which, "--port", str(dept_port), "--data-dir", data_dir, "--host", host],
+            child_env,
+        )
+    return adapters
 
 
 def register_demo_clients(data_dir: Path) -> dict[str, dict[str, str]]:
@@ -236,13 +302,19 @@ def demo_log_origin(settings: Settings) -> str:
 
 
 def _write_demo_json(
-    data_dir: Path, gateway: str, adapters: dict[str, str], clients: dict[str, dict[str, str]]
+    data_dir: Path,
+    gateway: str,
+    adapters: dict[str, str],
+    clients: dict[str, dict[str, str]],
+    files: dict[str, Path],
 ) -> None:
-    doc = {
+    doc: dict[str, object] = {
         "gateway": gateway,
         "adapters": adapters,
         "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
     }
+    if files:  # the truth file does not describe these departments' answers
+        doc["department_files"] = {name: str(path) for name, path in files.items()}
     # Client secrets live here too: readable by the demo's user only.
     write_private_json(data_dir / "demo.json", doc)

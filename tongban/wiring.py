@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 from tongban.adapters.at_rest import load_kek
 from tongban.adapters.client import DepartmentClient, HttpTransport, Transport
+from tongban.adapters.department import Department
 from tongban.adapters.departments import DEPARTMENTS
-from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.deptfile import DepartmentFile, load_department_file
+from tongban.adapters.evaluate import MANAGED, Evaluator
+from tongban.adapters.file_source import FileSource, JsonWitnessState, catalog_department
+from tongban.adapters.live import LiveSource
 from tongban.adapters.protocol import AdapterCore, RequestSigner
 from tongban.adapters.statistics import LocalStatistics
 from tongban.adapters.store import DepartmentStore
-from tongban.adapters.witness import MetaWitnessState, Witness
+from tongban.adapters.witness import MetaWitnessState, Witness, WitnessState
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer, VaultKeys
 from tongban.gateway.answers import AnswerSigner
@@ -31,12 +38,24 @@ from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
 from tongban.primitives.wire import PredicateCall, Tri
 
-from .boundary import MissingPrerequisite, missing_sqlite_file
+from .boundary import CommandFailed, MissingPrerequisite, UsageError, missing_sqlite_file
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
 from .config import Settings
 from .keys import KeyRing
 
-__all__ = ["build_adapter", "build_gateway", "build_registry", "require_department_data"]
+__all__ = [
+    "build_adapter",
+    "build_file_adapter",
+    "build_gateway",
+    "build_registry",
+    "declared_departments",
+    "department_files",
+    "load_catalog",
+    "open_file_source",
+    "require_department_data",
+]
+
+log = logging.getLogger("tongban.adapter")
 
 
 def require_department_data(settings: Settings, department: str) -> None:
@@ -50,33 +69,169 @@ def require_department_data(settings: Settings, department: str) -> None:
         )
 
 
-def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore, Witness]:
-    use_backend(settings.sm2_backend)
-    dept = DEPARTMENTS[department]
-    KeyRing(settings.keys_dir).require(private=[department], public=["gateway"])
+def _managed_store(settings: Settings, department: str) -> DepartmentStore:
     require_department_data(settings, department)
     # A department with a key-encryption key has its store encrypted at rest.
     kek = load_kek(settings.keys_dir, department)
-    store = DepartmentStore(dept, settings.store_url(department), kek=kek)
+    return DepartmentStore(DEPARTMENTS[department], settings.store_url(department), kek=kek)
+
+
+def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore[Evaluator], Witness]:
+    """A built-in department over the managed store `tongban generate` filled."""
+    use_backend(settings.sm2_backend)
+    KeyRing(settings.keys_dir).require(private=[department], public=["gateway"])
+    store = _managed_store(settings, department)
+    core, witness = _adapter(
+        settings,
+        Evaluator(store),
+        LocalStatistics(store, min_threshold=settings.stats_threshold),
+        MetaWitnessState(store),
+    )
+    return core, witness
+
+
+def build_file_adapter(
+    settings: Settings, dept: DepartmentFile
+) -> tuple[AdapterCore[FileSource], Witness]:
+    """A department served from its department file: keys from ``settings.keys_dir`` as
+    for a built-in one. A live source that cannot be reached now is no reason not to
+    start: the adapter answers ``unknown`` and says it is not ready until it is back.
+
+    A file over the managed store (``source = "managed"``) reads the store of the
+    built-in department of its name, with its statistics and witness state; any other
+    source contributes to no statistic, and its witness state is DIR/witness/NAME.json.
+    """
+    use_backend(settings.sm2_backend)
+    KeyRing(settings.keys_dir).require(private=[dept.name], public=["gateway"])
+    source, statistics, state = open_file_source(settings, dept)
+    health = source.health()
+    if health["reachable"]:
+        log.info("%s: answering from a %s source", dept.name, source.kind)
+    else:
+        log.warning(
+            "%s: %s source not reachable at start-up, answering unknown until it is: %s",
+            dept.name,
+            source.kind,
+            health["detail"],
+        )
+    core, witness = _adapter(settings, source, statistics, state)
+    return core, witness
+
+
+def open_file_source(
+    settings: Settings, dept: DepartmentFile
+) -> tuple[FileSource, LocalStatistics | None, WitnessState]:
+    """A department file's source, how it contributes to statistics (a managed store's
+    way, or not at all) and where its witness keeps state. Connects to nothing yet."""
+    if dept.managed:
+        return _managed_file_source(settings, dept)
+    state = JsonWitnessState(settings.data_dir / "witness" / f"{dept.name}.json")
+    return FileSource(dept, LiveSource(dept)), None, state
+
+
+def _managed_file_source(
+    settings: Settings, dept: DepartmentFile
+) -> tuple[FileSource, LocalStatistics, MetaWitnessState]:
+    if dept.name not in DEPARTMENTS:
+        raise UsageError(
+            f'{dept.path}: source = "managed" reads a store `tongban generate` fills, which '
+            f"exists only for {', '.join(DEPARTMENT_NAMES)}, not {dept.name}"
+        )
+    store = _managed_store(settings, dept.name)
+    index = store.blind_index()
+    # A sealed store holds blind-index tokens: bind those (and no 15-digit form).
+    form = None if index.plain else index.token
+    live = LiveSource(dept, settings.store_url(dept.name), subject_form=form)
+    source = FileSource(dept, live, kind=MANAGED, reference=store.as_of)
+    statistics = LocalStatistics(store, min_threshold=settings.stats_threshold)
+    return source, statistics, MetaWitnessState(store)
+
+
+_S = TypeVar("_S", Evaluator, FileSource)
+
+
+def _adapter(
+    settings: Settings,
+    source: _S,
+    statistics: LocalStatistics | None,
+    state: WitnessState,
+) -> tuple[AdapterCore[_S], Witness]:
     keys = KeyRing(settings.keys_dir)
     gateway_key = keys.public("gateway")
-    own = keys.private(department)
+    own = keys.private(source.name)
     core = AdapterCore(
-        Evaluator(store),
+        source,
         own,
         {gateway_key.key_id: gateway_key},
         gateway_issuer=settings.gateway_issuer,
-        statistics=LocalStatistics(store, min_threshold=settings.stats_threshold),
+        statistics=statistics,
     )
     witness = Witness(
-        department,
+        source.name,
         own,
         origin=settings.origin,
         gateway_name=settings.gateway_issuer,
         gateway_key=gateway_key,
-        state=MetaWitnessState(store),
+        state=state,
     )
     return core, witness
+
+
+class _Declarations(Mapping[str, str]):
+    """The environment a department file is read with for its declarations only (the
+    gateway, the demo's supervisor): every ``${VAR}`` is a placeholder, so no secret of
+    the department's source is needed or held there."""
+
+    def __getitem__(self, key: str) -> str:
+        return MANAGED
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+DECLARATIONS_ONLY: Mapping[str, str] = _Declarations()
+
+
+def department_files(
+    paths: Sequence[Path], *, env: Mapping[str, str] | None = DECLARATIONS_ONLY
+) -> dict[str, DepartmentFile]:
+    """Department files that replace the built-in departments of their names, by name.
+    A file naming no built-in department, or a department given twice, is refused in one
+    line. ``env`` resolves ``${VAR}`` (default: placeholders, for declarations only)."""
+    out: dict[str, DepartmentFile] = {}
+    for path in paths:
+        dept = load_department_file(path, env=env)
+        if dept.name not in DEPARTMENT_NAMES:
+            raise UsageError(
+                f"{path}: name = {dept.name!r} is not a built-in department (expected one of "
+                f"{', '.join(DEPARTMENT_NAMES)}): a department file replaces the one of its name"
+            )
+        if dept.name in out:
+            raise UsageError(f"{path}: {dept.name} is already given by {out[dept.name].path}")
+        out[dept.name] = dept
+    return out
+
+
+def declared_departments(files: Mapping[str, DepartmentFile]) -> dict[str, Department]:
+    """What claims are validated against: the built-in departments, each one a file
+    replaces declared by that file instead."""
+    return {**DEPARTMENTS, **{name: catalog_department(d) for name, d in files.items()}}
+
+
+def load_catalog(files: Mapping[str, DepartmentFile]) -> Catalog:
+    """The claim catalog, validated against :func:`declared_departments`: a claim naming a
+    predicate (or a parameter value) that no department declares is refused in one line."""
+    try:
+        return Catalog.load(declared_departments(files))
+    except ValueError as exc:
+        served = "; ".join(f"{name} is declared by {d.path}" for name, d in sorted(files.items()))
+        raise CommandFailed(f"{exc} ({served})" if served else str(exc)) from None
 
 
 def build_registry(settings: Settings) -> ClientRegistry:
@@ -160,7 +315,7 @@ def build_gateway(
     citizen = CitizenTokenVerifier(
         issuer=settings.idp_issuer, audience=settings.public_url, keys={idp.key_id: idp}
     )
-    catalog = Catalog.load(DEPARTMENTS)
+    catalog = load_catalog(department_files(settings.department_files))
     policy_store = PolicyStore.from_url(settings.gateway_store_url())
     enforcer = open_enforcer(policy_store, catalog)
     events = AuditEvents(audit)
