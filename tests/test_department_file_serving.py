@@ -14,10 +14,13 @@ than skip without them."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -722,3 +725,139 @@ def test_demo_refuses_a_file_naming_no_built_in_department(
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"tongban: {tax}: name = 'tax' is not a built-in department")
     assert not data.exists()  # refused before generating anything
+
+
+@pytest.mark.slow
+def test_demo_serves_a_department_from_its_file(tmp_path: Path) -> None:
+    """`tongban demo --department-file`: health answers from a legacy SQLite database, the
+    other four from the generated stores, through real processes."""
+    data = tmp_path / "demo-data"
+    generated = _tongban(
+        "generate", "--population", "300", "--seed", "3", "--out", str(data),
+        "--truth", str(data / "truth.jsonl"), "--workers", "1",
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    lines = (data / "truth.jsonl").read_text(encoding="utf-8").splitlines()
+    truth = [json.loads(line) for line in lines]
+    child = next(r["id_number"] for r in truth if r.get("claims", {}).get("birth_registered"))
+    db = open_legacy("sqlite", tmp_path)
+    db.run("INSERT INTO {cert} VALUES (9, :c, :m, '20200101', '20200105', '1', '0')",
+           {"c": child, "m": fifteen(MOTHER)})  # fmt: skip
+    path = db.department_file("health")
+    body = path.read_text(encoding="utf-8").replace(db.url, "${LEGACY_HEALTH_URL}")
+    path.write_text(body, encoding="utf-8")
+    port, log = _free_port(), tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tongban", "demo", "--data-dir", str(data), "--port",
+             str(port), "--population", "300", "--seed", "3", "--department-file", str(path)],
+            env=_env(LEGACY_HEALTH_URL=db.url), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        doc = _wait_for_demo(proc, data, log)
+        assert doc["department_files"] == {"health": str(path.resolve())}
+        with httpx.Client(base_url=doc["gateway"], trust_env=False, timeout=5) as http:
+            health = http.get("/healthz").json()
+            assert health["status"] == "ok"
+            assert health["departments"]["health"]["source"] == "sqlite"
+            assert {health["departments"][d]["source"] for d in ("police", "civil")} == {"managed"}
+            creds = doc["clients"]["edu-bureau"]
+            token = http.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials"},
+                auth=(creds["client_id"], creds["client_secret"]),
+            ).json()["access_token"]
+
+            def check() -> str:
+                body = {"subject": {"id_number": child}, "claim": "birth_registered",
+                        "purpose": "school_enrollment", "params": {}}  # fmt: skip
+                resp = http.post(
+                    "/v1/checks", json=body, headers={"Authorization": f"Bearer {token}"}
+                )
+                assert resp.status_code == 200, resp.text
+                return str(resp.json()["result"])
+
+            assert check() == "yes"
+            db.run("UPDATE {cert} SET SCBZ = '1' WHERE XSESFZH = :c", {"c": child})
+            assert check() == "no"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        close_legacy(db)
+    assert child not in log.read_text(encoding="utf-8")
+
+
+def _wait_for_demo(proc: subprocess.Popen[bytes], data: Path, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    manifest = data / "demo.json"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(encoding="utf-8")[-3000:]
+        if manifest.exists():
+            doc: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(doc["gateway"] + "/healthz", trust_env=False).status_code == 200:
+                    return doc
+        time.sleep(0.2)
+    pytest.fail("the demo did not come up:\n" + log.read_text(encoding="utf-8")[-3000:])
+
+
+# --- a file over the managed store ----------------------------------------------------------
+
+MANAGED_POLICE = """\
+name = "police"
+title = "公安 Household registration (the generated store, read through a file)"
+source = "managed"
+
+[predicates.registered_in_household]
+sql = '''
+SELECT COUNT(*) FROM registrations WHERE person_id IN (:subject, :subject15) AND since <= :today
+'''
+
+[predicates.household_in_district]
+params = {{ district = {districts} }}
+sql = '''
+SELECT COUNT(*) FROM registrations
+ WHERE person_id IN (:subject, :subject15) AND since <= :today AND district = :district
+'''
+"""
+
+
+def test_a_managed_file_answers_as_the_managed_store_does(
+    small_population: Any, party_keys: dict[str, SM2PrivateKey], tmp_path: Path
+) -> None:
+    from tongban.adapters.departments import DEPARTMENTS
+    from tongban.adapters.evaluate import Evaluator
+    from tongban.adapters.store import DepartmentStore
+    from tongban.primitives.regions import DISTRICTS as ALL_DISTRICTS
+
+    path = tmp_path / "police.toml"
+    path.write_text(MANAGED_POLICE.format(districts=str(list(ALL_DISTRICTS))), encoding="utf-8")
+    settings = Settings(
+        data_dir=keyed_dir(tmp_path / "data", party_keys),
+        store_urls={"police": small_population.urls["police"]},
+    )
+    core, _ = build_file_adapter(settings, load_department_file(path))
+    store = DepartmentStore(DEPARTMENTS["police"], small_population.urls["police"])
+    managed = Evaluator(store)
+    try:
+        source = core.evaluator
+        assert source.kind == "managed" and source.health()["reachable"] is True
+        assert source.answer_as_of() == managed.as_of().isoformat()  # the reference date
+        subjects = [r["id_number"] for r in small_population.subjects()[:200]]
+        for predicate, params in (
+            ("registered_in_household", {}),
+            ("household_in_district", {"district": "150102"}),
+        ):
+            calls = [PredicateCall(predicate, s, params) for s in subjects]
+            mine = [source.evaluate(c) for c in calls]
+            assert mine == [managed.evaluate(c) for c in calls]
+            assert len(set(mine)) == 2  # both answers occur
+            assert source.evaluate_many(predicate, params, subjects) == mine
+    finally:
+        core.evaluator.dispose()
+        store.dispose()

@@ -88,7 +88,7 @@ def _check(args: argparse.Namespace) -> int:
 def _print(path: Path, findings: list[Finding]) -> None:
     table = Table(title=f"department check — {path}")
     for column in ("key", "line", "check", "result"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for f in findings:
         mark = "[green]ok[/green]" if f.ok else "[red]FAIL[/red]"
         table.add_row(f.key, str(f.line), f.what, f"{mark} {f.detail}")
