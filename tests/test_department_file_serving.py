@@ -7,7 +7,8 @@ Asserted: checks answer per the data; an UPDATE changes the very next answer; a 
 table is ``undetermined`` (never ``no``, never a 500) and renaming it back heals without a
 restart; every answer carries ``as_of``; /healthz (adapter and gateway) shows the source
 kind and readiness, also for a source unreachable at start-up; claims are validated
-against the files; statistics are refused cleanly; no ID number reaches a log line.
+against the files; a file without statistics refuses them cleanly, one declaring a
+registered statistic contributes it; no ID number reaches a log line.
 
 PostgreSQL and MariaDB must be up (``service mariadb start``): these tests fail rather
 than skip without them."""
@@ -861,3 +862,98 @@ def test_a_managed_file_answers_as_the_managed_store_does(
     finally:
         core.evaluator.dispose()
         store.dispose()
+
+
+# --- statistics from a file ------------------------------------------------------------------
+
+BIRTHS = """
+[statistics.births_by_district_year]
+params = {{ year = ["2021", "2023"] }}
+record_bound = {bound}
+sql = '''
+SELECT '150102' AS cell, COUNT(*) AS value, COUNT(*) AS records FROM {cert}
+ WHERE SUBSTR(CSRQ, 1, 4) = :year AND ZT = '1' AND SCBZ = '0'
+'''
+"""
+
+
+@pytest.fixture(scope="module")
+def analyst_key() -> tuple[Any, Any]:
+    from tongban.federation.paillier import generate_keypair
+
+    return generate_keypair()
+
+
+def test_a_file_with_a_statistic_contributes_it(
+    legacy: Legacy,
+    party_keys: dict[str, SM2PrivateKey],
+    tmp_path: Path,
+    analyst_key: tuple[Any, Any],
+) -> None:
+    from tongban.adapters.file_source import FileStatistics
+    from tongban.adapters.protocol import verify_statistic_answer
+    from tongban.federation.paillier import decrypt_vector, key_fingerprint, public_key_to_jwk
+    from tongban.federation.statistics import REGISTRY, Release
+
+    body = legacy.department_file("health").read_text(encoding="utf-8")
+    path = legacy.write("births", body + BIRTHS.format(bound=1, cert=legacy.cert))
+    settings = Settings(data_dir=keyed_dir(tmp_path / "data", party_keys), stats_threshold=1)
+    core, _ = build_file_adapter(settings, load_department_file(path))
+    assert isinstance(core.statistics, FileStatistics)
+    public, private = analyst_key
+    signer = RequestSigner(party_keys["gateway"])
+    statistic = REGISTRY.get("births_by_district_year")
+    cell = statistic.cells.index("150102")
+    release = {"threshold": 1, "epsilon": None}
+
+    def contribute(year: str) -> list[int]:
+        token, jti = signer.sign_statistic(
+            "health", statistic.name, {"year": year}, "job-1", public_key_to_jwk(public), 1,
+            release,
+        )  # fmt: skip
+        ciphertexts = verify_statistic_answer(
+            core.handle(token),
+            department="health",
+            department_key=party_keys["health"].public_key,
+            request_jti=jti,
+            statistic=statistic.name,
+            job="job-1",
+            key_fingerprint=key_fingerprint(public),
+            release=release,
+        )
+        layout = statistic.layout(public.n, 1, Release(1, None))
+        return decrypt_vector(private, ciphertexts, layout, statistic.counters)
+
+    try:
+        values = contribute("2021")
+        assert values[cell] == 1 and sum(values) == 1  # CHILD, born 2021, in 150102
+        legacy.run("UPDATE {cert} SET SCBZ = '1' WHERE XSESFZH = :c", {"c": CHILD})
+        assert sum(contribute("2021")) == 0  # the very next contribution
+        # A year the statistic has and the file does not enumerate: refused before SQL.
+        token, _ = signer.sign_statistic(
+            "health", statistic.name, {"year": "2024"}, "job-2", public_key_to_jwk(public), 1
+        )
+        with pytest.raises(Exception) as refused:
+            core.handle(token)
+        assert _slug(refused.value) == "unknown-parameter"
+    finally:
+        core.evaluator.dispose()
+
+
+def test_a_statistic_bound_above_the_registered_one_is_refused_at_start(
+    sqlite_legacy: Legacy, party_keys: dict[str, SM2PrivateKey], tmp_path: Path
+) -> None:
+    from tongban.adapters.deptfile import DepartmentFileError
+
+    body = sqlite_legacy.department_file("health").read_text(encoding="utf-8")
+    path = sqlite_legacy.write("bound", body + BIRTHS.format(bound=5, cert=sqlite_legacy.cert))
+    settings = Settings(data_dir=keyed_dir(tmp_path / "data", party_keys))
+
+    with pytest.raises(DepartmentFileError) as refused:
+        build_file_adapter(settings, load_department_file(path))
+
+    line = body.count("\n") + 4  # the record_bound line of the appended section
+    assert refused.value.detail == (
+        f"{path}:{line}: statistics.births_by_district_year.record_bound: at most 1, the "
+        "bound births_by_district_year is registered with"
+    )

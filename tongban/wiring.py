@@ -13,9 +13,14 @@ from tongban.adapters.department import Department
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.deptfile import DepartmentFile, load_department_file
 from tongban.adapters.evaluate import MANAGED, Evaluator
-from tongban.adapters.file_source import FileSource, JsonWitnessState, catalog_department
+from tongban.adapters.file_source import (
+    FileSource,
+    FileStatistics,
+    JsonWitnessState,
+    catalog_department,
+)
 from tongban.adapters.live import LiveSource
-from tongban.adapters.protocol import AdapterCore, RequestSigner
+from tongban.adapters.protocol import AdapterCore, RequestSigner, StatisticsContributor
 from tongban.adapters.statistics import LocalStatistics
 from tongban.adapters.store import DepartmentStore
 from tongban.adapters.witness import MetaWitnessState, Witness, WitnessState
@@ -98,8 +103,10 @@ def build_file_adapter(
     start: the adapter answers ``unknown`` and says it is not ready until it is back.
 
     A file over the managed store (``source = "managed"``) reads the store of the
-    built-in department of its name, with its statistics and witness state; any other
-    source contributes to no statistic, and its witness state is DIR/witness/NAME.json.
+    built-in department of its name, with its statistics and witness state. Any other
+    source contributes the registered statistics its file declares (none if it declares
+    none: every statistic request is then refused as unknown), and its witness state is
+    DIR/witness/NAME.json.
     """
     use_backend(settings.sm2_backend)
     KeyRing(settings.keys_dir).require(private=[dept.name], public=["gateway"])
@@ -120,13 +127,20 @@ def build_file_adapter(
 
 def open_file_source(
     settings: Settings, dept: DepartmentFile
-) -> tuple[FileSource, LocalStatistics | None, WitnessState]:
-    """A department file's source, how it contributes to statistics (a managed store's
-    way, or not at all) and where its witness keeps state. Connects to nothing yet."""
+) -> tuple[FileSource, StatisticsContributor | None, WitnessState]:
+    """A department file's source, how it contributes to statistics (its declared
+    ``[statistics]``, or a managed store's way; none for a file declaring none) and where
+    its witness keeps state. Connects to nothing yet."""
     if dept.managed:
         return _managed_file_source(settings, dept)
     state = JsonWitnessState(settings.data_dir / "witness" / f"{dept.name}.json")
-    return FileSource(dept, LiveSource(dept)), None, state
+    live = LiveSource(dept)
+    statistics = (
+        FileStatistics(dept, live, min_threshold=settings.stats_threshold)
+        if dept.statistics
+        else None
+    )
+    return FileSource(dept, live), statistics, state
 
 
 def _managed_file_source(
@@ -153,7 +167,7 @@ _S = TypeVar("_S", Evaluator, FileSource)
 def _adapter(
     settings: Settings,
     source: _S,
-    statistics: LocalStatistics | None,
+    statistics: StatisticsContributor | None,
     state: WitnessState,
 ) -> tuple[AdapterCore[_S], Witness]:
     keys = KeyRing(settings.keys_dir)
