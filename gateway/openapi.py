@@ -60,6 +60,8 @@ ERROR_MODULES = (
     "tongban.adapters.at_rest",
     "tongban.federation.packing",
     "tongban.gateway.pages.session",
+    "tongban.adapters.deptfile",
+    "tongban.adapters.live",
 )
 """Every module that defines a :class:`TongbanError` subclass. A test greps the sources for
 ``slug = "`` and fails if a module is missing here."""
