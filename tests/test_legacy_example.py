@@ -29,7 +29,9 @@ from sqlalchemy.engine import make_url
 
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.departments.health import births
+from tongban.adapters.deptfile import DepartmentFile, load_department_file, parse_department_file
 from tongban.adapters.evaluate import Evaluator
+from tongban.adapters.live import LiveSource
 from tongban.adapters.store import DepartmentStore
 from tongban.primitives.idnumber import check_char
 from tongban.primitives.wire import Tri
@@ -309,6 +311,83 @@ def test_statistic_counts_what_the_managed_store_counts(
             assert got == expected, year
             seen += sum(n for n, _ in expected.values())
     assert seen > 0
+
+
+# --- through the adapter: the department file as tongban loads and serves it ----------
+
+VARIABLE = "TONGBAN_LEGACY_HEALTH_URL"
+
+
+def _department(url: str, *, mariadb_variant: bool = False) -> DepartmentFile:
+    path = EXAMPLE / "health.toml"
+    if not mariadb_variant:
+        return load_department_file(path, env={VARIABLE: url})
+    # The README's MariaDB/MySQL tweak: bare numbers, so that lookups use IX_*SFZH.
+    text = path.read_text(encoding="utf-8")
+    assert text.count("SELECT UPPER(p.n) AS subject") == len(FILE["quality"])
+    text = text.replace("SELECT UPPER(p.n) AS subject", "SELECT p.n AS subject")
+    return parse_department_file(text, str(path), env={VARIABLE: url}, path=path)
+
+
+def test_the_adapter_loads_the_file(legacy: tuple[str, dict[str, Any]]) -> None:
+    dept = _department(legacy[0])
+    assert dept.name == "health" and dept.source == legacy[0]
+    assert set(dept.predicates) == {"birth_certificate_issued", "children_at_least_youngest_under"}
+    assert set(dept.predicates) <= set(DEPARTMENTS["health"].predicates)
+    for name, predicate in dept.predicates.items():
+        managed = DEPARTMENTS["health"].predicate(name)
+        assert dict(predicate.params) == {p.name: p.values for p in managed.params}
+    assert all(set(q.predicates) == set(dept.predicates) for q in dept.quality.values())
+    assert dept.statistics["births_by_district_year"].record_bound == 1
+
+
+def _sample(subjects: list[str], named: set[str]) -> list[str]:
+    """Every quarantined person and every fifth other one: each answer costs one statement
+    per predicate and one per quality check."""
+    return [s for i, s in enumerate(subjects) if s in named or i % 5 == 0]
+
+
+def test_the_live_source_answers_what_the_managed_store_answers(
+    legacy: tuple[str, dict[str, Any]],
+    managed: DepartmentStore,
+    today: dt.date,
+    subjects: list[str],
+    managed_answers: dict[tuple[str, str], list[Tri]],
+) -> None:
+    """tongban's own live source over the file: every answer, the quality report and the
+    statistic. On MariaDB the README's variant (bare numbers) too."""
+    url = legacy[0]
+    qs = managed.department.table("quarantine_subjects")
+    with managed.connect() as conn:
+        named = set(conn.execute(select(qs.c.id_number)).scalars())
+        year = "2024"
+        rows = conn.execute(
+            select(births.c.district, func.count())
+            .where(func.substr(births.c.birth_date, 1, 4) == year)
+            .group_by(births.c.district)
+        ).all()
+    picked = _sample(subjects, named)
+    index = {s: i for i, s in enumerate(subjects)}
+    variants = [False, True] if make_url(url).get_backend_name() == "mysql" else [False]
+    for variant in variants:
+        source = LiveSource(_department(url, mariadb_variant=variant))
+        try:
+            for name, params in CALLS:
+                expected = managed_answers[(name, repr(sorted(params.items())))]
+                got = source.evaluate_many(name, picked, params, today=today)
+                wrong = [
+                    (s[:6] + "…", expected[index[s]].value, g.value)
+                    for s, g in zip(picked, got, strict=True)
+                    if g is not expected[index[s]]
+                ]
+                assert not wrong, f"{variant=} {name} {params}: {len(wrong)} differ: {wrong[:5]}"
+            assert source.ready and source.defects == 0
+            report = source.quality_report(today=today)
+            assert sum(count for count, _ in report.values()) > 0
+            cells = source.statistic_rows("births_by_district_year", {"year": year}, today=today)
+            assert sorted(cells) == sorted((d, n, n) for d, n in rows)
+        finally:
+            source.dispose()
 
 
 # --- the quality checks and the noise, on crafted rows ---------------------------------
