@@ -14,16 +14,8 @@ from pathlib import Path
 
 from tongban.primitives.extras import EXTRAS
 
-ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {
-    "tongban": "tongban",
-    "primitives": "tongban.primitives",
-    "gateway": "tongban.gateway",
-    "policies": "tongban.policies",
-    "adapters": "tongban.adapters",
-    "audit": "tongban.audit",
-    "federation": "tongban.federation",
-}
+from .layout import FOLDERS, ROOT
+
 BLOCKED = sorted({m for modules in EXTRAS.values() for m in modules})
 
 # Modules that exist only for an optional feature; every one of them must fail to import

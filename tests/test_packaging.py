@@ -18,16 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {
-    "tongban": "tongban",
-    "primitives": "tongban.primitives",
-    "gateway": "tongban.gateway",
-    "policies": "tongban.policies",
-    "adapters": "tongban.adapters",
-    "audit": "tongban.audit",
-    "federation": "tongban.federation",
-}
+from .layout import FOLDERS, ROOT
 
 pytestmark = pytest.mark.slow
 
