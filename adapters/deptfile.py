@@ -11,6 +11,7 @@ named, SQL text and URLs never are, and anything shaped like an ID number is mas
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_TIMEOUT_MS",
     "SUPPORTED_DIALECTS",
     "CheckedSql",
+    "DateBind",
     "DepartmentFile",
     "DepartmentFileError",
     "FeatureSet",
@@ -39,6 +41,7 @@ __all__ = [
     "QualityCheck",
     "SqlRefused",
     "check_select",
+    "date_binds",
     "key_line",
     "load_department_file",
     "mask_url",
@@ -373,6 +376,56 @@ def _skip_to(text: str, end: str, i: int) -> int:
 
 # --- the file's shape ----------------------------------------------------------------
 
+_DATE_RE = re.compile(
+    r"\s*(?P<base>[a-z][a-z0-9_]*)\s*"
+    r"(?:(?P<sign>[+-])\s*(?P<amount>\d+|[a-z][a-z0-9_]*)\s+(?P<unit>days?|years?)\s*)?"
+)
+_YEAR_RE = re.compile(r"\d{4}")
+
+
+@dataclass(frozen=True, slots=True)
+class DateBind:
+    """A date bind parameter the file derives from ``today`` or a declared parameter,
+    ``dates = { since = "today - 365 days" }``: bound as ``:since`` (ISO 8601,
+    ``YYYY-MM-DD``) and ``:since_yyyymmdd``, so a query needs no date arithmetic of its
+    dialect. A year-valued parameter as the base is 1 January of that year; years
+    are calendar years (29 February falls back to the 28th)."""
+
+    name: str
+    base: str  # "today" or a parameter whose values are years (YYYY) or ISO dates
+    sign: int  # +1, -1 (0: no offset)
+    amount: int | str  # a number, or a parameter whose values are integers
+    unit: str  # "days" or "years"
+
+    def value(self, today: dt.date, params: Mapping[str, str]) -> dt.date:
+        if self.base == "today":
+            day = today
+        else:
+            raw = params[self.base]
+            day = dt.date(int(raw), 1, 1) if _YEAR_RE.fullmatch(raw) else dt.date.fromisoformat(raw)
+        n = self.amount if isinstance(self.amount, int) else int(params[self.amount])
+        if self.sign == 0 or n == 0:
+            return day
+        if self.unit == "days":
+            return day + dt.timedelta(days=self.sign * n)
+        year = day.year + self.sign * n
+        try:
+            return day.replace(year=year)
+        except ValueError:  # 29 February
+            return day.replace(year=year, day=28)
+
+
+def date_binds(
+    dates: Mapping[str, DateBind], today: dt.date, params: Mapping[str, str]
+) -> dict[str, str]:
+    """The bind values of a query's declared ``dates`` on ``today`` with ``params``."""
+    out: dict[str, str] = {}
+    for name, bind in dates.items():
+        day = bind.value(today, params)
+        out[name] = day.isoformat()
+        out[f"{name}_yyyymmdd"] = day.strftime("%Y%m%d")
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class FilePredicate:
@@ -382,6 +435,7 @@ class FilePredicate:
     params: Mapping[str, tuple[str, ...]]
     related: bool
     binds: frozenset[str]
+    dates: Mapping[str, DateBind] = field(default_factory=dict)
 
     def check_params(self, params: object) -> dict[str, str]:
         """``params`` as exactly the declared parameters, each an enumerated value;
@@ -412,6 +466,7 @@ class FileStatistic:
     params: Mapping[str, tuple[str, ...]]
     record_bound: int
     binds: frozenset[str] = frozenset()
+    dates: Mapping[str, DateBind] = field(default_factory=dict)
 
     def check_params(self, params: object) -> dict[str, str]:
         return check_enumerated(self.name, params, self.params)
@@ -812,13 +867,79 @@ def _unavailable(bind: str, available: frozenset[str]) -> str:
     return f":{bind} is not a parameter here (this query can use {names})"
 
 
-def _unused(ctx: _Ctx, path: Path_, params: Mapping[str, object], binds: Mapping[str, int]) -> None:
+def _unused(
+    ctx: _Ctx,
+    path: Path_,
+    params: Mapping[str, object],
+    binds: Mapping[str, int],
+    dates: Mapping[str, DateBind] | None = None,
+) -> None:
+    dates = dates or {}
+    in_dates = {d.base for d in dates.values()} | {
+        d.amount for d in dates.values() if isinstance(d.amount, str)
+    }
     for name in params:
-        if name not in binds:
+        if name not in binds and name not in in_dates:
             raise ctx.fail((*path, "params", name), "declared but not used in sql")
+    for name in dates:
+        if name not in binds and f"{name}_yyyymmdd" not in binds:
+            raise ctx.fail((*path, "dates", name), "declared but not used in sql")
 
 
-_PREDICATE_KEYS = {"sql", "params", "related", "description"}
+def _dates(
+    ctx: _Ctx, path: Path_, value: object, params: Mapping[str, tuple[str, ...]]
+) -> dict[str, DateBind]:
+    """``dates = { NAME = "BASE [+|- AMOUNT days|years]" }``: BASE is ``today`` or a
+    parameter whose every value is a year or an ISO date; AMOUNT a number or a parameter
+    whose every value is an integer."""
+    table = _expect(ctx, path, value, dict)
+    out: dict[str, DateBind] = {}
+    for name, expr in table.items():
+        at = (*path, name)
+        _name(ctx, at, name)
+        if name in _RESERVED or name in params or name.endswith("_yyyymmdd"):
+            raise ctx.fail(at, "this name is taken (a parameter, or one the adapter supplies)")
+        text_ = _expect(ctx, at, expr, str)
+        match = _DATE_RE.fullmatch(text_)
+        if match is None:
+            raise ctx.fail(at, 'expected "today" or a parameter, then "+ N days" or "- N years"')
+        base = match["base"]
+        if base != "today":
+            values = params.get(base)
+            if values is None:
+                raise ctx.fail(at, f"{base} is neither today nor a parameter declared here")
+            if not all(_YEAR_RE.fullmatch(v) or _iso_date(v) for v in values):
+                raise ctx.fail(at, f"every value of {base} must be a year (YYYY) or a date")
+        amount: int | str = 0
+        if match["amount"] is not None:
+            raw = match["amount"]
+            if raw.isdigit():
+                amount = int(raw)
+            elif raw not in params:
+                raise ctx.fail(at, f"{raw} is not a parameter declared here")
+            elif not all(v.isdigit() for v in params[raw]):
+                raise ctx.fail(at, f"every value of {raw} must be a whole number")
+            else:
+                amount = raw
+        sign = {"+": 1, "-": -1, None: 0}[match["sign"]]
+        unit = "years" if (match["unit"] or "").startswith("year") else "days"
+        out[name] = DateBind(name, base, sign, amount, unit)
+    return out
+
+
+def _iso_date(value: str) -> bool:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _date_names(dates: Mapping[str, DateBind]) -> set[str]:
+    return set(dates) | {f"{n}_yyyymmdd" for n in dates}
+
+
+_PREDICATE_KEYS = {"sql", "params", "related", "description", "dates"}
 
 
 def _predicate(ctx: _Ctx, name: str, table: dict[str, Any]) -> FilePredicate:
@@ -827,11 +948,12 @@ def _predicate(ctx: _Ctx, name: str, table: dict[str, Any]) -> FilePredicate:
     params = _params(ctx, (*path, "params"), table.get("params", {}))
     related: bool = _expect(ctx, (*path, "related"), table.get("related", False), bool)
     description: str = _expect(ctx, (*path, "description"), table.get("description", ""), str)
-    available = _COMMON_BINDS | _SUBJECT_BINDS | set(params)
+    dates = _dates(ctx, (*path, "dates"), table.get("dates", {}), params)
+    available = _COMMON_BINDS | _SUBJECT_BINDS | set(params) | _date_names(dates)
     if related:
         available |= _RELATED_BINDS
     checked = _sql(ctx, (*path, "sql"), table["sql"], frozenset(available))
-    _unused(ctx, path, params, checked.binds)
+    _unused(ctx, path, params, checked.binds, dates)
     if not _SUBJECT_BINDS & set(checked.binds):
         raise ctx.fail((*path, "sql"), "never binds :subject or :subject15")
     if related and not _RELATED_BINDS & set(checked.binds):
@@ -843,6 +965,7 @@ def _predicate(ctx: _Ctx, name: str, table: dict[str, Any]) -> FilePredicate:
         params=MappingProxyType(params),
         related=related,
         binds=frozenset(checked.binds),
+        dates=MappingProxyType(dates),
     )
 
 
@@ -867,16 +990,22 @@ def _quality(
 
 def _statistic(ctx: _Ctx, name: str, table: dict[str, Any]) -> FileStatistic:
     path = ("statistics", name)
-    _known_keys(ctx, path, table, {"sql", "params", "record_bound"}, {"sql"})
+    _known_keys(ctx, path, table, {"sql", "params", "record_bound", "dates"}, {"sql"})
     params = _params(ctx, (*path, "params"), table.get("params", {}))
     bound: int = _expect(ctx, (*path, "record_bound"), table.get("record_bound", 1), int)
     if bound < 1:
         raise ctx.fail((*path, "record_bound"), "expected a positive integer")
-    available = frozenset(_COMMON_BINDS | {"record_bound"} | set(params))
+    dates = _dates(ctx, (*path, "dates"), table.get("dates", {}), params)
+    available = frozenset(_COMMON_BINDS | {"record_bound"} | set(params) | _date_names(dates))
     checked = _sql(ctx, (*path, "sql"), table["sql"], available)
-    _unused(ctx, path, params, checked.binds)
+    _unused(ctx, path, params, checked.binds, dates)
     return FileStatistic(
-        name, checked.text, MappingProxyType(params), bound, frozenset(checked.binds)
+        name,
+        checked.text,
+        MappingProxyType(params),
+        bound,
+        frozenset(checked.binds),
+        MappingProxyType(dates),
     )
 
 

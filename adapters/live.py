@@ -39,7 +39,16 @@ from tongban.primitives.extras import require_extra
 from tongban.primitives.idnumber import Reason, check_char, mask, parse, validate
 from tongban.primitives.wire import Tri
 
-from .deptfile import MANAGED, DepartmentFile, FilePredicate, QualityCheck, check_select, mask_url
+from .deptfile import (
+    MANAGED,
+    DateBind,
+    DepartmentFile,
+    FilePredicate,
+    QualityCheck,
+    check_select,
+    date_binds,
+    mask_url,
+)
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -403,9 +412,21 @@ class LiveSource:
         return normal, fifteen(normal)
 
     @staticmethod
-    def _dates(today: dt.date | None) -> dict[str, object]:
+    def _dates(
+        today: dt.date | None,
+        dates: Mapping[str, DateBind] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, object]:
+        """The adapter's date binds: ``:today``, ``:today_yyyymmdd`` and the query's
+        declared ``dates`` (with its checked ``params``)."""
         day = today or dt.date.today()
-        return {"today": day.isoformat(), "today_yyyymmdd": day.strftime("%Y%m%d")}
+        values: dict[str, object] = {
+            "today": day.isoformat(),
+            "today_yyyymmdd": day.strftime("%Y%m%d"),
+        }
+        if dates:
+            values |= date_binds(dates, day, params or {})
+        return values
 
     def _check_call(
         self, predicate: str, params: Mapping[str, str] | None, related: bool
@@ -433,7 +454,7 @@ class LiveSource:
         persons = [self._person(subject18)]
         if related18 is not None:
             persons.append(self._person(related18))
-        values = self._dates(today) | clean
+        values = self._dates(today, pred.dates, clean) | clean
         try:
             with self.reading() as conn:
                 verdict = self._answer(conn, pred, values, persons)
@@ -457,7 +478,7 @@ class LiveSource:
         ``unknown`` without asking."""
         pred, clean = self._check_call(predicate, params, related=False)
         persons = [self._person(s) for s in subjects]
-        values = self._dates(today) | clean
+        values = self._dates(today, pred.dates, clean) | clean
         out: list[Tri] = []
         failures = 0
         try:
@@ -538,7 +559,8 @@ class LiveSource:
         stat = self.dept.statistics.get(name)
         if stat is None:
             raise UnknownStatistic(f"statistic: {self.dept.name} does not compute it")
-        values = self._dates(today) | stat.check_params(params)
+        checked = stat.check_params(params)
+        values = self._dates(today, stat.dates, checked) | checked
         values["record_bound"] = stat.record_bound
         what = f"statistic {name}"
         try:
