@@ -1,8 +1,10 @@
-"""What a department declares: its tables, ingest checks and the predicates it will evaluate.
+"""A built-in department: its department file over the managed store's tables.
 
-A department module builds one :class:`Department` value and registers it. Everything the
-adapter does — ingest, validation, evaluation, the HTTP service — reads from that value, so
-adding a predicate is adding data, not a branch.
+What a department answers (predicates, quality checks, statistics, feature sets) is its
+department file, ``adapters/departments/NAME.toml``, as for any department. The managed
+store that ``tongban generate`` fills has tables, ingest checks and derived tables of its
+own: those are declared beside the file in ``adapters/departments/NAME.py`` as a
+:class:`StoreSchema`, and the two together are a :class:`Department`.
 """
 
 from __future__ import annotations
@@ -13,60 +15,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Column, Connection, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text
 
-from tongban.primitives.errors import UnknownPredicate
-from tongban.primitives.params import check_enumerated
+from .deptfile import DepartmentFile, FilePredicate
 
 __all__ = [
     "Columns",
     "Department",
-    "Param",
-    "Predicate",
     "RecordCheck",
+    "StoreSchema",
     "common_tables",
 ]
 
 Columns = Mapping[str, npt.NDArray[np.generic]]
 """A batch of records, column-wise: the generator and ingest never build per-row objects."""
 
-QueryFn = Callable[[Connection, str, Mapping[str, str], dt.date], bool]
-RelatedQueryFn = Callable[[Connection, str, str, dt.date], bool]
 CheckFn = Callable[[Columns, dt.date], npt.NDArray[np.bool_]]
-
-
-@dataclass(frozen=True, slots=True)
-class Param:
-    """A predicate parameter. Values are enumerated: free-form thresholds would let repeated
-    queries bisect a hidden value."""
-
-    name: str
-    values: tuple[str, ...]
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Predicate:
-    name: str
-    description: str
-    query: QueryFn
-    # Tables whose quarantined records about the subject make the answer UNKNOWN: the
-    # department knows it holds a conflicting record and must not answer a confident "no".
-    tables: tuple[str, ...]
-    params: tuple[Param, ...] = ()
-    # Set for predicates about two people: query(conn, subject, related, as_of).
-    related_query: RelatedQueryFn | None = None
-
-    def check_params(self, params: Mapping[str, str]) -> dict[str, str]:
-        return check_enumerated(self.name, params, {p.name: p.values for p in self.params})
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "params": {p.name: list(p.values) for p in self.params},
-            "related": self.related_query is not None,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,32 +43,66 @@ class RecordCheck:
 
 
 @dataclass(frozen=True)
-class Department:
-    name: str
-    title: str
+class StoreSchema:
+    """The managed store of one department: what ``tongban generate`` and ingest need."""
+
     metadata: MetaData
     # Columns holding ID numbers, per table: validated on ingest and indexed for lookup.
     id_columns: Mapping[str, tuple[str, ...]]
     checks: tuple[RecordCheck, ...]
-    predicates: Mapping[str, Predicate] = field(default_factory=dict)
     # Statements run after a bulk load to build derived tables (e.g. archives).
     derive: tuple[str, ...] = ()
+    # Sensitive columns (encryption at rest), per table: column → blind-index domain.
+    # Each holds a blind index once the store is sealed; the values go into the row's
+    # sealed column.
+    sealed: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for table in self.id_columns:
+        for table in (*self.id_columns, *self.sealed):
             if table not in self.metadata.tables:
-                raise ValueError(f"{self.name}: id columns declared for unknown table {table}")
+                raise ValueError(f"columns declared for unknown table {table}")
+
+
+@dataclass(frozen=True)
+class Department:
+    """A department file (``source = "managed"``) and the store schema it reads."""
+
+    file: DepartmentFile
+    schema: StoreSchema
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def title(self) -> str:
+        return self.file.title
+
+    @property
+    def metadata(self) -> MetaData:
+        return self.schema.metadata
+
+    @property
+    def id_columns(self) -> Mapping[str, tuple[str, ...]]:
+        return self.schema.id_columns
+
+    @property
+    def checks(self) -> tuple[RecordCheck, ...]:
+        return self.schema.checks
+
+    @property
+    def derive(self) -> tuple[str, ...]:
+        return self.schema.derive
+
+    @property
+    def predicates(self) -> Mapping[str, FilePredicate]:
+        return self.file.predicates
 
     def table(self, name: str) -> Table:
         return self.metadata.tables[name]
 
-    def predicate(self, name: str) -> Predicate:
-        try:
-            return self.predicates[name]
-        except KeyError:
-            raise UnknownPredicate(
-                f"predicate: not one {self.name} evaluates; GET /v1/predicates lists them"
-            ) from None
+    def predicate(self, name: str) -> FilePredicate:
+        return self.file.predicate(name)
 
 
 def common_tables(metadata: MetaData) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -33,6 +33,7 @@ __all__ = [
     "SUPPORTED_DIALECTS",
     "CheckedSql",
     "DateBind",
+    "Declarations",
     "DepartmentFile",
     "DepartmentFileError",
     "FeatureSet",
@@ -478,6 +479,14 @@ class FeatureSet:
     sql: str
     columns: tuple[str, ...]
     binds: frozenset[str] = frozenset()
+
+
+class Declarations(Protocol):
+    """What a claim catalog validates against: a department's declared predicates (a
+    :class:`DepartmentFile`, or a built-in department over its file)."""
+
+    @property
+    def predicates(self) -> Mapping[str, FilePredicate]: ...
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypedDict, TypeVar
 
-from sqlalchemy import Connection, Select, bindparam, literal, or_, select, text
+from sqlalchemy import Connection, TextClause, text
 
 from tongban.primitives.errors import StoreUnavailable, UnknownParameter
 from tongban.primitives.idnumber import parse
 from tongban.primitives.wire import PredicateCall, Tri
 
 from .at_rest import BlindIndex
-from .department import Predicate
+from .deptfile import FilePredicate
+from .live import LiveSource, interpret, named_statement
 from .store import DepartmentStore
 
 __all__ = ["MANAGED", "Evaluator", "PredicateSource", "SourceHealth"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("tongban.adapters.evaluate")
 
 MANAGED = "managed"
 """The source kind of a store that `tongban generate` fills (every other kind is the
@@ -80,31 +84,31 @@ class PredicateSource(Protocol):
 
 
 class Evaluator:
-    """Validates a call against the department's declarations and evaluates it.
+    """Validates a call against the department's file and evaluates it on the managed store.
 
     The order matters: the predicate and parameters are checked before the subject is
-    looked at, so a malformed request reveals nothing about anyone.
+    looked at, so a malformed request reveals nothing about anyone. Each answer runs the
+    file's statements as a department's own database would: the quality checks that cover
+    the predicate (a subject they name answers ``unknown``), then the predicate's query.
 
-    On a store encrypted at rest, subjects are looked up by their blind index. Predicates
-    are positive (TRUE needs a matching row), so a TRUE found with an index key is right;
-    anything else is confirmed against the store's current index key first (one small
-    read), so a reader holding a key rotated away under it re-keys and asks again instead
-    of answering FALSE from finding nothing.
+    On a store encrypted at rest, subjects are looked up by their blind index: the file's
+    ``:subject`` is bound to the token (the managed store holds no 15-digit numbers, so
+    ``:subject15`` is NULL). Predicates are positive (TRUE needs a matching row), so a
+    TRUE found with an index key is right; anything else is confirmed against the store's
+    current index key first (one small read), so a reader holding a key rotated away
+    under it re-keys and asks again instead of answering FALSE from finding nothing.
     """
 
     def __init__(self, store: DepartmentStore) -> None:
         self.store = store
         self.department = store.department
-        qs = self.department.table("quarantine_subjects")
-        self._quarantined: dict[str, Select[tuple[int]]] = {
-            # OR of constants rather than IN: an expanding IN is re-rendered on every call.
-            name: select(qs.c.quarantine_id)
-            .where(
-                qs.c.id_number == bindparam("s"),
-                or_(*(qs.c.table_name == literal(t) for t in p.tables)),
-            )
-            .limit(1)
-            for name, p in self.department.predicates.items()
+        self.file = self.department.file
+        self.defects = 0
+        self._statements = {n: text(p.sql) for n, p in self.file.predicates.items()}
+        self._named = {n: named_statement(q) for n, q in self.file.quality.items()}
+        self._checks: dict[str, tuple[TextClause, ...]] = {
+            n: tuple(self._named[q.name] for q in self.file.checks_for(n))
+            for n in self.file.predicates
         }
 
     @property
@@ -141,57 +145,74 @@ class Evaluator:
     def dispose(self) -> None:
         self.store.dispose()
 
-    def check(self, call: PredicateCall) -> tuple[Predicate, dict[str, str], str, str | None]:
+    def check(self, call: PredicateCall) -> tuple[FilePredicate, dict[str, str], str, str | None]:
         predicate = self.department.predicate(call.predicate)
         params = predicate.check_params(call.params)
-        if (call.related is None) != (predicate.related_query is None):
+        if (call.related is not None) != predicate.related:
             raise UnknownParameter(
                 f"related: {predicate.name} "
-                + ("needs" if predicate.related_query else "takes no")
+                + ("needs" if predicate.related else "takes no")
                 + " related person"
             )
         subject = parse(call.subject).number
         related = parse(call.related).number if call.related is not None else None
         return predicate, params, subject, related
 
+    def _values(
+        self, predicate: FilePredicate, params: dict[str, str], as_of: dt.date
+    ) -> dict[str, object]:
+        # LiveSource's binds exactly: :today, :today_yyyymmdd, the declared dates, params.
+        return LiveSource.binds(as_of, predicate.dates, params) | params
+
+    def _answer(
+        self,
+        conn: Connection,
+        predicate: FilePredicate,
+        values: dict[str, object],
+        persons: list[str],
+    ) -> Tri:
+        for check in self._checks[predicate.name]:
+            for person in persons:
+                if conn.execute(check, values | {"subject": person, "subject15": None}).first():
+                    return Tri.UNKNOWN
+        binds = values | {"subject": persons[0], "subject15": None}
+        if len(persons) > 1:
+            binds |= {"related": persons[1], "related15": None}
+        result = conn.execute(self._statements[predicate.name], binds)
+        width = len(result.keys())
+        rows = result.fetchmany(2)
+        result.close()
+        verdict, defect = interpret(width, rows)
+        if defect is not None:
+            self.defects += 1
+            log.warning("%s store: predicate %s: defect: %s", self.name, predicate.name, defect)
+        return verdict
+
     def evaluate_many(
         self, predicate_name: str, params: Mapping[str, str], subjects: list[str]
     ) -> list[Tri]:
         """One predicate over many subjects (a batch check), on one connection."""
         predicate = self.department.predicate(predicate_name)
-        if predicate.related_query is not None:
+        if predicate.related:
             raise UnknownParameter(f"related: {predicate.name} cannot be batched")
         clean = predicate.check_params(params)
         numbers = [parse(s).number for s in subjects]
-        as_of = self.as_of()
-        quarantined = self._quarantined[predicate.name]
+        values = self._values(predicate, clean, self.as_of())
 
         def many(conn: Connection, index: BlindIndex) -> list[Tri]:
-            out: list[Tri] = []
-            for number in numbers:
-                subject = index.token(number)
-                if conn.execute(quarantined, {"s": subject}).first():
-                    out.append(Tri.UNKNOWN)
-                else:
-                    out.append(Tri.of(predicate.query(conn, subject, clean, as_of)))
-            return out
+            return [self._answer(conn, predicate, values, [index.token(n)]) for n in numbers]
 
         return self._confirmed(many, lambda results: all(r is Tri.TRUE for r in results))
 
     def evaluate(self, call: PredicateCall) -> Tri:
         predicate, params, subject, related = self.check(call)
-        as_of = self.as_of()
-        quarantined = self._quarantined[predicate.name]
+        values = self._values(predicate, params, self.as_of())
 
         def one(conn: Connection, index: BlindIndex) -> Tri:
-            s = index.token(subject)
-            r = None if related is None else index.token(related)
-            for person in (s, r):
-                if person is not None and conn.execute(quarantined, {"s": person}).first():
-                    return Tri.UNKNOWN
-            if r is not None and predicate.related_query is not None:
-                return Tri.of(predicate.related_query(conn, s, r, as_of))
-            return Tri.of(predicate.query(conn, s, params, as_of))
+            persons = [index.token(subject)]
+            if related is not None:
+                persons.append(index.token(related))
+            return self._answer(conn, predicate, values, persons)
 
         return self._confirmed(one, lambda result: result is Tri.TRUE)
 

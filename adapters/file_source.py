@@ -9,8 +9,6 @@ present iff declared, ID numbers valid) before any SQL runs, then asks the depar
 database through :class:`~tongban.adapters.live.LiveSource`, which answers ``unknown``
 whenever the source cannot be read.
 
-:func:`catalog_department` gives the gateway what its claim catalog validates against:
-the file's predicates and their enumerations, as a :class:`Department` with no tables.
 """
 
 from __future__ import annotations
@@ -22,41 +20,27 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NotRequired, cast
+from typing import NotRequired
 
-from sqlalchemy import Connection, MetaData
-
-from tongban.federation.paillier import (
-    InvalidPublicKey,
-    OutOfBounds,
-    encrypt_vector,
-    key_fingerprint,
-    parse_public_key,
-)
 from tongban.federation.statistics import (
     DEFAULT_THRESHOLD,
     REGISTRY,
-    Release,
-    Statistic,
     StatisticsRegistry,
-    UnknownStatistic,
 )
 from tongban.primitives.errors import UnknownParameter
 from tongban.primitives.idnumber import parse
 from tongban.primitives.wire import PredicateCall, Tri
 
-from .department import Department, Param, Predicate
-from .deptfile import DepartmentFile, DepartmentFileError, FilePredicate, key_line
+from .deptfile import DepartmentFile, FilePredicate, FileStatistic
 from .evaluate import SourceHealth
-from .live import LiveSource
-from .statistics import LocalStatistics, PoolCache
+from .live import LiveSource, StatisticRows
+from .statistics import Contribution, PoolCache
 
 __all__ = [
     "FileSource",
     "FileSourceHealth",
     "FileStatistics",
     "JsonWitnessState",
-    "catalog_department",
     "referenced_variables",
 ]
 
@@ -175,17 +159,10 @@ class FileSource:
 # --- statistics ------------------------------------------------------------------------
 
 
-class FileStatistics:
-    """A department file's contribution to the registered encrypted statistics: its
-    ``[statistics.NAME]`` query gives the rows ``(cell, value, records)``; everything else
-    (validation before any SQL, bounds, small-cell suppression or noise, encryption) is as
-    for a managed store (:class:`LocalStatistics`). A statistic the file does not declare,
-    or one this department is not a party to, is refused as unknown.
-
-    The file's ``record_bound`` is bound as ``:record_bound`` (for the query to clip each
-    record's amount): it may not exceed the registered statistic's own bound, the
-    sensitivity its noise is scaled to.
-    """
+class FileStatistics(Contribution):
+    """A department file's contribution to the registered encrypted statistics, its
+    rows read from the department's own database (:meth:`LiveSource.statistic_rows`);
+    everything else is a managed store's (:class:`Contribution`)."""
 
     def __init__(
         self,
@@ -196,103 +173,12 @@ class FileStatistics:
         pools: PoolCache | None = None,
         min_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
+        super().__init__(dept, registry=registry, pools=pools, min_threshold=min_threshold)
         self.dept = dept
         self.live = live
-        self.registry = registry
-        self.min_threshold = min_threshold
-        self.pools = pools if pools is not None else PoolCache()
-        for name, declared in dept.statistics.items():
-            try:
-                statistic = registry.get(name)
-            except UnknownStatistic:
-                continue  # declared for the department's own use: never requested
-            if declared.record_bound > statistic.record_bound:
-                raise self._refuse(
-                    ("statistics", name, "record_bound"),
-                    f"at most {statistic.record_bound}, the bound {name} is registered with",
-                )
 
-    def _refuse(self, key: tuple[str, ...], what: str) -> DepartmentFileError:
-        path = self.dept.path
-        text = path.read_text(encoding="utf-8") if path is not None else ""
-        name = str(path) if path is not None else self.dept.name
-        return DepartmentFileError(name, key_line(text, key), ".".join(key), what)
-
-    def contribute(
-        self,
-        name: object,
-        params: object,
-        key_jwk: object,
-        parties: object,
-        release: object = None,
-    ) -> tuple[Statistic, dict[str, str], str, list[int], Release]:
-        """Validate everything before touching data; the encrypted vector and the release
-        rules applied (the threshold raised to this department's floor)."""
-        statistic = self.registry.get(name)
-        declared = self.dept.statistics.get(statistic.name)
-        if self.dept.name not in statistic.departments or declared is None:
-            raise UnknownStatistic(f"statistic: {self.dept.name} does not contribute to it")
-        clean = statistic.check_params(params)
-        declared.check_params(clean)  # the file may enumerate fewer values
-        count = statistic.check_parties(parties)
-        rules = Release() if release is None else Release.from_json(release)
-        rules = Release(max(rules.threshold, self.min_threshold), rules.epsilon)
-        if not isinstance(key_jwk, Mapping):
-            raise InvalidPublicKey("key: expected a JWK object")
-        key = parse_public_key(key_jwk)
-        layout = statistic.layout(key.n, count, rules)
-        values = self.vector(statistic, clean)
-        # The release rules are the managed store's, exactly (they read nothing of self).
-        protected = LocalStatistics.protect(
-            cast(LocalStatistics, self), statistic, values, rules, count
-        )
-        ciphertexts = encrypt_vector(key, protected, layout, self.pools.get(key))
-        return statistic, clean, key_fingerprint(key), ciphertexts, rules
-
-    def vector(self, statistic: Statistic, params: Mapping[str, str]) -> list[int]:
-        """The plaintext vector: one value per declared cell (zero where the query has no
-        row; rows of other cells are not released), then the record counts for a
-        statistic with a count companion."""
-        sums = dict.fromkeys(statistic.cells, 0)
-        counts = dict.fromkeys(statistic.cells, 0)
-        for cell, value, records in self.live.statistic_rows(statistic.name, params):
-            if cell in sums:
-                sums[cell] += value
-                counts[cell] += records
-        values = [sums[c] for c in statistic.cells]
-        if not statistic.counts_records:
-            values += [counts[c] for c in statistic.cells]
-        if any(v < 0 or v > statistic.value_bound for v in values):
-            raise OutOfBounds(f"{statistic.name}: a local value exceeds the declared bound")
-        return values
-
-
-# --- the gateway's view ----------------------------------------------------------------
-
-
-def _never(conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date) -> bool:
-    raise RuntimeError("a catalog department's predicates are declarations, never evaluated")
-
-
-def _never_related(conn: Connection, subject: str, related: str, as_of: dt.date) -> bool:
-    raise RuntimeError("a catalog department's predicates are declarations, never evaluated")
-
-
-def catalog_department(dept: DepartmentFile) -> Department:
-    """The file's predicates as the claim catalog reads declarations: names, enumerated
-    parameters and whether they relate two people. No tables, nothing to evaluate."""
-    predicates = {
-        name: Predicate(
-            name,
-            p.description,
-            _never,
-            (),
-            tuple(Param(k, tuple(v)) for k, v in p.params.items()),
-            _never_related if p.related else None,
-        )
-        for name, p in dept.predicates.items()
-    }
-    return Department(dept.name, dept.title, MetaData(), {}, (), predicates)
+    def rows(self, declared: FileStatistic, params: Mapping[str, str], bound: int) -> StatisticRows:
+        return self.live.statistic_rows(declared.name, params, record_bound=bound)
 
 
 def referenced_variables(path: Path) -> list[str]:

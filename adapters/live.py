@@ -55,9 +55,12 @@ __all__ = [
     "LiveSource",
     "SourceDefect",
     "SourceTimeout",
+    "StatisticRows",
     "describe_error",
     "fifteen",
     "interpret",
+    "named_statement",
+    "statistic_cells",
 ]
 
 log = logging.getLogger("tongban.adapters.live")
@@ -299,7 +302,7 @@ class LiveSource:
         self._read_at: dt.datetime | None = None
         self.engine = self._engine()
         self._predicates = {n: text(p.sql) for n, p in dept.predicates.items()}
-        self._named = {n: _named_statement(q) for n, q in dept.quality.items()}
+        self._named = {n: named_statement(q) for n, q in dept.quality.items()}
         self._checks = {n: dept.checks_for(n) for n in dept.predicates}
 
     def _engine(self) -> Engine:
@@ -412,7 +415,7 @@ class LiveSource:
         return normal, fifteen(normal)
 
     @staticmethod
-    def _dates(
+    def binds(
         today: dt.date | None,
         dates: Mapping[str, DateBind] | None = None,
         params: Mapping[str, str] | None = None,
@@ -454,7 +457,7 @@ class LiveSource:
         persons = [self._person(subject18)]
         if related18 is not None:
             persons.append(self._person(related18))
-        values = self._dates(today, pred.dates, clean) | clean
+        values = self.binds(today, pred.dates, clean) | clean
         try:
             with self.reading() as conn:
                 verdict = self._answer(conn, pred, values, persons)
@@ -478,7 +481,7 @@ class LiveSource:
         ``unknown`` without asking."""
         pred, clean = self._check_call(predicate, params, related=False)
         persons = [self._person(s) for s in subjects]
-        values = self._dates(today, pred.dates, clean) | clean
+        values = self.binds(today, pred.dates, clean) | clean
         out: list[Tri] = []
         failures = 0
         try:
@@ -553,15 +556,17 @@ class LiveSource:
         params: Mapping[str, str] | None = None,
         *,
         today: dt.date | None = None,
-    ) -> list[tuple[str, int, int]]:
-        """The statistic's rows ``(cell, value, records)``. A source error is a 503
+        record_bound: int | None = None,
+    ) -> StatisticRows:
+        """The statistic's rows ``(cell, value, records)``, with ``:record_bound`` bound to
+        ``record_bound`` (default: the file's). A source error is a 503
         :class:`StoreUnavailable`; rows of another shape a :class:`SourceDefect`."""
         stat = self.dept.statistics.get(name)
         if stat is None:
             raise UnknownStatistic(f"statistic: {self.dept.name} does not compute it")
         checked = stat.check_params(params)
-        values = self._dates(today, stat.dates, checked) | checked
-        values["record_bound"] = stat.record_bound
+        values = self.binds(today, stat.dates, checked) | checked
+        values["record_bound"] = stat.record_bound if record_bound is None else record_bound
         what = f"statistic {name}"
         try:
             with self.reading() as conn, self.deadline(conn):
@@ -571,12 +576,10 @@ class LiveSource:
             self._unavailable(what, exc)
             raise StoreUnavailable(f"{self.dept.name} source is unavailable") from None
         self._read_at = dt.datetime.now(dt.UTC)
-        if width != 3:
-            raise self._shape(what, f"returned {width} columns (expected cell, value, records)")
-        out = [_cell(row) for row in rows]
-        if any(r is None for r in out):
-            raise self._shape(what, "a row is not (text, integer, non-negative integer)")
-        return [r for r in out if r is not None]
+        cells, defect = statistic_cells(width, rows)
+        if defect is not None:
+            raise self._shape(what, defect)
+        return cells
 
     def _shape(self, what: str, why: str) -> SourceDefect:
         self._defect(what, why)
@@ -598,7 +601,7 @@ class LiveSource:
             with self.reading() as conn:
                 streaming = conn.execution_options(stream_results=True)
                 with self.deadline(conn):
-                    result = streaming.execute(text(features.sql), self._dates(today))
+                    result = streaming.execute(text(features.sql), self.binds(today))
                 if len(result.keys()) != width:
                     raise self._shape(f"features {name}", f"expected {width} columns")
                 while True:
@@ -633,7 +636,7 @@ class LiveSource:
     def quality_report(self, *, today: dt.date | None = None) -> dict[str, tuple[int, list[str]]]:
         """Per quality check: how many subjects it names and up to five of them, masked."""
         report: dict[str, tuple[int, list[str]]] = {}
-        values = self._dates(today)
+        values = self.binds(today)
         try:
             with self.reading() as conn:
                 for name, check in self.dept.quality.items():
@@ -682,7 +685,7 @@ class LiveSource:
         SQLite. ``:today``/``:today_yyyymmdd`` default to today."""
         checked = check_select(sql)
         prefix = "EXPLAIN QUERY PLAN" if self.kind == "sqlite" else "EXPLAIN"
-        values = self._dates(today) | dict(params or {})
+        values = self.binds(today) | dict(params or {})
         try:
             with self.reading() as conn, self.deadline(conn):
                 result = conn.execute(text(f"{prefix} {checked.text}"), values)
@@ -701,7 +704,7 @@ class LiveSource:
         self.engine.dispose()
 
 
-def _named_statement(check: QualityCheck) -> TextClause:
+def named_statement(check: QualityCheck) -> TextClause:
     """Whether a quality check names one person: its query, filtered to them (on its own
     lines, so a trailing comment in the check cannot swallow the filter)."""
     return _around("SELECT 1 FROM", check.sql, "WHERE q.subject IN (:subject, :subject15) LIMIT 1")
@@ -710,6 +713,23 @@ def _named_statement(check: QualityCheck) -> TextClause:
 def _around(head: str, sql: str, tail: str) -> TextClause:
     """``sql`` (a statement the file's check passed) as the derived table ``q``."""
     return text(f"{head} (\n{sql}\n) q {tail}")
+
+
+StatisticRows = list[tuple[str, int, int]]
+
+
+def statistic_cells(
+    width: int, rows: Sequence[Sequence[object]]
+) -> tuple[StatisticRows, str | None]:
+    """A statistic query's rows as ``(cell, value, records)``, or a defect description
+    (naming no value) when they have another shape."""
+    if width != 3:
+        return [], f"returned {width} columns (expected cell, value, records)"
+    out = [_cell(row) for row in rows]
+    cells = [r for r in out if r is not None]
+    if len(cells) != len(out):
+        return [], "a row is not (text, integer, non-negative integer)"
+    return cells, None
 
 
 def _cell(row: Sequence[object]) -> tuple[str, int, int] | None:

@@ -9,16 +9,13 @@ leaves this module.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from phe import PaillierPublicKey
-from sqlalchemy import case, func, select
+from sqlalchemy import text
 
 from tongban.federation.paillier import (
     InvalidPublicKey,
@@ -37,27 +34,11 @@ from tongban.federation.statistics import (
     UnknownStatistic,
 )
 
+from .deptfile import DepartmentFile, DepartmentFileError, FileStatistic, key_line
+from .live import LiveSource, StatisticRows, statistic_cells
 from .store import DepartmentStore
 
-__all__ = ["LOCAL_QUERIES", "LocalQuery", "LocalStatistics", "PoolCache"]
-
-
-@dataclass(frozen=True, slots=True)
-class LocalQuery:
-    """How one department computes one statistic from its own tables."""
-
-    department: str
-    table: str
-    date_column: str  # the year parameter selects rows by this date's calendar year
-    amount_column: str | None = None  # summed; None counts rows
-
-
-LOCAL_QUERIES: dict[str, LocalQuery] = {
-    "births_by_district_year": LocalQuery("health", "births", "birth_date"),
-    "allowance_total_by_district_year": LocalQuery(
-        "hrss", "maternity_allowance_payments", "paid_date", "amount"
-    ),
-}
+__all__ = ["Contribution", "LocalStatistics", "PoolCache"]
 
 
 class PoolCache:
@@ -104,68 +85,80 @@ class PoolCache:
             pool.close()
 
 
-class LocalStatistics:
-    """Validate a statistic request for this department, compute and encrypt its vector."""
+class Contribution:
+    """A department's contribution to the registered encrypted statistics, from its
+    department file's ``[statistics.NAME]`` GROUP BY (rows ``(cell, value, records)``):
+    validation before any SQL, bounds, small-cell suppression or noise, encryption. A
+    statistic the file does not declare, or one the department is not a party to, is
+    refused as unknown. Subclasses say where the rows come from (:meth:`rows`).
+
+    ``:record_bound`` is the file's ``record_bound`` under differential privacy (each
+    record then adds at most that: the sensitivity the noise is scaled to, never more
+    than the registered statistic's own bound) and the statistic's whole value bound
+    otherwise, so nothing is clipped.
+    """
 
     def __init__(
         self,
-        store: DepartmentStore,
+        file: DepartmentFile,
         *,
         registry: StatisticsRegistry = REGISTRY,
-        queries: Mapping[str, LocalQuery] = LOCAL_QUERIES,
         pools: PoolCache | None = None,
         min_threshold: int = DEFAULT_THRESHOLD,
     ) -> None:
-        self.store = store
+        self.file = file
+        self.department = file.name
+        self.registry = registry
         #: This department's own floor: a request asking for less suppression gets this.
         self.min_threshold = min_threshold
-        self.department = store.department.name
-        self.registry = registry
-        self.queries = {n: q for n, q in queries.items() if q.department == self.department}
         self.pools = pools if pools is not None else PoolCache()  # an empty cache is falsy
+        for name, declared in file.statistics.items():
+            try:
+                statistic = registry.get(name)
+            except UnknownStatistic:
+                continue  # declared for the department's own use: never requested
+            if declared.record_bound > statistic.record_bound:
+                raise self._refuse(
+                    ("statistics", name, "record_bound"),
+                    f"at most {statistic.record_bound}, the bound {name} is registered with",
+                )
 
-    def statistic(self, name: object) -> tuple[Statistic, LocalQuery]:
+    def _refuse(self, key: tuple[str, ...], what: str) -> DepartmentFileError:
+        path = self.file.path
+        text_ = path.read_text(encoding="utf-8") if path is not None else ""
+        name = str(path) if path is not None else self.file.name
+        return DepartmentFileError(name, key_line(text_, key), ".".join(key), what)
+
+    def statistic(self, name: object) -> tuple[Statistic, FileStatistic]:
         statistic = self.registry.get(name)
-        query = self.queries.get(statistic.name)
-        if self.department not in statistic.departments or query is None:
+        declared = self.file.statistics.get(statistic.name)
+        if self.department not in statistic.departments or declared is None:
             raise UnknownStatistic(f"statistic: {self.department} does not contribute to it")
-        return statistic, query
+        return statistic, declared
+
+    def rows(self, declared: FileStatistic, params: Mapping[str, str], bound: int) -> StatisticRows:
+        """The statistic's rows with ``:record_bound`` bound to ``bound``."""
+        raise NotImplementedError
 
     def vector(
         self,
         statistic: Statistic,
-        query: LocalQuery,
+        declared: FileStatistic,
         params: Mapping[str, str],
         *,
         clip: bool = False,
     ) -> list[int]:
-        """The department's plaintext vector, from one GROUP BY over its table. With
-        ``clip`` (under DP) each record adds at most the statistic's ``record_bound``."""
-        year = int(params["year"])
-        table = self.store.department.table(query.table)
-        date = table.c[query.date_column]
-        value: Any
-        if query.amount_column is None:
-            value = func.count()
-        else:
-            amount = table.c[query.amount_column]
-            if clip:
-                bound = statistic.record_bound
-                amount = case((amount > bound, bound), else_=amount)  # type: ignore[assignment]
-            value = func.sum(amount)
-        stmt = (
-            select(table.c.district, value, func.count())
-            .where(date >= dt.date(year, 1, 1), date < dt.date(year + 1, 1, 1))
-            .group_by(table.c.district)
-        )
-        with self.store.reading() as conn:
-            rows = conn.execute(stmt).all()
+        """The plaintext vector: one value per declared cell (zero where the query has no
+        row; rows of other cells are not released), then the record counts for a
+        statistic with a count companion. With ``clip`` (under DP) each record adds at
+        most the file's ``record_bound``."""
+        bound = declared.record_bound if clip else statistic.value_bound
         sums = dict.fromkeys(statistic.cells, 0)
         counts = dict.fromkeys(statistic.cells, 0)
-        for district, total, count in rows:
-            if district in sums:  # records outside the declared cells are not released
-                sums[district] = int(total or 0)
-                counts[district] = int(count)
+        for cell, value, records in self.rows(declared, params, bound):
+            if cell in sums:
+                sums[cell] += value
+                counts[cell] += records
         values = [sums[c] for c in statistic.cells]
         if not statistic.counts_records:
             values += [counts[c] for c in statistic.cells]
@@ -214,8 +207,9 @@ class LocalStatistics:
     ) -> tuple[Statistic, dict[str, str], str, list[int], Release]:
         """Validate everything before touching data; return the encrypted vector and the
         release rules applied (threshold raised to this department's floor)."""
-        statistic, query = self.statistic(name)
+        statistic, declared = self.statistic(name)
         clean = statistic.check_params(params)
+        declared.check_params(clean)  # the file may enumerate fewer values
         count = statistic.check_parties(parties)
         rules = Release() if release is None else Release.from_json(release)
         rules = Release(max(rules.threshold, self.min_threshold), rules.epsilon)
@@ -223,7 +217,35 @@ class LocalStatistics:
             raise InvalidPublicKey("key: expected a JWK object")
         key = parse_public_key(key_jwk)
         layout = statistic.layout(key.n, count, rules)
-        values = self.vector(statistic, query, clean, clip=rules.epsilon is not None)
+        values = self.vector(statistic, declared, clean, clip=rules.epsilon is not None)
         protected = self.protect(statistic, values, rules, count)
         ciphertexts = encrypt_vector(key, protected, layout, self.pools.get(key))
         return statistic, clean, key_fingerprint(key), ciphertexts, rules
+
+
+class LocalStatistics(Contribution):
+    """A managed store's contribution: its file's queries, run on the store."""
+
+    def __init__(
+        self,
+        store: DepartmentStore,
+        *,
+        registry: StatisticsRegistry = REGISTRY,
+        pools: PoolCache | None = None,
+        min_threshold: int = DEFAULT_THRESHOLD,
+    ) -> None:
+        super().__init__(
+            store.department.file, registry=registry, pools=pools, min_threshold=min_threshold
+        )
+        self.store = store
+
+    def rows(self, declared: FileStatistic, params: Mapping[str, str], bound: int) -> StatisticRows:
+        values = LiveSource.binds(self.store.as_of(), declared.dates, params) | dict(params)
+        values["record_bound"] = bound
+        with self.store.reading() as conn:
+            result = conn.execute(text(declared.sql), values)
+            width, rows = len(result.keys()), result.fetchall()
+        cells, defect = statistic_cells(width, rows)
+        if defect is not None:
+            raise OutOfBounds(f"{declared.name}: {defect}")
+        return cells

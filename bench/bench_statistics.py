@@ -51,7 +51,8 @@ from tongban.adapters.client import DepartmentClient, InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.protocol import AdapterCore, RequestSigner
-from tongban.adapters.statistics import LocalQuery, LocalStatistics, PoolCache
+from tongban.adapters.deptfile import FileStatistic
+from tongban.adapters.statistics import LocalStatistics, PoolCache
 from tongban.adapters.store import DepartmentStore
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer
@@ -83,13 +84,14 @@ class SimulatedStatistics(LocalStatistics):
         super().__init__(store, registry=registry, pools=pools)
         self.values = values
 
-    def statistic(self, name: object) -> tuple[Statistic, LocalQuery]:
-        return self.registry.get(name), LocalQuery(self.department, "births", "birth_date")
+    def statistic(self, name: object) -> tuple[Statistic, FileStatistic]:
+        statistic = self.registry.get(name)
+        return statistic, FileStatistic(statistic.name, "", {}, 1)
 
     def vector(
         self,
         statistic: Statistic,
-        query: LocalQuery,
+        declared: FileStatistic,
         params: Mapping[str, str],
         *,
         clip: bool = False,
@@ -151,7 +153,8 @@ def build(parties: int, counters: int, tmp: Path, *, seed: int = 12, pool_size: 
     locals_: list[SimulatedStatistics] = []
     cores: dict[str, AdapterCore] = {}
     for d in names:
-        department = dataclasses.replace(DEPARTMENTS["health"], name=d)
+        health = DEPARTMENTS["health"]
+        department = dataclasses.replace(health, file=dataclasses.replace(health.file, name=d))
         store = DepartmentStore(department, "sqlite://")
         local = SimulatedStatistics(store, registry, vectors[d], pool_size)
         locals_.append(local)

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tongban.adapters.department import Department
+from tongban.adapters.deptfile import Declarations
 from tongban.primitives.errors import BadRequest
 from tongban.primitives.params import check_enumerated
 from tongban.primitives.wire import PredicateCall, Tri, all_of
@@ -114,7 +114,7 @@ class Catalog:
         self.jobs = dict(declared_jobs() if jobs is None else jobs)
 
     @classmethod
-    def load(cls, departments: Mapping[str, Department], path: Path | None = None) -> Catalog:
+    def load(cls, departments: Mapping[str, Declarations], path: Path | None = None) -> Catalog:
         if path is None:
             text = resources.files(__package__).joinpath("claims.json").read_text("utf-8")
         else:
@@ -122,7 +122,7 @@ class Catalog:
         return cls.from_json(json.loads(text, object_pairs_hook=_no_duplicates), departments)
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any], departments: Mapping[str, Department]) -> Catalog:
+    def from_json(cls, doc: Mapping[str, Any], departments: Mapping[str, Declarations]) -> Catalog:
         purposes = {
             name: Purpose(name, p["title"], p["title_zh"]) for name, p in doc["purposes"].items()
         }
@@ -168,7 +168,7 @@ class Catalog:
 
 
 def _validate(
-    claim: Claim, purposes: Mapping[str, Purpose], departments: Mapping[str, Department]
+    claim: Claim, purposes: Mapping[str, Purpose], departments: Mapping[str, Declarations]
 ) -> None:
     where = f"catalog: claim {claim.name}"
     unknown = sorted(claim.purposes - set(purposes))
@@ -183,7 +183,7 @@ def _validate(
         predicate = dept.predicates.get(term.predicate)
         if predicate is None:
             raise ValueError(f"{where}: {term.department} has no predicate {term.predicate}")
-        declared = {p.name: set(p.values) for p in predicate.params}
+        declared = {name: set(values) for name, values in predicate.params.items()}
         if set(term.params) != set(declared):
             raise ValueError(f"{where}: {term.predicate} needs parameters {sorted(declared)}")
         for pname, value in term.params.items():

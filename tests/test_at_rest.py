@@ -135,7 +135,7 @@ def _calls(model: Population) -> dict[str, list[PredicateCall]]:
     for name, dept in DEPARTMENTS.items():
         out = calls.setdefault(name, [])
         for p in dept.predicates.values():
-            if p.related_query is not None:
+            if p.related:
                 mothers = model.id_number[model.mother[:60]].tolist()
                 children = model.id_number[model.child[:60]].tolist()
                 out += [
@@ -146,7 +146,7 @@ def _calls(model: Population) -> dict[str, list[PredicateCall]]:
                     for m, c in zip(mothers, children[1:], strict=False)
                 ]
                 continue
-            params = {x.name: x.values[0] for x in p.params}
+            params = {k: v[0] for k, v in p.params.items()}
             out += [PredicateCall(p.name, s, params) for s in ids]
     return calls
 

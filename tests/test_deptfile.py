@@ -249,12 +249,12 @@ def test_invalid_toml_names_the_line() -> None:
         (
             ('description = "The subject, as a child,', 'descripton = "The subject, as a child,'),
             f"{FILE}:7: predicates.birth_certificate_issued.descripton: unknown key; expected one"
-            " of description, params, related, sql",
+            " of dates, description, params, related, sql",
         ),
         (
             ("record_bound = 1", "record_bound = 1\nbound = 2"),
             f"{FILE}:33: statistics.births_by_district_year.bound: unknown key; expected one of"
-            " params, record_bound, sql",
+            " dates, params, record_bound, sql",
         ),
         (
             (

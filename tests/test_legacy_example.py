@@ -336,7 +336,7 @@ def test_the_adapter_loads_the_file(legacy: tuple[str, dict[str, Any]]) -> None:
     assert set(dept.predicates) <= set(DEPARTMENTS["health"].predicates)
     for name, predicate in dept.predicates.items():
         managed = DEPARTMENTS["health"].predicate(name)
-        assert dict(predicate.params) == {p.name: p.values for p in managed.params}
+        assert dict(predicate.params) == dict(managed.params)
     assert all(set(q.predicates) == set(dept.predicates) for q in dept.quality.values())
     assert dept.statistics["births_by_district_year"].record_bound == 1
 

@@ -9,15 +9,13 @@ from typing import TypeVar
 
 from tongban.adapters.at_rest import load_kek
 from tongban.adapters.client import DepartmentClient, HttpTransport, Transport
-from tongban.adapters.department import Department
 from tongban.adapters.departments import DEPARTMENTS
-from tongban.adapters.deptfile import DepartmentFile, load_department_file
+from tongban.adapters.deptfile import Declarations, DepartmentFile, load_department_file
 from tongban.adapters.evaluate import MANAGED, Evaluator
 from tongban.adapters.file_source import (
     FileSource,
     FileStatistics,
     JsonWitnessState,
-    catalog_department,
 )
 from tongban.adapters.live import LiveSource
 from tongban.adapters.protocol import AdapterCore, RequestSigner, StatisticsContributor
@@ -145,7 +143,7 @@ def open_file_source(
 
 def _managed_file_source(
     settings: Settings, dept: DepartmentFile
-) -> tuple[FileSource, LocalStatistics, MetaWitnessState]:
+) -> tuple[FileSource, StatisticsContributor | None, MetaWitnessState]:
     if dept.name not in DEPARTMENTS:
         raise UsageError(
             f'{dept.path}: source = "managed" reads a store `tongban generate` fills, which '
@@ -157,7 +155,12 @@ def _managed_file_source(
     form = None if index.plain else index.token
     live = LiveSource(dept, settings.store_url(dept.name), subject_form=form)
     source = FileSource(dept, live, kind=MANAGED, reference=store.as_of)
-    statistics = LocalStatistics(store, min_threshold=settings.stats_threshold)
+    # The file replaces the built-in department: its statistics are the ones it declares.
+    statistics = (
+        FileStatistics(dept, live, min_threshold=settings.stats_threshold)
+        if dept.statistics
+        else None
+    )
     return source, statistics, MetaWitnessState(store)
 
 
@@ -232,10 +235,10 @@ def department_files(
     return out
 
 
-def declared_departments(files: Mapping[str, DepartmentFile]) -> dict[str, Department]:
-    """What claims are validated against: the built-in departments, each one a file
-    replaces declared by that file instead."""
-    return {**DEPARTMENTS, **{name: catalog_department(d) for name, d in files.items()}}
+def declared_departments(files: Mapping[str, DepartmentFile]) -> dict[str, Declarations]:
+    """What claims are validated against: the built-in departments' files, each one a
+    given file replaces declared by that file instead."""
+    return {**DEPARTMENTS, **files}
 
 
 def load_catalog(files: Mapping[str, DepartmentFile]) -> Catalog:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
     Column,
-    Connection,
     Date,
     Index,
     Integer,
@@ -17,17 +15,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    bindparam,
-    or_,
-    select,
 )
 
 from tongban.primitives.idnumber import birth_yyyymmdd_many
 
 from ..at_rest import SEALED
 from ..columns import dates, end_not_after_start, yyyymmdd
-from ..department import Columns, Department, Predicate, RecordCheck, common_tables
-from ._sql import exists
+from ..department import Columns, RecordCheck, StoreSchema, common_tables
 
 metadata = MetaData()
 common_tables(metadata)
@@ -83,39 +77,6 @@ def _under_legal_age(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
     return bad
 
 
-_married = (
-    select(marriages.c.id)
-    .where(
-        or_(marriages.c.party_a == bindparam("s"), marriages.c.party_b == bindparam("s")),
-        marriages.c.since <= bindparam("as_of"),
-        or_(marriages.c.until.is_(None), marriages.c.until > bindparam("as_of")),
-    )
-    .limit(1)
-)
-_low_income = (
-    select(members.c.id)
-    .join(allowances, allowances.c.allowance_no == members.c.allowance_no)
-    .where(
-        members.c.member_id == bindparam("s"),
-        allowances.c.start_date <= bindparam("as_of"),
-        or_(allowances.c.end_date.is_(None), allowances.c.end_date > bindparam("as_of")),
-    )
-    .limit(1)
-)
-
-
-def currently_married(
-    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
-) -> bool:
-    return exists(conn, _married, {"s": subject, "as_of": as_of})
-
-
-def low_income_household_member(
-    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
-) -> bool:
-    return exists(conn, _low_income, {"s": subject, "as_of": as_of})
-
-
 # Sensitive columns (encryption at rest): each holds a blind index, the values go into
 # the row's sealed column. Column → token domain.
 AT_REST: dict[str, dict[str, str]] = {
@@ -124,9 +85,7 @@ AT_REST: dict[str, dict[str, str]] = {
     "low_income_members": {"member_id": "id"},
 }
 
-DEPARTMENT = Department(
-    name="civil",
-    title="民政 Civil affairs",
+SCHEMA = StoreSchema(
     metadata=metadata,
     id_columns={
         "marriages": ("party_a", "party_b"),
@@ -142,23 +101,7 @@ DEPARTMENT = Department(
             end_not_after_start("start_date", "end_date"),
         ),
     ),
-    predicates={
-        p.name: p
-        for p in (
-            Predicate(
-                "currently_married",
-                "The subject is in a registered marriage that has not ended.",
-                currently_married,
-                tables=("marriages",),
-            ),
-            Predicate(
-                "low_income_household_member",
-                "The subject belongs to a household receiving the low-income allowance.",
-                low_income_household_member,
-                tables=("low_income_members", "low_income_allowance"),
-            ),
-        )
-    },
+    sealed=AT_REST,
 )
 
-__all__ = ["AT_REST", "DEPARTMENT", "allowances", "marriages", "members"]
+__all__ = ["AT_REST", "SCHEMA", "allowances", "marriages", "members"]

@@ -4,13 +4,11 @@ allowance (生育津贴) and childcare subsidy payments."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
     Column,
-    Connection,
     Date,
     Index,
     Integer,
@@ -18,15 +16,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    bindparam,
-    or_,
-    select,
 )
 
 from ..at_rest import SEALED
 from ..columns import end_not_after_start, precedes
-from ..department import Columns, Department, Predicate, RecordCheck, common_tables
-from ._sql import exists
+from ..department import Columns, RecordCheck, StoreSchema, common_tables
 
 metadata = MetaData()
 common_tables(metadata)
@@ -85,40 +79,6 @@ def _unknown_type(cols: Columns, as_of: dt.date) -> npt.NDArray[np.bool_]:
     return ~np.isin(cols["insurance_type"], INSURANCE_TYPES)
 
 
-_maternity = (
-    select(insurance.c.id)
-    .where(
-        insurance.c.person_id == bindparam("s"),
-        insurance.c.insurance_type == "maternity",
-        insurance.c.start_date <= bindparam("as_of"),
-        or_(insurance.c.end_date.is_(None), insurance.c.end_date > bindparam("as_of")),
-    )
-    .limit(1)
-)
-_childcare_paid = (
-    select(childcare_payments.c.id)
-    .where(
-        childcare_payments.c.applicant_id == bindparam("s"),
-        childcare_payments.c.paid_date > bindparam("since"),
-        childcare_payments.c.paid_date <= bindparam("as_of"),
-    )
-    .limit(1)
-)
-
-
-def maternity_insurance_active(
-    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
-) -> bool:
-    return exists(conn, _maternity, {"s": subject, "as_of": as_of})
-
-
-def childcare_subsidy_paid_within_year(
-    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
-) -> bool:
-    since = as_of - dt.timedelta(days=365)
-    return exists(conn, _childcare_paid, {"s": subject, "as_of": as_of, "since": since})
-
-
 # Sensitive columns (encryption at rest): each holds a blind index, the values go into
 # the row's sealed column. Column → token domain.
 AT_REST: dict[str, dict[str, str]] = {
@@ -128,9 +88,7 @@ AT_REST: dict[str, dict[str, str]] = {
     "childcare_subsidy_payments": {"applicant_id": "id", "child_id": "id"},
 }
 
-DEPARTMENT = Department(
-    name="hrss",
-    title="人社 Human resources and social security",
+SCHEMA = StoreSchema(
     metadata=metadata,
     id_columns={
         "employment": ("person_id",),
@@ -152,28 +110,13 @@ DEPARTMENT = Department(
             precedes("paid_date", "child_birth_date"),
         ),
     ),
-    predicates={
-        p.name: p
-        for p in (
-            Predicate(
-                "maternity_insurance_active",
-                "The subject has maternity insurance (生育保险) in force.",
-                maternity_insurance_active,
-                tables=("social_insurance",),
-            ),
-            Predicate(
-                "childcare_subsidy_paid_within_year",
-                "The subject received a childcare subsidy payment in the last 365 days.",
-                childcare_subsidy_paid_within_year,
-                tables=("childcare_subsidy_payments",),
-            ),
-        )
-    },
+    sealed=AT_REST,
 )
 
 __all__ = [
-    "DEPARTMENT",
+    "AT_REST",
     "INSURANCE_TYPES",
+    "SCHEMA",
     "childcare_payments",
     "employment",
     "insurance",

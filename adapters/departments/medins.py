@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Mapping
-
 from sqlalchemy import (
     Column,
-    Connection,
     Date,
     Index,
     Integer,
@@ -15,15 +11,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    bindparam,
-    or_,
-    select,
 )
 
 from ..at_rest import SEALED
 from ..columns import end_not_after_start
-from ..department import Department, Predicate, RecordCheck, common_tables
-from ._sql import exists
+from ..department import RecordCheck, StoreSchema, common_tables
 
 metadata = MetaData()
 common_tables(metadata)
@@ -43,32 +35,13 @@ insured = Table(
 SCHEMES = ("employee", "resident")
 
 
-_active = (
-    select(insured.c.id)
-    .where(
-        insured.c.person_id == bindparam("s"),
-        insured.c.start_date <= bindparam("as_of"),
-        or_(insured.c.end_date.is_(None), insured.c.end_date > bindparam("as_of")),
-    )
-    .limit(1)
-)
-
-
-def medical_insurance_active(
-    conn: Connection, subject: str, params: Mapping[str, str], as_of: dt.date
-) -> bool:
-    return exists(conn, _active, {"s": subject, "as_of": as_of})
-
-
 # Sensitive columns (encryption at rest): each holds a blind index, the values go into
 # the row's sealed column. Column → token domain.
 AT_REST: dict[str, dict[str, str]] = {
     "insured_periods": {"person_id": "id"},
 }
 
-DEPARTMENT = Department(
-    name="medins",
-    title="医保 Medical insurance",
+SCHEMA = StoreSchema(
     metadata=metadata,
     id_columns={"insured_periods": ("person_id",)},
     checks=(
@@ -76,14 +49,7 @@ DEPARTMENT = Department(
             "insured_periods", "ends_before_start", end_not_after_start("start_date", "end_date")
         ),
     ),
-    predicates={
-        "medical_insurance_active": Predicate(
-            "medical_insurance_active",
-            "The subject is covered by basic medical insurance now.",
-            medical_insurance_active,
-            tables=("insured_periods",),
-        )
-    },
+    sealed=AT_REST,
 )
 
-__all__ = ["AT_REST", "DEPARTMENT", "SCHEMES", "insured"]
+__all__ = ["AT_REST", "SCHEMA", "SCHEMES", "insured"]
