@@ -49,9 +49,9 @@ from bench.bench_paillier import _baseline, _modexp_ms
 from bench.common import machine
 from tongban.adapters.client import DepartmentClient, InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.deptfile import FileStatistic
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.protocol import AdapterCore, RequestSigner
-from tongban.adapters.deptfile import FileStatistic
 from tongban.adapters.statistics import LocalStatistics, PoolCache
 from tongban.adapters.store import DepartmentStore
 from tongban.audit.log import AuditLog
