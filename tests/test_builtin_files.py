@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.conftest import Generated
 from tongban.adapters.builtin import BUILTIN_DIR, builtin_file, builtin_names
 from tongban.adapters.departments import DEPARTMENTS, SEALED_TABLES
 from tongban.adapters.deptfile import (
@@ -16,6 +17,7 @@ from tongban.adapters.deptfile import (
     load_department_file,
     parse_department_file,
 )
+from tongban.department_cli import check_file
 from tongban.federation.statistics import REGISTRY
 from tongban.primitives.regions import DISTRICTS, PROVINCES
 
@@ -176,3 +178,16 @@ def test_the_builtin_files_load_standalone() -> None:
     for name in builtin_names():
         dept = load_department_file(builtin_file(name))
         assert dept.name == name and dept.source == "managed"
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_tongban_department_check_passes_every_builtin_file(
+    name: str, small_population: Generated
+) -> None:
+    """Each built-in file runs against a generated store: every predicate on the sample
+    subject, every statistic explained, every quality check counted, none failing."""
+    findings = check_file(builtin_file(name), data_dir=small_population.dir)
+    failed = [f for f in findings if not f.ok]
+    assert not failed, failed
+    checks = {f.what for f in findings}
+    assert {"keys", "connect", "run", "count"} <= checks

@@ -30,7 +30,7 @@ from .config import Settings
 from .parsing import command
 
 if TYPE_CHECKING:
-    from tongban.adapters.deptfile import FilePredicate, QualityCheck
+    from tongban.adapters.deptfile import DateBind, FilePredicate, QualityCheck
     from tongban.adapters.live import LiveSource
 
 __all__ = ["SAMPLE_RELATED", "SAMPLE_SUBJECT", "Finding", "add_department", "check_file"]
@@ -138,11 +138,14 @@ def check_file(path: Path, *, data_dir: Path | None = None) -> list[Finding]:
         runner = _Runner(live)
         for name, predicate in dept.predicates.items():
             key = ("predicates", name, "sql")
-            values = _first_values(predicate.params)
+            values = runner.with_dates(predicate.dates, _first_values(predicate.params))
             findings.append(runner.predicate(".".join(key), line(*key), predicate, values))
         for name, statistic in dept.statistics.items():
             key = ("statistics", name, "sql")
-            values = {**_first_values(statistic.params), "record_bound": statistic.record_bound}
+            values = {
+                **runner.with_dates(statistic.dates, _first_values(statistic.params)),
+                "record_bound": statistic.record_bound,
+            }
             findings.append(runner.explain(".".join(key), line(*key), statistic.sql, values))
         for name, features in dept.features.items():
             key = ("features", name, "sql")
@@ -153,7 +156,7 @@ def check_file(path: Path, *, data_dir: Path | None = None) -> list[Finding]:
     return findings
 
 
-def _first_values(params: Mapping[str, tuple[str, ...]]) -> dict[str, object]:
+def _first_values(params: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     return {name: values[0] for name, values in params.items()}
 
 
@@ -186,6 +189,14 @@ class _Runner:
             "related15": fifteen(SAMPLE_RELATED),
         }
 
+    def with_dates(
+        self, dates: Mapping[str, DateBind], params: dict[str, str]
+    ) -> dict[str, object]:
+        """``params`` and the date binds the query declares, computed for today."""
+        from tongban.adapters.deptfile import date_binds
+
+        return {**params, **date_binds(dates, dt.date.today(), params)}
+
     def _run(self, sql: str, values: Mapping[str, object], limit: int) -> tuple[int, list[Any]]:
         """One statement as the adapter runs it (read-only, with the file's timeout)."""
         return self.live.run(sql, values, limit)
@@ -213,7 +224,7 @@ class _Runner:
             verdict, defect = self.interpret(width, rows)
             if defect is not None:
                 raise _Defect(defect)
-            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            shown = ", ".join(f"{k}={v}" for k, v in params.items() if k in predicate.params)
             word = {"true": "yes", "false": "no"}.get(verdict.value, verdict.value)
             return f"sample subject: {word}" + (f" ({shown})" if shown else "")
 
