@@ -1,14 +1,37 @@
-"""The adapter's HTTP shell (Flask). All logic lives in :class:`AdapterCore`."""
+"""The adapter's HTTP shell (Flask). All logic lives in :class:`AdapterCore`.
+
+``GET /metrics`` (Prometheus text format, or OpenMetrics if the scraper asks), on a
+registry of the app's own, with the gateway's conventions (gateway/metrics.py)::
+
+    tongban_http_requests_total{method, route, status}      every request
+    tongban_http_request_duration_seconds{method, route}     its latency (histogram)
+    tongban_department_file_defects_total{department}       answers the file's SQL gave
+                                                            in an undeclared shape
+    tongban_department_source_ready{department, kind}       1 if the source answers a
+                                                            probe now, else 0
+
+The last two are read from the source at scrape time (:class:`SourceCollector`).
+No label carries a subject, a parameter or an answer: ``route`` is the URL rule's template,
+``department`` the file's name and ``kind`` the source's (``managed``, ``sqlite``,
+``postgresql``, ``mysql``). The counts are this process's (one gunicorn worker per adapter).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from flask import Request as FlaskRequest
 from flask.json.provider import DefaultJSONProvider
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
@@ -24,7 +47,15 @@ from tongban.primitives.problem import (
 from .protocol import AdapterCore
 from .witness import Witness
 
-__all__ = ["MAX_BODY", "MAX_JSON_DEPTH", "create_app", "install_problem_handlers", "json_depth"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_JSON_DEPTH",
+    "SourceCollector",
+    "create_app",
+    "install_adapter_metrics",
+    "install_problem_handlers",
+    "json_depth",
+]
 
 MAX_BODY = 64 * 1024  # a signed batch of 500 subjects is ~25 KiB
 log = logging.getLogger("tongban.adapter")
@@ -33,8 +64,10 @@ log = logging.getLogger("tongban.adapter")
 def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
     app = Flask(f"tongban.adapter.{core.name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["tongban.adapter"] = core  # for whoever closes its source (wsgi, tests)
 
     install_problem_handlers(app, MAX_BODY, log)
+    install_adapter_metrics(app, core)
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -93,6 +126,102 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
         return jsonify(body)
 
     return app
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+_UNMATCHED = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The gateway's buckets (gateway/metrics.py): an answer is one of its department calls.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class SourceCollector(Collector):
+    """The adapter's source, read at each scrape: its defect count (a managed
+    :class:`~tongban.adapters.evaluate.Evaluator` and a
+    :class:`~tongban.adapters.file_source.FileSource` both count them) and whether it
+    answers a probe now (what ``/healthz`` reports as ``ready``)."""
+
+    def __init__(self, core: AdapterCore) -> None:
+        self.core = core
+
+    def _families(self) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        defects = CounterMetricFamily(
+            "tongban_department_file_defects",
+            "Answers the department file's SQL returned in an undeclared shape (several "
+            "rows, text, ...): each was answered unknown and logged without the subject.",
+            labels=["department"],
+        )
+        ready = GaugeMetricFamily(
+            "tongban_department_source_ready",
+            "1 if the department's source answers a probe now, 0 if it does not (the "
+            "adapter then answers unknown).",
+            labels=["department", "kind"],
+        )
+        return defects, ready
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()  # without samples: registering probes nothing
+
+    def collect(self) -> Iterator[Metric]:
+        defects, ready = self._families()
+        source, name = self.core.evaluator, self.core.name
+        count = getattr(source, "defects", None)
+        defects.add_metric([name], math.nan if count is None else float(count))
+        try:
+            up = bool(self.core.health()["ready"])
+        except Exception:  # health() does not raise; a scrape must not fail if it did
+            up = False
+        ready.add_metric([name, source.kind], 1.0 if up else 0.0)
+        yield defects
+        yield ready
+
+
+def install_adapter_metrics(app: Flask, core: AdapterCore) -> CollectorRegistry:
+    """Count and time every request of ``app`` by route template and status, export the
+    source's defects and readiness (:class:`SourceCollector`) and serve them at
+    ``GET /metrics``, all on a new registry (returned): several adapters in one process
+    (the tests, the in-process topology) do not share counters."""
+    registry = CollectorRegistry(auto_describe=True)
+    requests = Counter(
+        "tongban_http_requests",
+        "HTTP requests by method, route template and status code.",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "tongban_http_request_duration_seconds",
+        "Time from request start to response, by method and route template.",
+        ["method", "route"],
+        buckets=_BUCKETS,
+        registry=registry,
+    )
+    registry.register(SourceCollector(core))
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp: Response) -> Response:
+        started = g.pop("metrics_started", None)
+        rule = request.url_rule
+        route = _UNMATCHED if rule is None else rule.rule
+        method = request.method if request.method in _METHODS else "OTHER"
+        requests.labels(method, route, str(resp.status_code)).inc()
+        if started is not None:
+            latency.labels(method, route).observe(time.perf_counter() - started)
+        return resp
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        resp = Response(encode(registry), 200)
+        resp.headers["Content-Type"] = content_type
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    return registry
 
 
 MAX_JSON_DEPTH = 32  # the deepest body tongban reads (a policy change) nests 4 levels

@@ -2,6 +2,8 @@
 
     gunicorn --workers 2 --threads 16 --worker-class gthread 'tongban.wsgi:gateway()'
     gunicorn --workers 1 --threads 8 --worker-class gthread 'tongban.wsgi:adapter("health")'
+    TONGBAN_DEPARTMENT_FILE=/etc/tongban/health.toml \
+    gunicorn --workers 1 --threads 8 --worker-class gthread 'tongban.wsgi:department_file()'
 
 Settings come from ``TONGBAN_*`` variables. Each worker builds its own cores after the
 fork (no preload): threads and database connections do not survive a fork. Workers on
@@ -16,19 +18,25 @@ import atexit
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask
 
+from .boundary import UsageError
 from .config import Settings
 
 if TYPE_CHECKING:
     from tongban.gateway.services import Gateway
 
-__all__ = ["adapter", "gateway"]
+__all__ = ["DEPARTMENT_FILE_VAR", "adapter", "department_file", "gateway"]
+
+#: The department file :func:`department_file` serves when it is given none.
+DEPARTMENT_FILE_VAR = "TONGBAN_DEPARTMENT_FILE"
 
 log = logging.getLogger("tongban.wsgi")
 
@@ -118,4 +126,32 @@ def adapter(department: str) -> Flask:
     settings = Settings.from_env()
     with _one_at_a_time(settings, f"adapter-{department}"):
         core, witness = build_adapter(settings, department)
+    return create_app(core, witness)
+
+
+def department_file(path: str | None = None, *, env: Mapping[str, str] | None = None) -> Flask:
+    """An adapter serving a department file (docs/departments.md), as `tongban adapter
+    serve --department-file` does: ``path``, else the file ``TONGBAN_DEPARTMENT_FILE``
+    names. Its ``${VAR}`` references are resolved from the environment; a file over the
+    managed store (``source = "managed"``) reads ``TONGBAN_STORE_URL_<DEPT>``. A file the
+    adapter would refuse stops the worker before it serves anything; a source that
+    cannot be reached does not (the adapter answers unknown and is not ready until it
+    is back)."""
+    from tongban.adapters.deptfile import load_department_file
+    from tongban.adapters.service import create_app
+
+    from .wiring import build_file_adapter
+
+    env = os.environ if env is None else env
+    where = path or env.get(DEPARTMENT_FILE_VAR, "")
+    if not where:
+        raise UsageError(
+            "tongban.wsgi:department_file(): name the department file, "
+            f"or set {DEPARTMENT_FILE_VAR}"
+        )
+    dept = load_department_file(Path(where), env=env)
+    settings = Settings.from_env(env)
+    with _one_at_a_time(settings, f"adapter-{dept.name}"):
+        core, witness = build_file_adapter(settings, dept)
+    atexit.register(core.evaluator.dispose)
     return create_app(core, witness)
