@@ -257,10 +257,10 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def _fill(disk: Path) -> Path:
-    """Write a file until the file system is full; return it."""
-    filler = disk / "filler"
-    with filler.open("wb") as fh:
+def _fill(filler: Path) -> Path:
+    """Append to ``filler`` (created while there was room: creating a file on a file
+    system the load has already filled fails) until the file system is full; return it."""
+    with filler.open("ab") as fh:
         try:
             while True:
                 fh.write(b"\0" * 65536)
@@ -283,9 +283,11 @@ def test_full_disk_under_the_audit_store_gets_no_answer_out(
         topology.setup().start()
         token = topology.token("edu-bureau")
         checks = _checks(topology.subjects(300), "birth_registered", "school_enrollment")
+        filler = small_disk / "filler"
+        filler.touch()
         with Load(topology.gateway_url, token, checks, threads=4) as load:
             load.wait_for(20)
-            filler = _fill(small_disk)
+            _fill(filler)
             full_at = time.monotonic()
             _wait_until(lambda: any(_is_store_unavailable(o) and o.started > full_at
                                     for o in load.snapshot()), 30, "a refusal")  # fmt: skip
