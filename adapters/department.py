@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text
 
-from .deptfile import DepartmentFile, FilePredicate
+from .deptfile import DepartmentFile, FilePredicate, FileStatistic
 
 __all__ = [
     "Columns",
@@ -97,6 +97,10 @@ class Department:
     @property
     def predicates(self) -> Mapping[str, FilePredicate]:
         return self.file.predicates
+
+    @property
+    def statistics(self) -> Mapping[str, FileStatistic]:
+        return self.file.statistics
 
     def table(self, name: str) -> Table:
         return self.metadata.tables[name]

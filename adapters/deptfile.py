@@ -488,6 +488,9 @@ class Declarations(Protocol):
     @property
     def predicates(self) -> Mapping[str, FilePredicate]: ...
 
+    @property
+    def statistics(self) -> Mapping[str, FileStatistic]: ...
+
 
 @dataclass(frozen=True)
 class DepartmentFile:

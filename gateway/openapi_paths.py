@@ -67,7 +67,7 @@ from .oauth.errors import (
     TokenWrongType,
 )
 from .openapi_schemas import CHANGE_ID_PATTERN, CONSENT_ID_PATTERN, Json, problem_responses, ref
-from .statistics import DpRequired
+from .statistics import DpRequired, StatisticUnavailable
 from .statistics_store import BudgetExhausted
 
 __all__ = ["DOCS_ASSETS", "METRICS_MEDIA_TYPES", "paths"]
@@ -553,7 +553,15 @@ def _statistics_paths() -> Json:
                 "statistics",
                 "The statistics offered, the disclosure threshold and the analyst's budget",
                 {"200": _json({"type": "object",
-                               "required": ["statistics", "threshold", "budget"]},
+                               "required": ["statistics", "unavailable", "threshold", "budget"],
+                               "properties": {"unavailable": {
+                                   "type": "array",
+                                   "description": "Registered statistics a contributing "
+                                   "department's file does not declare: refused at submission "
+                                   "(statistic-unavailable).",
+                                   "items": {"type": "object", "required": ["name", "detail"],
+                                             "properties": {"name": {"type": "string"},
+                                                            "detail": {"type": "string"}}}}}},
                               "Cells below the threshold are suppressed: by a sole "
                               "contributing department, otherwise by the analyst.")},
                 (*_BEARER, InsufficientScope),
@@ -567,7 +575,7 @@ def _statistics_paths() -> Json:
                               Location={"schema": {"type": "string"}})},
                 (*_BEARER, InsufficientScope, BadRequest, UnknownStatistic, UnknownParameter,
                  InvalidPublicKey, InvalidEpsilon, JobDenied, BudgetExhausted, DpRequired,
-                 PayloadTooLarge, *_AUDIT_WRITE),
+                 StatisticUnavailable, PayloadTooLarge, *_AUDIT_WRITE),
                 security=analyst,
                 requestBody=_body(ref("StatisticRequest")),
             ),

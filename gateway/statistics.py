@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tongban.adapters.client import DepartmentClient
+from tongban.adapters.deptfile import Declarations
 from tongban.audit.canonical import decimal_text
 from tongban.federation.dp import parse_epsilon
 from tongban.federation.packing import PackingLayout
@@ -54,13 +55,13 @@ from tongban.federation.statistics import (
     Statistic,
     StatisticsRegistry,
 )
-from tongban.primitives.errors import BadRequest, Forbidden, NotFound, TongbanError
+from tongban.primitives.errors import BadRequest, Conflict, Forbidden, NotFound, TongbanError
 from tongban.primitives.gm import sm3
 
 from .jobs import STATISTICS_PURPOSE, JobPolicy, decision_record, statistic_object
 from .statistics_store import StatisticsStore
 
-__all__ = ["DEFAULT_THRESHOLD", "DpRequired", "StatisticsService"]
+__all__ = ["DEFAULT_THRESHOLD", "DpRequired", "StatisticUnavailable", "StatisticsService"]
 
 _FIELDS = frozenset({"statistic", "params", "public_key", "dp"})
 
@@ -68,6 +69,11 @@ _FIELDS = frozenset({"statistic", "params", "public_key", "dp"})
 class DpRequired(Forbidden):
     slug = "dp-required"
     title = "This gateway releases statistics only with differential-privacy noise"
+
+
+class StatisticUnavailable(Conflict):
+    slug = "statistic-unavailable"
+    title = "No department file declares this statistic"
 
 
 class EventSink(Protocol):
@@ -156,7 +162,11 @@ class StatisticsService:
         threshold: int = DEFAULT_THRESHOLD,
         require_dp: bool = False,
         workers: int = 8,
+        declared: Mapping[str, Declarations] | None = None,
     ) -> None:
+        """``declared``: each department's declarations (its department file); a
+        statistic a contributing department's file does not declare is unavailable:
+        listed as such, and refused at submission. None: every statistic is declared."""
         if not 1 <= threshold <= MAX_THRESHOLD:
             raise ValueError(f"threshold: expected 1..{MAX_THRESHOLD}")
         self.registry = registry
@@ -167,18 +177,40 @@ class StatisticsService:
         self.threshold = threshold
         self.require_dp = require_dp
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats")
+        self.undeclared: dict[str, tuple[str, ...]] = {}
+        for statistic in registry:
+            missing = tuple(
+                d
+                for d in statistic.departments
+                if declared is not None
+                and (d not in declared or statistic.name not in declared[d].statistics)
+            )
+            if missing:
+                self.undeclared[statistic.name] = missing
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def offered(self) -> list[Statistic]:
-        """Statistics whose departments are all connected to this gateway."""
+        """Statistics whose departments are all connected to this gateway and declare
+        them in their files."""
         connected = set(self.departments.departments)
-        return [s for s in self.registry if set(s.departments) <= connected]
+        return [
+            s
+            for s in self.registry
+            if set(s.departments) <= connected and s.name not in self.undeclared
+        ]
 
     def describe(self, requester: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "statistics": [s.describe() for s in self.offered()],
+            "unavailable": [
+                {
+                    "name": name,
+                    "detail": f"not declared in the department file of {', '.join(missing)}",
+                }
+                for name, missing in self.undeclared.items()
+            ],
             "threshold": self.threshold,
             "require_dp": self.require_dp,
             "budget": {"epsilon": self.store.budget},
@@ -208,6 +240,12 @@ class StatisticsService:
         # A statistic whose departments are not connected is accepted and then fails,
         # naming them, exactly like a department that is down: never a partial total.
         statistic = self.registry.get(body.get("statistic"))
+        missing = self.undeclared.get(statistic.name)
+        if missing:
+            raise StatisticUnavailable(
+                f"statistic: {statistic.name} is not declared in the department file of "
+                f"{', '.join(missing)} (GET /v1/statistics lists what is available)"
+            )
         params = statistic.check_params(body.get("params"))
         if "public_key" not in body:
             raise BadRequest("public_key: required")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -17,6 +19,8 @@ import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from tongban.adapters.client import InProcessTransport, Reply
+from tongban.adapters.departments import DEPARTMENTS
+from tongban.adapters.deptfile import Declarations
 from tongban.adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
 from tongban.adapters.statistics import LocalStatistics, PoolCache
 from tongban.cli import build_parser
@@ -38,7 +42,7 @@ from tongban.federation.statistics import (
     UnknownStatistic,
 )
 from tongban.gateway.services import AuditEvents
-from tongban.gateway.statistics import DpRequired, StatisticsService
+from tongban.gateway.statistics import DpRequired, StatisticsService, StatisticUnavailable
 from tongban.gateway.statistics_store import StatisticsStore
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.regions import DISTRICTS
@@ -662,3 +666,42 @@ def test_a_gateway_requiring_dp_refuses_jobs_without_noise(harness10: Harness, k
     with pytest.raises(DpRequired):
         strict.submit("analyst", body)
     strict.close()
+
+
+def test_a_statistic_no_department_file_declares_is_unavailable(
+    harness10: Harness, keypair: Keypair
+) -> None:
+    """A health file without [statistics]: births_by_district_year is listed as
+    unavailable (naming the department, never a start-up failure) and refused at
+    submission with a stable problem type, before anything is computed or charged."""
+    gw = harness10.gateway
+    assert gw.statistics is not None and gw.audit is not None
+    health = DEPARTMENTS["health"].file
+    bare = dataclasses.replace(health, statistics=MappingProxyType({}))
+    declared: dict[str, Declarations] = {**DEPARTMENTS, "health": bare}
+    service = StatisticsService(
+        gw.departments, AuditEvents(gw.audit), gw.statistics.store, declared=declared
+    )
+    try:
+        listed = service.describe("analyst")
+        names = [s["name"] for s in listed["statistics"]]
+        assert "births_by_district_year" not in names
+        assert "allowance_total_by_district_year" in names
+        assert listed["unavailable"] == [
+            {
+                "name": "births_by_district_year",
+                "detail": "not declared in the department file of health",
+            }
+        ]
+        before = service.store.remaining("analyst")
+        body = {"statistic": "births_by_district_year", "params": {"year": "2024"},
+                "public_key": public_key_to_jwk(keypair[0]), "dp": {"epsilon": 1}}  # fmt: skip
+        with pytest.raises(StatisticUnavailable) as info:
+            service.submit("analyst", body)
+        problem = info.value.to_problem()
+        assert problem["type"].endswith("/statistic-unavailable") and problem["status"] == 409
+        assert service.store.remaining("analyst") == before
+    finally:
+        service.close()
+    # The gateway as built declares every statistic: nothing is unavailable.
+    assert gw.statistics.describe()["unavailable"] == []

@@ -332,7 +332,8 @@ def build_gateway(
     citizen = CitizenTokenVerifier(
         issuer=settings.idp_issuer, audience=settings.public_url, keys={idp.key_id: idp}
     )
-    catalog = load_catalog(department_files(settings.department_files))
+    files = department_files(settings.department_files)
+    catalog = load_catalog(files)
     policy_store = PolicyStore.from_url(settings.gateway_store_url())
     enforcer = open_enforcer(policy_store, catalog)
     events = AuditEvents(audit)
@@ -373,6 +374,7 @@ def build_gateway(
         jobs=jobs,
         threshold=settings.stats_threshold,
         require_dp=settings.stats_require_dp,
+        declared=declared_departments(files),
     )
     gateway = Gateway(
         catalog=catalog,
