@@ -30,6 +30,10 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("tongban.gateway")
 
 
+#: Sent on every response over TLS: a year, subdomains included (RFC 6797).
+HSTS = "max-age=31536000; includeSubDomains"
+
+
 def create_app(gateway: Gateway) -> Flask:
     app = Flask("tongban.gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -71,6 +75,14 @@ def create_app(gateway: Gateway) -> Flask:
     app.register_blueprint(
         docs_blueprint(lambda: build_openapi(server_url, catalog=gateway.catalog))
     )
+
+    @app.after_request
+    def _hsts(resp: Response) -> Response:
+        # Over TLS (served by the gateway itself or by gunicorn with a certificate), tell
+        # browsers never to come back in plain HTTP.
+        if request.is_secure:
+            resp.headers["Strict-Transport-Security"] = HSTS
+        return resp
 
     @app.get("/healthz")
     def healthz() -> Response:

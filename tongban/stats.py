@@ -37,6 +37,7 @@ from tongban.federation.statistics import REGISTRY, Release
 
 from .boundary import CommandFailed, MissingPrerequisite, describe, scrub
 from .config import Settings
+from .exposure import ca_bundle
 from .provision import read_credentials
 
 __all__ = [
@@ -258,7 +259,10 @@ def statistic_from_dir(
         )
     url = gateway_url(data_dir, gateway)
     try:
-        with httpx.Client(transport=transport, trust_env=False, timeout=30.0) as http:
+        verify = ca_bundle()
+        with httpx.Client(
+            transport=transport, trust_env=False, timeout=30.0, verify=verify
+        ) as http:
             return run_statistic(
                 http,
                 url,
