@@ -479,6 +479,7 @@ class FeatureSet:
     sql: str
     columns: tuple[str, ...]
     binds: frozenset[str] = frozenset()
+    dates: Mapping[str, DateBind] = field(default_factory=dict)
 
 
 class Declarations(Protocol):
@@ -1023,7 +1024,7 @@ def _statistic(ctx: _Ctx, name: str, table: dict[str, Any]) -> FileStatistic:
 
 def _features(ctx: _Ctx, name: str, table: dict[str, Any]) -> FeatureSet:
     path = ("features", name)
-    _known_keys(ctx, path, table, {"sql", "columns"}, {"sql", "columns"})
+    _known_keys(ctx, path, table, {"sql", "columns", "dates"}, {"sql", "columns"})
     columns = _expect(ctx, (*path, "columns"), table["columns"], list)
     if not columns or not all(isinstance(c, str) for c in columns):
         raise ctx.fail((*path, "columns"), "expected a non-empty list of column names")
@@ -1031,5 +1032,10 @@ def _features(ctx: _Ctx, name: str, table: dict[str, Any]) -> FeatureSet:
         _name(ctx, (*path, "columns"), column)
     if len(set(columns)) != len(columns):
         raise ctx.fail((*path, "columns"), "a column is listed twice")
-    checked = _sql(ctx, (*path, "sql"), table["sql"], _COMMON_BINDS)
-    return FeatureSet(name, checked.text, tuple(columns), frozenset(checked.binds))
+    dates = _dates(ctx, (*path, "dates"), table.get("dates", {}), {})
+    available = frozenset(_COMMON_BINDS | _date_names(dates))
+    checked = _sql(ctx, (*path, "sql"), table["sql"], available)
+    _unused(ctx, path, {}, checked.binds, dates)
+    return FeatureSet(
+        name, checked.text, tuple(columns), frozenset(checked.binds), MappingProxyType(dates)
+    )

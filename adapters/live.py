@@ -591,7 +591,8 @@ class LiveSource:
         """``(subject, values)`` per row, streamed. Subjects are normalised to 18 digits
         (a source may store 15-digit numbers or a lower-case x); a row whose subject is not
         a valid number, or whose value is not numeric, is skipped and counted as a defect.
-        NULL values are NaN."""
+        NULL values are NaN. ``:today`` (default: today) and the set's declared ``dates``
+        are bound."""
         features = self.dept.features.get(name)
         if features is None:
             raise NotFound(f"features: {self.dept.name} declares no such feature set")
@@ -601,7 +602,9 @@ class LiveSource:
             with self.reading() as conn:
                 streaming = conn.execution_options(stream_results=True)
                 with self.deadline(conn):
-                    result = streaming.execute(text(features.sql), self.binds(today))
+                    result = streaming.execute(
+                        text(features.sql), self.binds(today, features.dates)
+                    )
                 if len(result.keys()) != width:
                     raise self._shape(f"features {name}", f"expected {width} columns")
                 while True:

@@ -1,7 +1,8 @@
 """Horizontal training with Flower: 10 SuperNodes, 100,000 citizens, on loopback.
 
-The population model (100,000 citizens) gives the eligible families' feature table, split
-into 10 bureaus (8 districts, the two largest split in two). Phases:
+The generated department stores (100,000 citizens) give the eligible families' feature
+table, read through the health, hrss and civil department files, split into 10 bureaus
+(8 districts, the two largest split in two). Phases:
 
 * process start: ``Supervisor.start`` (a SuperLink and 10 SuperNodes, each with its
   SuperExec) until every node is registered; and per round, the age of each ClientApp
@@ -23,6 +24,7 @@ Run: ``python -m bench.bench_flower`` (prints JSON).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -35,11 +37,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from rich.console import Console
 
 import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
 from bench.common import machine
-from tongban.adapters.synthetic.features import build_features, write_features
-from tongban.adapters.synthetic.population import build_population
+from tongban.adapters.synthetic.generate import generate
+from tongban.federation.features import load_training_table
 from tongban.federation.horizontal.accounting import gaussian_epsilon
 from tongban.federation.horizontal.data import held_out_mask, partition_rows
 from tongban.federation.horizontal.deploy import Supervisor
@@ -139,8 +142,11 @@ def _dp_in_process(
 
 def run() -> dict[str, Any]:
     started = time.perf_counter()
-    pop = build_population(POPULATION, SEED)
-    table = build_features(pop, SEED)
+    # The departments' stores; the table is read through their files, as training does.
+    data = tempfile.TemporaryDirectory(prefix="bench-flower-")
+    data_dir = Path(data.name)
+    generate(data_dir, POPULATION, SEED, console=Console(file=io.StringIO()))
+    table = load_training_table(data_dir)
     model_seconds = time.perf_counter() - started
     held = held_out_mask(table)
     rows = partition_rows(table, NODES)
@@ -175,9 +181,7 @@ def run() -> dict[str, Any]:
             }
         )
 
-    with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp:
-        data_dir = Path(tmp)
-        write_features(table, data_dir)
+    with data:
         sup = Supervisor(data_dir, NODES)
         try:
             dep = sup.start()

@@ -180,7 +180,7 @@ def deployment_trainer(data_dir: Path) -> Trainer:
     def train(
         request: FederationRequest, out_dir: Path, progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        from tongban.adapters.synthetic.features import read_features
+        from tongban.federation.features import load_training_table
         from tongban.federation.horizontal.deploy import read_deployment
         from tongban.federation.horizontal.runner import build_report, bureaus_of, run_training
         from tongban.federation.horizontal.settings import RunSettings
@@ -193,7 +193,7 @@ def deployment_trainer(data_dir: Path) -> Trainer:
             rounds=request.rounds,
             local_epochs=request.local_epochs,
             num_partitions=dep.num_partitions,
-            n_features=len(read_features(data_dir).columns),
+            n_features=len(load_training_table(data_dir).columns),
             secagg=request.secagg,
             dp_noise=request.dp_noise,
             dp_clip=request.dp_clip,

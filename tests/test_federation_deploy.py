@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tongban.adapters.synthetic.features import build_features, read_features, write_features
-from tongban.adapters.synthetic.population import build_population
+from tongban.federation.features import load_training_table
 from tongban.federation.horizontal.data import held_out_mask, partition_rows
 from tongban.federation.horizontal.deploy import Deployment, descendants, read_deployment
 from tongban.federation.horizontal.model import TrainConfig, fedavg_in_process, train_local
@@ -28,6 +27,8 @@ from tongban.federation.horizontal.runner import (
     write_report,
 )
 from tongban.federation.horizontal.settings import RunSettings
+
+from .federation_data import generated
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -57,9 +58,7 @@ class _Up:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fed")
-    write_features(build_features(build_population(30_000, 11), 11), out)
-    return out
+    return generated(tmp_path_factory.mktemp("fed"), 30_000, 11)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def up(data_dir: Path) -> Iterator[_Up]:
 def _settings(data_dir: Path, out: Path, **kw: object) -> RunSettings:
     return RunSettings(
         num_partitions=NODES,
-        n_features=len(read_features(data_dir).columns),
+        n_features=len(load_training_table(data_dir).columns),
         eval_data_dir=str(data_dir),
         out_dir=str(out),
         **kw,  # type: ignore[arg-type]
@@ -86,7 +85,7 @@ def test_up_publishes_one_supernode_per_bureau(up: _Up, data_dir: Path):
     dep: Deployment = up.deployment
     assert dep.superlink.startswith("127.0.0.1:")
     assert [n.partition_id for n in dep.nodes] == list(range(NODES))
-    table = read_features(data_dir)
+    table = load_training_table(data_dir)
     assert sum(n.rows for n in dep.nodes) == table.rows
     assert len({n.port for n in dep.nodes}) == NODES
 
@@ -115,7 +114,7 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
     assert saved["auc_federated"] > 0.65
 
     # The aggregate is FedAvg: the same as averaging in process (up to SecAgg+ quantisation).
-    table = read_features(data_dir)
+    table = load_training_table(data_dir)
     held = held_out_mask(table)
     parts = [(table.X[r[~held[r]]], table.label[r[~held[r]]]) for r in partition_rows(table, NODES)]
     config = TrainConfig(settings.local_epochs, settings.learning_rate, settings.l2)

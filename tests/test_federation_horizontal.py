@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 
 import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
-from tongban.adapters.synthetic.features import (
-    FeatureTable,
-    build_features,
-    read_features,
-    write_features,
-)
 from tongban.adapters.synthetic.population import build_population
+from tongban.federation.features import CACHE_FILE, FeatureTable, load_training_table
 from tongban.federation.horizontal.accounting import gaussian_epsilon
 from tongban.federation.horizontal.data import held_out_mask, load_partition, partition_rows
 from tongban.federation.horizontal.model import (
@@ -32,17 +27,17 @@ from tongban.federation.horizontal.model import (
 from tongban.federation.horizontal.settings import RunSettings
 from tongban.primitives.errors import BadRequest, NotFound
 
-
-@pytest.fixture(scope="module")
-def table() -> FeatureTable:
-    return build_features(build_population(60_000, 5), 5)
+from .federation_data import generated
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, table: FeatureTable) -> Path:
-    out = tmp_path_factory.mktemp("features")
-    write_features(table, out)
-    return out
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generated(tmp_path_factory.mktemp("features"), 60_000, 5)
+
+
+@pytest.fixture(scope="module")
+def table(data_dir: Path) -> FeatureTable:
+    return load_training_table(data_dir)
 
 
 # --- features ---------------------------------------------------------------------------
@@ -69,15 +64,18 @@ def test_label_agrees_with_hrss_payments_and_is_learnable_not_trivial(table: Fea
     assert 0.7 < score < 0.95
 
 
-def test_write_and_read_round_trip(table: FeatureTable, data_dir: Path):
-    back = read_features(data_dir)
-    assert back.columns == table.columns and back.owners == table.owners
-    np.testing.assert_array_equal(back.X, table.X)
-    np.testing.assert_array_equal(back.id_number, table.id_number)
-    np.testing.assert_array_equal(back.label, table.label)
-    assert read_features(data_dir / "training").rows == table.rows
-    with pytest.raises(FileNotFoundError):
-        read_features(data_dir / "nowhere")
+def test_the_cached_table_is_the_table_read_through_the_files(table: FeatureTable, data_dir: Path):
+    assert (data_dir / CACHE_FILE).exists()
+    back = load_training_table(data_dir)  # from the cache
+    fresh = load_training_table(data_dir, cache=False)  # from the department stores
+    for other in (back, fresh):
+        assert other.columns == table.columns and other.owners == table.owners
+        np.testing.assert_array_equal(other.X, table.X)
+        np.testing.assert_array_equal(other.id_number, table.id_number)
+        np.testing.assert_array_equal(other.label, table.label)
+        np.testing.assert_array_equal(other.district, table.district)
+    with pytest.raises(FileNotFoundError, match="run tongban generate"):
+        load_training_table(data_dir / "nowhere")
 
 
 # --- partitions --------------------------------------------------------------------------
@@ -177,7 +175,8 @@ def _call_client(data_dir: Path, config: dict[str, Any]) -> tuple[np.ndarray, in
         "num-partitions": 3,
     }
     ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
-    reply = client_app(_train_message(np.zeros(15), config), ctx)
+    width = len(load_training_table(data_dir).columns) + 1  # weights and bias
+    reply = client_app(_train_message(np.zeros(width), config), ctx)
     res = compat.recorddict_to_fitres(reply.content, False)
     return parameters_to_ndarrays(res.parameters)[0], res.num_examples
 
@@ -451,7 +450,7 @@ def test_the_report_names_the_bureaus_that_trained_not_departments(data_dir: Pat
     dep = Deployment("127.0.0.1:1", str(data_dir), 2, 0, "")
     dep.nodes = [NodeInfo(0, ["150102"], 10, 1), NodeInfo(1, ["150105", "150203"], 12, 2)]
     settings = RunSettings(
-        rounds=2, num_partitions=2, n_features=len(read_features(data_dir).columns)
+        rounds=2, num_partitions=2, n_features=len(load_training_table(data_dir).columns)
     )
     rounds = [e for e in round_times(_events()) if e["event"] == "round"][:2]
     result = RunResult(1, settings, np.zeros(settings.n_features + 1), rounds, seconds=21.0)

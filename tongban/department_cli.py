@@ -149,7 +149,8 @@ def check_file(path: Path, *, data_dir: Path | None = None) -> list[Finding]:
             findings.append(runner.explain(".".join(key), line(*key), statistic.sql, values))
         for name, features in dept.features.items():
             key = ("features", name, "sql")
-            findings.append(runner.explain(".".join(key), line(*key), features.sql, {}))
+            values = runner.with_dates(features.dates, {})
+            findings.append(runner.explain(".".join(key), line(*key), features.sql, values))
         findings.extend(runner.quality(dept.quality, line))
     finally:
         live.dispose()

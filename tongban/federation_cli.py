@@ -142,9 +142,9 @@ def federation_train(args: argparse.Namespace) -> int:
 
 
 def _n_features(data_dir: Path) -> int:
-    from tongban.adapters.synthetic.features import read_features
+    from tongban.federation.features import load_training_table
 
-    return len(read_features(data_dir).columns)
+    return len(load_training_table(data_dir).columns)
 
 
 def add_federation(sub: Any) -> None:

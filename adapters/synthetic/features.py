@@ -1,36 +1,29 @@
-"""Training features for the childcare-subsidy outreach model, derived from the population.
+"""The population model's own view of the training table, to check the department files by.
 
-One row per family eligible for the childcare subsidy (a child under 3, born more than 30
-days before the reference date), keyed by the mother's ID number. The label is 1 when the
-family has not been paid the subsidy (held by hrss): these are the families offices reach
-out to. Whether a family claims is drawn in the population model from a logistic model of
-the same attributes (``population._claim_probability``), so the relationship is learnable
-but noisy.
+Training reads its table from the departments' files (``tongban.federation.features``:
+each department's ``[features]`` query over its own store). This module derives what those
+queries should return from the population model directly, so a test can compare the two
+(tests/test_features_from_files.py): one row per family eligible for the childcare subsidy
+(a child under 3, born more than 30 days before the reference date), keyed by the mother's
+ID number, unstandardised, in the population's order. The label is 1 when the family has
+not been paid the subsidy (held by hrss). Whether a family claims is drawn in the
+population model from a logistic model of the same attributes
+(``population._claim_probability``), so the relationship is learnable but noisy.
 
 Columns are grouped by the department that holds them (``owners``): health (births), hrss
-(employment, insurance, payments) and civil (marriage, low-income allowance, district). They
-are standardised (zero mean, unit variance over the table). Horizontal training splits rows
-(per district: county bureaus); vertical training splits columns (per owner).
-
-``tongban generate --out DIR`` writes the table to ``DIR/training/features.npz`` (plain
-arrays, no pickle) with a small JSON manifest beside it.
+(employment, insurance, payments) and civil (marriage, low-income allowance, district).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from .population import URBAN_DISTRICTS, Population
 
-__all__ = ["FEATURES_FILE", "FeatureTable", "build_features", "read_features", "write_features"]
-
-FEATURES_FILE = Path("training") / "features.npz"
-_MANIFEST = "features.json"
+__all__ = ["ReferenceFeatures", "reference_features"]
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("mother_age", "health"),
@@ -51,48 +44,28 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 @dataclass(frozen=True)
-class FeatureTable:
+class ReferenceFeatures:
     id_number: npt.NDArray[np.str_]  # one row per family, keyed by the mother's ID number
-    district: npt.NDArray[np.str_]  # household district code (primitives.regions.DISTRICTS)
-    columns: tuple[str, ...]  # feature names
+    district: npt.NDArray[np.str_]  # the couple's district code
+    columns: tuple[str, ...]
     owners: tuple[str, ...]  # department holding each column: "health" | "hrss" | "civil"
-    X: npt.NDArray[np.float64]  # (n, len(columns)), standardised
-    label: npt.NDArray[np.int8]  # 1 = eligible for the childcare subsidy but not applied; hrss
-
-    def __post_init__(self) -> None:
-        n = len(self.id_number)
-        if self.X.shape != (n, len(self.columns)) or len(self.owners) != len(self.columns):
-            raise ValueError("features: X must be (rows, columns) with one owner per column")
-        if len(self.district) != n or len(self.label) != n:
-            raise ValueError("features: district and label need one entry per row")
+    values: npt.NDArray[np.float64]  # (n, len(columns)), unstandardised
+    label: npt.NDArray[np.int8]  # 1 = eligible for the childcare subsidy but not paid; hrss
 
     @property
     def rows(self) -> int:
         return len(self.id_number)
 
-    def columns_of(self, owner: str) -> npt.NDArray[np.int64]:
-        """Indices of the columns held by one department."""
-        return np.flatnonzero(np.array(self.owners) == owner).astype(np.int64)
-
-    def take(self, rows: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> FeatureTable:
-        """A subset of the rows (columns and standardisation unchanged)."""
-        return FeatureTable(
-            self.id_number[rows],
-            self.district[rows],
-            self.columns,
-            self.owners,
-            self.X[rows],
-            self.label[rows],
-        )
+    def column(self, name: str) -> npt.NDArray[np.float64]:
+        return self.values[:, self.columns.index(name)]
 
 
 def _years(days: npt.NDArray[np.int64] | npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(days, dtype=np.float64) / 365.25
 
 
-def build_features(population: Population, seed: int) -> FeatureTable:
-    """Derive the table from the population model. ``seed`` shuffles the row order, so any
-    contiguous slice of the rows is a random sample."""
+def reference_features(population: Population) -> ReferenceFeatures:
+    """The table's raw values, derived from the population model."""
     p = population
     ref = p.reference
     n_couples = len(p.wife)
@@ -154,68 +127,12 @@ def build_features(population: Population, seed: int) -> FeatureTable:
         "married_years": _years(ref_day - p.married[c].view(np.int64)),
     }
     raw = np.column_stack([values[name] for name, _ in _COLUMNS])
-    mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
-    std = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
-    scaled = (raw - mean) / np.where(std > 0, std, 1.0)
-
     claimed = np.isin(mothers, p.childcare_applicant)
-    label = (~claimed).astype(np.int8)
-    shuffle = np.random.default_rng(seed).permutation(len(c))
-    return FeatureTable(
-        id_number=p.id_number[mothers][shuffle],
-        district=p.couple_district[c][shuffle],
+    return ReferenceFeatures(
+        id_number=p.id_number[mothers],
+        district=p.couple_district[c],
         columns=tuple(name for name, _ in _COLUMNS),
         owners=tuple(owner for _, owner in _COLUMNS),
-        X=np.ascontiguousarray(scaled[shuffle], dtype=np.float64),
-        label=label[shuffle],
+        values=np.ascontiguousarray(raw, dtype=np.float64),
+        label=(~claimed).astype(np.int8),
     )
-
-
-def _path(data_dir: Path) -> Path:
-    direct = data_dir / FEATURES_FILE.name
-    return direct if direct.exists() else data_dir / FEATURES_FILE
-
-
-def write_features(table: FeatureTable, data_dir: Path) -> None:
-    """Write ``data_dir/training/features.npz`` and a manifest (columns, owners, rates)."""
-    path = data_dir / FEATURES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        id_number=table.id_number.astype("U18"),
-        district=table.district.astype("U6"),
-        columns=np.array(table.columns, dtype=str),
-        owners=np.array(table.owners, dtype=str),
-        X=table.X,
-        label=table.label,
-    )
-    tmp.replace(path)
-    manifest = {
-        "rows": table.rows,
-        "columns": list(table.columns),
-        "owners": list(table.owners),
-        "positive_rate": round(float(table.label.mean()), 4) if table.rows else None,
-        "districts": {
-            str(d): int(n)
-            for d, n in zip(*np.unique(table.district, return_counts=True), strict=True)
-        },
-    }
-    (path.parent / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
-def read_features(data_dir: Path) -> FeatureTable:
-    """Read what :func:`write_features` wrote (``data_dir`` is the generate output directory
-    or its ``training/`` subdirectory)."""
-    path = _path(data_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"no training features under {data_dir} (run tongban generate)")
-    with np.load(path, allow_pickle=False) as z:
-        return FeatureTable(
-            id_number=z["id_number"],
-            district=z["district"],
-            columns=tuple(str(s) for s in z["columns"]),
-            owners=tuple(str(s) for s in z["owners"]),
-            X=z["X"].astype(np.float64),
-            label=z["label"].astype(np.int8),
-        )

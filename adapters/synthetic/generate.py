@@ -24,7 +24,6 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from ..departments import DEPARTMENTS
 from ..ingest import ValidationReport, ingest
 from ..store import DepartmentStore, sqlite_url
-from .features import build_features, write_features
 from .population import REFERENCE_DATE, Population, build_population
 from .records import DEPARTMENT_ORDER, Injected, department_batches
 from .truth import truth_lines
@@ -147,9 +146,6 @@ def generate(
             progress.update(tasks[name], completed=progress.tasks[tasks[name]].total)
             result.injected[name] = injected[name].counts()
         result.seconds["load"] = time.perf_counter() - load_started
-        features_started = time.perf_counter()
-        write_features(build_features(pop, seed), out_dir)
-        result.seconds["features"] = time.perf_counter() - features_started
         if truth is not None:
             truth_started = time.perf_counter()
             _write_truth(truth, pop, injected, progress)

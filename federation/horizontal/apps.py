@@ -250,9 +250,9 @@ def _evaluator(
     """Centralised evaluation on the held-out rows after every round."""
     if not settings.eval_data_dir:
         return lambda _r, _p, _c: None
-    from tongban.adapters.synthetic.features import read_features
+    from ..features import load_training_table
 
-    table = read_features(Path(settings.eval_data_dir))
+    table = load_training_table(Path(settings.eval_data_dir))
     held = held_out_mask(table)
     x, y = table.X[held], table.label[held]
 

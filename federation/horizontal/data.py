@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tongban.adapters.synthetic.features import FeatureTable, read_features
+from ..features import FeatureTable, load_training_table
 
 __all__ = ["HELD_OUT_MOD", "Partition", "held_out_mask", "load_partition", "partition_rows"]
 
@@ -70,7 +70,7 @@ class Partition:
 
 
 def load_partition(data_dir: Path, partition_id: int, num_partitions: int) -> Partition:
-    table = read_features(data_dir)
+    table = load_training_table(data_dir)
     rows = partition_rows(table, num_partitions)[partition_id]
     train = rows[~held_out_mask(table)[rows]]
     return Partition(

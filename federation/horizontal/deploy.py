@@ -165,13 +165,13 @@ class Supervisor:
         *,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from tongban.adapters.synthetic.features import read_features
+        from ..features import load_training_table
 
         self.data_dir = data_dir.resolve()
         self.num_partitions = num_partitions
         self.state = state_dir(self.data_dir)
         self.log = log or (lambda _msg: None)
-        table = read_features(self.data_dir)
+        table = load_training_table(self.data_dir)
         self.parts = partition_rows(table, num_partitions)
         self.districts = [sorted(set(table.district[rows].tolist())) for rows in self.parts]
         self.children: dict[str, subprocess.Popen[bytes]] = {}

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tongban.adapters.synthetic.features import read_features
 from tongban.primitives.gm import sm3
 
+from ..features import load_training_table
 from .data import held_out_mask, partition_rows
 from .deploy import Deployment
 from .model import Floats, TrainConfig, auc, predict, train_centralized
@@ -222,7 +222,7 @@ def build_report(result: RunResult, data_dir: Path) -> dict[str, Any]:
     the ``bureaus`` (SuperNodes) of the run. No department adapter takes part in horizontal
     training, so the report names none."""
     s = result.settings
-    table = read_features(data_dir)
+    table = load_training_table(data_dir)
     held = held_out_mask(table)
     parts = partition_rows(table, s.num_partitions)
     train_rows = np.sort(np.concatenate(parts))

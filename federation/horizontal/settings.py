@@ -18,7 +18,7 @@ class RunSettings:
     local_epochs: int = 20
     learning_rate: float = 0.5
     l2: float = 1e-3
-    n_features: int = 14
+    n_features: int = 13
     num_partitions: int = 3
     secagg: bool = False
     dp_noise: float = 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tongban.adapters.synthetic.features import FeatureTable
+from ..features import FeatureTable
 
 __all__ = [
     "DEPARTMENTS",

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tongban.adapters.synthetic.features import FeatureTable, read_features
 from tongban.federation.horizontal.data import HELD_OUT_MOD
 from tongban.federation.horizontal.model import auc
 from tongban.federation.psi import PsiParty, Transcript, run_psi
 from tongban.primitives.gm import sm3
 
+from ..features import FeatureTable, load_training_table
 from .data import LABEL_HOLDER, DepartmentView, fit_centralized, split_departments
 from .messages import Plan, Relay, VKind
 from .parties import FeatureHolder, LabelHolder, Randomness
@@ -308,7 +308,7 @@ def run_vertical(
 ) -> dict[str, Any]:
     """Vertical training on ``tongban generate``'s feature table in ``data_dir``."""
     return run_on_table(
-        read_features(data_dir),
+        load_training_table(data_dir),
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
