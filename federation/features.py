@@ -45,6 +45,7 @@ import numpy.typing as npt
 __all__ = [
     "CACHE_FILE",
     "TRAINING_SETS",
+    "FeatureRows",
     "FeatureTable",
     "JoinedRows",
     "SetSpec",

@@ -34,8 +34,10 @@ from tongban.adapters.deptfile import DepartmentFileError, parse_department_file
 from tongban.adapters.synthetic.features import ReferenceFeatures, reference_features
 from tongban.adapters.synthetic.population import Population, build_population
 from tongban.federation.features import (
+    FeatureRows,
     FeatureTable,
     JoinedRows,
+    SetSpec,
     load_training_table,
     read_training_rows,
     standardise,
@@ -241,3 +243,61 @@ def test_feature_sets_bind_declared_dates():
 def test_feature_set_dates_are_checked_at_load(dates: str, where: str, why: str):
     with pytest.raises(DepartmentFileError, match=why):
         _parse(dates, where)
+
+
+# --- the join -------------------------------------------------------------------------------
+
+
+def test_the_join_keeps_health_rows_fills_hrss_and_leaves_out_the_unknown():
+    from tongban.federation.features import TRAINING_SETS, join_feature_sets
+
+    health, employment, marriage, label = TRAINING_SETS
+    nan = float("nan")
+    sets: dict[SetSpec, tuple[tuple[str, ...], FeatureRows]] = {
+        health: (("age",), [("A", (30.0,)), ("B", (31.0,)), ("C", (32.0,)), ("D", (33.0,))]),
+        # B has no hrss record (zeros); C is unknown to hrss (NULL): left out.
+        employment: (("employed",), [("A", (1.0,)), ("C", (nan,)), ("Z", (1.0,))]),
+        # D has no marriage: left out; Z is no family.
+        marriage: (
+            ("urban", "district"),
+            [("A", (1.0, 150102.0)), ("B", (0.0, 150105.0)), ("C", (0.0, 150102.0))],
+        ),
+        label: (("childcare_subsidy_paid",), [("A", (1.0,))]),
+    }
+    joined = join_feature_sets(sets)
+    assert joined.id_number.tolist() == ["A", "B"]
+    assert joined.columns == ("age", "employed", "urban")
+    assert joined.owners == ("health", "hrss", "civil")
+    np.testing.assert_array_equal(joined.values, [[30.0, 1.0, 1.0], [31.0, 0.0, 0.0]])
+    assert joined.district.tolist() == ["150102", "150105"]
+    assert joined.label.tolist() == [0, 1]  # A was paid; B was not
+    assert dict(joined.dropped) == {"unknown": 1, "duplicate": 0, "missing": 1}
+
+
+def test_a_subject_twice_in_one_set_is_left_out():
+    from tongban.federation.features import TRAINING_SETS, join_feature_sets
+
+    health, employment, marriage, label = TRAINING_SETS
+    sets: dict[SetSpec, tuple[tuple[str, ...], FeatureRows]] = {
+        health: (("age",), [("A", (30.0,)), ("B", (31.0,))]),
+        employment: (("employed",), [("A", (1.0,)), ("A", (0.0,))]),
+        marriage: (("district",), [("A", (150102.0,)), ("B", (150102.0,))]),
+        label: (("childcare_subsidy_paid",), []),
+    }
+    joined = join_feature_sets(sets)
+    assert joined.id_number.tolist() == ["B"] and joined.dropped["duplicate"] == 1
+
+
+def test_a_store_sealed_at_rest_is_refused(small_population: Generated, tmp_path: Path):
+    """Blind-index tokens carry no birth date and do not join across departments."""
+    import shutil
+
+    (tmp_path / "departments").mkdir()
+    for name in ("health", "hrss", "civil"):
+        shutil.copy(small_population.dir / "departments" / f"{name}.db", tmp_path / "departments")
+    engine = create_engine(f"sqlite:///{tmp_path / 'departments' / 'hrss.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO meta (key, value) VALUES ('at_rest', '{}')"))
+    engine.dispose()
+    with pytest.raises(ValueError, match="hrss: the store is encrypted at rest"):
+        load_training_table(tmp_path)
