@@ -7,6 +7,21 @@ wrk drives POST /v1/checks from a separate process on loopback at 1, 16 and 64
 connections. Then 100,000 subjects go through POST /v1/checks/batch, a py-spy profile is
 taken of a gateway worker under load, and the baseline — the same pipeline with every
 SM2 signature made and checked by pure-Python gmssl — is measured in the same run.
+
+``--live-health mariadb`` (issue 14: departments connect their own databases) adds a run
+in the same topology with one department live: the health department's records are
+written into a MariaDB database in the legacy birth-certificate schema
+(examples/legacy-health/load.py, as bench_live_source does) and its adapter serves
+examples/legacy-health/health.toml over it (FileSource over LiveSource, built by
+``build_file_adapter`` as ``tongban adapter serve --department-file`` builds it), with the
+file's MariaDB tweak (its quality checks select ``p.n``, not ``UPPER(p.n)``, so each
+lookup uses an index); ``mariadb-as-shipped`` serves the file unchanged. The other four
+departments stay managed. The same checks (1, 16, 64 connections) and batches of the
+``--live-batch`` sizes run against it; the all-managed run does the same batch sizes too
+(compare the ``undetermined`` counts: a chunk of 500 subjects the live department does not
+answer within the gateway's batch timeout, 5 x TONGBAN_ADAPTER_TIMEOUT + 1 s, is
+undetermined). The database is dropped at the end. ``--population`` sets the generated
+population (default 20,000).
 """
 
 from __future__ import annotations
@@ -26,13 +41,19 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from bench.common import DATA, ROOT, machine
 
+if TYPE_CHECKING:
+    from flask import Flask
+
 POPULATION = 20_000
+LIVE_CHOICES = ("mariadb", "mariadb-as-shipped")
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/bench_gateway_legacy"
+LIVE_DEPARTMENT = "health"
 DEPARTMENTS = ("health", "police", "civil", "hrss", "medins")
 _WRK_LUA = """
 local subjects = {%s}
@@ -67,10 +88,30 @@ def _wait(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def live_adapter(choice: str) -> Flask:
+    """gunicorn factory for the live department: examples/legacy-health/health.toml over
+    the database ``TONGBAN_LEGACY_HEALTH_URL`` names (``choice`` as ``--live-health``),
+    built as ``tongban adapter serve --department-file`` builds it."""
+    from bench.bench_live_source import department
+    from tongban.adapters.service import create_app
+    from tongban.config import Settings
+    from tongban.wiring import build_file_adapter
+
+    if choice not in LIVE_CHOICES:
+        raise ValueError(f"live_adapter: {choice!r} is not one of {', '.join(LIVE_CHOICES)}")
+    dept = department(os.environ["TONGBAN_LEGACY_HEALTH_URL"], mariadb_variant=choice == "mariadb")
+    core, witness = build_file_adapter(Settings.from_env(), dept)
+    return create_app(core, witness)
+
+
 class Topology:
-    def __init__(self, data: Path, backend: str) -> None:
+    def __init__(
+        self, data: Path, backend: str, live: str | None = None, live_url: str = ""
+    ) -> None:
         self.data = data
         self.backend = backend
+        self.live = live  # a --live-health choice: the health adapter serves the legacy DB
+        self.live_url = live_url
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateway_url = ""
 
@@ -90,9 +131,13 @@ class Topology:
         for dept in DEPARTMENTS:
             port = _port()
             urls[dept] = f"http://127.0.0.1:{port}"
+            app, dept_env = f'tongban.wsgi:adapter("{dept}")', env
+            if self.live is not None and dept == LIVE_DEPARTMENT:
+                app = f'bench.bench_gateway:live_adapter("{self.live}")'
+                dept_env = {**env, "TONGBAN_LEGACY_HEALTH_URL": self.live_url}
             self._spawn([gunicorn, "--log-level", "warning", "-b", f"127.0.0.1:{port}",
                          "-w", "1", "--threads", "8",
-                         "-k", "gthread", f'tongban.wsgi:adapter("{dept}")'], env)  # fmt: skip
+                         "-k", "gthread", app], dept_env)  # fmt: skip
         for url in urls.values():
             _wait(url)
         env.update({f"TONGBAN_ADAPTER_URL_{d.upper()}": u for d, u in urls.items()})
@@ -200,14 +245,14 @@ def _profile(pid: int, seconds: int) -> list[tuple[str, float]]:
     return [(f, round(100 * c / total, 1)) for f, c in own.most_common(25)]
 
 
-def _prepare(data: Path) -> tuple[dict[str, Any], list[str]]:
+def _prepare(data: Path, population: int = POPULATION) -> tuple[dict[str, Any], list[str]]:
     from tongban.demo import needs_generation, register_demo_clients
     from tongban.keys import KeyRing
 
-    if needs_generation(data, POPULATION, 7):
+    if needs_generation(data, population, 7):
         from tongban.adapters.synthetic.generate import generate
 
-        generate(data, POPULATION, 7, truth=data / "truth.jsonl")
+        generate(data, population, 7, truth=data / "truth.jsonl")
     keys = KeyRing(data / "keys")
     for party in ("gateway", "idp", *DEPARTMENTS):
         keys.ensure(party)
@@ -217,51 +262,151 @@ def _prepare(data: Path) -> tuple[dict[str, Any], list[str]]:
     return clients, subjects
 
 
-def run(seconds: int = 15, batch_total: int = 100_000) -> dict[str, Any]:
+def _load_live(data: Path, url: str) -> dict[str, Any]:
+    """The health store of ``data`` into a fresh database at ``url``, legacy-shaped."""
+    from bench.bench_live_source import _database, _loader, _server_url
+
+    server, name = _server_url(url)
+    _database(server, name, "DROP DATABASE IF EXISTS `{name}`")
+    _database(server, name, "CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    summary: dict[str, Any] = _loader().load(data, url, seed=7)
+    return {
+        "url": summary["to"],
+        "department_file": "examples/legacy-health/health.toml",
+        "rows": summary["rows"],
+        "certificates": summary["records"],
+        "load_seconds": summary["seconds"],
+    }
+
+
+def _drop_live(url: str) -> None:
+    from bench.bench_live_source import _database, _server_url
+
+    server, name = _server_url(url)
+    _database(server, name, "DROP DATABASE IF EXISTS `{name}`")
+
+
+def run(
+    seconds: int = 15,
+    batch_total: int = 100_000,
+    *,
+    population: int = POPULATION,
+    live: str | None = None,
+    live_batch: tuple[int, ...] = (2_000, 10_000),
+    mariadb: str = MARIADB,
+) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench_gateway needs wrk (Debian package 'wrk') to drive the load")
-    data = DATA / "gateway"
-    clients, subjects = _prepare(data)
-    out: dict[str, Any] = {"name": "gateway", "machine": machine(), "population": POPULATION}
-    for backend, key in (("tongsuo", "figures"), ("gmssl", "baseline")):
-        (data / "audit.db").unlink(missing_ok=True)
-        topo = Topology(data, backend)
-        topo.start()
-        try:
-            token = _token(topo.gateway_url, clients["edu-bureau"])
-            script = DATA / "wrk-checks.lua"
-            script.write_text(_WRK_LUA % (",".join(f'"{s}"' for s in subjects), token))
-            runs = []
-            levels = (1, 16, 64) if backend == "tongsuo" else (16,)
-            for connections in levels:
-                if connections == 16 and backend == "tongsuo":
-                    with ThreadPoolExecutor(1) as pool:
-                        workers = topo.gateway_workers()
-                        profiled = (
-                            pool.submit(_profile, workers[0], seconds - 3) if workers else None
-                        )
-                        runs.append(_wrk(topo.gateway_url, script, connections, seconds))
-                        if profiled is not None:
-                            out["profile_top_inclusive_pct"] = profiled.result()
-                else:
-                    runs.append(_wrk(topo.gateway_url, script, connections, seconds))
-            section: dict[str, Any] = {"sm2_backend": backend, "checks": runs}
-            if backend == "tongsuo":
-                batch_token = _token(topo.gateway_url, clients["edu-bureau"])
-                section["batch"] = _batch(topo.gateway_url, batch_token, subjects, batch_total)
-            out[key] = section
-        finally:
-            topo.stop()
+    if live is not None and live not in LIVE_CHOICES:
+        raise SystemExit(f"--live-health: one of {', '.join(LIVE_CHOICES)}")
+    data = DATA / ("gateway" if population == POPULATION else f"gateway-{population}")
+    clients, subjects = _prepare(data, population)
+    load_average = [round(x, 2) for x in os.getloadavg()]
+    out: dict[str, Any] = {"name": "gateway", "machine": machine(), "population": population}
+    # (SM2 backend, section, live department): all managed, then one live, then gmssl.
+    plan: list[tuple[str, str, str | None]] = [("tongsuo", "figures", None)]
+    if live is not None:
+        out["machine"]["load_average_at_start"] = load_average
+        out["live_source"] = _load_live(data, mariadb)
+        plan.append(("tongsuo", "live_health", live))
+    plan.append(("gmssl", "baseline", None))
+    try:
+        for backend, key, live_run in plan:
+            out[key] = _section(
+                data, clients, subjects, out, backend, live_run, mariadb,
+                seconds, batch_total, live_batch if live is not None else (),
+            )  # fmt: skip
+    finally:
+        if live is not None:
+            _drop_live(mariadb)
+    if live is not None:
+        out["live_health"]["department"] = (
+            f"{LIVE_DEPARTMENT} served live from MariaDB through "
+            f"examples/legacy-health/health.toml ({live}); police, civil, hrss, medins managed"
+        )
     out["goal"] = "1,000 checks/s with p99 < 50 ms at 16 clients; 100,000 batch checks < 30 s"
     return out
+
+
+def _section(
+    data: Path,
+    clients: dict[str, Any],
+    subjects: list[str],
+    out: dict[str, Any],
+    backend: str,
+    live: str | None,
+    live_url: str,
+    seconds: int,
+    batch_total: int,
+    live_batch: tuple[int, ...],
+) -> dict[str, Any]:
+    """One topology started, measured and stopped: checks at 1/16/64 connections (16 with
+    gmssl) and batches: ``batch_total`` subjects (not in the live run), then one batch
+    of each ``live_batch`` size."""
+    (data / "audit.db").unlink(missing_ok=True)
+    topo = Topology(data, backend, live, live_url)
+    topo.start()
+    try:
+        token = _token(topo.gateway_url, clients["edu-bureau"])
+        script = DATA / "wrk-checks.lua"
+        script.write_text(_WRK_LUA % (",".join(f'"{s}"' for s in subjects), token))
+        runs = []
+        levels = (1, 16, 64) if backend == "tongsuo" else (16,)
+        profile = backend == "tongsuo" and live is None
+        for connections in levels:
+            if connections == 16 and profile:
+                with ThreadPoolExecutor(1) as pool:
+                    workers = topo.gateway_workers()
+                    profiled = pool.submit(_profile, workers[0], seconds - 3) if workers else None
+                    runs.append(_wrk(topo.gateway_url, script, connections, seconds))
+                    if profiled is not None:
+                        out["profile_top_inclusive_pct"] = profiled.result()
+            else:
+                runs.append(_wrk(topo.gateway_url, script, connections, seconds))
+        section: dict[str, Any] = {"sm2_backend": backend, "checks": runs}
+        if backend == "tongsuo":
+            batch_token = _token(topo.gateway_url, clients["edu-bureau"])
+            if live is None:
+                section["batch"] = _batch(topo.gateway_url, batch_token, subjects, batch_total)
+            if live_batch:
+                section["batches_live_sizes"] = [
+                    _batch(topo.gateway_url, batch_token, subjects, n) for n in live_batch
+                ]
+        return section
+    finally:
+        topo.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--population", type=int, default=POPULATION)
+    parser.add_argument(
+        "--live-health",
+        choices=LIVE_CHOICES,
+        help="also run with the health department served live from a legacy MariaDB "
+        "through examples/legacy-health/health.toml (mariadb: with its MariaDB tweak)",
+    )
+    parser.add_argument(
+        "--live-batch",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        default=(2_000, 10_000),
+        help="with --live-health: batch sizes, comma-separated (default 2000,10000)",
+    )
+    parser.add_argument(
+        "--mariadb", default=MARIADB, help="with --live-health: a database created and dropped"
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.batch), indent=2))
+    result = run(
+        args.seconds,
+        args.batch,
+        population=args.population,
+        live=args.live_health,
+        live_batch=args.live_batch,
+        mariadb=args.mariadb,
+    )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
