@@ -4,8 +4,9 @@ One row per family eligible for the childcare subsidy (a child under 3, born mor
 days before the reference date), keyed by the mother's ID number; the label is 1 when the
 family has not been paid the subsidy, so offices reach out to it. Each department computes
 its own columns with a ``[features.NAME]`` query in its department file
-(``adapters/departments/{health,hrss,civil}.toml``), over its own tables, and nothing else
-of a department is read: the rows come only through ``LiveSource.feature_rows``.
+(``adapters/departments/{health,hrss,civil}.toml``), over its own tables: a department's
+rows come only through ``LiveSource.feature_rows``. Besides, only the managed store's
+``meta`` is read (its reference date, and whether it is sealed at rest).
 
 The sets are joined on the subject (:data:`TRAINING_SETS`):
 
