@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bench.common import DATA, ROOT, machine
+from tongban.adapters.builtin import builtin_names
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -54,7 +55,7 @@ POPULATION = 20_000
 LIVE_CHOICES = ("mariadb", "mariadb-as-shipped")
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/bench_gateway_legacy"
 LIVE_DEPARTMENT = "health"
-DEPARTMENTS = ("health", "police", "civil", "hrss", "medins")
+DEPARTMENTS = builtin_names()
 _WRK_LUA = """
 local subjects = {%s}
 local i = 0

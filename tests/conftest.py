@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tongban.adapters.builtin import builtin_names
 from tongban.adapters.synthetic.generate import GenerationResult, generate
 from tongban.primitives.gm import SM2PrivateKey
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from tongban.policies import PolicyAdmin, PolicyEnforcer, PolicyStore
 
 PG_URL = os.environ.get("TONGBAN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
-DEPARTMENT_NAMES = ("health", "police", "civil", "hrss", "medins")
+DEPARTMENT_NAMES = builtin_names()
 SMALL_POPULATION = 3000
 SMALL_SEED = 11
 

@@ -20,7 +20,7 @@ from tongban.audit.log import AuditLog
 from tongban.audit.merkle import verify_consistency, verify_inclusion
 from tongban.audit.note import SignedNote
 from tongban.audit.vault import Pseudonymizer
-from tongban.config import Settings
+from tongban.config import DEPARTMENTS, Settings
 from tongban.gateway.app import create_app
 from tongban.gateway.services import Gateway
 from tongban.keys import KeyRing
@@ -73,7 +73,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     data_dir = tmp_path_factory.mktemp("gateway") / "data"
     settings = Settings(data_dir=data_dir, public_url="http://gateway.test")
     keys = KeyRing(settings.keys_dir)
-    for party in ("gateway", "idp", "health", "police", "civil", "hrss", "medins"):
+    for party in ("gateway", "idp", *DEPARTMENTS):
         keys.ensure(party)
     gateway = build_gateway(settings, start=False)
     app = create_app(gateway)

@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from tongban.adapters.builtin import builtin_names
 from tongban.gateway.answers import ANSWER_TYP
 from tongban.primitives.jws import PublicKey, key_from_jwk, verify_compact
 
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 PG_URL = os.environ.get("TONGBAN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
-DEPARTMENTS = ("health", "police", "civil", "hrss", "medins")
+DEPARTMENTS = builtin_names()
 # The demo requesters the tests and the bench use, with their scopes.
 CLIENTS: dict[str, tuple[str, ...]] = {
     "edu-bureau": ("checks", "checks:batch"),

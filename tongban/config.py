@@ -8,9 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tongban.adapters.builtin import builtin_names
+
 __all__ = ["Settings"]
 
-DEPARTMENTS = ("health", "police", "civil", "hrss", "medins")
+# The built-in departments, read from their files (adapters/departments/*.toml).
+DEPARTMENTS = builtin_names()
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ..builtin import builtin_names
 from .population import Population
 
 __all__ = ["DEPARTMENT_ORDER", "ERROR_RATE", "Injected", "department_batches"]
 
-DEPARTMENT_ORDER = ("health", "police", "civil", "hrss", "medins")
+# The built-in departments (their files are the registry), in the registry's order.
+DEPARTMENT_ORDER = builtin_names()
 ERROR_RATE = 0.003  # per injected kind, of the records it applies to
 
 Batch = dict[str, npt.NDArray[np.generic]]
@@ -250,10 +252,17 @@ _ID_COLUMNS = {
 }
 
 
+def _stream_key(department: str) -> int:
+    """The department's own entropy word for its error-injection stream."""
+    return int.from_bytes(department.encode("utf-8"), "big")
+
+
 def department_batches(
     p: Population, department: str, seed: int
 ) -> tuple[dict[str, Batch], Injected]:
-    rng = np.random.default_rng([seed, DEPARTMENT_ORDER.index(department), 0x7B])
+    # Keyed by the name, not a position in the registry: adding or renaming another
+    # department leaves this one's errors where they were.
+    rng = np.random.default_rng([seed, _stream_key(department), 0x7B])
     injected = Injected()
     batches = _BUILDERS[department](p, rng, injected)
     for table, kinds in injected.rows.items():
