@@ -61,7 +61,9 @@ _ID_SHAPED = re.compile(r"\d{17}[\dXx]|\d{15}")
 _COMMON_BINDS = frozenset({"today", "today_yyyymmdd"})
 _SUBJECT_BINDS = frozenset({"subject", "subject15"})
 _RELATED_BINDS = frozenset({"related", "related15"})
-_RESERVED = _COMMON_BINDS | _SUBJECT_BINDS | _RELATED_BINDS | {"record_bound"}
+# Bound by the adapter where it wraps a file's queries (quality checks), never by a file.
+_INTERNAL_BINDS = frozenset({"subject_x", "related_x"})
+_RESERVED = _COMMON_BINDS | _SUBJECT_BINDS | _RELATED_BINDS | _INTERNAL_BINDS | {"record_bound"}
 
 
 class DepartmentFileError(TongbanError):

@@ -15,7 +15,7 @@ from tongban.primitives.wire import PredicateCall, Tri
 
 from .at_rest import BlindIndex
 from .deptfile import FilePredicate
-from .live import LiveSource, interpret, named_statement
+from .live import LiveSource, checks_statement, interpret, person_binds
 from .store import DepartmentStore
 
 __all__ = ["MANAGED", "Evaluator", "PredicateSource", "SourceHealth"]
@@ -105,10 +105,9 @@ class Evaluator:
         self.file = self.department.file
         self.defects = 0
         self._statements = {n: text(p.sql) for n, p in self.file.predicates.items()}
-        self._named = {n: named_statement(q) for n, q in self.file.quality.items()}
-        self._checks: dict[str, tuple[TextClause, ...]] = {
-            n: tuple(self._named[q.name] for q in self.file.checks_for(n))
-            for n in self.file.predicates
+        self._checks: dict[str, TextClause | None] = {
+            n: checks_statement(self.file.checks_for(n), related=p.related)
+            for n, p in self.file.predicates.items()
         }
 
     @property
@@ -171,13 +170,11 @@ class Evaluator:
         values: dict[str, object],
         persons: list[str],
     ) -> Tri:
-        for check in self._checks[predicate.name]:
-            for person in persons:
-                if conn.execute(check, values | {"subject": person, "subject15": None}).first():
-                    return Tri.UNKNOWN
-        binds = values | {"subject": persons[0], "subject15": None}
-        if len(persons) > 1:
-            binds |= {"related": persons[1], "related15": None}
+        # Tokens (or numbers) as stored: no 15-digit form, no other spelling.
+        binds = values | person_binds([(p, None) for p in persons], lower_x=False)
+        checks = self._checks[predicate.name]
+        if checks is not None and conn.execute(checks, binds).scalar():
+            return Tri.UNKNOWN
         result = conn.execute(self._statements[predicate.name], binds)
         width = len(result.keys())
         rows = result.fetchmany(2)

@@ -56,10 +56,11 @@ __all__ = [
     "SourceDefect",
     "SourceTimeout",
     "StatisticRows",
+    "checks_statement",
     "describe_error",
     "fifteen",
     "interpret",
-    "named_statement",
+    "person_binds",
     "statistic_cells",
 ]
 
@@ -302,8 +303,10 @@ class LiveSource:
         self._read_at: dt.datetime | None = None
         self.engine = self._engine()
         self._predicates = {n: text(p.sql) for n, p in dept.predicates.items()}
-        self._named = {n: named_statement(q) for n, q in dept.quality.items()}
-        self._checks = {n: dept.checks_for(n) for n in dept.predicates}
+        self._checks = {
+            n: checks_statement(dept.checks_for(n), related=p.related)
+            for n, p in dept.predicates.items()
+        }
 
     def _engine(self) -> Engine:
         if self.kind == "sqlite":
@@ -528,25 +531,17 @@ class LiveSource:
         values: dict[str, object],
         persons: list[_Person],
     ) -> Tri:
-        for check in self._checks[pred.name]:
-            if any(self._is_named(conn, check, values, p) for p in persons):
+        binds = values | person_binds(persons, lower_x=self._subject_form is None)
+        checks = self._checks[pred.name]
+        if checks is not None:
+            _width, named = self._rows(conn, checks, binds, 1)
+            if named and _truth(named[0][0])[0] is not Tri.FALSE:
                 return Tri.UNKNOWN
-        binds = dict(values)
-        binds["subject"], binds["subject15"] = persons[0]
-        if len(persons) > 1:
-            binds["related"], binds["related15"] = persons[1]
         width, rows = self._rows(conn, self._predicates[pred.name], binds, 2)
         verdict, defect = interpret(width, rows)
         if defect is not None:
             self._defect(f"predicate {pred.name}", defect)
         return verdict
-
-    def _is_named(
-        self, conn: Connection, check: QualityCheck, values: dict[str, object], person: _Person
-    ) -> bool:
-        binds = values | {"subject": person[0], "subject15": person[1]}
-        _width, rows = self._rows(conn, self._named[check.name], binds, 1)
-        return bool(rows)
 
     # --- statistics, features, quality ----------------------------------------------
 
@@ -707,10 +702,41 @@ class LiveSource:
         self.engine.dispose()
 
 
-def named_statement(check: QualityCheck) -> TextClause:
-    """Whether a quality check names one person: its query, filtered to them (on its own
-    lines, so a trailing comment in the check cannot swallow the filter)."""
-    return _around("SELECT 1 FROM", check.sql, "WHERE q.subject IN (:subject, :subject15) LIMIT 1")
+def checks_statement(checks: Sequence[QualityCheck], *, related: bool) -> TextClause | None:
+    """One statement asking whether any of ``checks`` names the subject (or, for a
+    related predicate, either person): 1 if one does, else 0; None without checks.
+
+    Each check is its own ``EXISTS`` over the check's query filtered to the person, so
+    the database pushes the filter into the check as it would for that check alone (an
+    index lookup where the check allows it), and all of them cost one round trip. A
+    person matches as ``:subject`` (18 digits, upper-case X), ``:subject_x`` (the same
+    with a lower-case x, as some systems store it: a check can then name bare columns and
+    keep their indexes, even where comparisons are case-sensitive) or ``:subject15``.
+    Each query is on its own lines, so a trailing comment in it cannot swallow the filter.
+    """
+    if not checks:
+        return None
+    people = ":subject, :subject_x, :subject15"
+    if related:
+        people += ", :related, :related_x, :related15"
+    # Only statements the file's check passed, and bind names: nothing from a request.
+    tests = "\n    OR ".join(
+        f"EXISTS (SELECT 1 FROM (\n{c.sql}\n) q WHERE q.subject IN ({people}))"  # noqa: S608
+        for c in checks
+    )
+    return text(f"SELECT CASE WHEN {tests}\n  THEN 1 ELSE 0 END")
+
+
+def person_binds(persons: Sequence[_Person], *, lower_x: bool = True) -> dict[str, object]:
+    """The binds of a subject (and a related person): ``:subject``, ``:subject15`` and
+    ``:subject_x`` (the lower-case-x spelling of a number ending in X; the same value
+    when ``lower_x`` is off, for tokens)."""
+    out: dict[str, object] = {}
+    for role, (number, number15) in zip(("subject", "related"), persons, strict=False):
+        out[role] = number
+        out[f"{role}15"] = number15
+        out[f"{role}_x"] = number[:-1] + "x" if lower_x and number.endswith("X") else number
+    return out
 
 
 def _around(head: str, sql: str, tail: str) -> TextClause:

@@ -13,9 +13,7 @@ in the same topology with one department live: the health department's records a
 written into a MariaDB database in the legacy birth-certificate schema
 (examples/legacy-health/load.py, as bench_live_source does) and its adapter serves
 examples/legacy-health/health.toml over it (FileSource over LiveSource, built by
-``build_file_adapter`` as ``tongban adapter serve --department-file`` builds it), with the
-file's MariaDB tweak (its quality checks select ``p.n``, not ``UPPER(p.n)``, so each
-lookup uses an index); ``mariadb-as-shipped`` serves the file unchanged. The other four
+``build_file_adapter`` as ``tongban adapter serve --department-file`` builds it). The other four
 departments stay managed. The same checks (1, 16, 64 connections) and batches of the
 ``--live-batch`` sizes run against it; the all-managed run does the same batch sizes too
 (compare the ``undetermined`` counts: a chunk of 500 subjects the live department does not
@@ -52,7 +50,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 POPULATION = 20_000
-LIVE_CHOICES = ("mariadb", "mariadb-as-shipped")
+LIVE_CHOICES = ("mariadb",)
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/bench_gateway_legacy"
 LIVE_DEPARTMENT = "health"
 DEPARTMENTS = builtin_names()
@@ -100,7 +98,7 @@ def live_adapter(choice: str) -> Flask:
 
     if choice not in LIVE_CHOICES:
         raise ValueError(f"live_adapter: {choice!r} is not one of {', '.join(LIVE_CHOICES)}")
-    dept = department(os.environ["TONGBAN_LEGACY_HEALTH_URL"], mariadb_variant=choice == "mariadb")
+    dept = department(os.environ["TONGBAN_LEGACY_HEALTH_URL"])
     core, witness = build_file_adapter(Settings.from_env(), dept)
     return create_app(core, witness)
 

@@ -16,15 +16,11 @@ subject by subject so that a change in the machine's load hits all of them alike
 
 - ``live``: FileSource.evaluate over the live MariaDB source (pooled connection), the
   department file as shipped;
-- ``live_mariadb_variant`` (MariaDB/MySQL sources only): the same with the file's
-  MariaDB tweak its comments describe (and tests/test_legacy_example.py runs): the quality
-  checks select ``p.n``, not ``UPPER(p.n)``, so MariaDB looks each person up by index
-  instead of scanning the table;
 - ``managed``: the managed Evaluator over the generated SQLite health store, the path
   the live source replaces (baseline, same subjects);
-- ``live_fresh_connection``: the fastest live file's query (the MariaDB variant when it
-  runs), the pool disposed after every call, so each call connects (and sets its session
-  up) and disconnects: a naive adapter with no pool (baseline).
+- ``live_fresh_connection``: the live file's query, the pool disposed after every call,
+  so each call connects (and sets its session up) and disconnects: a naive adapter with
+  no pool (baseline).
 
 Each path has its own time budget (``--budget`` seconds of timed calls, at least
 ``MIN_SUBJECTS`` calls): a path that has spent it stops, the others go on through the
@@ -58,7 +54,7 @@ from sqlalchemy.engine import make_url
 
 from bench.common import DATA, ROOT, machine, percentiles
 from tongban.adapters.departments import DEPARTMENTS
-from tongban.adapters.deptfile import DepartmentFile, load_department_file, parse_department_file
+from tongban.adapters.deptfile import DepartmentFile, load_department_file
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.file_source import FileSource
 from tongban.adapters.live import LiveSource
@@ -76,8 +72,6 @@ WARMUP = 50  # untimed calls per path before each predicate, on subjects outside
 MIN_SUBJECTS = 20  # timed calls of a path before its time budget may end its run
 # The MariaDB/MySQL tweak health.toml's comments describe (tests/test_legacy_example.py
 # runs it): the quality checks select the bare number, so each lookup uses IX_*SFZH.
-UPPER_SUBJECT = "SELECT UPPER(p.n) AS subject"
-BARE_SUBJECT = "SELECT p.n AS subject"
 _CHUNK = 5000  # subjects asked of the managed store at a time while drawing the sample
 _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -132,20 +126,9 @@ def _timed(evaluate: Callable[[PredicateCall], Tri], call: PredicateCall) -> tup
     return (time.perf_counter() - started) * 1e6, answer
 
 
-def department(url: str, *, mariadb_variant: bool = False) -> DepartmentFile:
-    """examples/legacy-health/health.toml over ``url``; with ``mariadb_variant``, its
-    quality checks select ``p.n`` for ``UPPER(p.n)`` (the file's MariaDB/MySQL tweak)."""
-    path = EXAMPLE / "health.toml"
-    env = {"TONGBAN_LEGACY_HEALTH_URL": url}
-    if not mariadb_variant:
-        return load_department_file(path, env=env)
-    text = path.read_text(encoding="utf-8")
-    dept = parse_department_file(text, str(path), env=env, path=path)
-    if text.count(UPPER_SUBJECT) != len(dept.quality):
-        raise SystemExit(f"{path}: expected {UPPER_SUBJECT!r} once per quality check")
-    return parse_department_file(
-        text.replace(UPPER_SUBJECT, BARE_SUBJECT), str(path), env=env, path=path
-    )
+def department(url: str) -> DepartmentFile:
+    """examples/legacy-health/health.toml over ``url``."""
+    return load_department_file(EXAMPLE / "health.toml", env={"TONGBAN_LEGACY_HEALTH_URL": url})
 
 
 def _server_url(url: str) -> tuple[str, str]:
@@ -229,7 +212,6 @@ def run(
     budget_s: float = 180.0,
 ) -> dict[str, Any]:
     console = Console(stderr=True)
-    variant = make_url(mariadb).get_backend_name() in {"mysql", "mariadb"}
     load_average = [round(x, 2) for x in os.getloadavg()]
     data = DATA / f"gen-{population}"
     generated_seconds = None
@@ -255,9 +237,7 @@ def run(
         _database(server, name, "CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
         summary = _loader().load(data, mariadb, seed=7, console=console)
         files = {"live": department(mariadb)}
-        if variant:
-            files["live_mariadb_variant"] = department(mariadb, mariadb_variant=True)
-        fastest = "live_mariadb_variant" if variant else "live"
+        fastest = "live"
         lives = {
             path: FileSource(dept, LiveSource(dept), reference=managed.as_of)
             for path, dept in files.items()
@@ -348,20 +328,12 @@ def run(
         "budget_seconds_per_path_and_predicate": budget_s,
         "paths": {
             "live": "the department file as shipped, pooled connection",
-            **(
-                {"live_mariadb_variant": f"the file with {BARE_SUBJECT!r} in its quality checks"}
-                if variant
-                else {}
-            ),
         },
         "figures": figures,
         "defects": defects,
         "baseline": {
             "managed": "managed Evaluator over the generated SQLite health store, same subjects",
-            "live_fresh_connection": (
-                f"the {'MariaDB variant' if variant else 'file'}'s live query, "
-                "a new connection per call (no pool)"
-            ),
+            "live_fresh_connection": ("the file's live query, a new connection per call (no pool)"),
         },
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

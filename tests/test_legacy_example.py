@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.departments.health import births
-from tongban.adapters.deptfile import DepartmentFile, load_department_file, parse_department_file
+from tongban.adapters.deptfile import DepartmentFile, load_department_file
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.live import LiveSource
 from tongban.adapters.store import DepartmentStore
@@ -318,15 +318,8 @@ def test_statistic_counts_what_the_managed_store_counts(
 VARIABLE = "TONGBAN_LEGACY_HEALTH_URL"
 
 
-def _department(url: str, *, mariadb_variant: bool = False) -> DepartmentFile:
-    path = EXAMPLE / "health.toml"
-    if not mariadb_variant:
-        return load_department_file(path, env={VARIABLE: url})
-    # The README's MariaDB/MySQL tweak: bare numbers, so that lookups use IX_*SFZH.
-    text = path.read_text(encoding="utf-8")
-    assert text.count("SELECT UPPER(p.n) AS subject") == len(FILE["quality"])
-    text = text.replace("SELECT UPPER(p.n) AS subject", "SELECT p.n AS subject")
-    return parse_department_file(text, str(path), env={VARIABLE: url}, path=path)
+def _department(url: str) -> DepartmentFile:
+    return load_department_file(EXAMPLE / "health.toml", env={VARIABLE: url})
 
 
 def test_the_adapter_loads_the_file(legacy: tuple[str, dict[str, Any]]) -> None:
@@ -355,7 +348,7 @@ def test_the_live_source_answers_what_the_managed_store_answers(
     managed_answers: dict[tuple[str, str], list[Tri]],
 ) -> None:
     """tongban's own live source over the file: every answer, the quality report and the
-    statistic. On MariaDB the README's variant (bare numbers) too."""
+    statistic."""
     url = legacy[0]
     qs = managed.department.table("quarantine_subjects")
     with managed.connect() as conn:
@@ -368,26 +361,24 @@ def test_the_live_source_answers_what_the_managed_store_answers(
         ).all()
     picked = _sample(subjects, named)
     index = {s: i for i, s in enumerate(subjects)}
-    variants = [False, True] if make_url(url).get_backend_name() == "mysql" else [False]
-    for variant in variants:
-        source = LiveSource(_department(url, mariadb_variant=variant))
-        try:
-            for name, params in CALLS:
-                expected = managed_answers[(name, repr(sorted(params.items())))]
-                got = source.evaluate_many(name, picked, params, today=today)
-                wrong = [
-                    (s[:6] + "…", expected[index[s]].value, g.value)
-                    for s, g in zip(picked, got, strict=True)
-                    if g is not expected[index[s]]
-                ]
-                assert not wrong, f"{variant=} {name} {params}: {len(wrong)} differ: {wrong[:5]}"
-            assert source.ready and source.defects == 0
-            report = source.quality_report(today=today)
-            assert sum(count for count, _ in report.values()) > 0
-            cells = source.statistic_rows("births_by_district_year", {"year": year}, today=today)
-            assert sorted(cells) == sorted((d, n, n) for d, n in rows)
-        finally:
-            source.dispose()
+    source = LiveSource(_department(url))
+    try:
+        for name, params in CALLS:
+            expected = managed_answers[(name, repr(sorted(params.items())))]
+            got = source.evaluate_many(name, picked, params, today=today)
+            wrong = [
+                (s[:6] + "…", expected[index[s]].value, g.value)
+                for s, g in zip(picked, got, strict=True)
+                if g is not expected[index[s]]
+            ]
+            assert not wrong, f"{name} {params}: {len(wrong)} differ: {wrong[:5]}"
+        assert source.ready and source.defects == 0
+        report = source.quality_report(today=today)
+        assert sum(count for count, _ in report.values()) > 0
+        cells = source.statistic_rows("births_by_district_year", {"year": year}, today=today)
+        assert sorted(cells) == sorted((d, n, n) for d, n in rows)
+    finally:
+        source.dispose()
 
 
 # --- the quality checks and the noise, on crafted rows ---------------------------------

@@ -256,9 +256,7 @@ def test_a_subject_with_no_records_is_false_everywhere(evaluators, subjects):
         for predicate in evaluator.department.predicates.values():
             params = {k: v[0] for k, v in predicate.params.items()}
             # Two-person predicates (guardian_of) relate the stranger to another stranger.
-            related = (
-                make_id("150102", dt.date(2020, 1, 1), 997) if predicate.related else None
-            )
+            related = make_id("150102", dt.date(2020, 1, 1), 997) if predicate.related else None
             answers[(name, predicate.name)] = evaluator.evaluate(
                 PredicateCall(predicate.name, stranger, params, related)
             )

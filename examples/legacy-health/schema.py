@@ -23,15 +23,15 @@ ZT      状态 status: '1' valid, '0' voided (a certificate replaced by a reissu
 SCBZ    删除标志 soft-delete flag: '0' live, '1' deleted
 ======= ================================================================================
 
-No NULLs: like most systems of its age it codes "nothing" as ''. ``IX_FQSFZH`` and the
-``IX_*_UPPER`` indexes are not in the commission's original schema: the DBA adds them for
-the adapter, so that the "parent of" predicate (mother *or* father) and the per-person
-quality checks are index lookups rather than scans.
+No NULLs: like most systems of its age it codes "nothing" as ''. ``IX_FQSFZH`` is not in
+the commission's original schema: the DBA adds it for the adapter, so that the "parent of"
+predicate (mother *or* father) and the per-person quality checks are index lookups rather
+than scans.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import CHAR, Column, Index, MetaData, SmallInteger, String, Table, func
+from sqlalchemy import CHAR, Column, Index, MetaData, SmallInteger, String, Table
 from sqlalchemy.dialects import mysql
 from sqlalchemy.sql.elements import quoted_name
 
@@ -76,14 +76,3 @@ CSYXZM = Table(
     mysql_charset="utf8mb4",
     mariadb_charset="utf8mb4",
 )
-
-# Added for the adapter, which asks each quality check whether it names one person: the
-# checks list UPPER(number) (a stored lower-case x must match the upper-case :subject),
-# and on PostgreSQL and SQLite, where comparisons are case-sensitive, these indexes are
-# what finds UPPER(number) = :subject without reading the table. MariaDB has no index
-# on an expression (and compares case-insensitively: see the README for its variant of
-# the checks, which the plain indexes above serve).
-for _column in ("XSESFZH", "MQSFZH", "FQSFZH"):
-    Index(_n(f"IX_{_column}_UPPER"), func.upper(CSYXZM.c[_column])).ddl_if(
-        dialect=("postgresql", "sqlite")  # type: ignore[arg-type]  # a tuple is documented
-    )
