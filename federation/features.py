@@ -329,6 +329,10 @@ def _reference_date(sources: Mapping[str, object]) -> dt.date:
     return days.pop()
 
 
+class SealedStore(ValueError):
+    """A department store is encrypted at rest: the files' features cannot be computed."""
+
+
 def _refuse_sealed(source: object) -> None:
     """A sealed store holds blind-index tokens, not ID numbers: the ages the files compute
     from the number and the join across departments need the numbers."""
@@ -340,17 +344,22 @@ def _refuse_sealed(source: object) -> None:
     with source.reading() as conn:
         sealed = conn.execute(text("SELECT COUNT(*) FROM meta WHERE key = 'at_rest'")).scalar()
     if sealed:
-        raise ValueError(
-            f"{source.dept.name}: the store is encrypted at rest; training reads plain stores"
+        raise SealedStore(
+            f"{source.dept.name}: the store is encrypted at rest; training reads plain stores "
+            "(or the table built before they were sealed, as `tongban demo` builds it)"
         )
 
 
 # --- the cached table ------------------------------------------------------------------
 
 
-def _fingerprint(data_dir: Path, store_urls: Mapping[str, str] | None, seed: int) -> str | None:
+def _fingerprint(
+    data_dir: Path, store_urls: Mapping[str, str] | None, seed: int, *, logical: bool = False
+) -> str | None:
     """What the cached table depends on: the feature sets of the files and the SQLite
-    store files (None when a store is a server database: no cache)."""
+    store files (None when a store is a server database: no cache). ``logical``: the
+    generated data the stores hold (their ``meta``) instead of the files' size and time,
+    which identifies a table built before the stores were sealed at rest."""
     from sqlalchemy.engine import make_url
 
     from tongban.adapters.deptfile import load_department_file
@@ -366,12 +375,42 @@ def _fingerprint(data_dir: Path, store_urls: Mapping[str, str] | None, seed: int
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite" or not parsed.database:
             return None
+        if logical:
+            meta = _generated(parsed.database)
+            if meta is None:
+                return None
+            parts.append([name, meta])
+            continue
         try:
             st = os.stat(parsed.database)
         except OSError:
             return None
         parts.append([name, str(Path(parsed.database).resolve()), st.st_size, st.st_mtime_ns])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _generated(database: str) -> list[str] | None:
+    """What a generated store says it was generated as (its ``meta`` generator and
+    reference date): the same after sealing it at rest, which rewrites the file."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = dict(
+            conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('generator', 'reference_date')"
+            ).fetchall()
+        )
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    if "generator" not in rows:
+        return None
+    return [rows["generator"], rows.get("reference_date", "")]
 
 
 def load_training_table(
@@ -389,17 +428,27 @@ def load_training_table(
         cached = _read_cache(path, fingerprint)
         if cached is not None:
             return cached
-    joined = read_training_rows(data_dir, store_urls=store_urls)
+    try:
+        joined = read_training_rows(data_dir, store_urls=store_urls)
+    except SealedStore:
+        # Stores sealed after the table was built from them (tongban demo builds it, then
+        # seals): the cache of the same generated data stands in for the plain stores.
+        logical = _fingerprint(data_dir, store_urls, seed, logical=True) if cache else None
+        cached = _read_cache(path, logical, key="logical") if logical is not None else None
+        if cached is None:
+            raise
+        return cached
     table = standardise(joined, seed)
     if fingerprint is not None:
-        _write_cache(path, table, fingerprint, joined.dropped)
+        logical = _fingerprint(data_dir, store_urls, seed, logical=True) or ""
+        _write_cache(path, table, fingerprint, joined.dropped, logical=logical)
     return table
 
 
-def _read_cache(path: Path, fingerprint: str) -> FeatureTable | None:
+def _read_cache(path: Path, fingerprint: str, *, key: str = "fingerprint") -> FeatureTable | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) != fingerprint:
+            if not fingerprint or str(z[key]) != fingerprint:
                 return None
             return FeatureTable(
                 id_number=z["id_number"],
@@ -414,13 +463,19 @@ def _read_cache(path: Path, fingerprint: str) -> FeatureTable | None:
 
 
 def _write_cache(
-    path: Path, table: FeatureTable, fingerprint: str, dropped: Mapping[str, int]
+    path: Path,
+    table: FeatureTable,
+    fingerprint: str,
+    dropped: Mapping[str, int],
+    *,
+    logical: str = "",
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(
         tmp,
         fingerprint=np.array(fingerprint),
+        logical=np.array(logical),
         id_number=table.id_number.astype("U18"),
         district=table.district.astype("U6"),
         columns=np.array(table.columns, dtype=str),

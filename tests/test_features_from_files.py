@@ -22,6 +22,7 @@ ages are differences of day numbers computed in integer arithmetic on both diale
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tongban.federation.features import (
     FeatureRows,
     FeatureTable,
     JoinedRows,
+    SealedStore,
     SetSpec,
     load_training_table,
     read_training_rows,
@@ -300,4 +302,33 @@ def test_a_store_sealed_at_rest_is_refused(small_population: Generated, tmp_path
         conn.execute(text("INSERT INTO meta (key, value) VALUES ('at_rest', '{}')"))
     engine.dispose()
     with pytest.raises(ValueError, match="hrss: the store is encrypted at rest"):
+        load_training_table(tmp_path)
+
+
+def test_the_table_built_before_sealing_stands_in_for_the_sealed_stores(
+    small_population: Generated, tmp_path: Path
+) -> None:
+    """What `tongban demo` does: read the table through the files while the stores are
+    plain, then seal them for real (tongban keys encrypt). Training then reads the table
+    of the same generated data; a store of other data is refused."""
+    import shutil
+
+    from rich.console import Console
+
+    from tongban.demo import encrypt_at_rest
+
+    (tmp_path / "departments").mkdir()
+    for name in ("health", "hrss", "civil", "police", "medins"):
+        shutil.copy(small_population.dir / "departments" / f"{name}.db", tmp_path / "departments")
+    before = load_training_table(tmp_path)
+    encrypt_at_rest(tmp_path, Console(file=io.StringIO()))
+    after = load_training_table(tmp_path)
+    assert after.rows == before.rows > 0
+    assert np.array_equal(after.X, before.X) and np.array_equal(after.label, before.label)
+    # Another generation's data under the same files: the cache does not stand in for it.
+    engine = create_engine(f"sqlite:///{tmp_path / 'departments' / 'hrss.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE meta SET value = '{\"seed\": 8}' WHERE key = 'generator'"))
+    engine.dispose()
+    with pytest.raises(SealedStore, match="encrypted at rest"):
         load_training_table(tmp_path)

@@ -127,6 +127,16 @@ class _Supervisor:
                 proc.wait()
 
 
+def build_training_table(data_dir: Path, console: Console) -> None:
+    """Read the training table through the department files while the stores are plain
+    (DIR/training/table.npz): sealed at rest, they hold blind-index tokens, from which no
+    feature can be computed."""
+    from tongban.federation.features import load_training_table
+
+    table = load_training_table(data_dir)
+    console.print(f"training table read through the department files: {table.rows:,} families")
+
+
 def encrypt_at_rest(data_dir: Path, console: Console) -> None:
     """SM4-encrypt the sensitive columns of every department store (``tongban keys
     encrypt --all``): each department gets its own key-encryption key under DIR/keys."""
@@ -189,6 +199,7 @@ def run_demo(
 
         console.print(f"generating {population:,} citizens (seed {seed}) into {data_dir}")
         generate(data_dir, population, seed, truth=data_dir / "truth.jsonl", console=console)
+        build_training_table(data_dir, console)
         encrypt_at_rest(data_dir, console)
     # The supervisor's children see no TONGBAN_* variable but these: neither does it.
     settings = Settings(data_dir=data_dir, public_url=f"http://{host}:{port}")
