@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,10 +23,10 @@ from tongban.audit.log import AuditLog
 from tongban.policies import Decision, PolicyEnforcer
 from tongban.primitives.errors import BadRequest, DepartmentUnavailable, Forbidden, TongbanError
 from tongban.primitives.idnumber import parse
-from tongban.primitives.wire import Tri
+from tongban.primitives.wire import PredicateCall, Tri
 
 from .answers import AnswerSigner
-from .catalog import Catalog, Claim
+from .catalog import Catalog, Claim, Term
 from .consent import is_consent_id
 from .metrics import AUDIT_APPENDS, CHECKS, DEPARTMENT_CALLS
 from .ratelimit import RateLimiter
@@ -37,6 +37,9 @@ __all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "Polic
 log = logging.getLogger("tongban.checks")
 
 MAX_BATCH_SUBJECTS = 10_000
+#: Chunks of a batch in flight per department at once (an adapter's threads: 8 in the
+#: production gunicorn configuration).
+CHUNKS_IN_FLIGHT = 8
 RESULT_WORD = {Tri.TRUE: "yes", Tri.FALSE: "no", Tri.UNKNOWN: "undetermined"}
 
 
@@ -417,19 +420,30 @@ class Checker:
         for term in claim.terms:
             call = term.call(unique[0], params)
             chunks = [unique[i : i + MAX_BATCH] for i in range(0, len(unique), MAX_BATCH)]
-            futures = [
-                self._pool.submit(
+
+            def submit(
+                i: int,
+                term: Term = term,
+                call: PredicateCall = call,
+                chunks: list[list[str]] = chunks,
+            ) -> Future[list[Tri]]:
+                return self._pool.submit(
                     self.departments.evaluate_batch, term.department, call.predicate,
-                    call.params, chunk,
-                )
-                for chunk in chunks
-            ]  # fmt: skip
+                    call.params, chunks[i],
+                )  # fmt: skip
+
+            # A sliding window of chunks in flight per department: a department answering
+            # from its own (slower) database is never sent more chunks than it works on
+            # at once, so no chunk times out queueing behind the others.
+            futures = {i: submit(i) for i in range(min(CHUNKS_IN_FLIGHT, len(chunks)))}
             values: list[Tri] = []
-            for chunk, future in zip(chunks, futures, strict=True):
+            for i, chunk in enumerate(chunks):
                 try:
-                    values.extend(future.result(timeout=self.timeout * 5 + 1))
+                    values.extend(futures.pop(i).result(timeout=self.timeout * 5 + 1))
                 except (TongbanError, FutureTimeout):
                     values.extend([Tri.UNKNOWN] * len(chunk))
+                if i + CHUNKS_IN_FLIGHT < len(chunks):
+                    futures[i + CHUNKS_IN_FLIGHT] = submit(i + CHUNKS_IN_FLIGHT)
             per_term.append(values)
         return {s: claim.combine([values[i] for values in per_term]) for i, s in enumerate(unique)}
 

@@ -332,3 +332,51 @@ def test_claims_lists_only_what_the_caller_may_ask(harness):
     assert "birth_registered" not in insurer_claims
     purposes = insurer_claims["maternity_insurance_active"]["purposes"]
     assert purposes == [{"name": "insurance_claim", "consent_required": True, "legal_basis": None}]
+
+
+def test_a_large_batch_keeps_a_window_of_chunks_in_flight_per_department(
+    harness, truth, monkeypatch
+):
+    """A 4,000-subject batch is 8+ chunks per department; never more than
+    CHUNKS_IN_FLIGHT are at a department at once (a slow live database would time the
+    queued ones out), and every answer is still the truth."""
+    import threading
+    import time
+
+    from tongban.gateway.checks import CHUNKS_IN_FLIGHT
+
+    client = harness.gateway.departments
+    original = client.evaluate_batch
+    lock = threading.Lock()
+    in_flight: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+
+    def slow(department, predicate, params, subjects):
+        with lock:
+            in_flight[department] += 1
+            calls[department] += 1
+            peak[department] = max(peak[department], in_flight[department])
+        try:
+            time.sleep(0.02)
+            return original(department, predicate, params, subjects)
+        finally:
+            with lock:
+                in_flight[department] -= 1
+
+    monkeypatch.setattr(client, "evaluate_batch", slow)
+    rows = [r for r in truth if r["claims"].get("birth_registered") is not None]
+    rows = (rows * (4000 // len(rows) + 1))[:4000] if len(rows) < 4000 else rows[:4000]
+    subjects = [{"id_number": r["id_number"]} for r in rows]
+    resp = harness.client.post(
+        "/v1/checks/batch",
+        json={"claim": "birth_registered", "purpose": "school_enrollment", "subjects": subjects},
+        headers=harness.auth("edu-bureau"),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    results = resp.get_json()["results"]
+    assert [r["result"] for r in results] == [WORD[r["claims"]["birth_registered"]] for r in rows]
+    unique = len({r["id_number"] for r in rows})
+    for department, n in calls.items():
+        assert n == -(-unique // 500), (department, n)
+        assert 1 < peak[department] <= CHUNKS_IN_FLIGHT, (department, peak[department])
