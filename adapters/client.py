@@ -1,22 +1,38 @@
 """Gateway side of the adapter protocol: sign, send through a transport, verify.
 
-The transport is the seam: :class:`HttpTransport` talks to adapter services over HTTP,
+The transport is the seam: :class:`HttpTransport` talks to adapter services over HTTP
+(mutual TLS 1.3 with ``https://`` URLs and the gateway's certificate, tongban/tls.py),
 :class:`InProcessTransport` calls an :class:`AdapterCore` directly (tests, embedded use).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import ssl
+import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import HTTPError, SSLError
+from urllib3.util import parse_url
 
 from tongban.federation.paillier import key_fingerprint, parse_public_key
 from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from tongban.primitives.gm import SM2PublicKey
 from tongban.primitives.wire import PredicateCall, Tri
+from tongban.tls import (
+    CertificateRefused,
+    ReloadingContext,
+    TLSFiles,
+    describe_tls_error,
+    reloading_client_context,
+)
 
 from .protocol import (
     AdapterCore,
@@ -29,6 +45,7 @@ from .protocol import (
 from .witness import Witness
 
 __all__ = [
+    "KEEPALIVE_EXPIRY",
     "DepartmentClient",
     "DepartmentRefused",
     "HttpTransport",
@@ -38,6 +55,13 @@ __all__ = [
 ]
 
 JOSE = "application/jose"
+#: Seconds a kept-alive connection to an adapter may sit idle before it is closed rather
+#: than reused: below the adapters' server keep-alive (tongban.serve.KEEPALIVE_TIMEOUT,
+#: 5 s; gunicorn's default is 2 s), so the client never writes into a connection the
+#: server is closing (a reused connection was once reset that way).
+KEEPALIVE_EXPIRY = 1.5
+_LOG_EVERY = 60.0
+log = logging.getLogger("tongban.gateway.departments")
 
 
 class DepartmentRefused(TongbanError):
@@ -93,57 +117,247 @@ class InProcessTransport:
         return core.health()
 
 
-class HttpTransport:
-    def __init__(self, urls: Mapping[str, str], *, max_connections: int = 64) -> None:
-        self.urls = {name: url.rstrip("/") for name, url in urls.items()}
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self.http = httpx.Client(limits=limits, trust_env=False)
+class _IdleSince:
+    """A pooled connection that remembers since when it has been idle."""
 
-    def _url(self, department: str, path: str) -> str:
-        base = self.urls.get(department)
-        if base is None:
+    idle_since: float | None = None
+
+
+class _Connection(_IdleSince, HTTPConnection):
+    pass
+
+
+class _TLSConnection(_IdleSince, HTTPSConnection):
+    pass
+
+
+def _expire_idle(conn: Any, expiry: float) -> None:
+    """Close ``conn`` if it sat idle for ``expiry`` seconds or more: the pool then opens a
+    new one, instead of writing into a socket the server is about to close."""
+    since = getattr(conn, "idle_since", None)
+    if since is not None and conn.sock is not None and time.monotonic() - since >= expiry:
+        conn.close()
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+    keepalive_expiry = KEEPALIVE_EXPIRY
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        _expire_idle(conn, self.keepalive_expiry)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            conn.idle_since = time.monotonic()
+        super()._put_conn(conn)
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+    keepalive_expiry = KEEPALIVE_EXPIRY
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)
+        _expire_idle(conn, self.keepalive_expiry)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            conn.idle_since = time.monotonic()
+        super()._put_conn(conn)
+
+
+@dataclass(frozen=True)
+class _Target:
+    scheme: str
+    host: str
+    port: int
+    prefix: str  # the URL's path, without the trailing slash
+
+
+def _target(department: str, url: str) -> _Target:
+    parsed = parse_url(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{department}: expected an http:// or https:// URL, got {url!r}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return _Target(parsed.scheme, parsed.host.strip("[]"), port, (parsed.path or "").rstrip("/"))
+
+
+class HttpTransport:
+    """The adapters over HTTP(S): one urllib3 connection pool per department.
+
+    With ``tls`` (the gateway's :class:`~tongban.tls.TLSFiles`, followed on disk: a
+    replaced certificate is used for new connections; or a fixed ``ssl.SSLContext`` from
+    :func:`tongban.tls.client_context`), an ``https://`` department is reached with mutual
+    TLS 1.3: the gateway's certificate presented, the adapter's verified against the CA
+    and against the department's NAME (``server_hostname``), whatever host the URL names.
+    ``https://`` without ``tls`` verifies against the system's CAs and the URL's host;
+    ``http://`` stays plain (tests, a loopback-only setup).
+
+    Kept-alive connections idle for ``keepalive_expiry`` seconds are closed before reuse
+    (below the adapters' server keep-alive, tongban.serve.KEEPALIVE_TIMEOUT, and below
+    gunicorn's default of 2 s); TLS sessions are resumed on new connections.
+    """
+
+    def __init__(
+        self,
+        urls: Mapping[str, str],
+        *,
+        max_connections: int = 64,
+        tls: TLSFiles | ssl.SSLContext | ReloadingContext | None = None,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+    ) -> None:
+        self.urls = {name: url.rstrip("/") for name, url in urls.items()}
+        self._targets = {name: _target(name, url) for name, url in self.urls.items()}
+        self.max_connections = max_connections
+        self.keepalive_expiry = keepalive_expiry
+        self._tls: ssl.SSLContext | ReloadingContext | None = (
+            reloading_client_context(tls) if isinstance(tls, TLSFiles) else tls
+        )
+        self._pools: dict[str, tuple[HTTPConnectionPool, ssl.SSLContext | None]] = {}
+        self._lock = threading.Lock()
+        self._logged: dict[tuple[str, str], float] = {}
+
+    def _context(self) -> ssl.SSLContext | None:
+        if isinstance(self._tls, ReloadingContext):
+            return self._tls.current()
+        return self._tls
+
+    def _pool(self, department: str) -> tuple[HTTPConnectionPool, str]:
+        target = self._targets.get(department)
+        if target is None:
             raise DepartmentUnavailable(f"department {department} is not configured")
-        return base + path
+        context = self._context() if target.scheme == "https" else None
+        entry = self._pools.get(department)
+        if entry is not None and entry[1] is context:
+            return entry[0], target.prefix
+        with self._lock:
+            entry = self._pools.get(department)
+            if entry is not None and entry[1] is context:
+                return entry[0], target.prefix
+            pool: HTTPConnectionPool
+            common: dict[str, Any] = {
+                "maxsize": self.max_connections,
+                "block": True,
+                "retries": False,
+            }
+            if target.scheme == "http":
+                pool = _Pool(target.host, target.port, **common)
+            elif context is None:
+                pool = _TLSPool(target.host, target.port, **common)
+            else:
+                pool = _TLSPool(
+                    target.host,
+                    target.port,
+                    ssl_context=context,
+                    server_hostname=department,
+                    **common,
+                )
+            pool.keepalive_expiry = self.keepalive_expiry
+            self._pools[department] = (pool, context)
+        if entry is not None:
+            # The certificate changed: idle connections close now, busy ones when released.
+            entry[0].close()
+        return pool, target.prefix
+
+    def _log_failure(self, department: str, exc: BaseException) -> None:
+        """A TLS refusal, once a minute per department and reason (a broken certificate
+        would otherwise log every request); other failures are the caller's to count."""
+        reason = describe_tls_error(exc, whose=f"department {department}'s certificate")
+        if not _is_tls_failure(exc):
+            log.debug("department %s: %s", department, reason)
+            return
+        key = (department, reason)
+        now = time.monotonic()
+        if now - self._logged.get(key, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[key] = now
+            log.warning("refused the TLS connection to department %s: %s", department, reason)
+
+    def _request(
+        self,
+        department: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> BaseHTTPResponse:
+        pool, prefix = self._pool(department)
+        try:
+            return pool.urlopen(
+                method,
+                prefix + path,
+                body=body,
+                headers=dict(headers),
+                timeout=Timeout(connect=timeout, read=timeout),
+                pool_timeout=max(1, math.ceil(timeout)),
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=True,
+            )
+        except (HTTPError, OSError) as exc:
+            self._log_failure(department, exc)
+            raise DepartmentUnavailable(f"department {department} did not answer") from exc
 
     def send(self, department: str, token: str, timeout: float) -> Reply:
-        try:
-            resp = self.http.post(
-                self._url(department, "/v1/evaluate"),
-                content=token.encode("ascii"),
-                headers={"Content-Type": JOSE, "Accept": JOSE},
-                timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise DepartmentUnavailable(f"department {department} did not answer") from exc
-        return resp.status_code, resp.content
+        resp = self._request(
+            department,
+            "POST",
+            "/v1/evaluate",
+            token.encode("ascii"),
+            {"Content-Type": JOSE, "Accept": JOSE},
+            timeout,
+        )
+        return resp.status, resp.data
 
     def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
-        try:
-            resp = self.http.post(
-                self._url(department, "/v1/witness/cosign"), json=dict(request), timeout=timeout
-            )
-        except httpx.HTTPError as exc:
-            raise DepartmentUnavailable(f"department {department} did not answer") from exc
-        return resp.status_code, resp.content
+        resp = self._request(
+            department,
+            "POST",
+            "/v1/witness/cosign",
+            json.dumps(dict(request)).encode(),
+            {"Content-Type": "application/json"},
+            timeout,
+        )
+        return resp.status, resp.data
 
     def health(self, department: str, timeout: float) -> dict[str, Any]:
         """The adapter's health body; an adapter whose source is not ready answers 503
         with the same members (``"ready": false``), which is an answer too."""
+        resp = self._request(department, "GET", "/healthz", None, {}, timeout)
         try:
-            resp = self.http.get(self._url(department, "/healthz"), timeout=timeout)
-            body = resp.json()
-            if resp.status_code != 200 and not (
-                resp.status_code == 503 and isinstance(body, dict) and "ready" in body
-            ):
-                resp.raise_for_status()
-        except (httpx.HTTPError, ValueError) as exc:
+            body = json.loads(resp.data)
+        except ValueError as exc:
             raise DepartmentUnavailable(f"department {department} did not answer") from exc
+        if resp.status != 200 and not (
+            resp.status == 503 and isinstance(body, dict) and "ready" in body
+        ):
+            raise DepartmentUnavailable(f"department {department} did not answer")
         return body if isinstance(body, dict) else {}
 
     def close(self) -> None:
-        self.http.close()
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool, _ in pools:
+            pool.close()
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError | SSLError | CertificateRefused):
+            return True
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+    return False
 
 
 class DepartmentClient:

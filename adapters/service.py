@@ -9,11 +9,17 @@ registry of the app's own, with the gateway's conventions (gateway/metrics.py)::
                                                             in an undeclared shape
     tongban_department_source_ready{department, kind}       1 if the source answers a
                                                             probe now, else 0
+    tongban_tls_certificate_not_after_seconds{certificate}  when the adapter's TLS
+                                                            certificate ends (Unix time)
+    tongban_tls_certificate_expires_soon{certificate}       1 within 30 days of that end
 
-The last two are read from the source at scrape time (:class:`SourceCollector`).
+The source's two are read from it at scrape time (:class:`SourceCollector`), the
+certificate's from ``tls_status`` (:class:`CertificateCollector`), which ``/healthz``
+also shows as ``certificate`` (with ``warning`` set 30 days before the end).
 No label carries a subject, a parameter or an answer: ``route`` is the URL rule's template,
-``department`` the file's name and ``kind`` the source's (``managed``, ``sqlite``,
-``postgresql``, ``mysql``). The counts are this process's (one gunicorn worker per adapter).
+``department`` the file's name, ``kind`` the source's (``managed``, ``sqlite``,
+``postgresql``, ``mysql``) and ``certificate`` the certificate's CN (the department). The
+counts are this process's (one gunicorn worker per adapter).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Protocol
 
 from flask import Flask, Response, g, jsonify, request
 from flask import Request as FlaskRequest
@@ -50,6 +57,8 @@ from .witness import Witness
 __all__ = [
     "MAX_BODY",
     "MAX_JSON_DEPTH",
+    "CertificateCollector",
+    "CertificateReport",
     "SourceCollector",
     "create_app",
     "install_adapter_metrics",
@@ -61,13 +70,35 @@ MAX_BODY = 64 * 1024  # a signed batch of 500 subjects is ~25 KiB
 log = logging.getLogger("tongban.adapter")
 
 
-def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
+class CertificateReport(Protocol):
+    """What ``tls_status`` returns (tongban.pki.CertificateStatus is one)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def not_after(self) -> datetime: ...
+
+    @property
+    def expires_soon(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+TLSStatus = Callable[[], CertificateReport | None]
+
+
+def create_app(
+    core: AdapterCore, witness: Witness | None = None, *, tls_status: TLSStatus | None = None
+) -> Flask:
+    """The adapter's app. ``tls_status`` (e.g. ``tongban.pki.status_source(cert)``) puts
+    the TLS certificate's expiry in ``/healthz`` and ``/metrics``."""
     app = Flask(f"tongban.adapter.{core.name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["tongban.adapter"] = core  # for whoever closes its source (wsgi, tests)
 
     install_problem_handlers(app, MAX_BODY, log)
-    install_adapter_metrics(app, core)
+    install_adapter_metrics(app, core, tls_status=tls_status)
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -120,6 +151,9 @@ def create_app(core: AdapterCore, witness: Witness | None = None) -> Flask:
         # the same members, "ready": false) when it cannot: the adapter keeps running and
         # answers "unknown" until its source is back (docs/departments.md).
         body = core.health()
+        report = tls_status() if tls_status is not None else None
+        if report is not None:
+            body = {**body, "certificate": report.to_json()}
         if not body["ready"]:
             extra = {k: v for k, v in body.items() if k != "status"}
             raise StoreUnavailable(f"{core.name} source is not reachable", **extra)
@@ -177,7 +211,47 @@ class SourceCollector(Collector):
         yield ready
 
 
-def install_adapter_metrics(app: Flask, core: AdapterCore) -> CollectorRegistry:
+class CertificateCollector(Collector):
+    """The adapter's TLS certificate, read at each scrape: its end as a Unix time and
+    whether it is within 30 days of it (the label ``certificate`` is its CN: the
+    department's name)."""
+
+    def __init__(self, tls_status: TLSStatus) -> None:
+        self.tls_status = tls_status
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        not_after = GaugeMetricFamily(
+            "tongban_tls_certificate_not_after_seconds",
+            "When the adapter's TLS certificate stops being valid (Unix time).",
+            labels=["certificate"],
+        )
+        soon = GaugeMetricFamily(
+            "tongban_tls_certificate_expires_soon",
+            "1 if the adapter's TLS certificate ends within 30 days (or has ended): renew "
+            "it with `tongban pki issue NAME --renew`.",
+            labels=["certificate"],
+        )
+        return not_after, soon
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        not_after, soon = self._families()
+        try:
+            report = self.tls_status()
+        except Exception:  # a scrape must not fail for an unreadable certificate
+            report = None
+        if report is not None:
+            not_after.add_metric([report.subject], report.not_after.timestamp())
+            soon.add_metric([report.subject], 1.0 if report.expires_soon else 0.0)
+        yield not_after
+        yield soon
+
+
+def install_adapter_metrics(
+    app: Flask, core: AdapterCore, *, tls_status: TLSStatus | None = None
+) -> CollectorRegistry:
     """Count and time every request of ``app`` by route template and status, export the
     source's defects and readiness (:class:`SourceCollector`) and serve them at
     ``GET /metrics``, all on a new registry (returned): several adapters in one process
@@ -197,6 +271,8 @@ def install_adapter_metrics(app: Flask, core: AdapterCore) -> CollectorRegistry:
         registry=registry,
     )
     registry.register(SourceCollector(core))
+    if tls_status is not None:
+        registry.register(CertificateCollector(tls_status))
 
     @app.before_request
     def _start_timer() -> None:

@@ -32,6 +32,7 @@ from .department_cli import add_department
 from .federation_cli import add_federation
 from .keys_cli import add_keys
 from .parsing import DATA_DIR_HELP, Parser, add_debug, command, version
+from .pki_cli import add_pki
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
 
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_citizen_and_audit(sub)
     _add_stats(sub)
     add_keys(sub)
+    add_pki(sub)
     add_department(sub)
     add_federation(sub)
     _add_demo(sub)
