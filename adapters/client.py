@@ -23,6 +23,7 @@ from urllib3.exceptions import HTTPError, SSLError
 from urllib3.util import parse_url
 
 from tongban.federation.paillier import key_fingerprint, parse_public_key
+from tongban.primitives.envelope import Sealer
 from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from tongban.primitives.gm import SM2PublicKey
 from tongban.primitives.wire import PredicateCall, Tri
@@ -38,6 +39,8 @@ from .protocol import (
     AdapterCore,
     Answer,
     RequestSigner,
+    open_answer,
+    seal_request,
     verify_answer,
     verify_batch_answer,
     verify_statistic_answer,
@@ -370,11 +373,18 @@ class DepartmentClient:
         department_keys: Mapping[str, SM2PublicKey],
         *,
         timeout: float = 2.0,
+        envelope: bool = True,
+        envelope_keys: Mapping[str, SM2PublicKey] | None = None,
     ) -> None:
+        """``envelope``: seal every request to the department's ``envelope_keys`` entry (by
+        default its ``department_keys`` one) and open its sealed answer (docs/envelope.md);
+        ``False`` for the benchmark's comparison only."""
         self.signer = signer
         self.transport = transport
         self.keys = dict(department_keys)
         self.timeout = timeout
+        self.sealer = Sealer() if envelope else None
+        self.envelope_keys = self.keys if envelope_keys is None else dict(envelope_keys)
 
     @property
     def departments(self) -> list[str]:
@@ -388,11 +398,20 @@ class DepartmentClient:
 
     def _exchange(self, department: str, token: str, timeout: float) -> str:
         """Send a signed request; the department's signed answer, or the error it means."""
+        sealed = None
+        if self.sealer is not None:
+            key = self.envelope_keys.get(department)
+            if key is None:
+                raise DepartmentUnavailable(f"department {department} has no registered key")
+            sealed = seal_request(self.sealer, key, token)
+            token = sealed.envelope
         status, body = self.transport.send(department, token, timeout)
         if status >= 500:
             raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
         if status != 200:
             raise DepartmentRefused(f"department {department} refused the request (HTTP {status})")
+        if sealed is not None:
+            return open_answer(sealed, body)
         try:
             return body.decode("ascii")
         except UnicodeDecodeError as exc:

@@ -5,10 +5,18 @@ whose payload carries one :class:`PredicateCall`, the department as audience, a 
 lifetime and a unique ``jti``. The answer is a compact JWS signed by the department's own
 SM2 key (``typ: tongban-predicate-answer+jwt``) that names the request it answers, so the
 gateway can neither be fed an old answer nor one meant for another question.
+
+On the wire both travel sealed (primitives/envelope.py, docs/envelope.md): the gateway seals
+each signed request to the department's SM2 key (:func:`seal_request`), the adapter opens
+it, refuses anything else (``envelope-refused``) and seals its signed answer back under the
+request's SM4 key (:meth:`AdapterCore.handle`), which the gateway opens
+(:func:`open_answer`). ``envelope=False`` on :class:`AdapterCore` and on the
+:class:`~tongban.adapters.client.DepartmentClient` turns it off, for the benchmark only.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -19,7 +27,8 @@ from typing import Any, Generic, Protocol
 from typing_extensions import TypeVar
 
 from tongban.federation.statistics import Release, Statistic, UnknownStatistic
-from tongban.primitives.errors import BadRequest, Unauthenticated
+from tongban.primitives.envelope import Opener, Sealed, Sealer, sealed_length
+from tongban.primitives.errors import BadRequest, EnvelopeRefused, Unauthenticated
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 from tongban.primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
 from tongban.primitives.replay import MemoryReplayCache, ReplayCache
@@ -30,13 +39,18 @@ from .statistics import LocalStatistics
 
 __all__ = [
     "ANSWER_TYP",
+    "ENVELOPE_PURPOSE",
     "GATEWAY_ISSUER",
     "MAX_BATCH",
+    "MAX_SEALED_ANSWER",
+    "MAX_SEALED_REQUEST",
     "REQUEST_TYP",
     "AdapterCore",
     "Answer",
     "RequestSigner",
     "StatisticsContributor",
+    "open_answer",
+    "seal_request",
     "verify_answer",
     "verify_batch_answer",
     "verify_statistic_answer",
@@ -51,7 +65,12 @@ MAX_ANSWER = 64 * 1024  # characters of a predicate or batch answer
 #: A statistic answer carries the ciphertexts: ~1 KiB of hex per 2048-bit ciphertext, ~93
 #: counters each; 8 MiB covers 700,000 counters.
 MAX_STATISTIC_ANSWER = 8 * 1024 * 1024
+#: The envelope purpose of the gateway <-> adapter exchange (requests and their answers).
+ENVELOPE_PURPOSE = "tongban-predicate"
+MAX_SEALED_REQUEST = 64 * 1024  # the adapter's MAX_BODY: a sealed batch of 500 is ~35 KiB
+MAX_SEALED_ANSWER = sealed_length(MAX_STATISTIC_ANSWER)
 _ALGS = ("SM2",)
+log = logging.getLogger("tongban.adapter")
 _HEX = re.compile(r"[0-9a-f]{1,4096}")
 # What an answer's ``as_of`` may be: an ISO 8601 date, or a date and time with an offset.
 _AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2}))?")
@@ -159,11 +178,15 @@ class AdapterCore(Generic[S_co]):
         gateway_issuer: str = GATEWAY_ISSUER,
         clock: Callable[[], float] = time.time,
         statistics: StatisticsContributor | None = None,
+        envelope: bool = True,
+        envelope_key: SM2PrivateKey | None = None,
     ) -> None:
         """``evaluator`` answers the predicates (a managed :class:`Evaluator` or a
         department file's source). ``statistics``: how this department contributes to
         encrypted statistics; a managed store's by default, none for any other source
-        (every statistic request is then refused as one it does not contribute to)."""
+        (every statistic request is then refused as one it does not contribute to).
+        ``envelope``: requests must come sealed to ``envelope_key`` (by default ``key``)
+        and answers go back sealed; ``False`` for the benchmark's comparison only."""
         self.evaluator = evaluator
         self.name = evaluator.name
         self.key = key
@@ -175,6 +198,7 @@ class AdapterCore(Generic[S_co]):
         if statistics is None and isinstance(evaluator, Evaluator):
             statistics = LocalStatistics(evaluator.store)
         self.statistics = statistics
+        self.opener = Opener(envelope_key or key) if envelope else None
 
     def health(self) -> dict[str, Any]:
         """The adapter's health: where its answers come from and whether that source can
@@ -209,7 +233,30 @@ class AdapterCore(Generic[S_co]):
             raise Unauthenticated("request replayed")
         return payload, jti
 
-    def handle(self, token: str) -> str:
+    def handle(self, body: str) -> str:
+        """A request as it comes off the wire: sealed to this department (unless the
+        envelope is off), then :meth:`handle_jws`; the signed answer goes back sealed."""
+        if self.opener is None:
+            return self.handle_jws(body)
+        try:
+            opened = self.opener.open(
+                body, purpose=ENVELOPE_PURPOSE, max_length=MAX_SEALED_REQUEST, remember=False
+            )
+            try:
+                token = opened.plaintext.decode("ascii")
+            except UnicodeDecodeError:
+                raise EnvelopeRefused("envelope: the sealed request is not a JWS") from None
+        except EnvelopeRefused as exc:
+            # The detail names the fault, never the content (there is none to name).
+            log.warning("%s: %s: %s", self.name, exc.slug, exc.detail)
+            raise
+        answer = self.handle_jws(token)
+        self.opener.remember(opened)  # only a key that carried a gateway-signed request
+        return opened.seal_reply(answer.encode("ascii"))
+
+    def handle_jws(self, token: str) -> str:
+        """The signed request in clear, its signed answer in clear (inside the envelope;
+        the whole exchange when it is off)."""
         payload, jti = self.authenticate(token)
         now = int(self.clock())
         answer: dict[str, Any] = {
@@ -246,6 +293,24 @@ class AdapterCore(Generic[S_co]):
             result = self.evaluator.evaluate(call)
             answer.update(predicate=call.predicate, result=result.value, as_of=as_of)
         return sign_compact(answer, self.key, typ=ANSWER_TYP, kid=self.kid)
+
+
+def seal_request(sealer: Sealer, department_key: SM2PublicKey, token: str) -> Sealed:
+    """Gateway side: a signed request sealed to the department's SM2 key."""
+    return sealer.seal(department_key, token.encode("ascii"), purpose=ENVELOPE_PURPOSE)
+
+
+def open_answer(sealed: Sealed, body: bytes) -> str:
+    """Gateway side: the department's signed answer out of its sealed reply to ``sealed``;
+    :class:`EnvelopeRefused` for anything else (a check then counts it as undetermined)."""
+    try:
+        envelope = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise EnvelopeRefused("envelope: the answer is not sealed") from None
+    try:
+        return sealed.open_reply(envelope, max_length=MAX_SEALED_ANSWER).decode("ascii")
+    except UnicodeDecodeError:
+        raise EnvelopeRefused("envelope: the sealed answer is not a JWS") from None
 
 
 def _batch(body: Any) -> tuple[str, dict[str, str], list[str]]:

@@ -8,6 +8,7 @@
     │   ├── UnknownParameter          400 (name or value outside the enumeration)
     │   └── PayloadTooLarge           413
     ├── Unauthenticated               401 (missing, forged, expired, replayed, wrong audience)
+    │   └── EnvelopeRefused           401 (not sealed, sealed to another key, altered)
     ├── Forbidden                     403
     ├── NotFound                      404
     ├── MethodNotAllowed              405
@@ -30,6 +31,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "DepartmentUnavailable",
+    "EnvelopeRefused",
     "Forbidden",
     "InvalidIdNumber",
     "MalformedJson",
@@ -120,6 +122,15 @@ class Unauthenticated(TongbanError):
     status = 401
     slug = "unauthenticated"
     title = "Authentication failed"
+
+
+class EnvelopeRefused(Unauthenticated):
+    """A message that should be sealed (primitives/envelope.py) is not, is sealed to another
+    key, or does not open (altered, truncated, wrong direction). ``detail`` says which,
+    never anything of the content."""
+
+    slug = "envelope-refused"
+    title = "The message is not sealed to this recipient, or does not open"
 
 
 class Forbidden(TongbanError):

@@ -170,7 +170,10 @@ def _closed_port() -> int:
 
 
 def _core(store: DepartmentStore, key: SM2PrivateKey, gateway: SM2PrivateKey) -> AdapterCore:
-    return AdapterCore(Evaluator(store), key, {gateway.public_key.key_id: gateway.public_key})
+    # The signed layer in clear: these tests speak JWS to the adapter. The sealed wire
+    # (docs/envelope.md) is tests/test_envelope.py's.
+    keys = {gateway.public_key.key_id: gateway.public_key}
+    return AdapterCore(Evaluator(store), key, keys, envelope=False)
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def _client(
     timeout: float = 5.0,
 ) -> DepartmentClient:
     keys = {d: party_keys[d].public_key for d in SERVED}
-    return DepartmentClient(signer, transport, keys, timeout=timeout)
+    return DepartmentClient(signer, transport, keys, timeout=timeout, envelope=False)
 
 
 @pytest.fixture(scope="module")

@@ -40,12 +40,13 @@ from tests.gateway_harness import CLIENTS, PUBLIC_URL, Harness, jws_parts
 from tongban.adapters.client import DepartmentClient, HttpTransport, InProcessTransport
 from tongban.adapters.deptfile import load_department_file
 from tongban.adapters.file_source import FileSource
-from tongban.adapters.protocol import AdapterCore, RequestSigner
+from tongban.adapters.protocol import AdapterCore, RequestSigner, seal_request
 from tongban.adapters.service import create_app as create_adapter_app
 from tongban.boundary import CommandFailed, UsageError
 from tongban.config import Settings
 from tongban.gateway.app import create_app
 from tongban.keys import KeyRing
+from tongban.primitives.envelope import Sealer
 from tongban.primitives.gm import SM2PrivateKey, save_private_key
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.wire import PredicateCall, Tri
@@ -515,10 +516,12 @@ def test_a_file_department_contributes_to_no_statistic(served: Served) -> None:
     token, _ = RequestSigner(key).sign_statistic(
         "health", "births_by_district_year", {"year": "2024"}, "job-1", {}, 1
     )
+    core = served.cores["health"]
+    sealed = seal_request(Sealer(), core.key.public_key, token).envelope
     resp = (
-        create_adapter_app(served.cores["health"])
+        create_adapter_app(core)
         .test_client()
-        .post("/v1/evaluate", data=token, content_type="application/jose")
+        .post("/v1/evaluate", data=sealed, content_type="application/jose")
     )
     assert resp.status_code == 400
     problem = resp.get_json()
@@ -916,7 +919,7 @@ def test_a_file_with_a_statistic_contributes_it(
             release,
         )  # fmt: skip
         ciphertexts = verify_statistic_answer(
-            core.handle(token),
+            core.handle_jws(token),
             department="health",
             department_key=party_keys["health"].public_key,
             request_jti=jti,
@@ -938,7 +941,7 @@ def test_a_file_with_a_statistic_contributes_it(
             "health", statistic.name, {"year": "2024"}, "job-2", public_key_to_jwk(public), 1
         )
         with pytest.raises(Exception) as refused:
-            core.handle(token)
+            core.handle_jws(token)
         assert _slug(refused.value) == "unknown-parameter"
     finally:
         core.evaluator.dispose()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
 
-from tongban.adapters.client import InProcessTransport, Reply
+from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.deptfile import Declarations
 from tongban.adapters.protocol import AdapterCore, RequestSigner, verify_statistic_answer
@@ -267,16 +267,11 @@ def _tamper(token: str) -> str:
 def test_a_tampered_ciphertext_is_detected_by_the_signature(
     harness: Harness, keypair: Keypair, monkeypatch: pytest.MonkeyPatch
 ):
-    transport = _transport(harness)
-    original = transport.send
-
-    def send(department: str, token: str, timeout: float) -> Reply:
-        status, body = original(department, token, timeout)
-        if department == "health" and status == 200:
-            return status, _tamper(body.decode("ascii")).encode("ascii")
-        return status, body
-
-    monkeypatch.setattr(transport, "send", send)
+    # Changed after signing, before sealing (on the wire the envelope refuses any change
+    # first: tests/test_envelope.py): only the signature can tell.
+    core = _transport(harness).cores["health"]
+    original = core.handle_jws
+    monkeypatch.setattr(core, "handle_jws", lambda token: _tamper(original(token)))
     job = _run(harness, keypair, "births_by_district_year", "2024")
     assert job["status"] == "failed"
     assert job["failed"] == [{"department": "health", "problem": "unauthenticated"}]
@@ -334,12 +329,12 @@ def test_adapter_refuses_a_statistic_of_another_department(
         "health", NAMES[1], {"year": "2024"}, "st-1", public_key_to_jwk(keypair[0]), 1
     )
     with pytest.raises(UnknownStatistic):
-        core.handle(token)
+        core.handle_jws(token)
     token, _ = signer.sign_statistic(
         "health", NAMES[0], {"year": "2024"}, "st-1", public_key_to_jwk(keypair[0]), 0
     )
     with pytest.raises(Exception, match="parties"):
-        core.handle(token)
+        core.handle_jws(token)
 
 
 def test_adapter_refuses_values_above_the_bound(harness: Harness, keypair: Keypair):
@@ -509,7 +504,7 @@ def test_a_department_never_suppresses_less_than_its_floor(
         "health", NAMES[0], {"year": "2024"}, "st-1", public_key_to_jwk(keypair[0]), 1,
         {"threshold": 1, "epsilon": None},
     )  # fmt: skip
-    _, answer, _ = jws_parts(core.handle(token))
+    _, answer, _ = jws_parts(core.handle_jws(token))
     assert answer["release"] == {"threshold": 10, "epsilon": None}
 
 
@@ -521,7 +516,7 @@ def test_an_answer_that_ignores_the_requested_noise_is_refused(
     signer = RequestSigner(gateway_key, issuer=harness10.settings.gateway_issuer)
     jwk = public_key_to_jwk(keypair[0])
     token, jti = signer.sign_statistic("health", NAMES[0], {"year": "2024"}, "st-2", jwk, 1)
-    answer = core.handle(token)  # applied: no noise
+    answer = core.handle_jws(token)  # applied: no noise
     with pytest.raises(Unauthenticated, match="release"):
         verify_statistic_answer(
             answer,

@@ -12,6 +12,7 @@ import pytest
 from phe import PaillierPrivateKey, PaillierPublicKey
 
 from bench.bench_statistics import Setup, build
+from tongban.adapters.client import InProcessTransport
 from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
 from tongban.federation.statistics import Release
 
@@ -81,17 +82,17 @@ def test_distributed_noise_has_the_declared_distribution(setup: Setup, keys: Any
 
 
 def test_a_tampered_share_is_refused(setup: Setup, keys: Any, monkeypatch: pytest.MonkeyPatch):
+    # Changed after signing, before sealing: only the signature can tell.
     transport = setup.service.departments.transport
-    original = transport.send
+    assert isinstance(transport, InProcessTransport)
+    core = transport.cores["county-03"]
+    original = core.handle_jws
 
-    def send(department: str, token: str, timeout: float) -> Any:
-        status, body = original(department, token, timeout)
-        if department == "county-03":
-            head, payload, sig = body.decode().split(".")
-            body = f"{head}.{payload[:-4]}AAAA.{sig}".encode()
-        return status, body
+    def tampered(token: str) -> str:
+        head, payload, sig = original(token).split(".")
+        return f"{head}.{payload[:-4]}AAAA.{sig}"
 
-    monkeypatch.setattr(transport, "send", send)
+    monkeypatch.setattr(core, "handle_jws", tampered)
     body = {"statistic": "bench_counts", "params": {}, "public_key": public_key_to_jwk(keys[0])}
     job = setup.service.get("analyst", setup.service.submit("analyst", body)["id"])
     assert job["status"] == "failed"
