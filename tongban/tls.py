@@ -52,6 +52,7 @@ __all__ = [
     "TLSFiles",
     "client_context",
     "describe_tls_error",
+    "gunicorn_ssl_context",
     "reloading_client_context",
     "server_context",
 ]
@@ -403,6 +404,29 @@ def reloading_client_context(
     return ReloadingContext(
         lambda: _client_once(files), (files.cert, files.key, files.ca), check_every=check_every
     )
+
+
+def gunicorn_ssl_context(
+    files: TLSFiles, *, pinned_client: str
+) -> Callable[[Any, Any], ssl.SSLContext]:
+    """gunicorn's ``ssl_context`` server hook for an adapter under gunicorn: in its config
+    file, ``ssl_context = gunicorn_ssl_context(pki.files(DIR / "pki", "health"),
+    pinned_client="gateway")`` with ``certfile``/``keyfile`` set to the same files
+    (gunicorn turns TLS on only when they are). gunicorn asks for a context per
+    connection; this returns one :func:`server_context`, built on first use."""
+    made: list[ssl.SSLContext] = []
+    lock = threading.Lock()
+
+    def hook(conf: Any, default_factory: Any) -> ssl.SSLContext:
+        if not made:
+            with lock:
+                if not made:
+                    made.append(
+                        server_context(files.cert, files.key, files.ca, pinned_client=pinned_client)
+                    )
+        return made[0]
+
+    return hook
 
 
 _VERIFY = {
