@@ -116,6 +116,8 @@ def test_issue_refuses_bad_names_and_a_missing_ca(ca_dir: Path, tmp_path: Path):
             pki.issue(ca_dir, bad)
     with pytest.raises(UsageError):
         pki.issue(ca_dir, "police", days=0)
+    with pytest.raises(UsageError, match="single label is a party's name"):
+        pki.issue(ca_dir, "civil", extra_names=["police"])  # civil passing for police
     with pytest.raises(MissingPrerequisite, match="tongban pki init"):
         pki.issue(tmp_path / "nothing", "police")
 

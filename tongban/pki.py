@@ -176,6 +176,13 @@ def _general_name(text: str) -> x509.GeneralName:
         pass
     if len(text) > 253 or not _NAME.fullmatch(text.lower()):
         raise UsageError(f"{text!r} is neither an IP address nor a DNS name")
+    if "." not in text:
+        # Parties are verified by their single-label name (gateway, police): another one
+        # in a certificate's names would let it pass for that party.
+        raise UsageError(
+            f"--san {text}: give a full DNS name (host.example) or an IP address; a single "
+            "label is a party's name and only NAME's certificate may carry it"
+        )
     return x509.DNSName(text.lower())
 
 
