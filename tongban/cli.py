@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,7 +103,6 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _adapter_serve(args: argparse.Namespace) -> int:
     from tongban.adapters.protocol import AdapterCore
-    from tongban.adapters.service import create_app
 
     from .serve import check_can_listen, serve
     from .wiring import build_adapter, build_file_adapter
@@ -128,10 +128,41 @@ def _adapter_serve(args: argparse.Namespace) -> int:
         settings = Settings.from_env(data_dir=args.data_dir, store_urls=stores)
         core, witness = build_adapter(settings, args.department)
     try:
-        serve(create_app(core, witness), args.host, args.port, core.name)
+        app, tls = _adapter_transport(settings, core, witness, args)
+        serve(app, args.host, args.port, core.name, tls=tls)
     finally:
         core.evaluator.dispose()
     return 0
+
+
+def _adapter_transport(
+    settings: Settings, core: Any, witness: Any, args: argparse.Namespace
+) -> tuple[Any, Any]:
+    """The adapter's app and server TLS context: mutual TLS 1.3 with the department's
+    certificate of the data directory's PKI, only the gateway's client certificate
+    accepted; plain HTTP only on loopback without a PKI (or with --insecure-http)."""
+    from tongban.adapters.service import create_app
+
+    from .exposure import check_public_binding
+    from .pki import status_source
+    from .tls import server_context
+    from .wiring import party_tls
+
+    found = party_tls(settings, core.name)
+    check_public_binding(
+        args.host, tls=found is not None, insecure_http=args.insecure_http, name=core.name
+    )
+    if found is None:
+        logging.getLogger("tongban").warning(
+            "%s: no certificate in %s: serving plain HTTP on loopback (run `tongban pki "
+            "init` and `tongban pki issue %s`)",
+            core.name,
+            settings.data_dir / "pki",
+            core.name,
+        )
+        return create_app(core, witness), None
+    context = server_context(found.cert, found.key, found.ca, pinned_client="gateway")
+    return create_app(core, witness, tls_status=status_source(found.cert)), context
 
 
 def _adapter_url(text: str) -> tuple[str, str]:
@@ -148,10 +179,17 @@ def _adapter_url(text: str) -> tuple[str, str]:
 def _gateway_serve(args: argparse.Namespace) -> int:
     from tongban.gateway.app import create_app
 
+    from .exposure import check_public_binding, public_server_context
     from .serve import check_can_listen, serve
     from .wiring import build_gateway
 
     check_can_listen(args.host, args.port, "gateway")  # before the gateway starts its log
+    if (args.certfile is None) != (args.keyfile is None):
+        raise UsageError("--certfile and --keyfile go together")
+    check_public_binding(
+        args.host, tls=args.certfile is not None, insecure_http=args.insecure_http, name="gateway"
+    )
+    tls = public_server_context(args.certfile, args.keyfile) if args.certfile else None
     settings = Settings.from_env(data_dir=args.data_dir)
     if args.adapter:
         settings = settings.with_(adapter_urls={**settings.adapter_urls, **dict(args.adapter)})
@@ -160,7 +198,7 @@ def _gateway_serve(args: argparse.Namespace) -> int:
         settings = settings.with_(department_files=files)
     gateway = build_gateway(settings)
     try:
-        serve(create_app(gateway), args.host, args.port, "gateway")
+        serve(create_app(gateway), args.host, args.port, "gateway", tls=tls)
     finally:
         gateway.close()
     return 0
@@ -365,6 +403,12 @@ def _add_servers(sub: Any) -> None:
     a_serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     a_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     a_serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP on an address other than loopback when the data directory "
+        "has no certificate for the department (default: refused)",
+    )
+    a_serve.add_argument(
         "--store-url",
         metavar="URL",
         help="SQLAlchemy URL of the managed department store (default: DIR/departments/NAME.db)",
@@ -377,6 +421,15 @@ def _add_servers(sub: Any) -> None:
     g_serve.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     g_serve.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     g_serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    g_serve.add_argument(
+        "--certfile", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)"
+    )
+    g_serve.add_argument("--keyfile", type=Path, metavar="FILE", help="its private key (PEM)")
+    g_serve.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain HTTP on an address other than loopback (behind a TLS proxy)",
+    )
     g_serve.add_argument(
         "--adapter",
         action="append",

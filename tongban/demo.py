@@ -30,6 +30,7 @@ from rich.console import Console
 
 from .config import DEPARTMENTS, Settings
 from .provision import DEMO_CLIENTS, init_data_dir, write_private_json
+from .tls import TLSFiles, client_context
 
 __all__ = [
     "DEMO_CLIENTS",
@@ -70,10 +71,13 @@ def needs_generation(data_dir: Path, population: int, seed: int) -> bool:
 
 
 class _Supervisor:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, tls: TLSFiles | None = None) -> None:
         self.console = console
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stop = threading.Event()
+        # The adapters accept only the gateway's client certificate: the supervisor, the
+        # gateway's operator, probes them with it.
+        self._tls = None if tls is None else client_context(tls.cert, tls.key, tls.ca)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         # The supervisor runs no threads while spawning, so preexec_fn is safe here.
@@ -89,7 +93,8 @@ class _Supervisor:
             if code is not None:
                 raise RuntimeError(f"{name} exited with code {code} during start-up")
             try:
-                resp = httpx.get(url + "/healthz", timeout=1.0, trust_env=False)
+                verify = self._tls if url.startswith("https://") and self._tls else True
+                resp = httpx.get(url + "/healthz", timeout=1.0, trust_env=False, verify=verify)
                 if resp.status_code == 200:
                     return
                 body = resp.json() if resp.status_code == 503 else None
@@ -204,8 +209,14 @@ def run_demo(
     # The supervisor's children see no TONGBAN_* variable but these: neither does it.
     settings = Settings(data_dir=data_dir, public_url=f"http://{host}:{port}")
     clients = init_data_dir(data_dir, settings).clients
+    # The deployment PKI: the gateway and every adapter speak mutual TLS 1.3 (renewed
+    # here when a certificate is within 30 days of its end).
+    from . import pki
 
-    sup = _Supervisor(console)
+    pki.ensure(pki.pki_dir(data_dir), ["gateway", *DEPARTMENTS])
+    gateway_tls = pki.files(pki.pki_dir(data_dir), "gateway")
+
+    sup = _Supervisor(console, gateway_tls)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         sup.stop.set()
@@ -247,7 +258,7 @@ def run_demo(
             gateway_env,
         )
         sup.wait_healthy("gateway", gateway_url)
-        _write_demo_json(data_dir, gateway_url, adapters, clients, files)
+        _write_demo_json(data_dir, gateway_url, adapters, clients, files, ca=gateway_tls.ca)
         if not sup.stop.is_set():
             console.print(
                 f"[green]tongban demo is up[/green]: gateway {gateway_url} "
@@ -279,7 +290,7 @@ def _spawn_adapters(
     adapters: dict[str, str] = {}
     for offset, dept in enumerate(DEPARTMENTS, start=1):
         dept_port = _free_port(host, port + offset)
-        adapters[dept] = f"http://{host}:{dept_port}"
+        adapters[dept] = f"https://{host}:{dept_port}"
         which = ["--department", dept]
         child_env = env
         if dept in files:
@@ -318,10 +329,13 @@ def _write_demo_json(
     adapters: dict[str, str],
     clients: dict[str, dict[str, str]],
     files: dict[str, Path],
+    *,
+    ca: Path,
 ) -> None:
     doc: dict[str, object] = {
         "gateway": gateway,
         "adapters": adapters,
+        "ca": str(ca),
         "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
     }

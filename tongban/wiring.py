@@ -40,6 +40,7 @@ from tongban.policies import PolicyAdmin, PolicyStore, open_enforcer
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
 from tongban.primitives.wire import PredicateCall, Tri
+from tongban.tls import TLSFiles
 
 from .boundary import CommandFailed, MissingPrerequisite, UsageError, missing_sqlite_file
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
@@ -55,6 +56,7 @@ __all__ = [
     "department_files",
     "load_catalog",
     "open_file_source",
+    "party_tls",
     "require_department_data",
 ]
 
@@ -70,6 +72,15 @@ def require_department_data(settings: Settings, department: str) -> None:
             f"no {department} data at {missing}: run `tongban generate --population 1000 "
             f"--seed 7 --out {settings.data_dir.absolute()}` (or pass --store-url)"
         )
+
+
+def party_tls(settings: Settings, name: str) -> TLSFiles | None:
+    """``name``'s certificate, key and CA in the data directory's PKI (``tongban pki``,
+    docs/transport.md), or None when it has none."""
+    from .pki import files, pki_dir
+
+    found = files(pki_dir(settings.data_dir), name)
+    return found if found.cert.is_file() and found.key.is_file() and found.ca.is_file() else None
 
 
 def _managed_store(settings: Settings, department: str) -> DepartmentStore:
@@ -311,7 +322,9 @@ def build_gateway(
         department_keys = {d: keys.public(d) for d in connected}
     department_keys = dict(department_keys)
     if transport is None:
-        transport = HttpTransport(settings.adapter_urls)
+        # Mutual TLS to every https:// adapter with the gateway's certificate of the
+        # data directory's PKI (followed on disk: a renewed one is used at once).
+        transport = HttpTransport(settings.adapter_urls, tls=party_tls(settings, "gateway"))
     client = DepartmentClient(signer, transport, department_keys, timeout=settings.adapter_timeout)
     pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
     audit = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
