@@ -315,10 +315,11 @@ def test_the_table_built_before_sealing_stands_in_for_the_sealed_stores(
 
     from rich.console import Console
 
+    from tongban.adapters.builtin import builtin_names
     from tongban.demo import encrypt_at_rest
 
     (tmp_path / "departments").mkdir()
-    for name in ("health", "hrss", "civil", "police", "medins"):
+    for name in builtin_names():
         shutil.copy(small_population.dir / "departments" / f"{name}.db", tmp_path / "departments")
     before = load_training_table(tmp_path)
     encrypt_at_rest(tmp_path, Console(file=io.StringIO()))
