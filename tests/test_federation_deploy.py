@@ -1,5 +1,6 @@
 """The real deployment: ``tongban federation up`` (a SuperLink and 3 SuperNodes on loopback,
-offline), Flower runs against it, the gateway's job core, and a clean SIGTERM."""
+offline, TLS from the deployment's PKI and SuperNode authentication), Flower runs against
+it, the gateway's job core, and a clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -81,13 +82,65 @@ def _settings(data_dir: Path, out: Path, **kw: object) -> RunSettings:
     )
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _flower_cmdlines(up: _Up) -> list[list[str]]:
+    """The command lines of every process under ``federation up`` (SuperLink, SuperNodes,
+    their SuperExecs, and the ServerApp/ClientApp processes of a run in progress)."""
+    return [c for c in (_cmdline(p) for p in descendants(up.proc.pid)) if c]
+
+
+def _assert_tls_everywhere(cmdlines: list[list[str]]) -> None:
+    for argv in cmdlines:
+        assert "--insecure" not in argv, argv
+        # Every Flower client process verifies its server against the deployment's CA.
+        if any(
+            Path(a).name in ("flower-superexec", "flwr-clientapp", "flwr-serverapp")
+            for a in argv[:2]
+        ):
+            assert "--root-certificates" in argv, argv
+
+
 def test_up_publishes_one_supernode_per_bureau(up: _Up, data_dir: Path):
     dep: Deployment = up.deployment
     assert dep.superlink.startswith("127.0.0.1:")
+    assert dep.ca == str(data_dir.resolve() / "pki" / "ca.pem")
     assert [n.partition_id for n in dep.nodes] == list(range(NODES))
     table = load_training_table(data_dir)
     assert sum(n.rows for n in dep.nodes) == table.rows
     assert len({n.port for n in dep.nodes}) == NODES
+
+
+def test_deployment_runs_tls_and_node_auth_without_insecure(up: _Up, data_dir: Path):
+    pki = data_dir.resolve() / "pki"
+    auth = data_dir.resolve() / "federation" / "node-auth"
+    cmdlines = _flower_cmdlines(up)
+    _assert_tls_everywhere(cmdlines)
+    link = [c for c in cmdlines if any(Path(a).name == "flower-superlink" for a in c[:2])]
+    assert len(link) == 1
+    argv = link[0]
+    assert "--enable-supernode-auth" in argv
+    assert argv[argv.index("--ssl-certfile") + 1] == str(pki / "superlink.pem")
+    assert argv[argv.index("--ssl-keyfile") + 1] == str(pki / "superlink.key")
+    assert argv[argv.index("--ssl-ca-certfile") + 1] == str(pki / "ca.pem")
+    nodes = [c for c in cmdlines if any(Path(a).name == "flower-supernode" for a in c[:2])]
+    assert len(nodes) == NODES
+    for i, argv in enumerate(sorted(nodes, key=lambda c: c[c.index("--node-config") + 1])):
+        assert argv[argv.index("--root-certificates") + 1] == str(pki / "ca.pem")
+        key = argv[argv.index("--auth-supernode-private-key") + 1]
+        assert key == str(auth / f"supernode-{i}.key")
+        assert (Path(key).stat().st_mode & 0o777) == 0o600
+        assert argv[argv.index("--ssl-certfile") + 1] == str(pki / f"supernode-{i}.pem")
+    # The SuperLink activated exactly the registered SuperNodes.
+    log = (data_dir / "federation" / "logs" / "superlink.log").read_text(errors="replace")
+    assert log.count("Activated node_id") == NODES
+    assert log.count("[ControlServicer.RegisterNode] Created node_id") == NODES
 
 
 def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
@@ -96,7 +149,15 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
     node; the two-round run below is without it.)"""
     settings = _settings(data_dir, tmp_path / "job", rounds=1, secagg=True, record_received=True)
     events: list[dict[str, object]] = []
-    result = run_training(up.deployment, settings, on_event=events.append, timeout=240)
+    during: list[list[str]] = []
+
+    def on_event(ev: dict[str, object]) -> None:
+        events.append(ev)
+        during.extend(_flower_cmdlines(up))  # with the ServerApp and ClientApps running
+
+    result = run_training(up.deployment, settings, on_event=on_event, timeout=240)
+    _assert_tls_everywhere(during)
+    assert any(Path(a).name == "flwr-serverapp" for c in during for a in c[:2])
     assert [e["event"] for e in events] == ["start", "round", "done"]
     report = build_report(result, data_dir)
     png = write_report(report, tmp_path / "report.json")

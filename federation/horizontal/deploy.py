@@ -9,13 +9,24 @@ the supervisor instead, which terminates every descendant on SIGTERM and reaps t
 Everything runs offline: telemetry is off, the SuperLink does not install app dependencies
 (the app's code is this installed package), and ``FLWR_HOME`` is private to the deployment.
 ``deployment.json`` in the state directory tells ``tongban federation train`` where the
-SuperLink is.
+SuperLink is and which CA certificate verifies it.
+
+Transport (docs/federation.md, "Transport"): every Flower connection is TLS with
+certificates from the deployment's PKI (:mod:`tongban.pki`, ``DIR/pki``). The SuperLink
+serves its Fleet, Control and Runtime APIs with the ``superlink`` certificate; each
+SuperNode verifies it against the CA and serves its own Runtime API (what its SuperExec
+and ClientApps reach) with ``supernode-<i>``. SuperNode authentication is on: each
+SuperNode signs its requests with its own ECDSA key (``DIR/federation/node-auth``), the
+supervisor registers the public keys through the Control API before the SuperNodes
+start, and the SuperLink refuses any node whose key it does not know. No process of the
+deployment runs with ``--insecure``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import json
 import os
 import signal
@@ -29,16 +40,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tongban import pki
+from tongban.tls import TLSFiles
+
 from .data import partition_rows
 
 __all__ = [
+    "SUPERLINK_NAME",
     "Deployment",
     "DeploymentError",
+    "NodeKey",
     "Supervisor",
+    "control_client",
     "descendants",
     "flower_env",
+    "node_auth_dir",
+    "node_key",
+    "node_name",
     "read_deployment",
+    "register_node",
     "state_dir",
+    "superlink_argv",
+    "supernode_argv",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -68,6 +94,149 @@ def _free_port() -> int:
 
 def state_dir(data_dir: Path) -> Path:
     return data_dir / "federation"
+
+
+#: The SuperLink's certificate name in the PKI.
+SUPERLINK_NAME = "superlink"
+
+
+def node_name(partition_id: int) -> str:
+    """SuperNode ``partition_id``'s name: its certificate's and its auth key's."""
+    return f"supernode-{partition_id}"
+
+
+def node_auth_dir(data_dir: Path) -> Path:
+    """Where the SuperNodes' authentication keys live: ``DIR/federation/node-auth``."""
+    return state_dir(data_dir) / "node-auth"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """A SuperNode's authentication key pair: the private key (OpenSSH format, mode
+    0600, what ``flower-supernode --auth-supernode-private-key`` reads), the public key
+    beside it (OpenSSH, what ``flwr supernode register`` reads) and the public key as the
+    Control API's ``RegisterNode`` takes it (PEM SubjectPublicKeyInfo)."""
+
+    private: Path
+    public: Path
+    public_pem: bytes
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
+
+def node_key(directory: Path, name: str) -> NodeKey:
+    """SuperNode ``name``'s ECDSA P-384 key pair in ``directory``, made if missing (a key
+    that does not load is replaced). Flower's SuperNode authentication takes any NIST
+    curve; P-384 is the one Flower's documentation uses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    key: ec.EllipticCurvePrivateKey | None = None
+    if private.exists():
+        with contextlib.suppress(ValueError, TypeError):
+            loaded = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+            if isinstance(loaded, ec.EllipticCurvePrivateKey):
+                key = loaded
+    if key is None:
+        key = ec.generate_private_key(ec.SECP384R1())
+        raw = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        _write_private(private, raw, 0o600)
+    pub = key.public_key()
+    ssh = pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    if not public.exists() or public.read_bytes().split()[:2] != ssh.split()[:2]:
+        _write_private(public, ssh + f" tongban-{name}\n".encode(), 0o644)
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return NodeKey(private, public, pem)
+
+
+def superlink_argv(port: int, tls: TLSFiles) -> list[str]:
+    """``flower-superlink`` on loopback ``port``: TLS with ``tls`` (the CA is handed on
+    to its SuperExec, which verifies the Runtime API with it) and SuperNode
+    authentication."""
+    return [
+        "flower-superlink",
+        "--ssl-ca-certfile", str(tls.ca),
+        "--ssl-certfile", str(tls.cert),
+        "--ssl-keyfile", str(tls.key),
+        "--enable-supernode-auth",
+        "--host", HOST,
+        "--port", str(port),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+
+
+def supernode_argv(
+    superlink: str,
+    port: int,
+    tls: TLSFiles,
+    auth_key: Path,
+    node_config: str | None = None,
+    *,
+    root_certificates: Path | None = None,
+    max_retries: int | None = None,
+) -> list[str]:
+    """``flower-supernode`` reaching ``superlink`` over TLS (verified against
+    ``root_certificates``, by default the CA of ``tls``), signing with ``auth_key``, and
+    serving its own Runtime API on loopback ``port`` with ``tls``."""
+    argv = [
+        "flower-supernode",
+        "--superlink", superlink,
+        "--root-certificates", str(root_certificates or tls.ca),
+        "--auth-supernode-private-key", str(auth_key),
+        "--host", HOST,
+        "--port", str(port),
+        "--ssl-certfile", str(tls.cert),
+        "--ssl-keyfile", str(tls.key),
+        "--ssl-ca-certfile", str(tls.ca),
+    ]  # fmt: skip
+    if node_config is not None:
+        argv += ["--node-config", node_config]
+    if max_retries is not None:
+        argv += ["--max-retries", str(max_retries)]
+    return argv
+
+
+def control_client(superlink: str, ca: Path) -> Any:
+    """A client of the SuperLink's Control API (what ``flwr run`` and ``flwr supernode
+    register`` use) over TLS, verifying the SuperLink's certificate against ``ca`` and
+    its address (the certificate names 127.0.0.1)."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    conn = SuperLinkConnection(name="tongban", address=superlink, root_certificates=str(ca))
+    with contextlib.redirect_stdout(io.StringIO()):  # "Using SuperLink: …" is for flwr's CLI
+        return init_http_client_from_connection(conn)
+
+
+def register_node(client: Any, key: NodeKey, name: str) -> int:
+    """Register a SuperNode's public key with the SuperLink (``flwr supernode register``);
+    the node id the SuperLink assigned."""
+    import httpx
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from flwr.supercore.error import FlowerError
+
+    try:
+        res = client.RegisterNode(RegisterNodeRequest(public_key=key.public_pem, name=name))
+    except httpx.HTTPStatusError as exc:
+        error = FlowerError.from_json(exc.response.text)
+        reason = error.message if error is not None else str(exc)
+        raise DeploymentError(f"the SuperLink refused to register {name}: {reason}") from exc
+    if not res.node_id:
+        raise DeploymentError(f"the SuperLink did not register {name}")
+    return int(res.node_id)
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -103,6 +272,8 @@ class Deployment:
     nodes: list[NodeInfo] = field(default_factory=list)
     superlink_pid: int = 0
     startup_seconds: float = 0.0
+    #: The CA certificate that verifies the SuperLink (``DIR/pki/ca.pem``).
+    ca: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,20 +371,16 @@ class Supervisor:
         home = self.state / "flwr-home"
         home.mkdir(exist_ok=True)
         env = flower_env(home)
+        certs = pki.pki_dir(self.data_dir)
+        names = [node_name(i) for i in range(self.num_partitions)]
+        pki.ensure(certs, [SUPERLINK_NAME, *names])
+        keys = [node_key(node_auth_dir(self.data_dir), name) for name in names]
+        link_tls = pki.files(certs, SUPERLINK_NAME)
         port = _free_port()
         superlink = f"{HOST}:{port}"
-        link = self._spawn(
-            "superlink",
-            [
-                "flower-superlink",
-                "--insecure",
-                "--host", HOST,
-                "--port", str(port),
-                "--disable-runtime-dependency-installation",
-            ],
-            env,
-        )  # fmt: skip
+        link = self._spawn("superlink", superlink_argv(port, link_tls), env)
         self._wait_port(port, "superlink")
+        self._register(superlink, link_tls.ca, keys, names)
         dep = Deployment(
             superlink=superlink,
             data_dir=str(self.data_dir),
@@ -221,6 +388,7 @@ class Supervisor:
             supervisor_pid=os.getpid(),
             flwr_home=str(home),
             superlink_pid=link.pid,
+            ca=str(link_tls.ca),
         )
         for pid in range(self.num_partitions):
             node_port = _free_port()
@@ -228,18 +396,10 @@ class Supervisor:
                 f'data-dir="{self.data_dir}" partition-id={pid} '
                 f"num-partitions={self.num_partitions}"
             )
-            proc = self._spawn(
-                f"supernode-{pid}",
-                [
-                    "flower-supernode",
-                    "--insecure",
-                    "--superlink", superlink,
-                    "--host", HOST,
-                    "--port", str(node_port),
-                    "--node-config", node_config,
-                ],
-                env,
-            )  # fmt: skip
+            argv = supernode_argv(
+                superlink, node_port, pki.files(certs, names[pid]), keys[pid].private, node_config
+            )
+            proc = self._spawn(names[pid], argv, env)
             dep.nodes.append(
                 NodeInfo(pid, self.districts[pid], len(self.parts[pid]), node_port, proc.pid)
             )
@@ -250,10 +410,36 @@ class Supervisor:
         tmp.replace(self.state / "deployment.json")
         self.deployment = dep
         self.log(
-            f"SuperLink {superlink}, {self.num_partitions} SuperNodes up "
-            f"in {dep.startup_seconds:.1f}s"
+            f"SuperLink {superlink} (TLS, SuperNode authentication), "
+            f"{self.num_partitions} SuperNodes up in {dep.startup_seconds:.1f}s"
         )
         return dep
+
+    def _register(self, superlink: str, ca: Path, keys: list[NodeKey], names: list[str]) -> None:
+        """Register every SuperNode's public key (the SuperLink's state is in memory, so
+        at each start). The Control API may answer a moment after the port opens: a
+        connection error is tried again; a refusal (a TLS failure, a key in use) is not."""
+        import httpx
+
+        client = control_client(superlink, ca)
+        try:
+            for key, name in zip(keys, names, strict=True):
+                deadline = time.monotonic() + _STARTUP_TIMEOUT
+                while True:
+                    self._check_alive()
+                    try:
+                        register_node(client, key, name)
+                        break
+                    except httpx.ConnectError as exc:
+                        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                            raise DeploymentError(f"the SuperLink's certificate: {exc}") from exc
+                        if time.monotonic() > deadline:
+                            raise DeploymentError(f"could not register {name}: {exc}") from exc
+                        time.sleep(0.1)
+                    except httpx.TransportError as exc:
+                        raise DeploymentError(f"could not register {name}: {exc}") from exc
+        finally:
+            client.close()
 
     def _check_alive(self) -> None:
         for name, proc in self.children.items():

@@ -14,8 +14,6 @@ named as such.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +27,7 @@ from tongban.primitives.gm import sm3
 
 from ..features import load_training_table
 from .data import held_out_mask, partition_rows
-from .deploy import Deployment
+from .deploy import Deployment, control_client
 from .model import Floats, TrainConfig, auc, predict, train_centralized
 from .settings import RunSettings
 
@@ -122,15 +120,6 @@ def model_hash(params: Floats) -> str:
     return sm3(np.ascontiguousarray(params, dtype="<f8").tobytes()).hex()
 
 
-def _control_client(superlink: str) -> Any:
-    from flwr.cli.typing import SuperLinkConnection
-    from flwr.cli.utils import init_http_client_from_connection
-
-    conn = SuperLinkConnection(name="tongban", address=superlink, insecure=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # "Using SuperLink: …" is for flwr's CLI
-        return init_http_client_from_connection(conn)
-
-
 def _run_status(client: Any, run_id: int) -> tuple[str, str, str]:
     from flwr.proto.control_pb2 import ListRunsRequest
 
@@ -160,7 +149,12 @@ def run_training(
     (out / "model.npy").unlink(missing_ok=True)
     started = time.perf_counter()
     fab, fab_hash = build_fab()
-    client = _control_client(deployment.superlink)
+    if not deployment.ca:
+        raise TrainingFailed(
+            "the deployment names no CA certificate (started before TLS): restart "
+            "tongban federation up"
+        )
+    client = control_client(deployment.superlink, Path(deployment.ca))
     try:
         res = client.StartRun(
             StartRunRequest(
