@@ -9,6 +9,7 @@ from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tongban.adapters.service import install_problem_handlers
+from tongban.exposure import install_hsts
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
@@ -28,10 +29,6 @@ __all__ = ["MAX_BODY", "Gateway", "create_app"]
 
 MAX_BODY = 64 * 1024
 log = logging.getLogger("tongban.gateway")
-
-
-#: Sent on every response over TLS: a year, subdomains included (RFC 6797).
-HSTS = "max-age=31536000; includeSubDomains"
 
 
 def create_app(gateway: Gateway) -> Flask:
@@ -76,13 +73,7 @@ def create_app(gateway: Gateway) -> Flask:
         docs_blueprint(lambda: build_openapi(server_url, catalog=gateway.catalog))
     )
 
-    @app.after_request
-    def _hsts(resp: Response) -> Response:
-        # Over TLS (served by the gateway itself or by gunicorn with a certificate), tell
-        # browsers never to come back in plain HTTP.
-        if request.is_secure:
-            resp.headers["Strict-Transport-Security"] = HSTS
-        return resp
+    install_hsts(app)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -17,12 +17,12 @@ from cryptography.x509.oid import NameOID
 from tongban.boundary import UsageError
 from tongban.exposure import (
     CA_FILE_ENV,
+    HSTS,
     ca_bundle,
     check_public_binding,
     is_loopback,
     public_server_context,
 )
-from tongban.gateway.app import HSTS
 
 from .conftest import Generated
 from .gateway_harness import Harness, build_harness

@@ -100,7 +100,26 @@ def test_session_cookie_is_httponly_and_samesite_strict(harness):
     )  # fmt: skip
     cookie = next(h for h in resp.headers.getlist("Set-Cookie") if h.startswith("tongban_pages="))
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback: a Secure cookie would not return
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+def test_session_cookie_is_secure_over_tls(harness):
+    """Served over TLS (``wsgi.url_scheme`` https), the cookie carries ``Secure``."""
+    client = harness.app.test_client()
+    page = client.get("/officer/login", base_url="https://localhost")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True))
+    assert token is not None
+    resp = client.post(
+        "/officer/login",
+        base_url="https://localhost",
+        data={"csrf": token.group(1), "client_id": "privacy-officer",
+              "secret": harness.secrets["privacy-officer"]},
+    )  # fmt: skip
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    cookies = [h for h in resp.headers.getlist("Set-Cookie") if h.startswith("tongban_pages=")]
+    assert cookies and all("; Secure" in c for c in cookies)
+    assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
 
 
 def test_officer_finds_denied_insurer_request_with_subjects_masked(harness, people):

@@ -17,17 +17,35 @@ import socket
 import ssl
 from pathlib import Path
 
+from flask import Flask, Response, request
+
 from .boundary import UsageError
 
 __all__ = [
     "CA_FILE_ENV",
+    "HSTS",
     "ca_bundle",
     "check_public_binding",
+    "install_hsts",
     "is_loopback",
     "public_server_context",
 ]
 
 CA_FILE_ENV = "TONGBAN_CA_FILE"
+
+#: Sent on every response over TLS: browsers never come back in plain HTTP for a year.
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def install_hsts(app: Flask) -> None:
+    """``Strict-Transport-Security`` on every response ``app`` sends over TLS (the gateway
+    serving HTTPS itself, gunicorn with a certificate, or a terminator that says so)."""
+
+    @app.after_request
+    def _hsts(resp: Response) -> Response:
+        if request.is_secure:
+            resp.headers["Strict-Transport-Security"] = HSTS
+        return resp
 
 
 def is_loopback(host: str) -> bool:

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response
+from flask import Blueprint, Flask, Response, has_request_context, request
+from flask.sessions import SecureCookieSessionInterface
 
 from tongban.adapters.service import install_problem_handlers
+from tongban.exposure import install_hsts
 
 from ..oauth.flask import EXTENSION
 from ..services import Gateway
@@ -75,12 +77,25 @@ class _PathDispatch:
         return self.api(environ, start_response)
 
 
+class _SessionCookies(SecureCookieSessionInterface):
+    """The pages' session cookie is ``Secure`` whenever the request came over TLS (the
+    gateway serving HTTPS itself, or a terminator that says so), and always when the
+    public URL is ``https://``."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (
+            has_request_context() and request.is_secure
+        )
+
+
 def mount_pages(app: Flask, gateway: Gateway) -> Flask:
     """Build the pages app and mount it in front of ``app`` (after ``init_oauth``)."""
     pages = Flask("tongban.pages", static_folder=None)
     pages.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(pages, MAX_BODY, log)
     pages.secret_key = session_secret(gateway)
+    pages.session_interface = _SessionCookies()
+    install_hsts(pages)
     oauth = gateway.oauth
     pages.config.update(
         SESSION_COOKIE_NAME="tongban_pages",
