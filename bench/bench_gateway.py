@@ -20,6 +20,17 @@ departments stay managed. The same checks (1, 16, 64 connections) and batches of
 answer within the gateway's batch timeout, 5 x TONGBAN_ADAPTER_TIMEOUT + 1 s, is
 undetermined). The database is dropped at the end. ``--population`` sets the generated
 population (default 20,000).
+
+The wire (issue 15, docs/transport.md and docs/envelope.md): every section runs as a
+deployment does, with the requester side on HTTPS (gunicorn with the gateway's
+certificate of the run's PKI; wrk speaks TLS), mutual TLS 1.3 between the gateway and each
+adapter (gunicorn with the department's certificate and ``tongban.tls.gunicorn_ssl_context``
+pinning the gateway's client certificate) and every request and answer sealed in the
+SM2/SM4 envelope. The ``wire_off`` section is the same topology with both off, measured in
+the same run: plain HTTP everywhere and the envelope switched off through
+``plain_gateway``/``plain_adapter`` below, which exist for this comparison only (no setting,
+option or environment variable turns the envelope off). ``wire_ratio_16`` is the checks/s
+with TLS and the envelope on at 16 connections over the same figure with both off.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -75,11 +87,12 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(url: str, timeout: float = 60) -> None:
+def _wait(url: str, verify: ssl.SSLContext | str | bool = True, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/healthz", timeout=1, trust_env=False).status_code == 200:
+            resp = httpx.get(url + "/healthz", timeout=1, trust_env=False, verify=verify)
+            if resp.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -103,21 +116,73 @@ def live_adapter(choice: str) -> Flask:
     return create_app(core, witness)
 
 
+def plain_adapter(department: str) -> Flask:
+    """gunicorn factory for ``wire_off`` only: built-in ``department`` taking and giving
+    unsealed messages (the same adapter as ``tongban.wsgi:adapter`` otherwise)."""
+    from tongban.adapters.service import create_app
+    from tongban.config import Settings
+    from tongban.wiring import build_adapter
+
+    core, witness = build_adapter(Settings.from_env(), department, envelope=False)
+    return create_app(core, witness)
+
+
+def plain_gateway() -> Flask:
+    """gunicorn factory for ``wire_off`` only: the gateway sending unsealed requests (the
+    same gateway as ``tongban.wsgi:gateway`` otherwise)."""
+    from tongban.config import Settings
+    from tongban.gateway.app import create_app
+    from tongban.wiring import build_gateway
+
+    return create_app(build_gateway(Settings.from_env(), envelope=False))
+
+
+_ADAPTER_TLS_CONF = """\
+from pathlib import Path
+
+from tongban import pki
+from tongban.tls import gunicorn_ssl_context
+
+_files = pki.files(Path({pki!r}), {name!r})
+certfile, keyfile = str(_files.cert), str(_files.key)
+ssl_context = gunicorn_ssl_context(_files, pinned_client="gateway")
+"""
+
+
 class Topology:
     def __init__(
-        self, data: Path, backend: str, live: str | None = None, live_url: str = ""
+        self,
+        data: Path,
+        backend: str,
+        live: str | None = None,
+        live_url: str = "",
+        *,
+        wire: bool = True,
     ) -> None:
         self.data = data
         self.backend = backend
         self.live = live  # a --live-health choice: the health adapter serves the legacy DB
         self.live_url = live_url
+        self.wire = wire  # TLS on both sides and the envelope; False: both off (wire_off)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gateway_url = ""
+        #: What a requester verifies the gateway with (the run's CA when TLS is on).
+        self.verify: str | bool = True
 
     def start(self) -> None:
+        from tongban import pki
+        from tongban.tls import client_context
+
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
         gateway_port = _port()
-        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
+        certs = pki.pki_dir(self.data)
+        pki.ensure(certs, ["gateway", *DEPARTMENTS])
+        own = pki.files(certs, "gateway")
+        scheme = "https" if self.wire else "http"
+        self.gateway_url = f"{scheme}://127.0.0.1:{gateway_port}"
+        self.verify = str(own.ca) if self.wire else True
+        # The supervisor's view of an adapter: the gateway's client certificate.
+        adapter_verify = client_context(own.cert, own.key, own.ca) if self.wire else True
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("TONGBAN_") or k.startswith("TONGBAN_RATE_")}  # fmt: skip
         env.update(
@@ -129,22 +194,33 @@ class Topology:
         urls = {}
         for dept in DEPARTMENTS:
             port = _port()
-            urls[dept] = f"http://127.0.0.1:{port}"
-            app, dept_env = f'tongban.wsgi:adapter("{dept}")', env
+            urls[dept] = f"{scheme}://127.0.0.1:{port}"
+            app = f'tongban.wsgi:adapter("{dept}")'
+            if not self.wire:
+                app = f'bench.bench_gateway:plain_adapter("{dept}")'
+            dept_env = env
             if self.live is not None and dept == LIVE_DEPARTMENT:
                 app = f'bench.bench_gateway:live_adapter("{self.live}")'
                 dept_env = {**env, "TONGBAN_LEGACY_HEALTH_URL": self.live_url}
-            self._spawn([gunicorn, "--log-level", "warning", "-b", f"127.0.0.1:{port}",
+            tls: list[str] = []
+            if self.wire:
+                conf = DATA / f"gunicorn-tls-{dept}.py"
+                conf.write_text(_ADAPTER_TLS_CONF.format(pki=str(certs), name=dept))
+                tls = ["-c", str(conf)]
+            self._spawn([gunicorn, *tls, "--log-level", "warning", "-b", f"127.0.0.1:{port}",
                          "-w", "1", "--threads", "8",
                          "-k", "gthread", app], dept_env)  # fmt: skip
         for url in urls.values():
-            _wait(url)
+            _wait(url, adapter_verify)
         env.update({f"TONGBAN_ADAPTER_URL_{d.upper()}": u for d, u in urls.items()})
         gateway_argv = [gunicorn, "--log-level", "warning", "-b", f"127.0.0.1:{gateway_port}",
                         "-w", os.environ.get("BENCH_GATEWAY_WORKERS", "1"),
                         "--threads", "32", "-k", "gthread", "--timeout", "120"]  # fmt: skip
-        self._spawn([*gateway_argv, "tongban.wsgi:gateway()"], env)
-        _wait(self.gateway_url)
+        if self.wire:
+            gateway_argv += ["--certfile", str(own.cert), "--keyfile", str(own.key)]
+        app = "tongban.wsgi:gateway()" if self.wire else "bench.bench_gateway:plain_gateway()"
+        self._spawn([*gateway_argv, app], env)
+        _wait(self.gateway_url, self.verify)
 
     def _spawn(self, argv: list[str], env: dict[str, str]) -> None:
         self.procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, start_new_session=True))
@@ -171,10 +247,11 @@ def with_suppress(fn: Any) -> None:
         fn()
 
 
-def _token(url: str, client: dict[str, str]) -> str:
+def _token(url: str, client: dict[str, str], verify: str | bool = True) -> str:
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
     resp = httpx.post(url + "/oauth/token", data={"grant_type": "client_credentials"},
-                      headers={"Authorization": f"Basic {basic}"}, trust_env=False)  # fmt: skip
+                      headers={"Authorization": f"Basic {basic}"}, trust_env=False,
+                      verify=verify)  # fmt: skip
     resp.raise_for_status()
     return str(resp.json()["access_token"])
 
@@ -204,11 +281,13 @@ def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, An
     }
 
 
-def _batch(url: str, token: str, subjects: list[str], total: int) -> dict[str, Any]:
+def _batch(
+    url: str, token: str, subjects: list[str], total: int, verify: str | bool = True
+) -> dict[str, Any]:
     started = time.perf_counter()
     done = 0
     results: Counter[str] = Counter()
-    with httpx.Client(trust_env=False, timeout=300) as http:
+    with httpx.Client(trust_env=False, timeout=300, verify=verify) as http:
         while done < total:
             chunk = [subjects[(done + i) % len(subjects)] for i in range(min(10_000, total - done))]
             resp = http.post(url + "/v1/checks/batch", json={
@@ -302,22 +381,29 @@ def run(
     clients, subjects = _prepare(data, population)
     load_average = [round(x, 2) for x in os.getloadavg()]
     out: dict[str, Any] = {"name": "gateway", "machine": machine(), "population": population}
-    # (SM2 backend, section, live department): all managed, then one live, then gmssl.
-    plan: list[tuple[str, str, str | None]] = [("tongsuo", "figures", None)]
+    # (SM2 backend, section, live department, wire on): all managed with TLS and the
+    # envelope, the same with both off, then one live, then gmssl.
+    plan: list[tuple[str, str, str | None, bool]] = [
+        ("tongsuo", "figures", None, True),
+        ("tongsuo", "wire_off", None, False),
+    ]
     if live is not None:
         out["machine"]["load_average_at_start"] = load_average
         out["live_source"] = _load_live(data, mariadb)
-        plan.append(("tongsuo", "live_health", live))
-    plan.append(("gmssl", "baseline", None))
+        plan.append(("tongsuo", "live_health", live, True))
+    plan.append(("gmssl", "baseline", None, True))
     try:
-        for backend, key, live_run in plan:
+        for backend, key, live_run, wire in plan:
             out[key] = _section(
                 data, clients, subjects, out, backend, live_run, mariadb,
-                seconds, batch_total, live_batch if live is not None else (),
+                seconds, batch_total, live_batch if live is not None else (), wire=wire,
             )  # fmt: skip
     finally:
         if live is not None:
             _drop_live(mariadb)
+    on = next(r for r in out["figures"]["checks"] if r["connections"] == 16)
+    off = next(r for r in out["wire_off"]["checks"] if r["connections"] == 16)
+    out["wire_ratio_16"] = round(on["checks_per_s"] / off["checks_per_s"], 3)
     if live is not None:
         out["live_health"]["department"] = (
             f"{LIVE_DEPARTMENT} served live from MariaDB through "
@@ -338,20 +424,23 @@ def _section(
     seconds: int,
     batch_total: int,
     live_batch: tuple[int, ...],
+    *,
+    wire: bool = True,
 ) -> dict[str, Any]:
     """One topology started, measured and stopped: checks at 1/16/64 connections (16 with
     gmssl) and batches: ``batch_total`` subjects (not in the live run), then one batch
-    of each ``live_batch`` size."""
+    of each ``live_batch`` size. ``wire``: TLS on both sides and the envelope (else both
+    off)."""
     (data / "audit.db").unlink(missing_ok=True)
-    topo = Topology(data, backend, live, live_url)
+    topo = Topology(data, backend, live, live_url, wire=wire)
     topo.start()
     try:
-        token = _token(topo.gateway_url, clients["edu-bureau"])
+        token = _token(topo.gateway_url, clients["edu-bureau"], topo.verify)
         script = DATA / "wrk-checks.lua"
         script.write_text(_WRK_LUA % (",".join(f'"{s}"' for s in subjects), token))
         runs = []
         levels = (1, 16, 64) if backend == "tongsuo" else (16,)
-        profile = backend == "tongsuo" and live is None
+        profile = backend == "tongsuo" and live is None and wire
         for connections in levels:
             if connections == 16 and profile:
                 with ThreadPoolExecutor(1) as pool:
@@ -362,14 +451,23 @@ def _section(
                         out["profile_top_inclusive_pct"] = profiled.result()
             else:
                 runs.append(_wrk(topo.gateway_url, script, connections, seconds))
-        section: dict[str, Any] = {"sm2_backend": backend, "checks": runs}
+        section: dict[str, Any] = {
+            "sm2_backend": backend,
+            "wire": "mutual TLS 1.3 + SM2/SM4 envelope, HTTPS to the requester"
+            if wire
+            else "plain HTTP, no envelope (benchmark comparison only)",
+            "checks": runs,
+        }
         if backend == "tongsuo":
-            batch_token = _token(topo.gateway_url, clients["edu-bureau"])
+            batch_token = _token(topo.gateway_url, clients["edu-bureau"], topo.verify)
             if live is None:
-                section["batch"] = _batch(topo.gateway_url, batch_token, subjects, batch_total)
+                section["batch"] = _batch(
+                    topo.gateway_url, batch_token, subjects, batch_total, topo.verify
+                )
             if live_batch:
                 section["batches_live_sizes"] = [
-                    _batch(topo.gateway_url, batch_token, subjects, n) for n in live_batch
+                    _batch(topo.gateway_url, batch_token, subjects, n, topo.verify)
+                    for n in live_batch
                 ]
         return section
     finally:

@@ -90,8 +90,12 @@ def _managed_store(settings: Settings, department: str) -> DepartmentStore:
     return DepartmentStore(DEPARTMENTS[department], settings.store_url(department), kek=kek)
 
 
-def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore[Evaluator], Witness]:
-    """A built-in department over the managed store `tongban generate` filled."""
+def build_adapter(
+    settings: Settings, department: str, *, envelope: bool = True
+) -> tuple[AdapterCore[Evaluator], Witness]:
+    """A built-in department over the managed store `tongban generate` filled.
+    ``envelope=False`` (requests and answers unsealed) exists for bench_gateway's
+    comparison only: no setting, option or environment variable reaches it."""
     use_backend(settings.sm2_backend)
     KeyRing(settings.keys_dir).require(private=[department], public=["gateway"])
     store = _managed_store(settings, department)
@@ -100,6 +104,7 @@ def build_adapter(settings: Settings, department: str) -> tuple[AdapterCore[Eval
         Evaluator(store),
         LocalStatistics(store, min_threshold=settings.stats_threshold),
         MetaWitnessState(store),
+        envelope=envelope,
     )
     return core, witness
 
@@ -183,6 +188,8 @@ def _adapter(
     source: _S,
     statistics: StatisticsContributor | None,
     state: WitnessState,
+    *,
+    envelope: bool = True,
 ) -> tuple[AdapterCore[_S], Witness]:
     keys = KeyRing(settings.keys_dir)
     gateway_key = keys.public("gateway")
@@ -193,6 +200,7 @@ def _adapter(
         {gateway_key.key_id: gateway_key},
         gateway_issuer=settings.gateway_issuer,
         statistics=statistics,
+        envelope=envelope,
     )
     witness = Witness(
         source.name,
@@ -304,9 +312,12 @@ def build_gateway(
     start: bool = True,
     transport: Transport | None = None,
     department_keys: Mapping[str, SM2PublicKey] | None = None,
+    envelope: bool = True,
 ) -> Gateway:
     """The whole gateway. Tests pass an in-process ``transport`` and the departments'
-    public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``."""
+    public keys; a deployment reaches adapters over HTTP at ``settings.adapter_urls``.
+    ``envelope=False`` (requests to departments unsealed) exists for bench_gateway's
+    comparison only: no setting, option or environment variable reaches it."""
     use_backend(settings.sm2_backend)
     keys = KeyRing(settings.keys_dir)
     connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
@@ -325,7 +336,9 @@ def build_gateway(
         # Mutual TLS to every https:// adapter with the gateway's certificate of the
         # data directory's PKI (followed on disk: a renewed one is used at once).
         transport = HttpTransport(settings.adapter_urls, tls=party_tls(settings, "gateway"))
-    client = DepartmentClient(signer, transport, department_keys, timeout=settings.adapter_timeout)
+    client = DepartmentClient(
+        signer, transport, department_keys, timeout=settings.adapter_timeout, envelope=envelope
+    )
     pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
     audit = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
     checkpointer = Checkpointer(
