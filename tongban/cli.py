@@ -289,6 +289,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.seed,
         host=args.host,
         department_files=args.department_file,
+        https=args.https,
     )
 
 
@@ -492,6 +493,13 @@ def _add_demo(sub: Any) -> None:
         metavar="FILE",
         help="serve this department from its file instead of the generated store; its name "
         "must be a built-in department's; repeat for several",
+    )
+    demo.add_argument(
+        "--https",
+        action="store_true",
+        help="serve the gateway's public side over HTTPS too, with the gateway's certificate "
+        "of DIR/pki (clients verify it with the CA that demo.json names under ca, e.g. "
+        "TONGBAN_CA_FILE)",
     )
     demo.set_defaults(func=_demo)
 

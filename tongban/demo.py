@@ -190,9 +190,12 @@ def run_demo(
     *,
     host: str = "127.0.0.1",
     department_files: Sequence[Path] = (),
+    https: bool = False,
 ) -> int:
     """``department_files``: departments served from their files (docs/departments.md),
-    each replacing the built-in department of its name."""
+    each replacing the built-in department of its name. ``https``: the gateway's public
+    side is HTTPS too, with the gateway's certificate of ``DIR/pki`` (it names 127.0.0.1
+    and localhost); the adapters are on mutual TLS either way."""
     from .serve import check_can_listen
 
     console = Console(stderr=True)
@@ -207,7 +210,8 @@ def run_demo(
         build_training_table(data_dir, console)
         encrypt_at_rest(data_dir, console)
     # The supervisor's children see no TONGBAN_* variable but these: neither does it.
-    settings = Settings(data_dir=data_dir, public_url=f"http://{host}:{port}")
+    scheme = "https" if https else "http"
+    settings = Settings(data_dir=data_dir, public_url=f"{scheme}://{host}:{port}")
     clients = init_data_dir(data_dir, settings).clients
     # The deployment PKI: the gateway and every adapter speak mutual TLS 1.3 (renewed
     # here when a certificate is within 30 days of its end).
@@ -254,6 +258,11 @@ def run_demo(
                 "--host",
                 host,
                 *declared,
+                *(
+                    ["--certfile", str(gateway_tls.cert), "--keyfile", str(gateway_tls.key)]
+                    if https
+                    else []
+                ),
             ],
             gateway_env,
         )

@@ -20,6 +20,7 @@ import base64
 import csv
 import io
 import json
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -259,7 +260,8 @@ def statistic_from_dir(
         )
     url = gateway_url(data_dir, gateway)
     try:
-        verify = ca_bundle()
+        bundle = ca_bundle()
+        verify = ssl.create_default_context(cafile=bundle) if isinstance(bundle, str) else bundle
         with httpx.Client(
             transport=transport, trust_env=False, timeout=30.0, verify=verify
         ) as http:
