@@ -548,3 +548,87 @@ def test_healthz_and_metrics_show_the_certificate_expiry(
         assert metrics[("tongban_tls_certificate_expires_soon", DEPT)] == (1.0 if warned else 0.0)
         not_after = metrics[("tongban_tls_certificate_not_after_seconds", DEPT)]
         assert not_after == status.not_after.timestamp()
+
+
+# --- under gunicorn ---------------------------------------------------------------------
+
+_GUNICORN_CONF = """\
+from pathlib import Path
+
+from tongban import pki
+from tongban.tls import gunicorn_ssl_context
+
+_files = pki.files(Path({pki!r}), {name!r})
+certfile, keyfile = str(_files.cert), str(_files.key)
+ssl_context = gunicorn_ssl_context(_files, pinned_client="gateway")
+"""
+
+_WSGI_APP = """\
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+@contextmanager
+def _gunicorn(certs: Pki, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A gunicorn server configured as docs/transport.md ("Under gunicorn") says, with the
+    police certificate; its URL and its log."""
+    import os
+    import subprocess
+    import sys
+
+    conf = tmp_path / "gunicorn_conf.py"
+    conf.write_text(_GUNICORN_CONF.format(pki=str(certs.dir), name=DEPT))
+    (tmp_path / "tiny_app.py").write_text(_WSGI_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(conf),
+            "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread", "--threads", "2",
+            "--error-logfile", str(log), "tiny_app:app"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+        yield f"https://127.0.0.1:{port}", log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_gunicorn_with_the_hook_pins_the_gateway_certificate(certs: Pki, tmp_path: Path):
+    """The production gunicorn configuration: the gateway's certificate gets through; no
+    certificate, another party's certificate of the same CA, and a "gateway" of another
+    CA are refused at the handshake, and gunicorn's log says why."""
+    ca = certs.dir / "ca.pem"
+    own = certs.files("gateway")
+    civil = certs.files("civil")
+    impostor = certs.files("gateway", certs.other)
+    with _gunicorn(certs, tmp_path) as (url, log):
+        ok = _raw_tls(url, client_context(own.cert, own.key, ca))
+        assert ok.startswith(b"HTTP/1.1 200"), ok
+        assert _raw_tls(url, _anonymous(ca)) == b""
+        assert _raw_tls(url, client_context(civil.cert, civil.key, ca)) == b""
+        assert _raw_tls(url, client_context(impostor.cert, impostor.key, ca)) == b""
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "CERTIFICATE_VERIFY_FAILED" in text:
+                break
+            time.sleep(0.1)
+        # gunicorn makes the handshake itself: OpenSSL's reason for the first and the
+        # last, the pin's sentence for the certificate naming another party.
+        assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text, text
+        assert "CN=civil" in text and "is not the pinned client gateway" in text, text
+        assert "CERTIFICATE_VERIFY_FAILED" in text, text
