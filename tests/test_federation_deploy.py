@@ -30,6 +30,7 @@ from tongban.federation.horizontal.runner import (
 from tongban.federation.horizontal.settings import RunSettings
 
 from .federation_data import generated
+from .test_federation_tls import _cmdline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -80,14 +81,6 @@ def _settings(data_dir: Path, out: Path, **kw: object) -> RunSettings:
         out_dir=str(out),
         **kw,  # type: ignore[arg-type]
     )
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _flower_cmdlines(up: _Up) -> list[list[str]]:

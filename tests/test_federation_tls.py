@@ -153,13 +153,18 @@ def _exits(proc: subprocess.Popen[bytes], log: Path) -> str:
     return log.read_text(errors="replace")
 
 
-def test_registered_node_with_the_ca_joins(world: tuple[_Link, _Procs, Path]) -> None:
-    link, procs, root = world
+def _register(link: _Link, root: Path, index: int) -> None:
+    """Register SuperNode ``index``'s key with the SuperLink, as the supervisor does."""
     client = control_client(link.address, link.tls.ca)
     try:
-        register_node(client, node_key(root / "node-auth", node_name(0)), node_name(0))
+        register_node(client, node_key(root / "node-auth", node_name(index)), node_name(index))
     finally:
         client.close()
+
+
+def test_registered_node_with_the_ca_joins(world: tuple[_Link, _Procs, Path]) -> None:
+    link, procs, root = world
+    _register(link, root, 0)
     before = link.activations()
     proc, log = _supernode(link, procs, root, 0)
     deadline = time.monotonic() + _JOIN_TIMEOUT
@@ -178,11 +183,7 @@ def test_registered_node_with_the_ca_joins(world: tuple[_Link, _Procs, Path]) ->
 
 def test_node_trusting_another_ca_cannot_connect(world: tuple[_Link, _Procs, Path]) -> None:
     link, procs, root = world
-    client = control_client(link.address, link.tls.ca)
-    try:
-        register_node(client, node_key(root / "node-auth", node_name(1)), node_name(1))
-    finally:
-        client.close()
+    _register(link, root, 1)
     before = link.activations()
     proc, log = _supernode(link, procs, root, 1, root_certificates=root / "other-pki" / "ca.pem")
     text = _exits(proc, log)
