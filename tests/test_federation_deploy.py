@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,17 @@ def test_deployment_runs_tls_and_node_auth_without_insecure(up: _Up, data_dir: P
     log = (data_dir / "federation" / "logs" / "superlink.log").read_text(errors="replace")
     assert log.count("Activated node_id") == NODES
     assert log.count("[ControlServicer.RegisterNode] Created node_id") == NODES
+    # Every message inside that TLS is sealed: each node's config names its SM2 key and the
+    # peer file, which holds a key for each node id the SuperLink created.
+    envelope = data_dir.resolve() / "federation" / "envelope"
+    assert up.deployment.envelope == str(envelope)
+    peers = json.loads((envelope / "peers.json").read_text())
+    created = re.findall(r"RegisterNode\] Created node_id[=: ]*(\d+)", log)
+    assert sorted(peers["nodes"]) == sorted(created) and len(created) == NODES
+    for i, argv in enumerate(sorted(nodes, key=lambda c: c[c.index("--node-config") + 1])):
+        config = argv[argv.index("--node-config") + 1]
+        assert f'envelope-key="{envelope / f"supernode-{i}.sm2"}"' in config
+        assert f'envelope-peers="{envelope / "peers.json"}"' in config
 
 
 def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
@@ -152,6 +164,10 @@ def test_secagg_round_real_superlink(up: _Up, data_dir: Path, tmp_path: Path):
     _assert_tls_everywhere(during)
     assert any(Path(a).name == "flwr-serverapp" for c in during for a in c[:2])
     assert [e["event"] for e in events] == ["start", "round", "done"]
+    logs = data_dir / "federation" / "logs"
+    assert not [
+        p.name for p in logs.glob("*.log") if "tongban: refused" in p.read_text("utf-8", "replace")
+    ]
     report = build_report(result, data_dir)
     png = write_report(report, tmp_path / "report.json")
     saved = json.loads((tmp_path / "report.json").read_text())

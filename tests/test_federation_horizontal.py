@@ -162,31 +162,38 @@ def _train_message(params: np.ndarray, config: dict[str, Any]) -> Any:
     )
 
 
-def _call_client(data_dir: Path, config: dict[str, Any]) -> tuple[np.ndarray, int]:
-    from flwr.app import Context, RecordDict
+def _call_client(data_dir: Path, config: dict[str, Any], keys_dir: Path) -> tuple[np.ndarray, int]:
+    """The real ClientApp, its message sealed by the real ServerApp side (flower_loop)."""
     from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
     from tongban.federation.horizontal.apps import client_app
 
-    node: dict[str, bool | float | int | str] = {
+    from .flower_loop import LoopGrid, envelope_setup, sealed_grid
+
+    node: dict[str, Any] = {
         "data-dir": str(data_dir),
         "partition-id": 1,
         "num-partitions": 3,
     }
-    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    envelope = envelope_setup(keys_dir, {7: "supernode-1"})
+    loop = LoopGrid(client_app, {7: node | envelope[7]})
     width = len(load_training_table(data_dir).columns) + 1  # weights and bias
-    reply = client_app(_train_message(np.zeros(width), config), ctx)
+    reply = sealed_grid(loop, keys_dir).send_and_receive([_train_message(np.zeros(width), config)])[
+        0
+    ]
     res = compat.recorddict_to_fitres(reply.content, False)
     return parameters_to_ndarrays(res.parameters)[0], res.num_examples
 
 
-def test_client_clips_its_update_when_the_dp_wrapper_asks(data_dir: Path, task_identity: None):
+def test_client_clips_its_update_when_the_dp_wrapper_asks(
+    data_dir: Path, task_identity: None, tmp_path: Path
+):
     base = {"local-epochs": 20, "learning-rate": 0.5, "l2": 1e-3}
-    free, rows = _call_client(data_dir, base)
+    free, rows = _call_client(data_dir, base, tmp_path / "envelope")
     assert np.linalg.norm(free) > 0.2 and rows > 1
     clipped, weight = _call_client(
-        data_dir, base | {"clipping_norm": 0.05, "uniform-weights": True}
+        data_dir, base | {"clipping_norm": 0.05, "uniform-weights": True}, tmp_path / "envelope"
     )
     assert np.linalg.norm(clipped) == pytest.approx(0.05)
     np.testing.assert_allclose(clipped / 0.05, free / np.linalg.norm(free), atol=1e-9)

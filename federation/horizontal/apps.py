@@ -31,6 +31,7 @@ from tongban.primitives.extras import extra_imports
 
 from .data import Partition, held_out_mask, load_partition
 from .model import TrainConfig, auc, init_params, log_loss, predict, train_local
+from .sealing import SealedGrid, sealed_mod
 from .settings import RunSettings
 
 with extra_imports("federation", "Flower training"):
@@ -100,7 +101,7 @@ def _process_age() -> float:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-@client_app.train(mods=[_secagg_if_requested, _clip_if_requested])
+@client_app.train(mods=[sealed_mod, _secagg_if_requested, _clip_if_requested])
 def train(msg: Message, context: Context) -> Message:
     """Local full-batch training on this bureau's rows; only the parameters leave."""
     process_start = _process_age()
@@ -338,6 +339,9 @@ def build_strategy(
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     events = _Events(Path(settings.out_dir))
+    # Every message leaves signed and sealed to its node, every reply is opened and checked
+    # (sealing.py); there is no unsealed mode.
+    grid = cast(Grid, SealedGrid.from_dir(grid, Path(settings.envelope_dir)))
     events.emit("start", **settings.to_json())
     fit_seen: dict[int, dict[str, Any]] = {}
     timings: dict[str, float] = {}

@@ -19,7 +19,8 @@ and ClientApps reach) with ``supernode-<i>``. SuperNode authentication is on: ea
 SuperNode signs its requests with its own ECDSA key (``DIR/federation/node-auth``), the
 supervisor registers the public keys through the Control API before the SuperNodes
 start, and the SuperLink refuses any node whose key it does not know. No process of the
-deployment runs with ``--insecure``.
+deployment runs with ``--insecure``. Inside that TLS every message is signed and sealed to
+its recipient's SM2 key (sealing.py).
 """
 
 from __future__ import annotations
@@ -274,6 +275,8 @@ class Deployment:
     startup_seconds: float = 0.0
     #: The CA certificate that verifies the SuperLink (``DIR/pki/ca.pem``).
     ca: str = ""
+    #: The SM2 keys of the message envelope (sealing.py): ``DIR/federation/envelope``.
+    envelope: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,6 +368,8 @@ class Supervisor:
         return proc
 
     def start(self) -> Deployment:
+        from . import sealing
+
         started = time.perf_counter()
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -375,12 +380,19 @@ class Supervisor:
         names = [node_name(i) for i in range(self.num_partitions)]
         pki.ensure(certs, [SUPERLINK_NAME, *names])
         keys = [node_key(node_auth_dir(self.data_dir), name) for name in names]
+        seal_dir = sealing.envelope_dir(self.data_dir)
+        seal_keys = sealing.ensure_keys(seal_dir, names)
         link_tls = pki.files(certs, SUPERLINK_NAME)
         port = _free_port()
         superlink = f"{HOST}:{port}"
         link = self._spawn("superlink", superlink_argv(port, link_tls), env)
         self._wait_port(port, "superlink")
-        self._register(superlink, link_tls.ca, keys, names)
+        node_ids = self._register(superlink, link_tls.ca, keys, names)
+        peers = sealing.write_peers(
+            seal_dir,
+            seal_keys["server"],
+            {node_id: seal_keys[name] for node_id, name in zip(node_ids, names, strict=True)},
+        )
         dep = Deployment(
             superlink=superlink,
             data_dir=str(self.data_dir),
@@ -389,12 +401,15 @@ class Supervisor:
             flwr_home=str(home),
             superlink_pid=link.pid,
             ca=str(link_tls.ca),
+            envelope=str(seal_dir),
         )
         for pid in range(self.num_partitions):
             node_port = _free_port()
             node_config = (
                 f'data-dir="{self.data_dir}" partition-id={pid} '
-                f"num-partitions={self.num_partitions}"
+                f"num-partitions={self.num_partitions} "
+                f'envelope-key="{sealing.node_key_path(seal_dir, names[pid])}" '
+                f'envelope-peers="{peers}"'
             )
             argv = supernode_argv(
                 superlink, node_port, pki.files(certs, names[pid]), keys[pid].private, node_config
@@ -410,25 +425,29 @@ class Supervisor:
         tmp.replace(self.state / "deployment.json")
         self.deployment = dep
         self.log(
-            f"SuperLink {superlink} (TLS, SuperNode authentication), "
+            f"SuperLink {superlink} (TLS, SuperNode authentication, sealed messages), "
             f"{self.num_partitions} SuperNodes up in {dep.startup_seconds:.1f}s"
         )
         return dep
 
-    def _register(self, superlink: str, ca: Path, keys: list[NodeKey], names: list[str]) -> None:
+    def _register(
+        self, superlink: str, ca: Path, keys: list[NodeKey], names: list[str]
+    ) -> list[int]:
         """Register every SuperNode's public key (the SuperLink's state is in memory, so
-        at each start). The Control API may answer a moment after the port opens: a
-        connection error is tried again; a refusal (a TLS failure, a key in use) is not."""
+        at each start); the node ids the SuperLink assigned, in order. The Control API may
+        answer a moment after the port opens: a connection error is tried again; a refusal
+        (a TLS failure, a key in use) is not."""
         import httpx
 
         client = control_client(superlink, ca)
+        ids: list[int] = []
         try:
             for key, name in zip(keys, names, strict=True):
                 deadline = time.monotonic() + _STARTUP_TIMEOUT
                 while True:
                     self._check_alive()
                     try:
-                        register_node(client, key, name)
+                        ids.append(register_node(client, key, name))
                         break
                     except httpx.ConnectError as exc:
                         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
@@ -440,6 +459,7 @@ class Supervisor:
                         raise DeploymentError(f"could not register {name}: {exc}") from exc
         finally:
             client.close()
+        return ids
 
     def _check_alive(self) -> None:
         for name, proc in self.children.items():

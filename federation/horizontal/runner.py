@@ -14,6 +14,7 @@ named as such.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -154,6 +155,12 @@ def run_training(
             "the deployment names no CA certificate (started before TLS): restart "
             "tongban federation up"
         )
+    if not deployment.envelope:
+        raise TrainingFailed(
+            "the deployment has no envelope keys (started before sealed messages): restart "
+            "tongban federation up"
+        )
+    settings = dataclasses.replace(settings, envelope_dir=deployment.envelope)
     client = control_client(deployment.superlink, Path(deployment.ca))
     try:
         res = client.StartRun(

@@ -28,6 +28,8 @@ class RunSettings:
     eval_data_dir: str = ""
     out_dir: str = "."
     record_received: bool = False
+    #: ``DIR/federation/envelope``: the ServerApp's SM2 key and the nodes' public keys.
+    envelope_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
