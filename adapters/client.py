@@ -104,6 +104,14 @@ class InProcessTransport:
             return exc.status, json.dumps(exc.to_problem()).encode()
         return 200, json.dumps({"cosignature": line}).encode()
 
+    def witnessed(self, department: str, timeout: float) -> Reply:
+        """The witness's last cosigned checkpoint (``GET /v1/witness/checkpoint``)."""
+        witness = self.witnesses.get(department)
+        note = witness.last_checkpoint() if witness is not None else None
+        if note is None:
+            return 404, b"{}"
+        return 200, json.dumps({"note": note}).encode()
+
     def send(self, department: str, token: str, timeout: float) -> Reply:
         core = self.cores.get(department)
         if core is None:
@@ -325,6 +333,11 @@ class HttpTransport:
             {"Content-Type": "application/json"},
             timeout,
         )
+        return resp.status, resp.data
+
+    def witnessed(self, department: str, timeout: float) -> Reply:
+        """The witness's last cosigned checkpoint (``GET /v1/witness/checkpoint``)."""
+        resp = self._request(department, "GET", "/v1/witness/checkpoint", None, {}, timeout)
         return resp.status, resp.data
 
     def health(self, department: str, timeout: float) -> dict[str, Any]:

@@ -208,12 +208,23 @@ class JsonWitnessState:
             return None
         return int(doc["size"]), bytes.fromhex(doc["root"])
 
-    def save(self, size: int, root: bytes) -> None:
+    def note(self) -> str | None:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        note = doc.get("note")
+        return note if isinstance(note, str) else None
+
+    def save(self, size: int, root: bytes, note: str | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc: dict[str, object] = {"size": size, "root": root.hex()}
+        if note is not None:
+            doc["note"] = note
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".witness-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"size": size, "root": root.hex()}, fh)
+                json.dump(doc, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

@@ -31,7 +31,11 @@ class WitnessRefused(Conflict):
 class WitnessState(Protocol):
     def load(self) -> tuple[int, bytes] | None: ...
 
-    def save(self, size: int, root: bytes) -> None: ...
+    def save(self, size: int, root: bytes, note: str | None = None) -> None: ...
+
+    def note(self) -> str | None:
+        """The last cosigned checkpoint, with the gateway's and this witness's signatures."""
+        ...
 
 
 class MemoryWitnessState:
@@ -40,12 +44,17 @@ class MemoryWitnessState:
 
     def __init__(self) -> None:
         self.value: tuple[int, bytes] | None = None
+        self.text: str | None = None
 
     def load(self) -> tuple[int, bytes] | None:
         return self.value
 
-    def save(self, size: int, root: bytes) -> None:
+    def save(self, size: int, root: bytes, note: str | None = None) -> None:
         self.value = (size, root)
+        self.text = note
+
+    def note(self) -> str | None:
+        return self.text
 
 
 class MetaWitnessState:
@@ -63,8 +72,16 @@ class MetaWitnessState:
         doc = json.loads(raw)
         return int(doc["size"]), bytes.fromhex(doc["root"])
 
-    def save(self, size: int, root: bytes) -> None:
-        self.store.set_meta(self.KEY, json.dumps({"size": size, "root": root.hex()}))
+    def save(self, size: int, root: bytes, note: str | None = None) -> None:
+        doc: dict[str, object] = {"size": size, "root": root.hex()}
+        if note is not None:
+            doc["note"] = note
+        self.store.set_meta(self.KEY, json.dumps(doc))
+
+    def note(self) -> str | None:
+        raw = self.store.get_meta(self.KEY)
+        note = json.loads(raw).get("note") if raw is not None else None
+        return note if isinstance(note, str) else None
 
 
 class Witness:
@@ -125,5 +142,15 @@ class Witness:
                         last_size=last_size,
                     )  # fmt: skip
             signature = sign_line(note.body, self.name, self.key)
-            self.state.save(checkpoint.size, checkpoint.root)
+            # Kept whole, so that an auditor can ask what this witness last saw
+            # (``GET /v1/witness/checkpoint``): a log cut below it is then caught even
+            # if its own checkpoints were cut with it.
+            gateway = tuple(s for s in note.signatures if s.name == self.gateway_name)
+            mine = SignedNote(note.body, (*gateway, signature))
+            self.state.save(checkpoint.size, checkpoint.root, mine.text())
         return signature
+
+    def last_checkpoint(self) -> str | None:
+        """The last checkpoint this witness cosigned, signed by the gateway and by it."""
+        with self._lock:
+            return self.state.note()

@@ -20,7 +20,6 @@ before the origin was stored takes the origin its first checkpoint names.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import queue
 import threading
@@ -42,10 +41,12 @@ from . import schema
 from .canonical import canonical_bytes, check_values
 from .merkle import MerkleTree, leaf_hash
 from .note import NoteError, SignedNote
+from .rows import FILTER_FIELDS, ROW_FIELDS, check_row, field_value
 from .vault import Pseudonymizer
 
 __all__ = [
     "ORIGIN_KEY",
+    "AuditBehindWitnesses",
     "AuditIntegrityError",
     "AuditLog",
     "PreparedEntry",
@@ -55,8 +56,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("tongban.audit")
-_FILTER_FIELDS = ("kind", "requester", "claim", "purpose", "subject", "decision", "result")
-_ROW_FIELDS = (*_FILTER_FIELDS, "time")
+_FILTER_FIELDS = FILTER_FIELDS
+_ROW_FIELDS = ROW_FIELDS
 _PG_LOCK = 0x7B_A0D17  # advisory lock id shared by every gateway process
 _SQLITE_RETRIES = 20
 ORIGIN_KEY = "origin"  # audit_meta key of the log's origin
@@ -68,6 +69,16 @@ class AuditIntegrityError(TongbanError):
     status = 500
     slug = "audit-integrity"
     title = "The audit log failed its integrity check"
+
+
+class AuditBehindWitnesses(AuditIntegrityError):
+    """A witness cosigned a larger tree, or another root, than this log holds: entries
+    were cut or rewritten. The gateway answers nothing until an operator restores the log
+    (docs/operations.md, "The audit log behind its witnesses")."""
+
+    status = 503
+    slug = "audit-behind-witnesses"
+    title = "The audit log is behind what its witnesses cosigned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,7 @@ class PreparedEntry:
         # canonically now and leave only the number for the writer.
         below = {k: v for k, v in entry.items() if k < "index"}
         above = {k: v for k, v in entry.items() if k > "index"}
-        fields = {f: _field(entry.get(f)) for f in (*_FILTER_FIELDS, "time")}
+        fields = {f: field_value(entry.get(f)) for f in _ROW_FIELDS}
         return cls(_inner(below), _inner(above), fields, vault)
 
     def render(self, index: int) -> bytes:
@@ -103,16 +114,6 @@ class PreparedEntry:
 def _inner(part: Mapping[str, Any]) -> bytes:
     """Canonical JSON of an object, without its braces."""
     return canonical_bytes(part)[1:-1]
-
-
-def _field(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value[:64]
-    if isinstance(value, bool):
-        return "allow" if value else "deny"
-    if isinstance(value, Mapping) and isinstance(value.get("allowed"), bool):
-        return "allow" if value["allowed"] else "deny"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +230,13 @@ class AuditLog:
         origin: str,
         max_batch: int = 2000,
         wait_timeout: float | None = 30.0,
+        startup_check: int | None = None,
     ) -> None:
         self.url = url
+        # Entries (newest first) re-hashed from their own bytes when the log opens; None
+        # for all. The rest count through their stored leaf hashes (the checkpoint still
+        # covers them; ``tongban audit verify`` re-hashes everything).
+        self.startup_check = startup_check
         self.origin = origin  # as configured; open() replaces it by the stored one
         self.pseudonyms = pseudonymizer
         self.max_batch = max_batch
@@ -263,7 +269,11 @@ class AuditLog:
             with self.engine.connect() as conn:
                 self._load(conn)
         except SQLAlchemyError as exc:
+            self._dispose()
             raise StoreUnavailable("the audit store is unavailable") from exc
+        except AuditIntegrityError:
+            self._dispose()  # a refused log keeps no connection open
+            raise
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
         return self
@@ -303,18 +313,45 @@ class AuditLog:
                 break
             if item is not _STOP:
                 self._fail([item])
+        self._dispose()
+
+    def _dispose(self) -> None:
         self._writes.dispose()
         self.engine.dispose()
 
     def _load(self, conn: Connection) -> None:
-        rows = conn.execute(
-            select(schema.entries.c.idx, schema.entries.c.leaf_hash).order_by(schema.entries.c.idx)
+        """Rebuild the tree from the entries' own bytes, checking every row (rows.py: the
+        entry's index, its leaf hash, its query columns), then the latest checkpoint. Any
+        fault refuses the open: a gateway never serves from a log it cannot vouch for."""
+        t = schema.entries
+        rows = conn.execution_options(yield_per=20_000).execute(
+            select(t.c.idx, t.c.leaf_hash, t.c.entry, *(t.c[f] for f in _ROW_FIELDS)).order_by(
+                t.c.idx
+            )
         )
+        count = int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+        full_from = 0 if self.startup_check is None else max(0, count - self.startup_check)
         hashes = bytearray()
-        for expected, (idx, h) in enumerate(rows):
-            if idx != expected:
-                raise AuditIntegrityError(f"audit entry {expected} is missing")
-            hashes += h
+        problem: str | None = None
+        try:
+            for expected, row in enumerate(rows):
+                idx = row[0]
+                if idx != expected:
+                    problem = f"audit entry {expected} is missing"
+                    break
+                if idx < full_from:
+                    hashes += row[1]
+                    continue
+                columns = dict(zip(_ROW_FIELDS, row[3:], strict=True))
+                leaf, _doc, fault = check_row(idx, row[2], row[1], columns)
+                if fault is not None:
+                    problem = f"audit log: {fault}"
+                    break
+                hashes += leaf
+        finally:
+            rows.close()  # a server-side cursor (PostgreSQL) is closed before raising
+        if problem is not None:
+            raise AuditIntegrityError(problem)
         tree = MerkleTree.from_leaf_hashes(hashes)
         latest = self.latest_checkpoint(conn)
         if latest is not None:
@@ -533,7 +570,7 @@ class AuditLog:
         newest_first: bool = True,
     ) -> tuple[list[StoredEntry], int | None]:
         t = schema.entries
-        stmt = select(t.c.idx, t.c.leaf_hash, t.c.entry)
+        stmt = select(t.c.idx, t.c.leaf_hash, t.c.entry, *(t.c[f] for f in _ROW_FIELDS))
         for name, value in filters.items():
             if name == "since":
                 stmt = stmt.where(t.c.time >= value)
@@ -552,17 +589,39 @@ class AuditLog:
                 rows = conn.execute(stmt).all()
         except SQLAlchemyError as exc:
             raise StoreUnavailable("the audit store is unavailable") from exc
-        out = [StoredEntry(r.idx, r.leaf_hash, json.loads(r.entry)) for r in rows[:limit]]
+        out = [self._checked(r) for r in rows[:limit]]
         nxt = out[-1].index if len(rows) > limit else None
         return out, nxt
 
     def get(self, index: int) -> StoredEntry | None:
         t = schema.entries
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(t.c.idx, t.c.leaf_hash, t.c.entry).where(t.c.idx == index)
-            ).first()
-        return None if row is None else StoredEntry(row.idx, row.leaf_hash, json.loads(row.entry))
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(t.c.idx, t.c.leaf_hash, t.c.entry, *(t.c[f] for f in _ROW_FIELDS)).where(
+                        t.c.idx == index
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable("the audit store is unavailable") from exc
+        return None if row is None else self._checked(row)
+
+    def _checked(self, row: Any) -> StoredEntry:
+        """A row as served: checked against its own entry and against the tree this
+        process holds, so an entry edited after start-up is refused rather than served
+        with a proof it no longer matches. The leaf hash returned is the entry's own."""
+        idx = int(row[0])
+        columns = dict(zip(_ROW_FIELDS, row[3:], strict=True))
+        with self._tree_lock:
+            size = self._tree.size
+            expected = self._tree.leaf(idx) if idx < size else bytes(row[1])
+        leaf, doc, problem = check_row(idx, row[2], expected, columns)
+        if problem is None and bytes(row[1]) != leaf:
+            problem = f"entry {idx} does not match its leaf hash"
+        if problem is not None or doc is None:
+            log.error("audit log integrity: %s", problem)
+            raise AuditIntegrityError(f"audit log: {problem}")
+        return StoredEntry(idx, leaf, doc)
 
     def reveal(self, pseudonym: str) -> str | None:
         """The ID number behind a pseudonym, or None once the vault row is erased."""

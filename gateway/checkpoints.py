@@ -36,6 +36,8 @@ __all__ = ["Checkpointer"]
 
 log = logging.getLogger("tongban.checkpoints")
 _PG_ROUND_LOCK = 0x7B_C4EC  # advisory lock id: one checkpoint round at a time, all workers
+# Refusals that mean the witness saw another log than ours: never retried, never ignored.
+_DIVERGED = frozenset({"rollback", "split-view", "inconsistent"})
 
 
 class Checkpointer:
@@ -49,6 +51,7 @@ class Checkpointer:
         transport: Transport | None,
         interval: float = 2.0,
         timeout: float = 2.0,
+        quorum: int | None = None,
     ) -> None:
         self.audit = audit
         self.key = key
@@ -57,13 +60,21 @@ class Checkpointer:
         self.transport = transport
         self.interval = interval
         self.timeout = timeout
+        # Cosignatures a checkpoint needs to count as witnessed: by default a majority.
+        self.quorum = quorum if quorum else len(self.witnesses) // 2 + 1
+        #: Why the log is not what the witnesses saw (None while it is): a witness that
+        #: cosigned a larger tree, or another root at the same size. Sticky until restart.
+        self.diverged: str | None = None
         self._seen: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self.checkpoint()
+        # Ask every witness now, even if the stored checkpoint looks complete: a log whose
+        # tail was cut together with its checkpoints is caught only by a witness that
+        # remembers the larger tree.
+        self.checkpoint(force=True)
         self._thread = threading.Thread(target=self._loop, name="checkpointer", daemon=True)
         self._thread.start()
 
@@ -164,12 +175,43 @@ class Checkpointer:
             if status == 200:
                 return self._accept(witness, note, size, reply)
             last = reply.get("last_size")
-            if reply.get("reason") == "need-proof" and isinstance(last, int) and last <= size:
+            reason = reply.get("reason")
+            if reason == "need-proof" and isinstance(last, int) and last <= size:
                 from_size = last
                 continue
             log.error("witness %s refused: %s", witness, reply.get("detail", status))
+            if reason in _DIVERGED or (reason == "need-proof" and isinstance(last, int)):
+                self._diverged(witness, str(reason), last, size)
             return None
         return None
+
+    def _diverged(self, witness: str, reason: str, last: object, size: int) -> None:
+        if isinstance(last, int) and last > size:
+            detail = f"witness {witness} cosigned {last} entries, the log has {size}"
+        elif reason == "split-view" and isinstance(last, int):
+            detail = f"witness {witness} cosigned another tree of {last} entries (split view)"
+        else:
+            detail = f"witness {witness} refused the log ({reason})"
+        if self.diverged is None:
+            log.critical("audit log behind its witnesses: %s; refusing to serve", detail)
+        self.diverged = self.diverged or detail
+
+    def status(self) -> dict[str, object]:
+        """The latest checkpoint as officers and metrics see it: its size, who cosigned,
+        whether that meets the quorum, and whether the log diverged from a witness."""
+        latest = self.audit.latest_checkpoint()
+        cosigners = (
+            sorted(s.name for s in latest.signatures if s.name in self.witnesses)
+            if latest is not None
+            else []
+        )
+        return {
+            "size": latest.checkpoint.size if latest is not None else 0,
+            "cosigners": cosigners,
+            "quorum": self.quorum,
+            "witnessed": len(cosigners) >= self.quorum,
+            "diverged": self.diverged,
+        }
 
     def _accept(
         self, witness: str, note: SignedNote, size: int, reply: Mapping[str, object]

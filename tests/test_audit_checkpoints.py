@@ -259,7 +259,11 @@ def test_witness_state_survives_a_restart(
         note_for(tree, 17, party_keys["gateway"]), 0, []
     )
     stored = json.loads(department_store.get_meta(MetaWitnessState.KEY) or "{}")
-    assert stored == {"size": 17, "root": tree.root(17).hex()}
+    assert {k: stored[k] for k in ("size", "root")} == {"size": 17, "root": tree.root(17).hex()}
+    # The whole note is kept, signed by the gateway and by this witness.
+    kept = SignedNote.parse(stored["note"])
+    assert kept.checkpoint.size == 17
+    assert [s.name for s in kept.signatures] == [GATEWAY, "health"]
     # A new process: a new store object on the same database, a new witness.
     again = DepartmentStore(DEPARTMENTS["health"], department_store.url)
     try:

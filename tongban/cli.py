@@ -142,6 +142,7 @@ def _adapter_transport(
     certificate of the data directory's PKI, only the gateway's client certificate
     accepted; plain HTTP only on loopback without a PKI (or with --insecure-http)."""
     from tongban.adapters.service import create_app
+    from tongban.primitives.metrics_auth import ensure_metrics_token
 
     from .exposure import check_public_binding
     from .pki import status_source
@@ -149,6 +150,7 @@ def _adapter_transport(
     from .wiring import party_tls
 
     found = party_tls(settings, core.name)
+    metrics = ensure_metrics_token(settings.keys_dir)
     check_public_binding(
         args.host, tls=found is not None, insecure_http=args.insecure_http, name=core.name
     )
@@ -160,9 +162,10 @@ def _adapter_transport(
             settings.data_dir / "pki",
             core.name,
         )
-        return create_app(core, witness), None
+        return create_app(core, witness, metrics=metrics), None
     context = server_context(found.cert, found.key, found.ca, pinned_client="gateway")
-    return create_app(core, witness, tls_status=status_source(found.cert)), context
+    app = create_app(core, witness, tls_status=status_source(found.cert), metrics=metrics)
+    return app, context
 
 
 def _adapter_url(text: str) -> tuple[str, str]:
@@ -212,10 +215,29 @@ def _start_hint(data_dir: Path) -> str:
     )
 
 
+def _witness_urls(args: argparse.Namespace, settings: Settings) -> dict[str, str]:
+    """Where to ask the witnesses: ``--adapter``, else TONGBAN_ADAPTER_URL_*, else the
+    adapters a demo in the same data directory listed."""
+    if args.adapter:
+        return dict(args.adapter)
+    if settings.adapter_urls:
+        return dict(settings.adapter_urls)
+    demo = settings.data_dir / "demo.json"
+    try:
+        listed = json.loads(demo.read_text(encoding="utf-8")).get("adapters", {})
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: v for k, v in listed.items() if isinstance(v, str)} if isinstance(listed, dict) else {}
+    )
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
-    from tongban.audit.verify import AuditLogMissing, verify_store
+    from tongban.adapters.client import HttpTransport
+    from tongban.audit.verify import AuditLogMissing, ask_witnesses, verify_store
 
     from .keys import KeyRing
+    from .wiring import party_tls
 
     settings = Settings.from_env(data_dir=args.data_dir)
     url = settings.audit_store_url()
@@ -225,6 +247,21 @@ def _audit_verify(args: argparse.Namespace) -> int:
     keys = KeyRing(settings.keys_dir)
     keys.require(public=["gateway"])
     witnesses = {d: keys.public(d) for d in DEPARTMENTS if not keys.missing(public=[d])}
+    notes: dict[str, str] = {}
+    unreachable: dict[str, str] = {}
+    urls = {} if args.offline else _witness_urls(args, settings)
+    asked = sorted(set(urls) & set(witnesses))
+    if asked:
+        # The witnesses' own memory of the log: the one thing a cut tail cannot take along.
+        transport = HttpTransport(
+            {name: urls[name] for name in asked}, tls=party_tls(settings, "gateway")
+        )
+        try:
+            notes, unreachable = ask_witnesses(
+                asked, lambda name: transport.witnessed(name, settings.adapter_timeout)
+            )
+        finally:
+            transport.close()
     try:
         report = verify_store(
             url,
@@ -232,6 +269,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
             witnesses=witnesses,
             # Checkpoints must name the log's stored origin, or the one configured.
             origin=settings.log_origin,
+            witnessed=notes,
         )
     except AuditLogMissing as exc:
         raise MissingPrerequisite(f"{exc.detail}: {_start_hint(settings.data_dir)}") from None
@@ -240,9 +278,19 @@ def _audit_verify(args: argparse.Namespace) -> int:
         "entries": report.entries,
         "checkpoints": report.checkpoints,
         "cosignatures": report.cosignatures,
+        "witnessed": report.witnessed,
+        "witnesses_unreachable": unreachable,
         "first_bad_index": report.first_bad_index,
+        "cause": report.cause,
         "findings": [f.problem for f in report.findings],
     }
+    if report.more:
+        summary["more_findings"] = report.more
+    if not asked:
+        summary["warning"] = (
+            "no witness was asked (--offline, or no adapter URL known): a log cut together "
+            "with its checkpoints is not detectable offline"
+        )
     print(json.dumps(summary, indent=2))
     return 0 if report.ok else 1
 
@@ -473,6 +521,18 @@ def _add_citizen_and_audit(sub: Any) -> None:
         audit_sub, "verify", "recompute and check the whole audit log (exit 1: first bad index)"
     )
     verify.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
+    verify.add_argument(
+        "--adapter",
+        action="append",
+        type=_adapter_url,
+        default=[],
+        metavar="NAME=URL",
+        help="a witness to ask what it last cosigned (repeatable; default: "
+        "TONGBAN_ADAPTER_URL_*, else the adapters in DIR/demo.json)",
+    )
+    verify.add_argument(
+        "--offline", action="store_true", help="ask no witness (a cut tail then goes unseen)"
+    )
     verify.set_defaults(func=_audit_verify)
 
 

@@ -37,6 +37,13 @@ class Settings:
     audit_url: str | None = None  # default: DIR/audit.db
     gateway_db_url: str | None = None  # requesters, policies, consents; default DIR/gateway.db
     checkpoint_interval: float = 2.0
+    # Cosignatures a checkpoint needs to count as witnessed (TONGBAN_WITNESS_QUORUM); 0:
+    # a majority of the witnesses. A checkpoint below it is flagged, not refused.
+    witness_quorum: int = 0
+    # Entries, counted from the newest, that the gateway re-hashes from their own bytes at
+    # start-up (TONGBAN_AUDIT_STARTUP_CHECK); 0: all of them. Older ones are checked
+    # through their stored leaf hashes against the latest checkpoint only.
+    audit_startup_check: int = 0
     # Seconds between a gunicorn worker's checks for a policy another worker approved.
     policy_poll_interval: float = 2.0
     idp_issuer: str = "https://idp.tongban.example"
@@ -75,6 +82,8 @@ class Settings:
             "stats_threshold": int,
             "stats_require_dp": lambda v: v.lower() in ("1", "true", "yes"),
             "checkpoint_interval": float,
+            "witness_quorum": int,
+            "audit_startup_check": int,
             "policy_poll_interval": float,
             "rate_requester_burst": float,
             "rate_requester_per_second": float,
