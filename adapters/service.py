@@ -1,7 +1,9 @@
 """The adapter's HTTP shell (Flask). All logic lives in :class:`AdapterCore`.
 
-``GET /metrics`` (Prometheus text format, or OpenMetrics if the scraper asks), on a
-registry of the app's own, with the gateway's conventions (gateway/metrics.py)::
+``GET /metrics`` (Prometheus text format, or OpenMetrics if the scraper asks), to the
+holder of the operator's metrics token only (tongban.primitives.metrics_auth; 401
+``metrics-unauthenticated`` otherwise), on a registry of the app's own, with the gateway's
+conventions (gateway/metrics.py)::
 
     tongban_http_requests_total{method, route, status}      every request
     tongban_http_request_duration_seconds{method, route}     its latency (histogram)
@@ -43,6 +45,7 @@ from werkzeug.exceptions import HTTPException
 
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable, TongbanError
 from tongban.primitives.jws import jwks
+from tongban.primitives.metrics_auth import MetricsCredential
 from tongban.primitives.problem import (
     PROBLEM_JSON,
     from_http_status,
@@ -64,6 +67,7 @@ __all__ = [
     "install_adapter_metrics",
     "install_problem_handlers",
     "json_depth",
+    "public_health",
 ]
 
 MAX_BODY = 64 * 1024  # a signed batch of 500 subjects is ~25 KiB
@@ -89,16 +93,21 @@ TLSStatus = Callable[[], CertificateReport | None]
 
 
 def create_app(
-    core: AdapterCore, witness: Witness | None = None, *, tls_status: TLSStatus | None = None
+    core: AdapterCore,
+    witness: Witness | None = None,
+    *,
+    tls_status: TLSStatus | None = None,
+    metrics: MetricsCredential | None = None,
 ) -> Flask:
     """The adapter's app. ``tls_status`` (e.g. ``tongban.pki.status_source(cert)``) puts
-    the TLS certificate's expiry in ``/healthz`` and ``/metrics``."""
+    the TLS certificate's expiry in ``/healthz`` and ``/metrics``; ``metrics`` is who may
+    read ``/metrics`` (``None``: nobody)."""
     app = Flask(f"tongban.adapter.{core.name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["tongban.adapter"] = core  # for whoever closes its source (wsgi, tests)
 
     install_problem_handlers(app, MAX_BODY, log)
-    install_adapter_metrics(app, core, tls_status=tls_status)
+    install_adapter_metrics(app, core, tls_status=tls_status, credential=metrics)
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -150,7 +159,7 @@ def create_app(
         # 200 when the source can be read; 503 store-unavailable (problem+json carrying
         # the same members, "ready": false) when it cannot: the adapter keeps running and
         # answers "unknown" until its source is back (docs/departments.md).
-        body = core.health()
+        body = public_health(core.health())
         report = tls_status() if tls_status is not None else None
         if report is not None:
             body = {**body, "certificate": report.to_json()}
@@ -160,6 +169,17 @@ def create_app(
         return jsonify(body)
 
     return app
+
+
+def public_health(body: dict[str, Any]) -> dict[str, Any]:
+    """The adapter's health as ``/healthz`` shows it, to anyone who reaches the port: the
+    source's defect count is left out. It grows by one when an answer hits a defect of the
+    department file, so two reads around one request would tell that the request's
+    subject was answered ``unknown``; it is in the metrics, behind the metrics token."""
+    source = body.get("source")
+    if isinstance(source, dict) and "defects" in source:
+        body = {**body, "source": {k: v for k, v in source.items() if k != "defects"}}
+    return body
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -250,12 +270,18 @@ class CertificateCollector(Collector):
 
 
 def install_adapter_metrics(
-    app: Flask, core: AdapterCore, *, tls_status: TLSStatus | None = None
+    app: Flask,
+    core: AdapterCore,
+    *,
+    tls_status: TLSStatus | None = None,
+    credential: MetricsCredential | None = None,
 ) -> CollectorRegistry:
     """Count and time every request of ``app`` by route template and status, export the
     source's defects and readiness (:class:`SourceCollector`) and serve them at
-    ``GET /metrics``, all on a new registry (returned): several adapters in one process
-    (the tests, the in-process topology) do not share counters."""
+    ``GET /metrics`` to the holder of ``credential`` (none: every scrape refused), all on
+    a new registry (returned): several adapters in one process (the tests, the in-process
+    topology) do not share counters."""
+    allowed = credential or MetricsCredential(None)
     registry = CollectorRegistry(auto_describe=True)
     requests = Counter(
         "tongban_http_requests",
@@ -291,6 +317,7 @@ def install_adapter_metrics(
 
     @app.get("/metrics")
     def metrics() -> Response:
+        allowed.check(request.headers.get("Authorization"))
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         resp = Response(encode(registry), 200)
         resp.headers["Content-Type"] = content_type

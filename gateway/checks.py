@@ -28,7 +28,7 @@ from tongban.primitives.wire import PredicateCall, Tri
 from .answers import AnswerSigner
 from .catalog import Catalog, Claim, Term
 from .consent import is_consent_id
-from .metrics import AUDIT_APPENDS, CHECKS, DEPARTMENT_CALLS
+from .metrics import AUDIT_APPENDS, count_check, count_department_call
 from .ratelimit import RateLimiter
 from .services import utc_now
 
@@ -192,7 +192,7 @@ class Checker:
         }
         index = self.audit.append(entry, req.subject_id)
         AUDIT_APPENDS.inc()
-        CHECKS.labels(requester, req.claim.name, req.purpose, word).inc()
+        count_check(req.claim.name, req.purpose, word)
         token = self.answers.sign(
             requester,
             {
@@ -219,7 +219,7 @@ class Checker:
         try:
             self.rate_limiter.admit(requester, subjects, cost=cost)
         except TongbanError:
-            CHECKS.labels(requester, claim, purpose, "rate_limited").inc()
+            count_check(claim, purpose, "rate_limited")
             raise
 
     def _decide(self, requester: str, claim: Claim, purpose: str) -> Decision:
@@ -264,7 +264,7 @@ class Checker:
         """Record a refusal durably, then raise it carrying its audit index."""
         index = self.audit.append({**entry, "result": "denied", "error": error.slug}, subject_id)
         AUDIT_APPENDS.inc()
-        CHECKS.labels(entry["requester"], entry["claim"], entry["purpose"], "denied").inc()
+        count_check(entry["claim"], entry["purpose"], "denied")
         error.extra["audit_index"] = index
         raise error
 
@@ -304,16 +304,16 @@ class Checker:
         for department, future in futures:
             try:
                 result = future.result(timeout=self.timeout * 5 + 1)
-                DEPARTMENT_CALLS.labels(department, result.value).inc()
+                count_department_call(department, result.value)
             except DepartmentUnavailable:
-                DEPARTMENT_CALLS.labels(department, "unavailable").inc()
+                count_department_call(department, "unavailable")
                 result = Tri.UNKNOWN
             except FutureTimeout:
-                DEPARTMENT_CALLS.labels(department, "timeout").inc()
+                count_department_call(department, "timeout")
                 result = Tri.UNKNOWN
             except TongbanError as exc:
                 log.error("department %s: %s", department, exc.slug)
-                DEPARTMENT_CALLS.labels(department, "refused").inc()
+                count_department_call(department, "refused")
                 result = Tri.UNKNOWN
             out.append((department, result))
         return out
@@ -369,7 +369,7 @@ class Checker:
         indexes = self.audit.append_prepared(prepared)
         AUDIT_APPENDS.inc(len(indexes))
         for word, count in Counter(r["result"] for r in results).items():
-            CHECKS.labels(requester, claim.name, purpose, word).inc(count)
+            count_check(claim.name, purpose, word, count)
         signed = []
         for r, index, number in zip(results, indexes, numbers, strict=True):
             r["audit_index"] = index

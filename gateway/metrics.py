@@ -4,11 +4,23 @@ What is measured, and the only labels used::
 
     tongban_http_requests_total{method, route, status}        every request
     tongban_http_request_duration_seconds{method, route}       its latency (histogram)
-    tongban_checks_total{requester, claim, purpose, result}    CHECKS, from the pipeline
-    tongban_department_calls_total{department, outcome}        DEPARTMENT_CALLS
-    tongban_audit_appends_total                                AUDIT_APPENDS
+    tongban_checks_total{claim, purpose, outcome}              checks, from the pipeline
+    tongban_department_calls_total{department, outcome}        calls to department adapters
+    tongban_audit_appends_total                                entries appended
     tongban_audit_tree_size                                    gauge, read at scrape time
     tongban_audit_checkpoint_size                              gauge, read at scrape time
+
+**No metric carries a predicate's answer.** Whoever can scrape twice can diff the two
+scrapes around one request, so a label that is an answer (``yes``/``no``/``undetermined``
+of a check, ``true``/``false``/``unknown`` of a department) is that person's answer. A check
+that was answered is counted as ``answered`` whatever the answer was (:func:`count_check`),
+and a department call that returned an answer as ``answered`` whatever it said
+(:func:`count_department_call`); only refusals and failures, which say nothing about the
+subject's records, keep their own outcome. No metric is labelled by requester either.
+docs/operations.md lists what each metric can still reveal.
+
+``GET /metrics`` answers only the operator's metrics token
+(:mod:`tongban.primitives.metrics_auth`); without it, 401 ``metrics-unauthenticated``.
 
 No label ever carries personal data. ``route`` is the URL rule's template
 (``/v1/consents/<consent_id>``), never the path a client sent; an unmatched path is
@@ -43,18 +55,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from tongban.audit.note import SignedNote
+from tongban.primitives.metrics_auth import MetricsCredential
 
 __all__ = [
     "AUDIT_APPENDS",
     "AUDIT_CHECKPOINT_SIZE",
     "AUDIT_TREE_SIZE",
     "CHECKS",
+    "CHECK_OUTCOMES",
     "DEPARTMENT_CALLS",
+    "DEPARTMENT_OUTCOMES",
     "HTTP_LATENCY",
     "HTTP_REQUESTS",
     "REDACTED",
     "REGISTRY",
     "SafeCounter",
+    "count_check",
+    "count_department_call",
     "install_metrics",
     "metrics_blueprint",
     "safe_label",
@@ -110,19 +127,28 @@ HTTP_LATENCY = Histogram(
     buckets=_BUCKETS,
     registry=REGISTRY,
 )
+# The outcomes a check is counted under. The three answers are one outcome: a label that
+# told them apart would be the answer of whichever check a scraper diffed around.
+CHECK_OUTCOMES = frozenset({"answered", "denied", "invalid", "rate_limited"})
+_ANSWERS = frozenset({"yes", "no", "undetermined"})
+# A department's true, false and unknown are one outcome too (unknown: a quarantined or
+# missing record). Failures to get an answer at all say nothing about the subject.
+DEPARTMENT_OUTCOMES = frozenset({"answered", "unavailable", "timeout", "refused"})
+
 CHECKS = SafeCounter(
     Counter(
         "tongban_checks",
-        "Checks by requester, claim, purpose and result (yes, no, undetermined, denied, invalid).",
-        ["requester", "claim", "purpose", "result"],
+        "Checks by claim, purpose and outcome: answered (yes, no and undetermined alike), "
+        "denied, invalid or rate_limited. Never the answer, never the requester.",
+        ["claim", "purpose", "outcome"],
         registry=REGISTRY,
     )
 )
 DEPARTMENT_CALLS = SafeCounter(
     Counter(
         "tongban_department_calls",
-        "Predicate calls to department adapters by outcome (true, false, unknown, "
-        "unavailable, refused, timeout).",
+        "Predicate calls to department adapters by outcome: answered (whatever the answer), "
+        "unavailable, timeout or refused.",
         ["department", "outcome"],
         registry=REGISTRY,
     )
@@ -142,6 +168,22 @@ AUDIT_CHECKPOINT_SIZE = Gauge(
     "Tree size of the latest signed checkpoint.",
     registry=REGISTRY,
 )
+
+
+def count_check(claim: str, purpose: str, result: str, count: int = 1) -> None:
+    """Count ``count`` checks of ``claim`` for ``purpose`` that ended in ``result`` (a
+    pipeline word: ``yes``, ``no``, ``undetermined``, ``denied``, ``invalid``,
+    ``rate_limited``). An answer is counted as ``answered``; a word this module does not
+    know is counted as ``answered`` too, so no new word can become a label by accident."""
+    outcome = result if result in CHECK_OUTCOMES and result not in _ANSWERS else "answered"
+    CHECKS.labels(claim, purpose, outcome).inc(count)
+
+
+def count_department_call(department: str, outcome: str) -> None:
+    """Count one call to ``department``: a :class:`~tongban.primitives.wire.Tri` value
+    (``true``, ``false``, ``unknown``) or anything else not a failure is ``answered``."""
+    label = outcome if outcome in DEPARTMENT_OUTCOMES else "answered"
+    DEPARTMENT_CALLS.labels(department, label).inc()
 
 
 class _AuditView(Protocol):
@@ -189,12 +231,16 @@ def _method() -> str:
     return request.method if request.method in _METHODS else "OTHER"
 
 
-def metrics_blueprint(registry: CollectorRegistry = REGISTRY) -> Blueprint:
-    """``GET /metrics``: the text exposition format, or OpenMetrics if the scraper asks."""
+def metrics_blueprint(
+    credential: MetricsCredential, registry: CollectorRegistry = REGISTRY
+) -> Blueprint:
+    """``GET /metrics``: the text exposition format, or OpenMetrics if the scraper asks,
+    to the holder of ``credential`` only (401 ``metrics-unauthenticated`` otherwise)."""
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")
     def metrics() -> Response:
+        credential.check(request.headers.get("Authorization"))
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         resp = Response(encode(registry), 200)
         resp.headers["Content-Type"] = content_type
@@ -205,11 +251,16 @@ def metrics_blueprint(registry: CollectorRegistry = REGISTRY) -> Blueprint:
 
 
 def install_metrics(
-    app: Flask, *, audit: _AuditView | None = None, endpoint: bool = True
+    app: Flask,
+    *,
+    audit: _AuditView | None = None,
+    endpoint: bool = True,
+    credential: MetricsCredential | None = None,
 ) -> Blueprint | None:
     """Count and time every request of ``app`` by route template and status; read the
-    audit gauges from ``audit``; and, with ``endpoint``, register ``GET /metrics`` and
-    return its blueprint (``None`` otherwise, e.g. when a separate port serves it)."""
+    audit gauges from ``audit``; and, with ``endpoint``, register ``GET /metrics`` for the
+    holder of ``credential`` (no credential: every scrape is refused) and return its
+    blueprint (``None`` otherwise, e.g. when a separate port serves it)."""
 
     @app.before_request
     def _start_timer() -> None:
@@ -228,6 +279,6 @@ def install_metrics(
         track_audit(audit)
     if not endpoint:
         return None
-    bp = metrics_blueprint()
+    bp = metrics_blueprint(credential or MetricsCredential(None))
     app.register_blueprint(bp)
     return bp

@@ -41,6 +41,7 @@ OPENAPI_VERSION = "3.1.0"
 
 ERROR_MODULES = (
     "tongban.primitives.errors",
+    "tongban.primitives.metrics_auth",
     "tongban.gateway.oauth.errors",
     "tongban.gateway.catalog",
     "tongban.gateway.checks",
@@ -214,6 +215,12 @@ def build_openapi(server_url: str, *, catalog: Catalog | None = None) -> dict[st
             "type": "http",
             "scheme": "basic",
             "description": "Token endpoint client authentication `client_secret_basic`.",
+        },
+        "metricsToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The operator's metrics token: the text of "
+            "`DIR/keys/metrics.token` (Prometheus: `authorization.credentials_file`).",
         },
         "citizenToken": {
             "type": "http",

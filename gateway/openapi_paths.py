@@ -33,6 +33,7 @@ from tongban.primitives.errors import (
     TongbanError,
     UnknownParameter,
 )
+from tongban.primitives.metrics_auth import MetricsUnauthenticated
 
 from .catalog import UnknownClaim, UnknownPurpose
 from .checks import MAX_BATCH_SUBJECTS, PolicyDenied
@@ -660,16 +661,18 @@ def _operations_paths() -> Json:
                 "Prometheus metrics (text exposition format)",
                 {
                     "200": {
-                        "description": "Request counts and latency per route template, checks, "
-                        "department calls, audit appends and tree size. Labels never carry "
-                        "personal data. `text/plain; version=0.0.4` unless the scraper's Accept "
-                        "asks for OpenMetrics.",
+                        "description": "Request counts and latency per route template, checks "
+                        "and department calls by outcome (never an answer, never a requester), "
+                        "audit appends and tree size. Labels never carry personal data. "
+                        "`text/plain; version=0.0.4` unless the scraper's Accept asks for "
+                        "OpenMetrics.",
                         "content": {
                             media: {"schema": {"type": "string"}} for media in METRICS_MEDIA_TYPES
                         },
                     }
                 },
-                (),
+                (MetricsUnauthenticated,),
+                security=[{"metricsToken": []}],
             )
         },
         "/openapi.json": {

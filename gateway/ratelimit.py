@@ -26,7 +26,8 @@ A refused request raises :class:`~primitives.errors.RateLimited` (429 ``rate-lim
 with ``Retry-After``). It is refused before policy, consent or any department is asked,
 and it is *not* audited: nothing about the citizen was read or answered, and writing a
 durable entry per refusal would hand a flooding caller the audit log's write capacity.
-Refusals are counted in ``tongban_checks_total{result="rate_limited"}``.
+Refusals are counted in ``tongban_checks_total{outcome="rate_limited"}`` (by claim and
+purpose; no metric names the requester).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tongban.adapters.client import DepartmentClient
 from tongban.audit.log import AuditLog
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.primitives.metrics_auth import MetricsCredential
 
 from .catalog import Catalog
 from .checkpoints import Checkpointer
@@ -80,6 +81,8 @@ class Gateway:
     statistics: StatisticsService | None = None
     jobs: JobPolicy | None = None  # policy for statistics and training jobs
     federation: FederationJobs | None = None  # federated training jobs
+    # Who may read /metrics (the operator's metrics token); None: nobody.
+    metrics: MetricsCredential | None = None
 
     def health(self) -> dict[str, object]:
         names = self.departments.departments

@@ -1,8 +1,10 @@
 """The adapter's ``GET /metrics``: a department file's defects (several rows, text) are
 answered ``unknown`` over the adapter's HTTP API, logged without the subject and counted in
 ``tongban_department_file_defects_total``; the source's readiness is
-``tongban_department_source_ready``. On SQLite, PostgreSQL and MariaDB, through a real
-loopback server, and under gunicorn through ``tongban.wsgi:department_file()``.
+``tongban_department_source_ready``. Only the metrics token reads them: without it, neither
+``/metrics`` (401) nor ``/healthz`` changes when a request hits a defect. On SQLite,
+PostgreSQL and MariaDB, through a real loopback server, and under gunicorn through
+``tongban.wsgi:department_file()``.
 
 The legacy tables, the health file and the key directory are those of
 tests/test_department_file_serving.py. PostgreSQL and MariaDB must be up: these tests fail
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,7 +56,9 @@ from tongban.adapters.store import DepartmentStore
 from tongban.boundary import UsageError
 from tongban.config import Settings
 from tongban.keys import KeyRing
+from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.metrics_auth import TOKEN_FILE, MetricsCredential
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.provision import init_data_dir
 from tongban.wiring import build_file_adapter
@@ -73,6 +78,10 @@ description = "A defect: text instead of a number."
 sql = "SELECT 'yes' FROM {cert} WHERE XSESFZH IN (:subject, :subject15)"
 """
 FORMS = {n for p in EVERYONE for n in (p, fifteen(p))}
+# The operator's metrics token: /metrics answers nobody else.
+TOKEN = secrets.token_urlsafe(32)
+METRICS = MetricsCredential(TOKEN)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LONG_DIGITS = re.compile(r"[0-9]{11,}")
 
 
@@ -115,7 +124,13 @@ def _adapter(
 ) -> tuple[AdapterCore, Flask]:
     settings = Settings(data_dir=keyed_dir(tmp, party_keys))
     core, witness = build_file_adapter(settings, load_department_file(path))
-    return core, create_app(core, witness)
+    return core, create_app(core, witness, metrics=METRICS)
+
+
+def _auth_for(data: Path) -> dict[str, str]:
+    """The bearer header for the token the adapter of ``data`` made or found."""
+    token = (data / "keys" / TOKEN_FILE).read_text(encoding="utf-8").strip()
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_defect_answers_unknown_over_http_and_is_counted_in_the_metric(
@@ -139,7 +154,7 @@ def test_a_defect_answers_unknown_over_http_and_is_counted_in_the_metric(
         http = stack.enter_context(httpx.Client(base_url=url, trust_env=False))
 
         def scrape() -> str:
-            resp = http.get("/metrics")
+            resp = http.get("/metrics", headers=AUTH)
             assert resp.status_code == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             assert resp.headers["Cache-Control"] == "no-store"
@@ -148,7 +163,16 @@ def test_a_defect_answers_unknown_over_http_and_is_counted_in_the_metric(
         def ask(predicate: str, subject: str) -> Tri:
             return client.evaluate("health", PredicateCall(predicate, subject)).result
 
-        before = scrape()
+        def public() -> tuple[int, str, dict[str, object]]:
+            """What anyone reaching the port reads: /metrics without the token, /healthz."""
+            refused = http.get("/metrics")
+            assert refused.json()["type"] == PROBLEM_BASE + "metrics-unauthenticated"
+            health = http.get("/healthz").json()
+            health.pop("as_of")  # the time of the read, for a live source
+            return refused.status_code, refused.json()["detail"], health
+
+        before, seen = scrape(), public()
+        assert seen[0] == 401
         assert value(before, DEFECTS, department="health") == 0
         assert value(before, READY, department="health", kind=KIND[legacy.kind]) == 1
 
@@ -171,8 +195,10 @@ def test_a_defect_answers_unknown_over_http_and_is_counted_in_the_metric(
         assert value(after, "tongban_http_requests_total", method="GET", route="/metrics",
                       status="200") >= 3  # fmt: skip
         assert_nothing_personal(after)
-        # /healthz counts the same defects.
-        assert http.get("/healthz").json()["source"]["defects"] == 3
+        # Without the token nothing tells a defect (an unknown) from a yes or a no: the
+        # refusal and /healthz read the same after the defects as before them.
+        assert public() == seen
+        assert "defects" not in seen[2]["source"]  # type: ignore[operator]
 
     messages = [r.getMessage() for r in caplog.get_records("call")]
     defects = [m for m in messages if "defect" in m]
@@ -193,7 +219,8 @@ def test_an_unreachable_source_is_not_ready_in_the_metric(
     path.write_text(body, encoding="utf-8")
     core, app = _adapter(tmp_path / "data", party_keys, path)
     try:
-        resp = app.test_client().get("/metrics")
+        assert app.test_client().get("/metrics").status_code == 401
+        resp = app.test_client().get("/metrics", headers=AUTH)
         assert resp.status_code == 200
         text = resp.get_data(as_text=True)
         assert value(text, READY, department="health", kind="postgresql") == 0
@@ -201,7 +228,7 @@ def test_an_unreachable_source_is_not_ready_in_the_metric(
         assert "s3cret" not in text and "reader" not in text
         # An unmatched path is counted by its template, never by what was sent.
         app.test_client().get(f"/v1/people/{MOTHER}")
-        text = app.test_client().get("/metrics").get_data(as_text=True)
+        text = app.test_client().get("/metrics", headers=AUTH).get_data(as_text=True)
         assert value(text, "tongban_http_requests_total", method="GET", route="<unmatched>",
                      status="404") == 1  # fmt: skip
         assert_nothing_personal(text)
@@ -217,7 +244,8 @@ def test_openmetrics_when_the_scraper_asks(
     core, app = _adapter(tmp_path / "data", party_keys, path)
     try:
         resp = app.test_client().get(
-            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+            "/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0", **AUTH},
         )
         assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
         assert resp.get_data(as_text=True).rstrip().endswith("# EOF")
@@ -232,7 +260,9 @@ def test_a_managed_store_exports_the_same_metrics(
     gateway = party_keys["gateway"].public_key
     core = AdapterCore(Evaluator(store), party_keys["police"], {gateway.key_id: gateway})
     try:
-        text = create_app(core).test_client().get("/metrics").get_data(as_text=True)
+        http = create_app(core, metrics=METRICS).test_client()
+        assert http.get("/metrics").status_code == 401
+        text = http.get("/metrics", headers=AUTH).get_data(as_text=True)
         assert value(text, READY, department="police", kind="managed") == 1
         assert value(text, DEFECTS, department="police") == 0
     finally:
@@ -269,7 +299,8 @@ def test_wsgi_department_file_reads_the_file_from_the_environment(
             client = app.test_client()
             health = client.get("/healthz").get_json()
             assert health["ready"] is True and health["source"]["kind"] == "sqlite"
-            text = client.get("/metrics").get_data(as_text=True)
+            assert client.get("/metrics").status_code == 401
+            text = client.get("/metrics", headers=_auth_for(data)).get_data(as_text=True)
             assert value(text, READY, department="health", kind="sqlite") == 1
         finally:
             app.extensions["tongban.adapter"].evaluator.dispose()
@@ -310,7 +341,10 @@ def test_gunicorn_serves_a_department_file_and_its_metrics(
         assert client.evaluate("health", call).result is Tri.TRUE
         call = PredicateCall("children_rows", MOTHER)
         assert client.evaluate("health", call).result is Tri.UNKNOWN
-        text = httpx.get(url + "/metrics", timeout=5, trust_env=False).text
+        refused = httpx.get(url + "/metrics", timeout=5, trust_env=False)
+        assert refused.status_code == 401
+        assert "defects" not in httpx.get(url + "/healthz", trust_env=False).json()["source"]
+        text = httpx.get(url + "/metrics", headers=_auth_for(data), timeout=5, trust_env=False).text
         assert value(text, DEFECTS, department="health") == 1
         assert value(text, READY, department="health", kind="sqlite") == 1
         assert_nothing_personal(text)

@@ -1,5 +1,6 @@
-"""/metrics: Prometheus text format, route templates (never raw paths), the pipeline's
-counters, and no label value that could be personal data."""
+"""/metrics: the operator's metrics token or a 401, Prometheus text format, route templates
+(never raw paths), the pipeline's counters without answers or requesters, and no label
+value that could be personal data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +21,20 @@ from tongban.gateway.metrics import (
     DEPARTMENT_CALLS,
     REDACTED,
     REGISTRY,
+    count_check,
+    count_department_call,
     install_metrics,
     safe_label,
     track_audit,
 )
+from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.idnumber import make_id
+from tongban.primitives.metrics_auth import (
+    TOKEN_FILE,
+    MetricsCredential,
+    MetricsUnauthenticated,
+    ensure_metrics_token,
+)
 
 from .test_openapi import Served, build_served
 
@@ -40,9 +51,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     s.gateway.close()
 
 
+def metrics_auth(served: Served) -> dict[str, str]:
+    """The operator's bearer header: the token the gateway made in its keys directory."""
+    token = (served.settings.keys_dir / TOKEN_FILE).read_text(encoding="utf-8").strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def _scrape(served: Served, accept: str | None = None) -> tuple[str, str]:
     headers = {"Accept": accept} if accept else {}
-    resp = served.client.get("/metrics", headers=headers)
+    resp = served.client.get("/metrics", headers={**headers, **metrics_auth(served)})
     assert resp.status_code == 200
     return resp.headers["Content-Type"], resp.get_data(as_text=True)
 
@@ -143,7 +160,7 @@ def test_requests_are_counted_by_route_template(served: Served, traffic: dict[st
 
 
 def test_no_label_value_looks_like_personal_data(served: Served, traffic: dict[str, Any]):
-    CHECKS.labels("edu-bureau", CHILD, "school_enrollment", "yes").inc()
+    CHECKS.labels(CHILD, "school_enrollment", "answered").inc()
     DEPARTMENT_CALLS.labels(ADULT, "true").inc()
     _, text = _scrape(served)
     values = [v for _, labels, _ in _samples(text) for v in labels.values()]
@@ -152,32 +169,98 @@ def test_no_label_value_looks_like_personal_data(served: Served, traffic: dict[s
     assert CHILD not in text and ADULT not in text and ADULT[:17] not in text
 
 
-def test_pipeline_counters(served: Served):
-    before = _value(
-        "tongban_checks_total",
-        requester="edu-bureau",
-        claim="married",
-        purpose="maternity_allowance",
-        result="no",
-    )
-    CHECKS.labels("edu-bureau", "married", "maternity_allowance", "no").inc()
-    after = _value(
-        "tongban_checks_total",
-        requester="edu-bureau",
-        claim="married",
-        purpose="maternity_allowance",
-        result="no",
-    )
-    assert after - before == 1
-    calls = _value("tongban_department_calls_total", department="police", outcome="timeout")
-    DEPARTMENT_CALLS.labels("police", "timeout").inc(2)
-    assert (
-        _value("tongban_department_calls_total", department="police", outcome="timeout") - calls
-        == 2
-    )
+def test_pipeline_counters_count_outcomes_never_answers(served: Served):
+    def checks(outcome: str) -> float:
+        return _value(
+            "tongban_checks_total",
+            claim="married",
+            purpose="maternity_allowance",
+            outcome=outcome,
+        )
+
+    before = {o: checks(o) for o in ("answered", "denied", "invalid", "rate_limited")}
+    for word in ("yes", "no", "undetermined", "something-new"):
+        count_check("married", "maternity_allowance", word)
+    count_check("married", "maternity_allowance", "denied", 2)
+    count_check("married", "maternity_allowance", "rate_limited")
+    assert checks("answered") - before["answered"] == 4
+    assert checks("denied") - before["denied"] == 2
+    assert checks("rate_limited") - before["rate_limited"] == 1
+    assert checks("invalid") == before["invalid"]
+    for answer in ("yes", "no", "undetermined", "something-new"):
+        assert (
+            REGISTRY.get_sample_value(
+                "tongban_checks_total",
+                {"claim": "married", "purpose": "maternity_allowance", "outcome": answer},
+            )
+            is None
+        )
+
+    def calls(outcome: str) -> float:
+        return _value("tongban_department_calls_total", department="police", outcome=outcome)
+
+    answered, timeouts = calls("answered"), calls("timeout")
+    for value in ("true", "false", "unknown"):
+        count_department_call("police", value)
+    count_department_call("police", "timeout")
+    count_department_call("police", "timeout")
+    assert calls("answered") - answered == 3 and calls("timeout") - timeouts == 2
+    for value in ("true", "false", "unknown"):
+        assert calls(value) == 0.0
     appends = _value("tongban_audit_appends_total")
     AUDIT_APPENDS.inc()
     assert _value("tongban_audit_appends_total") - appends == 1
+
+
+def test_metrics_refuse_a_request_without_the_token(served: Served):
+    token = metrics_auth(served)["Authorization"].removeprefix("Bearer ")
+    for headers in (
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer " + "x" * len(token)},
+        {"Authorization": "Bearer " + token[:-1]},
+        {"Authorization": "Bearer " + token + "x"},
+        {"Authorization": "Basic " + token},
+        {"Authorization": served.auth("privacy-officer")["Authorization"]},  # an OAuth token
+    ):
+        resp = served.client.get("/metrics", headers=headers)
+        assert resp.status_code == 401, headers
+        assert resp.mimetype == "application/problem+json"
+        body = resp.get_json()
+        assert body["type"] == PROBLEM_BASE + "metrics-unauthenticated"
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tongban-metrics"'
+        assert "tongban_" not in resp.get_data(as_text=True)
+        assert token not in resp.get_data(as_text=True)
+    assert served.client.get("/metrics", headers=metrics_auth(served)).status_code == 200
+
+
+def test_a_gateway_without_a_token_serves_no_metrics():
+    app = Flask("metrics-without-token")
+    app.register_error_handler(
+        MetricsUnauthenticated, lambda exc: (exc.to_problem(), exc.status, exc.response_headers())
+    )
+    install_metrics(app)
+    resp = app.test_client().get("/metrics", headers={"Authorization": "Bearer " + "a" * 43})
+    assert resp.status_code == 401
+    assert "metrics.token" in resp.get_json()["detail"]
+
+
+def test_the_token_file_is_made_once_private_and_kept(tmp_path: Path):
+    keys = tmp_path / "keys"
+    first = ensure_metrics_token(keys)
+    path = keys / TOKEN_FILE
+    token = path.read_text(encoding="utf-8").strip()
+    assert len(token) >= 43 and path.stat().st_mode & 0o777 == 0o600
+    second = ensure_metrics_token(keys)  # a second process: the same token, not a new one
+    assert path.read_text(encoding="utf-8").strip() == token
+    for credential in (first, second, MetricsCredential.from_file(path)):
+        credential.check(f"Bearer {token}")
+        credential.check(f"bearer {token}")
+        with pytest.raises(MetricsUnauthenticated):
+            credential.check(f"Bearer {token[:-1]}")
+    assert not MetricsCredential.from_file(tmp_path / "absent").configured
+    with pytest.raises(ValueError, match="at least"):
+        MetricsCredential("short")
 
 
 def test_audit_gauges_read_the_log_at_scrape_time(served: Served, traffic: dict[str, Any]):

@@ -37,6 +37,7 @@ from tongban.adapters.service import create_app
 from tongban.adapters.store import DepartmentStore
 from tongban.primitives.errors import DepartmentUnavailable
 from tongban.primitives.gm import SM2PrivateKey
+from tongban.primitives.metrics_auth import MetricsCredential
 from tongban.serve import Server, make_server
 from tongban.tls import (
     TLSFiles,
@@ -529,12 +530,15 @@ def test_healthz_and_metrics_show_the_certificate_expiry(
     soon = pki.issue(short, DEPT, days=12)
     for cert, warned in ((soon.files.cert, True), (certs.files(DEPT).cert, False)):
         status = pki.status(cert)
-        http = create_app(core, tls_status=pki.status_source(cert)).test_client()
+        operator = MetricsCredential("m" * 43)  # the operator's metrics token
+        http = create_app(core, tls_status=pki.status_source(cert), metrics=operator).test_client()
 
         body = http.get("/healthz").get_json()
         metrics = {
             (s.name, s.labels.get("certificate")): s.value
-            for family in text_string_to_metric_families(http.get("/metrics").text)
+            for family in text_string_to_metric_families(
+                http.get("/metrics", headers={"Authorization": "Bearer " + "m" * 43}).text
+            )
             for s in family.samples
         }
 

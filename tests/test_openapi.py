@@ -672,7 +672,9 @@ def _admin_scenario(served: Served, contract: Contract) -> None:
 def _operations_and_docs_scenario(served: Served, contract: Contract) -> None:
     health = _call(served, contract, "get", "/healthz", 200)
     assert health["status"] in ("ok", "degraded")
-    _call(served, contract, "get", "/metrics", 200)
+    token = (served.settings.keys_dir / "metrics.token").read_text(encoding="utf-8").strip()
+    _call(served, contract, "get", "/metrics", 200, headers={"Authorization": f"Bearer {token}"})
+    _problem(_call(served, contract, "get", "/metrics", 401), "metrics-unauthenticated")
     _call(served, contract, "get", "/openapi.json", 200)
     _call(served, contract, "get", "/docs", 200)
     _call(served, contract, "get", "/docs/docs.js", 200)

@@ -347,6 +347,8 @@ def _write_demo_json(
         "ca": str(ca),
         "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
+        # /metrics (gateway and adapters) answers this file's token only.
+        "metrics_token_file": str(data_dir / "keys" / "metrics.token"),
     }
     if files:  # the truth file does not describe these departments' answers
         doc["department_files"] = {name: str(path) for name, path in files.items()}

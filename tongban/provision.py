@@ -3,7 +3,8 @@
 One function, :func:`init_data_dir`, used by ``tongban keys init`` and by ``tongban demo``:
 
 * every SM2 key of a single-host deployment under ``DIR/keys`` (``keys.SIGNING_PARTIES``),
-  created only when absent: an existing key is never overwritten;
+  created only when absent: an existing key is never overwritten; and the operator's
+  metrics token ``DIR/keys/metrics.token`` (tongban.primitives.metrics_auth), likewise;
 * the demo requesters (:data:`DEMO_CLIENTS`) registered in the gateway database, their
   credentials written to ``DIR/clients.json`` (mode 0600). A secret already recorded
   there (or, for data directories from before that file, in ``DIR/demo.json``) that
@@ -19,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tongban.primitives.metrics_auth import TOKEN_FILE, ensure_metrics_token
 
 from .boundary import CommandFailed
 from .config import Settings
@@ -70,6 +73,8 @@ class InitReport:
             "data_dir": str(self.data_dir),
             "keys": str(self.data_dir / "keys"),
             "keys_created": list(self.keys_created),
+            # What a Prometheus scrape sends as its bearer token (credentials_file).
+            "metrics_token": str(self.data_dir / "keys" / TOKEN_FILE),
             "credentials": str(self.credentials),
             "clients": sorted(self.clients),
             "clients_registered": list(self.clients_registered),
@@ -163,6 +168,7 @@ def init_data_dir(data_dir: Path, settings: Settings | None = None) -> InitRepor
     settings = settings or Settings.from_env(data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     created = ensure_keys(settings.keys_dir)
+    ensure_metrics_token(settings.keys_dir)
     clients, registered, reissued = ensure_demo_clients(settings)
     path = settings.data_dir / CREDENTIALS_FILE
     stale = not path.exists() or path.stat().st_mode & 0o077

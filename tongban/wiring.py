@@ -39,6 +39,7 @@ from tongban.gateway.statistics_store import StatisticsStore
 from tongban.policies import PolicyAdmin, PolicyStore, open_enforcer
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
+from tongban.primitives.metrics_auth import ensure_metrics_token
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.tls import TLSFiles
 
@@ -424,6 +425,7 @@ def build_gateway(
         statistics=statistics,
         jobs=jobs,
         federation=FederationJobs(settings.data_dir, events, jobs=jobs, store=job_store),
+        metrics=ensure_metrics_token(settings.keys_dir),
     )
     if start:
         AuditEvents(audit).append(

@@ -120,13 +120,14 @@ def _follow_policy(built: Gateway, settings: Settings) -> None:
 
 def adapter(department: str) -> Flask:
     from tongban.adapters.service import create_app
+    from tongban.primitives.metrics_auth import ensure_metrics_token
 
     from .wiring import build_adapter
 
     settings = Settings.from_env()
     with _one_at_a_time(settings, f"adapter-{department}"):
         core, witness = build_adapter(settings, department)
-    return create_app(core, witness)
+    return create_app(core, witness, metrics=ensure_metrics_token(settings.keys_dir))
 
 
 def department_file(path: str | None = None, *, env: Mapping[str, str] | None = None) -> Flask:
@@ -139,6 +140,7 @@ def department_file(path: str | None = None, *, env: Mapping[str, str] | None = 
     is back)."""
     from tongban.adapters.deptfile import load_department_file
     from tongban.adapters.service import create_app
+    from tongban.primitives.metrics_auth import ensure_metrics_token
 
     from .wiring import build_file_adapter
 
@@ -154,4 +156,4 @@ def department_file(path: str | None = None, *, env: Mapping[str, str] | None = 
     with _one_at_a_time(settings, f"adapter-{dept.name}"):
         core, witness = build_file_adapter(settings, dept)
     atexit.register(core.evaluator.dispose)
-    return create_app(core, witness)
+    return create_app(core, witness, metrics=ensure_metrics_token(settings.keys_dir))
