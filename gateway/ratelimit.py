@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,24 +51,37 @@ from tongban.primitives.errors import RateLimited, StoreUnavailable
 __all__ = [
     "Bucket",
     "BucketStore",
+    "CachedRefusals",
     "Charge",
     "MemoryBucketStore",
     "RateLimiter",
     "SqlBucketStore",
+    "bucket_table",
     "build_rate_limiter",
     "metadata",
 ]
 
 metadata = MetaData()
 
-buckets = Table(
-    "rate_buckets",
-    metadata,
-    # SHA-256 hex of "<limit>\0<requester>[\0<pseudonym>]": fixed width, nothing personal.
-    Column("key", String(64), primary_key=True),
-    Column("tokens", Float, nullable=False),
-    Column("updated", Float, nullable=False, index=True),
-)
+
+def bucket_table(name: str, meta: MetaData) -> Table:
+    """A table of token buckets (the shape :class:`SqlBucketStore` reads and writes). One
+    table per family of buckets: :meth:`SqlBucketStore.purge` deletes by idle time, which
+    is only right for buckets that all fill up within the store's ``max_full_after``."""
+    if not _TABLE_NAME.fullmatch(name):
+        raise ValueError("rate limit table: expected a lower-case SQL identifier")
+    return Table(
+        name,
+        meta,
+        # SHA-256 hex of "<limit>\0<requester>[\0<pseudonym>]": fixed width, nothing personal.
+        Column("key", String(64), primary_key=True),
+        Column("tokens", Float, nullable=False),
+        Column("updated", Float, nullable=False, index=True),
+    )
+
+
+_TABLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+buckets = bucket_table("rate_buckets", metadata)
 
 _PURGE_INTERVAL = 60.0
 
@@ -164,7 +178,18 @@ _UPSERT = text(
 class SqlBucketStore:
     """Buckets in a SQL table shared by every worker (see the module docstring)."""
 
-    def __init__(self, url_or_engine: str | Engine, *, max_full_after: float = 3600.0) -> None:
+    def __init__(
+        self,
+        url_or_engine: str | Engine,
+        *,
+        max_full_after: float = 3600.0,
+        table: Table = buckets,
+    ) -> None:
+        """``table``: another :func:`bucket_table` for a family of buckets of its own
+        (the token endpoint's, in the OAuth database)."""
+        self.table = table
+        self._sql = _UPSERT if table is buckets else text(_UPSERT.text.replace(
+            "rate_buckets", table.name))  # fmt: skip
         if isinstance(url_or_engine, str):
             # A separate engine so the relaxed durability applies to this table's commits
             # only (SQLite's synchronous pragma is per connection).
@@ -186,7 +211,10 @@ class SqlBucketStore:
 
     def create_schema(self) -> None:
         try:
-            metadata.create_all(self.engine, checkfirst=True)
+            if self.table is buckets:
+                metadata.create_all(self.engine, checkfirst=True)
+            else:
+                self.table.create(self.engine, checkfirst=True)
         except SQLAlchemyError as exc:
             raise StoreUnavailable("rate limit store is unavailable") from exc
 
@@ -197,7 +225,7 @@ class SqlBucketStore:
         b = charge.bucket
         params = {"key": charge.key, "burst": float(b.burst), "rate": float(b.per_second),
                   "cost": float(charge.cost), "now": float(now)}  # fmt: skip
-        return conn.execute(_UPSERT, params).first()
+        return conn.execute(self._sql, params).first()
 
     def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
         try:
@@ -209,10 +237,9 @@ class SqlBucketStore:
                 for charge in charges:
                     if self._upsert(conn, charge, now) is not None:
                         continue
+                    table = self.table
                     row = conn.execute(
-                        select(buckets.c.tokens, buckets.c.updated).where(
-                            buckets.c.key == charge.key
-                        )
+                        select(table.c.tokens, table.c.updated).where(table.c.key == charge.key)
                     ).one()
                     tx.rollback()  # all or nothing: earlier charges are undone
                     return charge, _wait(charge, row.tokens, row.updated, now)
@@ -225,12 +252,43 @@ class SqlBucketStore:
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(
-                    delete(buckets).where(buckets.c.updated < now - self._max_full_after)
+                    delete(self.table).where(self.table.c.updated < now - self._max_full_after)
                 )
         except SQLAlchemyError as exc:
             raise StoreUnavailable("rate limit store is unavailable") from exc
         self._next_purge = now + _PURGE_INTERVAL
         return result.rowcount
+
+
+class CachedRefusals:
+    """A :class:`BucketStore` in front of another that remembers, in this process, when
+    each refused bucket will next have enough tokens, and refuses again without asking the
+    shared store until then. Sound for a shared store: other workers can only take tokens,
+    never add them, so a bucket the store found short until ``t`` stays short until at
+    least ``t``. A flood past its budget then costs a dictionary look-up per request
+    instead of a database transaction."""
+
+    def __init__(self, store: BucketStore, *, max_entries: int = 100_000) -> None:
+        self.store = store
+        self._until: dict[str, tuple[float, float]] = {}  # key -> (until, cost)
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        with self._lock:
+            for charge in charges:
+                memo = self._until.get(charge.key)
+                if memo is not None and now < memo[0] and charge.cost >= memo[1]:
+                    return charge, memo[0] - now
+        refused = self.store.take(charges, now)
+        if refused is not None:
+            charge, wait = refused
+            with self._lock:
+                if len(self._until) >= self._max:
+                    self._until = {k: v for k, v in self._until.items() if v[0] > now}
+                if len(self._until) < self._max:
+                    self._until[charge.key] = (now + wait, charge.cost)
+        return refused
 
 
 def _key(*parts: str) -> str:

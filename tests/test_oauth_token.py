@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -15,14 +19,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, create_engine, update
+from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from tongban.adapters.service import install_problem_handlers
-from tongban.gateway.oauth import ClientRegistry, TokenIssuer, sign_client_assertion
-from tongban.gateway.oauth.flask import current_principal, init_oauth, require_token
+from tongban.gateway.oauth import ClientRegistry, TokenIssuer, credentials, sign_client_assertion
+from tongban.gateway.oauth import _schema as oauth_schema
+from tongban.gateway.oauth.flask import EXTENSION, current_principal, init_oauth, require_token
+from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET, TokenThrottle
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks, sign_compact
+
+from .hostile_harness import Hostile, build_hostile
 
 ISSUER = "https://gateway.test"
 AUDIENCE = "https://gateway.test/v1"
@@ -380,3 +390,262 @@ def test_store_outage_is_a_503_problem(tmp_path, issuer):
     assert resp.status_code == 503
     assert _body(resp)["type"] == PROBLEM_BASE + "store-unavailable"
     registry.engine.dispose()
+
+
+# --- stored secrets: HMAC-SM3 under a pepper, scrypt rows migrated -------------------------
+
+PEPPER = bytes(range(32))
+
+
+class ScryptCalls:
+    """Counts the scrypt computations the real code path makes: wraps the function the
+    credentials module calls, and calls through to it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self._real = credentials._scrypt
+        monkeypatch.setattr(credentials, "_scrypt", self)
+
+    def __call__(self, *args: Any) -> bytes:
+        self.calls += 1
+        return self._real(*args)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'oauth.db'}"
+    url: str = request.getfixturevalue("pg_scratch_url")
+    engine = create_engine(url)
+    oauth_schema.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+def _stored(registry: ClientRegistry, client_id: str) -> str:
+    client = registry.get(client_id)
+    assert client is not None and client.secret_hash is not None
+    return client.secret_hash
+
+
+def test_peppered_registry_stores_hmac_sm3_bound_to_the_client(store_url, monkeypatch):
+    registry = ClientRegistry(store_url, pepper=PEPPER)
+    registry.create_schema()
+    scrypt = ScryptCalls(monkeypatch)
+    a = registry.register_client("insurer-a", "A", scopes={"checks"}).secret
+    b = registry.register_client("insurer-b", "B", scopes={"checks"}).secret
+    assert a and b
+
+    stored = _stored(registry, "insurer-a")
+    assert stored.startswith("hmac-sm3$") and a not in stored
+    assert registry.check_secret(registry.get("insurer-a"), "insurer-a", a)
+    assert not registry.check_secret(registry.get("insurer-a"), "insurer-a", b)
+    # A database writer copying A's row onto B does not make A's secret open B.
+    with registry.engine.begin() as conn:
+        conn.execute(
+            update(oauth_schema.clients)
+            .where(oauth_schema.clients.c.client_id == "insurer-b")
+            .values(secret_hash=stored)
+        )
+    assert not registry.check_secret(registry.get("insurer-b"), "insurer-b", a)
+    # Another pepper (or none) opens nothing.
+    other = ClientRegistry(registry.engine, pepper=bytes(32))
+    assert not other.check_secret(other.get("insurer-a"), "insurer-a", a)
+    assert not ClientRegistry(registry.engine).get("insurer-a").check_client_secret(a)  # type: ignore[union-attr]
+    rotated = registry.rotate_secret("insurer-a")
+    assert registry.check_secret(registry.get("insurer-a"), "insurer-a", rotated)
+    assert scrypt.calls == 0
+    assert "pepper=True" in repr(registry) and PEPPER.hex() not in repr(registry)
+    registry.engine.dispose()
+
+
+def test_scrypt_rows_still_verify_and_are_rehashed_on_success(store_url, monkeypatch):
+    old = ClientRegistry(store_url, scrypt_n=2**10)  # before the pepper existed
+    old.create_schema()
+    secret = old.register_client("insurer-a", "A", scopes={"checks"}).secret
+    assert secret and _stored(old, "insurer-a").startswith("scrypt$")
+    registry = ClientRegistry(old.engine, pepper=PEPPER)
+    scrypt = ScryptCalls(monkeypatch)
+
+    assert not registry.check_secret(registry.get("insurer-a"), "insurer-a", secret[:-1] + "x")
+    assert _stored(registry, "insurer-a").startswith("scrypt$")  # a failure changes nothing
+    assert registry.check_secret(registry.get("insurer-a"), "insurer-a", secret)
+    assert scrypt.calls == 2
+    assert _stored(registry, "insurer-a").startswith("hmac-sm3$")
+    assert registry.check_secret(registry.get("insurer-a"), "insurer-a", secret)
+    assert scrypt.calls == 2  # the next check is an HMAC
+
+    # A secret imported from an older system (not 256 random bits) keeps its scrypt row.
+    registry.register_client("legacy", "Legacy", scopes={"checks"})
+    with registry.engine.begin() as conn:
+        conn.execute(
+            update(oauth_schema.clients)
+            .where(oauth_schema.clients.c.client_id == "legacy")
+            .values(secret_hash=credentials.hash_secret("short-password", n=2**10))
+        )
+    assert registry.check_secret(registry.get("legacy"), "legacy", "short-password")
+    assert _stored(registry, "legacy").startswith("scrypt$")
+    old.engine.dispose()
+
+
+def test_a_rotation_racing_a_rehash_wins(tmp_path):
+    old = ClientRegistry(f"sqlite:///{tmp_path / 'oauth.db'}", scrypt_n=2**10)
+    old.create_schema()
+    secret = old.register_client("insurer-a", "A", scopes={"checks"}).secret
+    assert secret
+    registry = ClientRegistry(old.engine, pepper=PEPPER)
+    seen = registry.get("insurer-a")  # read before the rotation...
+    rotated = registry.rotate_secret("insurer-a")
+
+    assert registry.check_secret(seen, "insurer-a", secret)  # ...checked after it
+    assert registry.check_secret(registry.get("insurer-a"), "insurer-a", rotated)
+    assert not registry.check_secret(registry.get("insurer-a"), "insurer-a", secret)
+    old.engine.dispose()
+
+
+# --- the token endpoint under a flood (a real gateway: build_gateway + create_app) ---------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway(request: pytest.FixtureRequest, tmp_path) -> Iterator[Hostile]:
+    settings: dict[str, Any] = {}
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_scratch_url")
+        engine = create_engine(url)
+        oauth_schema.metadata.drop_all(engine)
+        engine.dispose()
+        settings["gateway_db_url"] = url
+    h = build_hostile(tmp_path, **settings)
+    yield h
+    throttle = h.app.extensions[EXTENSION].throttle
+    h.close()
+    throttle.dispose()
+    # Gateway.close() leaves the stores' engines to the process's end; a test on the
+    # shared PostgreSQL closes its connections itself.
+    for obj in gc.get_objects():
+        if (
+            isinstance(obj, Engine)
+            and obj.url.database == make_url(h.settings.gateway_store_url()).database
+        ):
+            obj.dispose()
+
+
+def _flood(
+    h: Hostile, requests: list[tuple[str, str, str]], threads: int = 8
+) -> list[TestResponse]:
+    """POST every (client_id, secret, source address) at once from ``threads`` threads."""
+
+    def post(item: tuple[str, str, str]) -> TestResponse:
+        client_id, secret, source = item
+        http = h.app.test_client()
+        return http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=h.basic(client_id, secret),
+            environ_base={"REMOTE_ADDR": source},
+        )
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, requests))
+
+
+def _throttled(resp: TestResponse, limit: str) -> None:
+    body = _oauth_error(resp, "temporarily_unavailable", "rate-limited", status=429)
+    assert body["limit"] == limit
+    assert int(resp.headers["Retry-After"]) == body["retry_after"] >= 1
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+def _statuses(responses: list[TestResponse]) -> Counter[int]:
+    return Counter(r.status_code for r in responses)
+
+
+# Real time runs while the flood does: a bucket may refill a few tokens meanwhile.
+SLACK = 5
+
+
+def test_wrong_secret_flood_on_one_client_is_throttled_per_client_id(gateway, monkeypatch):
+    """Many addresses, one client id: after the client's burst every attempt is a 429,
+    whatever the address, and the scrypt rows under attack are checked at most that often."""
+    legacy = ClientRegistry(gateway.gateway.oauth.registry.engine, scrypt_n=2**10)
+    secret = legacy.register_client("legacy-bank", "Legacy", scopes={"checks"}).secret
+    assert secret
+    scrypt = ScryptCalls(monkeypatch)
+    burst = int(CLIENT_BUCKET.burst)
+
+    responses = _flood(
+        gateway, [("legacy-bank", f"wrong-{i}", f"10.1.{i // 250}.{i % 250}") for i in range(100)]
+    )
+
+    statuses = _statuses(responses)
+    assert set(statuses) == {401, 429}
+    assert burst <= statuses[401] <= burst + SLACK
+    assert scrypt.calls == statuses[401]  # the budget is all the flood could buy
+    for resp in responses:
+        if resp.status_code == 429:
+            _throttled(resp, "client")
+    # The client under attack is locked out while the flood lasts (docs/security.md) ...
+    locked = _flood(gateway, [("legacy-bank", secret, "10.9.9.9")])[0]
+    _throttled(locked, "client")
+    # ... and no other client is.
+    ok = _flood(gateway, [("insurer-a", gateway.secrets["insurer-a"], "10.1.0.1")])[0]
+    assert ok.status_code == 200, ok.get_data(as_text=True)
+
+
+def test_wrong_secret_flood_from_one_address_is_throttled_per_source(gateway, monkeypatch):
+    """One address, many client ids (made up and real): after the source's burst every
+    attempt from it is a 429, and the made-up ids never reach scrypt."""
+    scrypt = ScryptCalls(monkeypatch)
+    burst = int(SOURCE_BUCKET.burst)
+    ids = [f"guess-{i:03d}" for i in range(burst + 40)]
+
+    responses = _flood(gateway, [(cid, "x" * 43, "192.0.2.7") for cid in ids])
+
+    statuses = _statuses(responses)
+    assert burst <= statuses[401] <= burst + SLACK
+    assert statuses[429] == len(ids) - statuses[401]
+    for resp in responses:
+        if resp.status_code == 429:
+            _throttled(resp, "source")
+    assert scrypt.calls == 0  # unknown client ids: an HMAC each, never a scrypt
+    # The real client, from that address: refused; from another address: served. Same
+    # for IPv6, bucketed per /64.
+    real = gateway.secrets["edu-bureau"]
+    _throttled(_flood(gateway, [("edu-bureau", real, "192.0.2.7")])[0], "source")
+    assert _flood(gateway, [("edu-bureau", real, "192.0.2.8")])[0].status_code == 200
+    v6 = _flood(gateway, [(f"v6-{i}", "x", f"2001:db8::{i:x}") for i in range(burst + SLACK + 1)])
+    assert _statuses(v6)[429] > 0
+    _throttled(v6[-1], "source")
+    other_net = _flood(gateway, [("v6-x", "x", "2001:db8:0:1::1")])[0]
+    _oauth_error(other_net, "invalid_client", status=401)
+
+
+def test_unknown_client_ids_cost_no_scrypt_and_fail_like_wrong_secrets(client, secret, monkeypatch):
+    scrypt = ScryptCalls(monkeypatch)
+
+    unknown = _token(client, _basic("nobody-at-all", secret))
+    disabled_or_unknown = _token(client, _basic("x" * 80, secret))  # not even a valid id
+
+    assert scrypt.calls == 0
+    wrong = _token(client, _basic("insurer-a", secret[:-1] + "x"))
+    for resp in (unknown, disabled_or_unknown, wrong):
+        _oauth_error(resp, "invalid_client", status=401)
+    assert unknown.json == wrong.json
+
+
+def test_assertion_floods_are_charged_to_the_claimed_client(client, pk_clients, app):
+    throttle = app.extensions[EXTENSION].throttle
+    assert isinstance(throttle, TokenThrottle)
+    forged = _custom_assertion(SM2PrivateKey.generate())  # sub bank-sm, wrong key
+    burst = int(CLIENT_BUCKET.burst)
+    statuses = Counter(
+        client.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials", "client_assertion_type": ASSERTION,
+                  "client_assertion": forged},
+            environ_base={"REMOTE_ADDR": f"10.2.0.{i}"},
+        ).status_code
+        for i in range(burst + 3)
+    )  # fmt: skip
+    assert statuses[429] >= 3 - SLACK and statuses[429] > 0
+    assert burst <= statuses[400] <= burst + SLACK

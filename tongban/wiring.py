@@ -272,7 +272,10 @@ def load_catalog(files: Mapping[str, DepartmentFile]) -> Catalog:
 
 
 def build_registry(settings: Settings) -> ClientRegistry:
-    registry = ClientRegistry(settings.gateway_store_url())
+    # Client secrets are stored as HMAC-SM3 under this pepper, which stays out of the
+    # database (gateway/oauth/credentials.py); every process of the gateway reads the same.
+    pepper = KeyRing(settings.keys_dir).secret("client-pepper", 32)
+    registry = ClientRegistry(settings.gateway_store_url(), pepper=pepper)
     registry.create_schema()
     return registry
 

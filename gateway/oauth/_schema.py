@@ -20,10 +20,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from tongban.gateway.ratelimit import bucket_table
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable
 
-__all__ = ["clients", "create_schema", "make_engine", "metadata", "spent_ids"]
+__all__ = ["clients", "create_schema", "make_engine", "metadata", "spent_ids", "token_buckets"]
 
 metadata = MetaData()
 
@@ -33,7 +34,8 @@ clients = Table(
     Column("client_id", String(64), primary_key=True),
     Column("display_name", String(200), nullable=False),
     Column("auth_method", String(32), nullable=False),
-    # "scrypt$n$r$p$salt$hash": parameters travel with the hash so they can be raised later.
+    # "hmac-sm3$pepper-id$mac" or "scrypt$n$r$p$salt$hash" (credentials.py): the scheme and
+    # its parameters travel with the hash, so they can change row by row.
     Column("secret_hash", String(255), nullable=True),
     Column("assertion_alg", String(16), nullable=True),
     Column("jwks", Text, nullable=True),
@@ -49,6 +51,11 @@ spent_ids = Table(
     Column("key", String(64), primary_key=True),
     Column("expires_at", Float, nullable=False, index=True),
 )
+
+# The token endpoint's throttle (gateway/oauth/throttle.py): buckets per client id and per
+# source address, a table of their own so that the check limiter's purge, tuned to its
+# own refill times, never deletes them early.
+token_buckets = bucket_table("oauth_rate_buckets", metadata)
 
 
 def create_schema(engine: Engine) -> None:

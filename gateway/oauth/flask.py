@@ -15,9 +15,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InsecureTransportError
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, jsonify, request
 
-from tongban.primitives.errors import TongbanError
+from tongban.primitives.errors import RateLimited, TongbanError
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
 from tongban.primitives.replay import ReplayCache
 
@@ -27,6 +27,7 @@ from .errors import InsecureTransport, InsufficientScope, InvalidToken, TokenMis
 from .registry import ClientRegistry
 from .replay import SqlReplayCache
 from .server import configure_server
+from .throttle import TokenThrottle, claimed_client_id, source_of
 from .tokens import AccessTokenVerifier, Principal, TokenIssuer, require_scope
 
 __all__ = [
@@ -53,6 +54,7 @@ class OAuthState:
     server: Any  # authlib AuthorizationServer (untyped)
     verifier: AccessTokenVerifier
     citizen_verifier: CitizenTokenVerifier | None
+    throttle: TokenThrottle | None = None
 
 
 class _NoIssuedTokens(logging.Filter):
@@ -97,6 +99,7 @@ def init_oauth(
     replay_cache: ReplayCache | None = None,
     verifier: AccessTokenVerifier | None = None,
     citizen_verifier: CitizenTokenVerifier | None = None,
+    token_throttle: TokenThrottle | None = None,
     path: str = "/oauth/token",
 ) -> OAuthState:
     """Register ``POST {path}`` and the bearer error handlers on ``app``.
@@ -105,7 +108,9 @@ def init_oauth(
     name; it is configured, never taken from the request's Host header, which a client
     controls. The replay cache defaults to the registry's database (shared by workers);
     the verifier defaults to one matching ``token_issuer`` that also refuses tokens of
-    clients disabled since issue. Tables must exist (``registry.create_schema()``).
+    clients disabled since issue. The token throttle defaults to
+    :meth:`TokenThrottle.on_engine` on the registry's database (shared by workers).
+    Tables must exist (``registry.create_schema()``).
     """
     cache = replay_cache if replay_cache is not None else SqlReplayCache(registry.engine)
     token_log = logging.getLogger(_TOKEN_LOGGER)
@@ -113,19 +118,52 @@ def init_oauth(
         token_log.addFilter(_NoIssuedTokens())
     server = AuthorizationServer(query_client=registry.query_client, save_token=_discard)
     server.init_app(app)
-    configure_server(server, token_issuer, PrivateKeyJWT(token_endpoint, cache))
+    configure_server(
+        server,
+        token_issuer,
+        PrivateKeyJWT(token_endpoint, cache),
+        check_secret=registry.check_secret,
+    )
     if verifier is None:
         verifier = token_issuer.verifier(client_active=registry.is_enabled)
+    if token_throttle is None:
+        token_throttle = TokenThrottle.on_engine(registry.engine)
 
     def token() -> Response:
+        throttle = _state().throttle
+        if throttle is not None:
+            client_id = claimed_client_id(request.headers.get("Authorization"), request.form)
+            try:
+                throttle.admit(client_id, source_of(request.remote_addr))
+            except RateLimited as exc:
+                return _throttled(exc)
         return _token_response(server)
 
     app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
     app.register_error_handler(InvalidToken, _bearer_problem)
     app.register_error_handler(InsufficientScope, _bearer_problem)
-    state = OAuthState(server, verifier, citizen_verifier)
+    state = OAuthState(server, verifier, citizen_verifier, token_throttle)
     app.extensions[EXTENSION] = state
     return state
+
+
+def _throttled(exc: RateLimited) -> Response:
+    """A throttled token request, in the endpoint's RFC 6749 section 5.2 shape: 429,
+    ``Retry-After``, ``error`` ``temporarily_unavailable`` (the RFC's code for an
+    overloaded server; OAuth client libraries know it), and the tongban problem ``type``
+    with the bucket that ran dry (``client`` or ``source``), as for a refused assertion."""
+    resp = jsonify(
+        error="temporarily_unavailable",
+        error_description=exc.detail,
+        type=exc.type,
+        limit=exc.limit,
+        retry_after=exc.retry_after,
+    )
+    resp.status_code = exc.status
+    resp.headers.update(exc.response_headers())
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    return resp
 
 
 def _token_response(server: Any) -> Response:

@@ -1,8 +1,9 @@
 """The requester (OAuth client) registry, through SQLAlchemy: SQLite by default, PostgreSQL
 in production.
 
-A client authenticates either with a secret (``client_secret_basic``; only a scrypt hash is
-stored and the plaintext is shown once, at registration or rotation) or with a signed
+A client authenticates either with a secret (``client_secret_basic``; only a keyed
+HMAC-SM3 hash, or on older rows a scrypt hash, is stored (see :mod:`.credentials`) and the
+plaintext is shown once, at registration or rotation) or with a signed
 assertion (``private_key_jwt``; the client's public JWKS is stored with ONE pinned
 algorithm, so an attacker cannot pick a weaker or confusable algorithm for that client).
 """
@@ -29,7 +30,16 @@ from tongban.primitives.jws import PublicKey, key_from_jwk
 from tongban.primitives.jws import jwks as public_jwks
 
 from ._schema import clients, create_schema, make_engine
-from .credentials import SCRYPT_N, hash_secret, new_secret, verify_secret
+from .credentials import (
+    PEPPER_LEN,
+    SCRYPT_N,
+    dummy_check,
+    hash_secret,
+    hmac_secret,
+    needs_rehash,
+    new_secret,
+    verify_secret,
+)
 
 __all__ = [
     "GRANT_TYPE",
@@ -103,7 +113,9 @@ class Client:
         return self.client_id
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return verify_secret(client_secret, self.secret_hash)
+        """Authlib's hook, for scrypt rows only (it has no pepper): the token endpoint
+        checks secrets through :meth:`ClientRegistry.check_secret` instead."""
+        return verify_secret(client_secret, self.secret_hash, client_id=self.client_id)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return endpoint == "token" and method == self.auth_method.value
@@ -181,10 +193,47 @@ class ClientRegistry:
         *,
         known_scopes: Iterable[str] = KNOWN_SCOPES,
         scrypt_n: int = SCRYPT_N,
+        pepper: bytes | None = None,
     ) -> None:
+        """``pepper``: the 32-byte HMAC-SM3 key for stored secrets (kept outside the
+        database). With it, new and rotated secrets are stored as ``hmac-sm3`` and scrypt
+        rows are re-hashed on their next successful use; without it, scrypt as before."""
+        if pepper is not None and len(pepper) != PEPPER_LEN:
+            raise ValueError(f"pepper: expected {PEPPER_LEN} bytes")
         self.engine = make_engine(engine) if isinstance(engine, str) else engine
         self.known_scopes = frozenset(known_scopes)
         self._scrypt_n = scrypt_n
+        self._pepper = pepper
+
+    def __repr__(self) -> str:  # the pepper never appears in a repr or a log line
+        return f"ClientRegistry({self.engine.url!r}, pepper={self._pepper is not None})"
+
+    def _store_secret(self, client_id: str, secret: str) -> str:
+        if self._pepper is not None:
+            return hmac_secret(secret, client_id=client_id, pepper=self._pepper)
+        return hash_secret(secret, n=self._scrypt_n)
+
+    def check_secret(self, client: Client | None, client_id: str, secret: str) -> bool:
+        """The token endpoint's secret check. ``client`` is what :meth:`query_client`
+        found for ``client_id`` (None: unknown or disabled), which costs one HMAC-SM3
+        and never a scrypt. A scrypt row of a 256-bit secret is re-stored as
+        ``hmac-sm3`` after it matched (if nobody rotated the secret meanwhile)."""
+        if client is None:
+            dummy_check(secret, client_id)
+            return False
+        stored = client.secret_hash
+        if not verify_secret(secret, stored, client_id=client.client_id, pepper=self._pepper):
+            return False
+        if self._pepper is not None and needs_rehash(secret, stored, self._pepper):
+            rehashed = hmac_secret(secret, client_id=client.client_id, pepper=self._pepper)
+            with self._begin() as conn:
+                conn.execute(
+                    update(clients)
+                    .where(clients.c.client_id == client.client_id)
+                    .where(clients.c.secret_hash == stored)
+                    .values(secret_hash=rehashed)
+                )
+        return True
 
     def create_schema(self) -> None:
         create_schema(self.engine)
@@ -230,7 +279,7 @@ class ClientRegistry:
             enabled=enabled,
             assertion_alg=alg,
             jwks=stored_jwks,
-            secret_hash=hash_secret(secret, n=self._scrypt_n) if secret else None,
+            secret_hash=self._store_secret(client_id, secret) if secret else None,
         )
         try:
             with self.engine.begin() as conn:
@@ -297,7 +346,7 @@ class ClientRegistry:
         if client.auth_method is not AuthMethod.CLIENT_SECRET_BASIC:
             raise Conflict("client_id: this client authenticates with private_key_jwt")
         secret = new_secret()
-        self._update(client_id, secret_hash=hash_secret(secret, n=self._scrypt_n))
+        self._update(client_id, secret_hash=self._store_secret(client_id, secret))
         return secret
 
     def set_jwks(self, client_id: str, jwks: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -28,12 +29,24 @@ from .tokens import TokenIssuer
 
 __all__ = [
     "ClientCredentials",
+    "SecretCheck",
     "authenticate_client_secret_basic",
     "configure_server",
     "token_generator",
 ]
 
 _MAX_BASIC = 1024
+
+SecretCheck = Callable[[Client | None, str, str], bool]
+"""``(client or None, claimed client_id, secret) -> matched``: what
+:meth:`ClientRegistry.check_secret` is, and what the token endpoint checks secrets with."""
+
+
+def _check_without_pepper(client: Client | None, client_id: str, secret: str) -> bool:
+    if client is None:
+        dummy_check(secret, client_id)
+        return False
+    return client.check_client_secret(secret)
 
 
 def _basic_credentials(headers: Any) -> tuple[str, str] | None:
@@ -53,20 +66,20 @@ def _basic_credentials(headers: Any) -> tuple[str, str] | None:
 
 
 def authenticate_client_secret_basic(
-    query_client: Callable[[str], Client | None], request: Any
+    query_client: Callable[[str], Client | None],
+    request: Any,
+    check_secret: SecretCheck = _check_without_pepper,
 ) -> Client | None:
-    """Replaces Authlib's built-in: an unknown client costs the same scrypt time as a wrong
-    secret and fails the same way, so neither timing nor message enumerates client ids;
-    and a non-UTF-8 header is a failed login, not a server error."""
+    """Replaces Authlib's built-in: an unknown client fails the same way as a wrong secret
+    and costs one HMAC-SM3 (as much as a known client's ``hmac-sm3`` row, and never a
+    scrypt: see :func:`~.credentials.dummy_check`), and a non-UTF-8 header is a failed
+    login, not a server error."""
     credentials = _basic_credentials(request.headers)
     if credentials is None:
         return None
     client_id, secret = credentials
     client = query_client(client_id)
-    if client is None:
-        dummy_check(secret)
-        return None
-    return client if client.check_client_secret(secret) else None
+    return client if check_secret(client, client_id, secret) and client is not None else None
 
 
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]  # Authlib is untyped
@@ -114,11 +127,20 @@ def token_generator(issuer: TokenIssuer) -> Callable[..., dict[str, Any]]:
     return generate
 
 
-def configure_server(server: Any, issuer: TokenIssuer, private_key_jwt: PrivateKeyJWT) -> None:
-    """Install grant, client authentication and token generator on an Authlib server."""
+def configure_server(
+    server: Any,
+    issuer: TokenIssuer,
+    private_key_jwt: PrivateKeyJWT,
+    *,
+    check_secret: SecretCheck = _check_without_pepper,
+) -> None:
+    """Install grant, client authentication and token generator on an Authlib server.
+    ``check_secret``: the registry's :meth:`~.registry.ClientRegistry.check_secret` (with
+    its pepper); the default checks scrypt rows only."""
     server.register_grant(ClientCredentials)
     server.register_client_auth_method(
-        AuthMethod.CLIENT_SECRET_BASIC.value, authenticate_client_secret_basic
+        AuthMethod.CLIENT_SECRET_BASIC.value,
+        functools.partial(authenticate_client_secret_basic, check_secret=check_secret),
     )
     server.register_client_auth_method(AuthMethod.PRIVATE_KEY_JWT.value, private_key_jwt)
     server.register_token_generator("default", token_generator(issuer))
