@@ -145,6 +145,17 @@ def create_app(
         signature = witness.cosign(note, from_size, proof)
         return jsonify(cosignature=signature.line())
 
+    @app.get("/v1/witness/checkpoint")
+    def witnessed() -> Response:
+        """What this witness last cosigned (a size and a root, signed): an auditor's
+        check that the gateway's log was not cut below it."""
+        if witness is None:
+            raise NotFound("this adapter is not a witness")
+        note = witness.last_checkpoint()
+        if note is None:
+            raise NotFound("this witness has cosigned nothing yet")
+        return jsonify(note=note)
+
     @app.get("/v1/predicates")
     def predicates() -> Response:
         source = core.evaluator

@@ -9,6 +9,7 @@ from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tongban.adapters.service import install_problem_handlers
+from tongban.audit.log import AuditBehindWitnesses
 from tongban.exposure import install_hsts
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks
@@ -74,6 +75,7 @@ def create_app(gateway: Gateway) -> Flask:
     )
 
     install_hsts(app)
+    _install_integrity_guard(app, gateway)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -83,6 +85,11 @@ def create_app(gateway: Gateway) -> Flask:
         # /healthz: an adapter up over an unreachable database degrades too.
         body = gateway.health()
         departments = body.get("departments")
+        if body["status"] == "unavailable":
+            # Not ready: the audit log is behind its witnesses (nothing is answered).
+            resp = jsonify(body)
+            resp.status_code = 503
+            return resp
         if isinstance(departments, dict) and any(
             not r.get("ready", r.get("reachable")) for r in departments.values()
         ):
@@ -104,6 +111,24 @@ def create_app(gateway: Gateway) -> Flask:
         return resp
 
     return app
+
+
+_OPEN_WHEN_DIVERGED = ("/healthz", "/metrics", "/.well-known/")
+
+
+def _install_integrity_guard(app: Flask, gateway: Gateway) -> None:
+    """A gateway whose log is behind what a witness cosigned answers nothing but its
+    health (503, saying why), its metrics and its keys: no check, token, consent or page
+    is served from a log that lost entries."""
+    checkpointer = gateway.checkpointer
+    if checkpointer is None:
+        return
+
+    @app.before_request
+    def _refuse_when_diverged() -> None:
+        reason = checkpointer.diverged
+        if reason is not None and not request.path.startswith(_OPEN_WHEN_DIVERGED):
+            raise AuditBehindWitnesses(reason)
 
 
 def _install_store_unavailable(app: Flask) -> None:

@@ -91,7 +91,13 @@ class Gateway:
         ready = all(r["reachable"] for r in reports.values())
         body: dict[str, object] = {"status": "ok" if ready else "degraded", "departments": reports}
         if self.audit is not None:
-            body["audit"] = {"size": self.audit.size}
+            audit: dict[str, object] = {"size": self.audit.size}
+            if self.checkpointer is not None:
+                status = self.checkpointer.status()
+                audit["checkpoint"] = status
+                if status["diverged"] is not None:
+                    body["status"] = "unavailable"
+            body["audit"] = audit
         return body
 
     def close(self) -> None:

@@ -344,7 +344,12 @@ def build_gateway(
         signer, transport, department_keys, timeout=settings.adapter_timeout, envelope=envelope
     )
     pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
-    audit = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
+    audit = AuditLog(
+        settings.audit_store_url(),
+        pseudonyms,
+        origin=settings.origin,
+        startup_check=settings.audit_startup_check or None,
+    ).open()
     checkpointer = Checkpointer(
         audit,
         signing_key,
@@ -353,6 +358,7 @@ def build_gateway(
         transport=transport,
         interval=settings.checkpoint_interval,
         timeout=settings.adapter_timeout,
+        quorum=settings.witness_quorum or None,
     )
     registry = build_registry(settings)
     issuer = TokenIssuer(
