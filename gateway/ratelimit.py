@@ -274,12 +274,20 @@ class CachedRefusals:
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+    def peek(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        """The refusal :meth:`take` would answer from memory alone, else None (which does
+        not mean admitted: only the shared store knows that)."""
         with self._lock:
             for charge in charges:
                 memo = self._until.get(charge.key)
                 if memo is not None and now < memo[0] and charge.cost >= memo[1]:
                     return charge, memo[0] - now
+        return None
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        remembered = self.peek(charges, now)
+        if remembered is not None:
+            return remembered
         refused = self.store.take(charges, now)
         if refused is not None:
             charge, wait = refused

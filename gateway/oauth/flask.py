@@ -8,15 +8,17 @@ decorates views with :func:`require_token` or :func:`require_citizen`.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InsecureTransportError
 from flask import Flask, Response, current_app, g, jsonify, request
 
+from tongban.exposure import HSTS
 from tongban.primitives.errors import RateLimited, TongbanError
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
 from tongban.primitives.replay import ReplayCache
@@ -39,6 +41,9 @@ __all__ = [
     "require_citizen",
     "require_token",
 ]
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 EXTENSION = "tongban.oauth"
 REALM = "tongban"
@@ -144,7 +149,53 @@ def init_oauth(
     app.register_error_handler(InsufficientScope, _bearer_problem)
     state = OAuthState(server, verifier, citizen_verifier, token_throttle)
     app.extensions[EXTENSION] = state
+    app.wsgi_app = _RefusedFastPath(app, path)  # type: ignore[method-assign]
     return state
+
+
+class _RefusedFastPath:
+    """WSGI in front of Flask: a token request with HTTP Basic whose bucket this process
+    already knows to be empty (:meth:`TokenThrottle.refused_locally`) is answered 429 here,
+    for a few microseconds, without a request context, form parsing or any hook. A flood
+    past its budget is answered as fast as it arrives, so it would otherwise cost the
+    worker ~1 ms of Python per request and crowd out the checks. Everything else (and
+    the first refusal, which has to ask the shared store) goes through the view."""
+
+    def __init__(self, app: Flask, path: str) -> None:
+        self.app = app
+        self.inner = app.wsgi_app
+        self.path = path
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if environ.get("PATH_INFO") == self.path and environ.get("REQUEST_METHOD") == "POST":
+            authorization = environ.get("HTTP_AUTHORIZATION")
+            throttle = self.app.extensions[EXTENSION].throttle
+            if authorization and throttle is not None:
+                client_id = claimed_client_id(authorization, {})
+                refused = throttle.refused_locally(client_id, source_of(environ.get("REMOTE_ADDR")))
+                if refused is not None:
+                    body = json.dumps(_throttled_body(refused)).encode()
+                    headers = [("Content-Type", "application/json"),
+                               ("Content-Length", str(len(body))), *_THROTTLED_HEADERS,
+                               ("Retry-After", str(refused.retry_after))]  # fmt: skip
+                    if environ.get("wsgi.url_scheme") == "https":
+                        headers.append(("Strict-Transport-Security", HSTS))
+                    start_response("429 Too Many Requests", headers)
+                    return [body]
+        return self.inner(environ, start_response)
+
+
+_THROTTLED_HEADERS = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
+
+def _throttled_body(exc: RateLimited) -> dict[str, Any]:
+    return {
+        "error": "temporarily_unavailable",
+        "error_description": exc.detail,
+        "type": exc.type,
+        "limit": exc.limit,
+        "retry_after": exc.retry_after,
+    }
 
 
 def _throttled(exc: RateLimited) -> Response:
@@ -152,17 +203,10 @@ def _throttled(exc: RateLimited) -> Response:
     ``Retry-After``, ``error`` ``temporarily_unavailable`` (the RFC's code for an
     overloaded server; OAuth client libraries know it), and the tongban problem ``type``
     with the bucket that ran dry (``client`` or ``source``), as for a refused assertion."""
-    resp = jsonify(
-        error="temporarily_unavailable",
-        error_description=exc.detail,
-        type=exc.type,
-        limit=exc.limit,
-        retry_after=exc.retry_after,
-    )
+    resp = jsonify(_throttled_body(exc))
     resp.status_code = exc.status
     resp.headers.update(exc.response_headers())
-    resp.headers["Cache-Control"] = "no-store"
-    resp.headers["Pragma"] = "no-cache"
+    resp.headers.update(_THROTTLED_HEADERS)
     return resp
 
 

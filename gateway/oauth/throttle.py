@@ -64,6 +64,15 @@ def _key(limit: str, value: str) -> str:
     return hashlib.sha256(f"oauth-token\x00{limit}\x00{value}".encode()).hexdigest()
 
 
+def _refusal(charge: Charge, wait: float) -> RateLimited:
+    what = "this client id" if charge.limit == "client" else "this address"
+    return RateLimited(
+        f"rate limit: too many token requests for {what}; retry later",
+        retry_after=max(1, math.ceil(wait)),
+        limit=charge.limit,
+    )
+
+
 def source_of(remote_addr: str | None) -> str:
     """The bucket name of a peer address: the IPv4 address, the /64 of an IPv6 one (the
     IPv4 address of an IPv4-mapped one), or ``unknown``."""
@@ -163,19 +172,21 @@ class TokenThrottle:
         return out
 
     def admit(self, client_id: str | None, source: str) -> None:
+        """Charge both buckets, or raise :class:`RateLimited` (charging nothing)."""
         charges = self.charges(client_id, source)
         if not charges:
             return
         refused = self.store.take(charges, self._clock())
-        if refused is None:
-            return
-        charge, wait = refused
-        what = "this client id" if charge.limit == "client" else "this address"
-        raise RateLimited(
-            f"rate limit: too many token requests for {what}; retry later",
-            retry_after=max(1, math.ceil(wait)),
-            limit=charge.limit,
-        )
+        if refused is not None:
+            raise _refusal(*refused)
+
+    def refused_locally(self, client_id: str | None, source: str) -> RateLimited | None:
+        """The refusal this process already knows of, from memory alone (no database, no
+        exception raised): what the WSGI fast path answers a flood past its budget with."""
+        if not isinstance(self.store, CachedRefusals):
+            return None
+        refused = self.store.peek(self.charges(client_id, source), self._clock())
+        return _refusal(*refused) if refused is not None else None
 
     def dispose(self) -> None:
         """Close the engine :meth:`on_engine` made, if it made one."""
