@@ -113,7 +113,8 @@ def _prepare(data: Path, mode: str) -> dict[str, str]:
 
 
 def _serve(data: Path, port: int, mode: str) -> subprocess.Popen[bytes]:
-    app = "bench.bench_token_flood:old_gateway()" if mode == "old" else "tongban.wsgi:gateway()"
+    unthrottled = mode in ("old", "hmac_unthrottled")
+    app = "bench.bench_token_flood:old_gateway()" if unthrottled else "tongban.wsgi:gateway()"
     env = {
         **os.environ,
         "TONGBAN_DATA_DIR": str(data),

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, update
+from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
@@ -28,6 +28,7 @@ from tongban.gateway.oauth import ClientRegistry, TokenIssuer, credentials, sign
 from tongban.gateway.oauth import _schema as oauth_schema
 from tongban.gateway.oauth.flask import EXTENSION, current_principal, init_oauth, require_token
 from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET, TokenThrottle
+from tongban.gateway.ratelimit import CachedRefusals, SqlBucketStore
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks, sign_compact
@@ -649,3 +650,28 @@ def test_assertion_floods_are_charged_to_the_claimed_client(client, pk_clients, 
     )  # fmt: skip
     assert statuses[429] >= 3 - SLACK and statuses[429] > 0
     assert burst <= statuses[400] <= burst + SLACK
+
+
+def test_a_flood_past_its_budget_is_refused_without_the_database(gateway):
+    """The first refusal asks the shared store; later ones this worker answers from
+    memory before Flask (same RFC 6749 body and headers, no SQL statement)."""
+    throttle = gateway.app.extensions[EXTENSION].throttle
+    store = throttle.store
+    assert isinstance(store, CachedRefusals) and isinstance(store.store, SqlBucketStore)
+    statements: list[str] = []
+    event.listen(store.store.engine, "before_cursor_execute",
+                 lambda *args: statements.append(args[2]))  # fmt: skip
+    burst = int(CLIENT_BUCKET.burst)
+    first = _flood(gateway, [("edu-bureau", f"w{i}", f"10.3.0.{i}") for i in range(burst + 1)])
+    assert _statuses(first)[429] >= 1
+    before = len(statements)
+
+    later = _flood(gateway, [("edu-bureau", f"v{i}", f"10.4.0.{i}") for i in range(200)])
+
+    assert _statuses(later) == {429: 200}
+    assert len(statements) == before  # no database for a known refusal
+    view, fast = next(r for r in first if r.status_code == 429), later[-1]
+    for resp in (view, fast):
+        _throttled(resp, "client")
+    assert set(_body(view)) == set(_body(fast))
+    assert _body(view)["error_description"] == _body(fast)["error_description"]

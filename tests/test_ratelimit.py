@@ -4,24 +4,31 @@ SQL database, shared by workers, all-or-nothing, never holding an ID number; ove
 
 from __future__ import annotations
 
+import base64
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, MetaData, select
 
 from tongban.config import Settings
 from tongban.gateway.metrics import REGISTRY
+from tongban.gateway.oauth import _schema as oauth_schema
+from tongban.gateway.oauth.throttle import TokenThrottle, claimed_client_id, source_of
 from tongban.gateway.ratelimit import (
     Bucket,
+    CachedRefusals,
+    Charge,
     MemoryBucketStore,
     RateLimiter,
     SqlBucketStore,
+    bucket_table,
     buckets,
     build_rate_limiter,
     metadata,
 )
+from tongban.primitives.db import make_engine
 from tongban.primitives.errors import PROBLEM_BASE, RateLimited
 
 from .hostile_harness import ADULT, OTHER_ADULT, Hostile, build_hostile, check_body
@@ -284,3 +291,118 @@ def test_build_gateway_wires_the_configured_limits(strict: Hostile):
     assert checker.rate_limiter.requester == Bucket(4, 0.01)
     assert checker.rate_limiter.subject == Bucket(2, 0.01)
     assert isinstance(checker.rate_limiter.store, SqlBucketStore)
+
+
+# --- CachedRefusals and the token endpoint's buckets ---------------------------------------
+
+
+class CountingStore:
+    """A real MemoryBucketStore that counts the takes reaching it."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBucketStore()
+        self.takes = 0
+
+    def take(self, charges: Sequence[Charge], now: float) -> tuple[Charge, float] | None:
+        self.takes += 1
+        return self.inner.take(charges, now)
+
+
+def test_cached_refusals_answer_a_flood_from_memory_and_never_over_admit():
+    clock = Clock()
+    counting = CountingStore()
+    limiter = _limiter(CachedRefusals(counting), clock, requester=Bucket(3, 1), subject=None)
+    for _ in range(3):
+        limiter.admit("edu-bureau")
+    for _ in range(50):
+        assert _refused(limiter, "edu-bureau", []) == "requester:1"
+    assert counting.takes == 4  # three admissions and the first refusal
+    limiter.admit("insurer-a")  # other buckets are not affected
+    clock.now += 0.5
+    assert _refused(limiter, "edu-bureau", []) == "requester:1"  # still short: remembered
+    assert counting.takes == 5
+    clock.now += 0.5  # one token back: the store is asked again, and admits exactly one
+    limiter.admit("edu-bureau")
+    assert _refused(limiter, "edu-bureau", []) == "requester:1"
+    assert counting.takes == 7
+
+
+def test_bucket_tables_are_separate_families(tmp_path):
+    """The token endpoint's buckets live in their own table: the check limiter's purge
+    (tuned to its own refill times) cannot delete them, nor they its."""
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    other = bucket_table("oauth_rate_buckets", MetaData())
+    checks = SqlBucketStore(url, max_full_after=1)
+    tokens = SqlBucketStore(url, max_full_after=3600, table=other)
+    checks.create_schema()
+    tokens.create_schema()
+    clock = Clock()
+    _limiter(checks, clock, subject=None).admit("edu-bureau")
+    _limiter(tokens, clock, requester=Bucket(1, 0.001), subject=None).admit("edu-bureau")
+
+    assert checks.purge(clock.now + 2) == 1
+    assert _refused(_limiter(tokens, clock, requester=Bucket(1, 0.001), subject=None),
+                    "edu-bureau", []).startswith("requester:")  # fmt: skip
+    with pytest.raises(ValueError):
+        bucket_table("x; DROP TABLE y", MetaData())
+    checks.engine.dispose()
+    tokens.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def oauth_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        url = request.getfixturevalue("pg_scratch_url")
+    engine = make_engine(url)
+    oauth_schema.metadata.drop_all(engine)
+    oauth_schema.create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_token_throttle_budget_is_shared_by_workers(oauth_engine):
+    """Two workers' throttles (each its own engine and refusal cache) on one database,
+    hammered by threads: the client id's burst is admitted once in all, not per worker."""
+    workers = [TokenThrottle.on_engine(oauth_engine, client=Bucket(25, 0.001),
+                                       source=Bucket(1000, 1)) for _ in range(2)]  # fmt: skip
+    admitted: list[str] = []
+    refused: list[str] = []
+
+    def hammer(throttle: TokenThrottle, n: int) -> None:
+        for i in range(20):
+            try:
+                throttle.admit("edu-bureau", f"10.0.{n}.{i}")
+                admitted.append("ok")
+            except RateLimited as exc:
+                refused.append(exc.limit)
+
+    threads = [threading.Thread(target=hammer, args=(w, n))
+               for n, w in enumerate(workers * 2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(admitted) == 25 and refused == ["client"] * 55
+    with oauth_engine.connect() as conn:
+        dump = repr(conn.execute(select(oauth_schema.token_buckets)).all())
+    assert "edu-bureau" not in dump and "10.0." not in dump
+    for w in workers:
+        w.dispose()
+
+
+def test_token_throttle_keys_and_claimed_ids():
+    assert source_of("192.0.2.7") == "192.0.2.7"
+    assert source_of("2001:db8::1") == source_of("2001:db8::ffff:1") == "2001:db8::/64"
+    assert source_of("::ffff:192.0.2.7") == "192.0.2.7"
+    assert source_of(None) == source_of("not an address") == "unknown"
+    basic = "Basic " + base64.b64encode(b"edu-bureau:secret").decode()
+    assert claimed_client_id(basic, {}) == "edu-bureau"
+    assert claimed_client_id("Basic !!!", {}) is None
+    header = base64.urlsafe_b64encode(b'{"alg":"SM2"}').decode().rstrip("=")
+    claims = base64.urlsafe_b64encode(b'{"sub":"bank-sm","iss":"bank-sm"}').decode().rstrip("=")
+    assert claimed_client_id(None, {"client_assertion": f"{header}.{claims}.sig"}) == "bank-sm"
+    assert claimed_client_id(None, {"client_assertion": "garbage"}) is None
+    assert claimed_client_id(None, {"client_id": "x" * 1000}) == "x" * 256
