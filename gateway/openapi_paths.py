@@ -199,6 +199,19 @@ def _oauth_paths() -> Json:
                 "headers": {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}},
                 "content": token_error,
             },
+            "429": {
+                "description": "`temporarily_unavailable` with `type` `rate-limited`: too "
+                "many token requests for this client id or from this address (`limit`), "
+                "refused before any secret or assertion is checked (docs/security.md).",
+                "headers": {
+                    "Retry-After": {
+                        "description": "Whole seconds until a request would be admitted.",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,9}$"},
+                    }
+                },
+                "content": token_error,
+            },
         },
         (PayloadTooLarge, StoreUnavailable),
         security=[{"clientSecretBasic": []}, {}],

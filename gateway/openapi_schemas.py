@@ -193,12 +193,14 @@ def _oauth_error() -> Json:
                     "unauthorized_client",
                     "unsupported_grant_type",
                     "invalid_scope",
+                    "temporarily_unavailable",
                 ],
             ),
             "error_description": _str("ASCII, without quotes or backslashes."),
             "error_uri": _str(format="uri"),
             "type": _str(
-                "When a client assertion was refused: the tongban problem type of the reason.",
+                "When a client assertion was refused: the tongban problem type of the "
+                "reason; `rate-limited` for a throttled request (429).",
                 enum=sorted(
                     PROBLEM_BASE + s
                     for s in (
@@ -208,9 +210,12 @@ def _oauth_error() -> Json:
                         "token-wrong-type",
                         "token-wrong-audience",
                         "token-replayed",
+                        "rate-limited",
                     )
                 ),
             ),
+            "limit": _str("For a 429: the bucket that ran dry.", enum=["client", "source"]),
+            "retry_after": {"type": "integer", "minimum": 1, "description": "As `Retry-After`."},
         },
         ["error"],
         closed=False,

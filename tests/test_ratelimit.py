@@ -400,6 +400,9 @@ def test_token_throttle_keys_and_claimed_ids():
     assert source_of(None) == source_of("not an address") == "unknown"
     basic = "Basic " + base64.b64encode(b"edu-bureau:secret").decode()
     assert claimed_client_id(basic, {}) == "edu-bureau"
+    for spelling in (b"edu%2Dbureau", b"%65du-bureau", b"%65%64%75-bureau"):  # one bucket
+        encoded = "Basic " + base64.b64encode(spelling + b":secret").decode()
+        assert claimed_client_id(encoded, {}) == "edu-bureau"
     assert claimed_client_id("Basic !!!", {}) is None
     header = base64.urlsafe_b64encode(b'{"alg":"SM2"}').decode().rstrip("=")
     claims = base64.urlsafe_b64encode(b'{"sub":"bank-sm","iss":"bank-sm"}').decode().rstrip("=")

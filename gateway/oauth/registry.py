@@ -10,6 +10,7 @@ algorithm, so an attacker cannot pick a weaker or confusable algorithm for that 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -226,7 +227,9 @@ class ClientRegistry:
             return False
         if self._pepper is not None and needs_rehash(secret, stored, self._pepper):
             rehashed = hmac_secret(secret, client_id=client.client_id, pepper=self._pepper)
-            with self._begin() as conn:
+            # Best effort: a store that cannot take the write now is asked again next time;
+            # the client authenticated all the same.
+            with contextlib.suppress(StoreUnavailable), self._begin() as conn:
                 conn.execute(
                     update(clients)
                     .where(clients.c.client_id == client.client_id)

@@ -35,6 +35,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import unquote
 
 from sqlalchemy import Engine
 
@@ -96,7 +97,9 @@ def _basic_client_id(authorization: str) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     client_id, sep, _ = decoded.partition(":")
-    return client_id if sep and client_id else None
+    # Decoded as the authenticator decodes it (RFC 6749 2.3.1), or every spelling of one
+    # id (edu%2Dbureau, %65du-bureau, ...) would get a budget of its own.
+    return unquote(client_id) if sep and client_id else None
 
 
 def _assertion_subject(assertion: str) -> str | None:
@@ -113,8 +116,8 @@ def _assertion_subject(assertion: str) -> str | None:
 
 def claimed_client_id(authorization: str | None, form: Mapping[str, str]) -> str | None:
     """The client id a token request claims, before anything is verified: from HTTP Basic
-    (still URL-encoded, as sent: one bucket per spelling is fine, all are charged), else
-    the ``sub`` of a client assertion, else a ``client_id`` form field."""
+    (form-url-decoded, as the authenticator reads it), else the ``sub`` of a client
+    assertion, else a ``client_id`` form field."""
     if authorization:
         found = _basic_client_id(authorization)
     elif form.get("client_assertion"):
