@@ -37,7 +37,9 @@ def create_app(gateway: Gateway) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(app, MAX_BODY, log)
     _install_store_unavailable(app)
-    install_metrics(app, audit=gateway.audit, credential=gateway.metrics)
+    install_metrics(
+        app, audit=gateway.audit, checkpointer=gateway.checkpointer, credential=gateway.metrics
+    )
     oauth = gateway.oauth
     if oauth is not None:
         init_oauth(

@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from flask import Blueprint, Flask, Response, g, request
@@ -168,6 +168,21 @@ AUDIT_CHECKPOINT_SIZE = Gauge(
     "Tree size of the latest signed checkpoint.",
     registry=REGISTRY,
 )
+AUDIT_CHECKPOINT_COSIGNATURES = Gauge(
+    "tongban_audit_checkpoint_cosignatures",
+    "Witness cosignatures on the latest checkpoint.",
+    registry=REGISTRY,
+)
+AUDIT_CHECKPOINT_WITNESSED = Gauge(
+    "tongban_audit_checkpoint_witnessed",
+    "1 if the latest checkpoint has the quorum of cosignatures, else 0.",
+    registry=REGISTRY,
+)
+AUDIT_DIVERGED = Gauge(
+    "tongban_audit_diverged",
+    "1 if a witness cosigned more, or another tree, than this log holds (nothing is served).",
+    registry=REGISTRY,
+)
 
 
 def count_check(claim: str, purpose: str, result: str, count: int = 1) -> None:
@@ -184,6 +199,32 @@ def count_department_call(department: str, outcome: str) -> None:
     (``true``, ``false``, ``unknown``) or anything else not a failure is ``answered``."""
     label = outcome if outcome in DEPARTMENT_OUTCOMES else "answered"
     DEPARTMENT_CALLS.labels(department, label).inc()
+
+
+class _CheckpointView(Protocol):
+    """What the checkpoint gauges read: :class:`gateway.checkpoints.Checkpointer`."""
+
+    def status(self) -> Mapping[str, object]: ...
+
+
+def track_checkpoints(checkpointer: _CheckpointView | None) -> None:
+    """The latest checkpoint's cosignatures and quorum, and divergence, at each scrape."""
+    if checkpointer is None:
+        for gauge in (AUDIT_CHECKPOINT_COSIGNATURES, AUDIT_CHECKPOINT_WITNESSED, AUDIT_DIVERGED):
+            gauge.set_function(lambda: math.nan)
+        return
+
+    def cosignatures() -> float:
+        cosigners = checkpointer.status()["cosigners"]
+        return float(len(cosigners)) if isinstance(cosigners, list) else math.nan
+
+    AUDIT_CHECKPOINT_COSIGNATURES.set_function(_guarded(cosignatures))
+    AUDIT_CHECKPOINT_WITNESSED.set_function(
+        _guarded(lambda: 1.0 if checkpointer.status()["witnessed"] else 0.0)
+    )
+    AUDIT_DIVERGED.set_function(
+        _guarded(lambda: 0.0 if checkpointer.status()["diverged"] is None else 1.0)
+    )
 
 
 class _AuditView(Protocol):
@@ -254,6 +295,7 @@ def install_metrics(
     app: Flask,
     *,
     audit: _AuditView | None = None,
+    checkpointer: _CheckpointView | None = None,
     endpoint: bool = True,
     credential: MetricsCredential | None = None,
 ) -> Blueprint | None:
@@ -277,6 +319,7 @@ def install_metrics(
 
     if audit is not None:
         track_audit(audit)
+        track_checkpoints(checkpointer)
     if not endpoint:
         return None
     bp = metrics_blueprint(credential or MetricsCredential(None))

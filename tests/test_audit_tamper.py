@@ -224,6 +224,11 @@ def test_a_gateway_behind_its_witnesses_knows_it(world: World) -> None:
         assert (
             status["diverged"] == f"witness health cosigned {last + 1} entries, the log has {last}"
         )
+        from tongban.gateway.metrics import REGISTRY, track_checkpoints
+
+        track_checkpoints(checkpointer)
+        assert REGISTRY.get_sample_value("tongban_audit_diverged") == 1
+        track_checkpoints(None)
     finally:
         checkpointer.stop()
 
@@ -242,6 +247,14 @@ def test_a_checkpoint_below_the_quorum_is_flagged(world: World) -> None:
     status = down.status()
     assert status["cosigners"] == ["health"] and status["quorum"] == 2
     assert status["witnessed"] is False and status["diverged"] is None
+    # The operator's metrics show it too.
+    from tongban.gateway.metrics import REGISTRY, track_checkpoints
+
+    track_checkpoints(down)
+    assert REGISTRY.get_sample_value("tongban_audit_checkpoint_cosignatures") == 1
+    assert REGISTRY.get_sample_value("tongban_audit_checkpoint_witnessed") == 0
+    assert REGISTRY.get_sample_value("tongban_audit_diverged") == 0
+    track_checkpoints(None)
     world.checkpointer(log).checkpoint(force=True)
     assert world.checkpointer(log).status()["witnessed"] is True
 
