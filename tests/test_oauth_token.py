@@ -589,12 +589,34 @@ def test_wrong_secret_flood_on_one_client_is_throttled_per_client_id(gateway, mo
     for resp in responses:
         if resp.status_code == 429:
             _throttled(resp, "client")
-    # The client under attack is locked out while the flood lasts (docs/security.md) ...
+    # A client still on a scrypt row is locked out while the flood lasts: past the budget
+    # its row is not checked at all (docs/security.md) ...
     locked = _flood(gateway, [("legacy-bank", secret, "10.9.9.9")])[0]
     _throttled(locked, "client")
+    assert scrypt.calls == statuses[401]
     # ... and no other client is.
     ok = _flood(gateway, [("insurer-a", gateway.secrets["insurer-a"], "10.1.0.1")])[0]
     assert ok.status_code == 200, ok.get_data(as_text=True)
+
+
+def test_a_flood_cannot_lock_out_a_client_on_an_hmac_row(gateway):
+    """Past the client id's budget an hmac-sm3 row is still checked (an HMAC is cheap): the
+    flood gets 429s, the client with its right secret gets its token. A wrong secret and an
+    unknown id answer alike there (429), so the budget says nothing about which ids exist."""
+    burst = int(CLIENT_BUCKET.burst)
+    real = gateway.secrets["edu-bureau"]
+    for cid in ("edu-bureau", "no-such-client"):
+        flood = _flood(gateway, [(cid, f"x{i}", f"10.5.{i // 250}.{i % 250}") for i in range(60)])
+        assert burst <= _statuses(flood)[401] <= burst + SLACK
+        _throttled(flood[-1], "client")
+
+    served = _flood(gateway, [("edu-bureau", real, "10.6.0.1")])[0]
+    assert served.status_code == 200, served.get_data(as_text=True)
+    wrong, unknown = _flood(gateway, [("edu-bureau", "nope", "10.6.0.2"),
+                                      ("no-such-client", real, "10.6.0.3")])  # fmt: skip
+    for resp in (wrong, unknown):
+        _throttled(resp, "client")
+    assert set(_body(wrong)) == set(_body(unknown))
 
 
 def test_wrong_secret_flood_from_one_address_is_throttled_per_source(gateway, monkeypatch):
@@ -657,25 +679,26 @@ def test_assertion_floods_are_charged_to_the_claimed_client(client, pk_clients, 
 
 
 def test_a_flood_past_its_budget_is_refused_without_the_database(gateway):
-    """The first refusal asks the shared store; later ones this worker answers from
-    memory before Flask (same RFC 6749 body and headers, no SQL statement)."""
+    """The first refusal of an address asks the shared store; later ones this worker
+    answers from memory before Flask: the same RFC 6749 body and headers, and no SQL
+    statement at all (neither the buckets nor the client registry)."""
     throttle = gateway.app.extensions[EXTENSION].throttle
     store = throttle.store
     assert isinstance(store, CachedRefusals) and isinstance(store.store, SqlBucketStore)
     statements: list[str] = []
-    event.listen(store.store.engine, "before_cursor_execute",
-                 lambda *args: statements.append(args[2]))  # fmt: skip
-    burst = int(CLIENT_BUCKET.burst)
-    first = _flood(gateway, [("edu-bureau", f"w{i}", f"10.3.0.{i}") for i in range(burst + 1)])
+    for engine in {store.store.engine, gateway.gateway.oauth.registry.engine}:
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    burst = int(SOURCE_BUCKET.burst)
+    first = _flood(gateway, [(f"c-{i}", "w", "198.51.100.9") for i in range(burst + 1)])
     assert _statuses(first)[429] >= 1
     before = len(statements)
 
-    later = _flood(gateway, [("edu-bureau", f"v{i}", f"10.4.0.{i}") for i in range(200)])
+    later = _flood(gateway, [(f"d-{i}", "w", "198.51.100.9") for i in range(200)])
 
     assert _statuses(later) == {429: 200}
     assert len(statements) == before  # no database for a known refusal
     view, fast = next(r for r in first if r.status_code == 429), later[-1]
     for resp in (view, fast):
-        _throttled(resp, "client")
+        _throttled(resp, "source")
     assert set(_body(view)) == set(_body(fast))
     assert _body(view)["error_description"] == _body(fast)["error_description"]

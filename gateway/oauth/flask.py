@@ -29,7 +29,7 @@ from .errors import InsecureTransport, InsufficientScope, InvalidToken, TokenMis
 from .registry import ClientRegistry
 from .replay import SqlReplayCache
 from .server import configure_server
-from .throttle import TokenThrottle, claimed_client_id, source_of
+from .throttle import TokenThrottle, claimed_client_id, client_budget_exhausted, source_of
 from .tokens import AccessTokenVerifier, Principal, TokenIssuer, require_scope
 
 __all__ = [
@@ -136,13 +136,21 @@ def init_oauth(
 
     def token() -> Response:
         throttle = _state().throttle
-        if throttle is not None:
-            client_id = claimed_client_id(request.headers.get("Authorization"), request.form)
-            try:
-                throttle.admit(client_id, source_of(request.remote_addr))
-            except RateLimited as exc:
-                return _throttled(exc)
-        return _token_response(server)
+        if throttle is None:
+            return _token_response(server)
+        authorization = request.headers.get("Authorization")
+        try:
+            throttle.admit_source(source_of(request.remote_addr))
+        except RateLimited as exc:
+            return _throttled(exc)
+        over = throttle.take_client(claimed_client_id(authorization, request.form))
+        if over is None:
+            return _token_response(server)
+        if not authorization:  # a client assertion: no signature check past the budget
+            return _throttled(over)
+        with client_budget_exhausted():
+            resp = _token_response(server)
+        return _throttled(over) if resp.status_code == 401 else resp
 
     app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
     app.register_error_handler(InvalidToken, _bearer_problem)
@@ -154,7 +162,7 @@ def init_oauth(
 
 
 class _RefusedFastPath:
-    """WSGI in front of Flask: a token request with HTTP Basic whose bucket this process
+    """WSGI in front of Flask: a token request from an address whose bucket this process
     already knows to be empty (:meth:`TokenThrottle.refused_locally`) is answered 429 here,
     for a few microseconds, without a request context, form parsing or any hook. A flood
     past its budget is answered as fast as it arrives, so it would otherwise cost the
@@ -168,11 +176,9 @@ class _RefusedFastPath:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("PATH_INFO") == self.path and environ.get("REQUEST_METHOD") == "POST":
-            authorization = environ.get("HTTP_AUTHORIZATION")
             throttle = self.app.extensions[EXTENSION].throttle
-            if authorization and throttle is not None:
-                client_id = claimed_client_id(authorization, {})
-                refused = throttle.refused_locally(client_id, source_of(environ.get("REMOTE_ADDR")))
+            if throttle is not None:
+                refused = throttle.refused_locally(source_of(environ.get("REMOTE_ADDR")))
                 if refused is not None:
                     body = json.dumps(_throttled_body(refused)).encode()
                     headers = [("Content-Type", "application/json"),

@@ -214,15 +214,18 @@ class ClientRegistry:
             return hmac_secret(secret, client_id=client_id, pepper=self._pepper)
         return hash_secret(secret, n=self._scrypt_n)
 
-    def check_secret(self, client: Client | None, client_id: str, secret: str) -> bool:
+    def check_secret(
+        self, client: Client | None, client_id: str, secret: str, *, cheap_only: bool = False
+    ) -> bool:
         """The token endpoint's secret check. ``client`` is what :meth:`query_client`
         found for ``client_id`` (None: unknown or disabled), which costs one HMAC-SM3
-        and never a scrypt. A scrypt row of a 256-bit secret is re-stored as
-        ``hmac-sm3`` after it matched (if nobody rotated the secret meanwhile)."""
-        if client is None:
+        and never a scrypt; so does a scrypt row when ``cheap_only`` (the request is past
+        its client id's budget), and it fails. A scrypt row of a 256-bit secret is
+        re-stored as ``hmac-sm3`` after it matched (if nobody rotated it meanwhile)."""
+        stored = client.secret_hash if client is not None else None
+        if client is None or (cheap_only and not (stored or "").startswith("hmac-sm3$")):
             dummy_check(secret, client_id)
             return False
-        stored = client.secret_hash
         if not verify_secret(secret, stored, client_id=client.client_id, pepper=self._pepper):
             return False
         if self._pepper is not None and needs_rehash(secret, stored, self._pepper):

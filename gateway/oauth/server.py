@@ -16,7 +16,7 @@ import base64
 import binascii
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError
@@ -25,6 +25,7 @@ from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from .assertion import PrivateKeyJWT
 from .credentials import dummy_check
 from .registry import AuthMethod, Client, parse_scope
+from .throttle import over_client_budget
 from .tokens import TokenIssuer
 
 __all__ = [
@@ -37,13 +38,21 @@ __all__ = [
 
 _MAX_BASIC = 1024
 
-SecretCheck = Callable[[Client | None, str, str], bool]
-"""``(client or None, claimed client_id, secret) -> matched``: what
-:meth:`ClientRegistry.check_secret` is, and what the token endpoint checks secrets with."""
+
+class SecretCheck(Protocol):
+    """``(client or None, claimed client_id, secret) -> matched``: what
+    :meth:`ClientRegistry.check_secret` is, and what the token endpoint checks secrets
+    with. ``cheap_only``: fail, for the cost of one HMAC, rather than run a scrypt."""
+
+    def __call__(
+        self, client: Client | None, client_id: str, secret: str, *, cheap_only: bool = False
+    ) -> bool: ...
 
 
-def _check_without_pepper(client: Client | None, client_id: str, secret: str) -> bool:
-    if client is None:
+def _check_without_pepper(
+    client: Client | None, client_id: str, secret: str, *, cheap_only: bool = False
+) -> bool:
+    if client is None or cheap_only:
         dummy_check(secret, client_id)
         return False
     return client.check_client_secret(secret)
@@ -79,7 +88,8 @@ def authenticate_client_secret_basic(
         return None
     client_id, secret = credentials
     client = query_client(client_id)
-    return client if check_secret(client, client_id, secret) and client is not None else None
+    matched = check_secret(client, client_id, secret, cheap_only=over_client_budget())
+    return client if matched and client is not None else None
 
 
 class ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]  # Authlib is untyped

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from urllib.parse import unquote
 
 from sqlalchemy import Engine
@@ -50,6 +52,8 @@ __all__ = [
     "SOURCE_BUCKET",
     "TokenThrottle",
     "claimed_client_id",
+    "client_budget_exhausted",
+    "over_client_budget",
     "source_of",
 ]
 
@@ -63,6 +67,27 @@ _MAX_ASSERTION = 16 * 1024
 
 def _key(limit: str, value: str) -> str:
     return hashlib.sha256(f"oauth-token\x00{limit}\x00{value}".encode()).hexdigest()
+
+
+_OVER_CLIENT_BUDGET: ContextVar[bool] = ContextVar("over_client_budget", default=False)
+
+
+def over_client_budget() -> bool:
+    """Whether the token request being authenticated is past its client id's budget. The
+    secret check then runs only where it is cheap (an ``hmac-sm3`` row: a right secret
+    still gets its token, so a flood naming a migrated client cannot lock it out) and
+    never a scrypt (a scrypt row fails, as an unknown client does)."""
+    return _OVER_CLIENT_BUDGET.get()
+
+
+@contextlib.contextmanager
+def client_budget_exhausted() -> Iterator[None]:
+    """Within: :func:`over_client_budget` is True (the token view wraps Authlib in it)."""
+    reset = _OVER_CLIENT_BUDGET.set(True)
+    try:
+        yield
+    finally:
+        _OVER_CLIENT_BUDGET.reset(reset)
 
 
 def _refusal(charge: Charge, wait: float) -> RateLimited:
@@ -166,29 +191,44 @@ class TokenThrottle:
         throttle._owned = store.engine if store.engine is not engine else None
         return throttle
 
-    def charges(self, client_id: str | None, source: str) -> list[Charge]:
+    def charges(self, client_id: str | None, source: str | None) -> list[Charge]:
         out: list[Charge] = []
-        if self.source is not None:
+        if self.source is not None and source is not None:
             out.append(Charge("source", _key("source", source), self.source, 1.0))
         if self.client is not None and client_id is not None:
             out.append(Charge("client", _key("client", client_id), self.client, 1.0))
         return out
 
+    def _take(self, charges: list[Charge]) -> RateLimited | None:
+        refused = self.store.take(charges, self._clock()) if charges else None
+        return _refusal(*refused) if refused is not None else None
+
     def admit(self, client_id: str | None, source: str) -> None:
         """Charge both buckets, or raise :class:`RateLimited` (charging nothing)."""
-        charges = self.charges(client_id, source)
-        if not charges:
-            return
-        refused = self.store.take(charges, self._clock())
+        refused = self._take(self.charges(client_id, source))
         if refused is not None:
-            raise _refusal(*refused)
+            raise refused
 
-    def refused_locally(self, client_id: str | None, source: str) -> RateLimited | None:
-        """The refusal this process already knows of, from memory alone (no database, no
-        exception raised): what the WSGI fast path answers a flood past its budget with."""
+    def admit_source(self, source: str) -> None:
+        """Charge the source address's bucket, or raise :class:`RateLimited`."""
+        refused = self._take(self.charges(None, source))
+        if refused is not None:
+            raise refused
+
+    def take_client(self, client_id: str | None) -> RateLimited | None:
+        """Charge the client id's bucket: None if admitted, else the refusal (returned,
+        not raised: the token endpoint still lets an ``hmac-sm3`` client in, see
+        :func:`over_client_budget`)."""
+        return self._take(self.charges(client_id, None))
+
+    def refused_locally(self, source: str) -> RateLimited | None:
+        """The refusal of ``source`` this process already knows of, from memory alone (no
+        database, nothing raised): what the WSGI fast path answers a flood past its
+        budget with. Client-id refusals are not answered there: an ``hmac-sm3`` client
+        with its right secret still gets in (see :func:`over_client_budget`)."""
         if not isinstance(self.store, CachedRefusals):
             return None
-        refused = self.store.peek(self.charges(client_id, source), self._clock())
+        refused = self.store.peek(self.charges(None, source), self._clock())
         return _refusal(*refused) if refused is not None else None
 
     def dispose(self) -> None:
