@@ -36,6 +36,7 @@ from tongban.primitives.replay import ReplayCache
 from ._jwt import check_audience, check_times, string_claim, unverified_header
 from .errors import InvalidToken, TokenReplayed, TokenWrongType
 from .registry import AuthMethod, Client
+from .throttle import mark_proven
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -123,6 +124,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]  # Authlib 
             claims = self._verify_sm2(assertion, typ, client)
         else:
             claims = self._verify_es256(assertion, header, client)
+        mark_proven()  # the token endpoint's throttle may now tell the holder the reason
         self.verify_claims(claims)
         return claims
 

@@ -146,11 +146,13 @@ def init_oauth(
         over = throttle.take_client(claimed_client_id(authorization, request.form))
         if over is None:
             return _token_response(server)
-        if not authorization:  # a client assertion: no signature check past the budget
-            return _throttled(over)
-        with client_budget_exhausted():
+        # Past the client id's budget only cheap checks run (an hmac-sm3 row, a signature;
+        # never a scrypt): the right credentials still get a token, and a failure is the
+        # 429 an unknown client id gets, unless the client proved its key first (a
+        # replayed or expired assertion: its holder may learn why).
+        with client_budget_exhausted() as proven:
             resp = _token_response(server)
-        return _throttled(over) if resp.status_code == 401 else resp
+        return _throttled(over) if _is_invalid_client(resp) and not proven else resp
 
     app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
     app.register_error_handler(InvalidToken, _bearer_problem)
@@ -202,6 +204,13 @@ def _throttled_body(exc: RateLimited) -> dict[str, Any]:
         "limit": exc.limit,
         "retry_after": exc.retry_after,
     }
+
+
+def _is_invalid_client(resp: Response) -> bool:
+    if resp.status_code not in (400, 401):
+        return False
+    body = resp.get_json(silent=True)
+    return isinstance(body, dict) and body.get("error") == "invalid_client"
 
 
 def _throttled(exc: RateLimited) -> Response:

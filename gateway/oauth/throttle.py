@@ -53,6 +53,7 @@ __all__ = [
     "TokenThrottle",
     "claimed_client_id",
     "client_budget_exhausted",
+    "mark_proven",
     "over_client_budget",
     "source_of",
 ]
@@ -80,14 +81,28 @@ def over_client_budget() -> bool:
     return _OVER_CLIENT_BUDGET.get()
 
 
+_PROVEN: ContextVar[list[bool] | None] = ContextVar("client_proven", default=None)
+
+
+def mark_proven() -> None:
+    """Called once a client assertion's signature verified: whatever fails after that
+    (replay, expiry, audience) was sent by the key's holder, who may learn the reason."""
+    proven = _PROVEN.get()
+    if proven is not None:
+        proven.append(True)
+
+
 @contextlib.contextmanager
-def client_budget_exhausted() -> Iterator[None]:
-    """Within: :func:`over_client_budget` is True (the token view wraps Authlib in it)."""
-    reset = _OVER_CLIENT_BUDGET.set(True)
+def client_budget_exhausted() -> Iterator[list[bool]]:
+    """Within: :func:`over_client_budget` is True (the token view wraps Authlib in it).
+    The list it yields is non-empty afterwards if the client proved its key."""
+    proven: list[bool] = []
+    reset = _OVER_CLIENT_BUDGET.set(True), _PROVEN.set(proven)
     try:
-        yield
+        yield proven
     finally:
-        _OVER_CLIENT_BUDGET.reset(reset)
+        _OVER_CLIENT_BUDGET.reset(reset[0])
+        _PROVEN.reset(reset[1])
 
 
 def _refusal(charge: Charge, wait: float) -> RateLimited:
