@@ -80,7 +80,9 @@ def test_keys_init_creates_keys_and_credentials_once(
     try:
         for client_id, c in creds.items():
             client = registry.get(client_id)
-            assert client is not None and client.check_client_secret(c["client_secret"])
+            assert client is not None and registry.check_secret(
+                client, client_id, c["client_secret"]
+            )
     finally:
         registry.engine.dispose()
 

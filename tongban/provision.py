@@ -154,7 +154,7 @@ def ensure_demo_clients(
             if client is None:
                 secret = str(registry.register_client(client_id, name, scopes=scopes).secret)
                 registered.append(client_id)
-            elif secret is None or not client.check_client_secret(secret):
+            elif secret is None or not registry.check_secret(client, client_id, secret):
                 secret = registry.rotate_secret(client_id)
                 reissued.append(client_id)
             out[client_id] = {"client_id": client_id, "client_secret": secret}
