@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tongban.audit.log import AuditIntegrityError
+from tongban.audit.log import AuditBehindWitnesses, AuditIntegrityError
 from tongban.federation.dp import InvalidEpsilon
 from tongban.federation.paillier import InvalidPublicKey
 from tongban.federation.statistics import UnknownStatistic
@@ -119,6 +119,10 @@ def _body(schema: Json, description: str = "") -> Json:
     return out
 
 
+#: Operations a gateway behind its witnesses still answers (gateway/app.py).
+_OPEN_WHEN_DIVERGED = frozenset({"health", "metrics", "jwks"})
+
+
 def _op(
     op_id: str,
     tag: str,
@@ -135,6 +139,10 @@ def _op(
     body = extra.get("requestBody", {}).get("content", {})
     if "application/json" in body and MalformedJson not in errors:
         errors = (*errors, MalformedJson)
+    # A gateway whose audit log is behind its witnesses answers every operation but its
+    # health, metrics and keys with 503 audit-behind-witnesses (gateway/app.py).
+    if op_id not in _OPEN_WHEN_DIVERGED and AuditBehindWitnesses not in errors:
+        errors = (*errors, AuditBehindWitnesses)
     responses: Json = {**ok, **problem_responses(*errors, TongbanError)}
     operation: Json = {"operationId": op_id, "tags": [tag], "summary": summary}
     if description:
@@ -657,16 +665,21 @@ def _operations_paths() -> Json:
         "required": True,
         "schema": {"type": "string", "enum": sorted(DOCS_ASSETS)},
     }
+    health = _op(
+        "health",
+        "operations",
+        "Liveness and department reachability",
+        {"200": _json(ref("Health"), "The gateway answers.")},
+        (StoreUnavailable,),
+    )
+    not_ready = health["responses"]["503"]
+    not_ready["content"]["application/json"] = {"schema": ref("Health")}
+    not_ready["description"] += (
+        "; or, as application/json with `status: unavailable`, not ready: the audit log is "
+        "behind what a witness cosigned"
+    )
     return {
-        "/healthz": {
-            "get": _op(
-                "health",
-                "operations",
-                "Liveness and department reachability",
-                {"200": _json(ref("Health"), "The gateway answers.")},
-                (StoreUnavailable,),
-            )
-        },
+        "/healthz": {"get": health},
         "/metrics": {
             "get": _op(
                 "metrics",

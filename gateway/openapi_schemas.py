@@ -787,7 +787,7 @@ def _operations() -> Json:
     return {
         "Health": _obj(
             {
-                "status": _str(enum=["ok", "degraded"]),
+                "status": _str(enum=["ok", "degraded", "unavailable"]),
                 "departments": {
                     "type": "object",
                     "additionalProperties": _obj(
@@ -808,11 +808,36 @@ def _operations() -> Json:
                         ["reachable"],
                     ),
                 },
-                "audit": _obj({"size": {"type": "integer", "minimum": 0}}, ["size"]),
+                "audit": _obj(
+                    {
+                        "size": {"type": "integer", "minimum": 0},
+                        "checkpoint": _obj(
+                            {
+                                "size": {"type": "integer", "minimum": 0},
+                                "cosigners": {"type": "array", "items": _str()},
+                                "quorum": {"type": "integer", "minimum": 1},
+                                "witnessed": {
+                                    "type": "boolean",
+                                    "description": "the latest checkpoint has the quorum",
+                                },
+                                "diverged": {
+                                    "type": ["string", "null"],
+                                    "description": "why the log is behind what a witness "
+                                    "cosigned (then nothing is served), or null",
+                                },
+                            },
+                            ["size", "cosigners", "quorum", "witnessed", "diverged"],
+                        ),
+                    },
+                    ["size"],
+                ),
             },
             ["status", "departments"],
             description="`degraded` when a department is unreachable or its source is not "
-            "ready: answers become `undetermined`, the gateway itself stays up.",
+            "ready: answers become `undetermined`, the gateway itself stays up. "
+            "`unavailable` (with status 503) when the audit log is behind what a witness "
+            "cosigned: every other endpoint but /metrics and /.well-known answers 503 "
+            "`audit-behind-witnesses`.",
         ),
     }
 
