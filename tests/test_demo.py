@@ -134,8 +134,17 @@ def test_demo_comes_up_and_stops_cleanly_on_sigterm(tmp_path: Path):
         assert isinstance(doc["clients"], dict)
         assert (demo.data_dir / "truth.jsonl").is_file()
         assert len(_processes_mentioning(str(demo.data_dir))) >= 1 + len(DEPARTMENTS) + 1
-        # werkzeug colours a 404's request line; the demo's log is a file: no colours.
-        assert httpx.get(doc["gateway"] + "/no-such-page", trust_env=False).status_code == 404
+        # The gateway runs as production does: gunicorn with the read-deadline worker.
+        cmdlines = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            for pid in _processes_mentioning(str(demo.data_dir))
+        ]
+        assert any(b"tongban.gunicorn_worker.DeadlineThreadWorker" in c for c in cmdlines)
+        # The gateway's access log (gunicorn) names the path, never the query string.
+        assert (
+            httpx.get(doc["gateway"] + "/no-such-page?subject=1", trust_env=False).status_code
+            == 404
+        )
 
         demo.proc.send_signal(signal.SIGTERM)
         code = demo.proc.wait(timeout=15)
@@ -145,6 +154,7 @@ def test_demo_comes_up_and_stops_cleanly_on_sigterm(tmp_path: Path):
         assert "demo stopped" in demo.tail()
         log = demo.log.read_text(encoding="utf-8", errors="replace")
         assert '"GET /no-such-page HTTP/1.1" 404' in log
+        assert "subject=1" not in log
         assert "\x1b[" not in log
 
 
@@ -152,7 +162,8 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path):
     with _demo(tmp_path) as demo:
         _wait_until_up(demo)
         children = [p for p in _processes_mentioning(str(demo.data_dir)) if p != demo.proc.pid]
-        assert len(children) == len(DEPARTMENTS) + 1
+        # Five adapters, and the gateway's gunicorn master and its worker.
+        assert len(children) == len(DEPARTMENTS) + 2
 
         demo.proc.kill()  # SIGKILL: the supervisor gets no chance to clean up
         demo.proc.wait(timeout=5)

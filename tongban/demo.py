@@ -196,10 +196,12 @@ def run_demo(
     each replacing the built-in department of its name. ``https``: the gateway's public
     side is HTTPS too, with the gateway's certificate of ``DIR/pki`` (it names 127.0.0.1
     and localhost); the adapters are on mutual TLS either way."""
+    from .exposure import check_public_binding
     from .serve import check_can_listen
 
     console = Console(stderr=True)
     check_can_listen(host, port, "the demo's gateway")  # before minutes of generation
+    check_public_binding(host, tls=https, insecure_http=False, name="the demo's gateway")
     files = _department_files(department_files)
     data_dir = data_dir.resolve()
     if needs_generation(data_dir, population, seed):
@@ -241,29 +243,13 @@ def run_demo(
         adapters = _spawn_adapters(sup, [*cli, "adapter", "serve"], host, port, env, files)
         for dept, url in adapters.items():
             sup.wait_healthy(dept, url)
-        gateway_env = dict(env)
-        for dept, url in adapters.items():
-            gateway_env[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
-        declared = [a for path in files.values() for a in ("--department-file", str(path))]
+        gateway_env = _gateway_env(env, adapters, files)
+        # The gateway runs as production runs it: gunicorn with the deadline worker, so a
+        # slow client is cut off after TONGBAN_REQUEST_READ_TIMEOUT instead of holding a
+        # thread (werkzeug's development server held one thread per slow connection).
         sup.spawn(
             "gateway",
-            [
-                *cli,
-                "gateway",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-                "--host",
-                host,
-                *declared,
-                *(
-                    ["--certfile", str(gateway_tls.cert), "--keyfile", str(gateway_tls.key)]
-                    if https
-                    else []
-                ),
-            ],
+            gateway_argv(host, port, gateway_tls if https else None, data_dir),
             gateway_env,
         )
         sup.wait_healthy("gateway", gateway_url)
@@ -282,6 +268,51 @@ def run_demo(
         sup.shutdown()
     console.print("demo stopped")
     return code
+
+
+#: The demo gateway's gunicorn threads (one worker, so the demo's rate limits and caches are
+#: those of one process, as in `tongban gateway serve`).
+GATEWAY_THREADS = 32
+
+
+def _gateway_env(
+    env: dict[str, str], adapters: dict[str, str], files: dict[str, Path]
+) -> dict[str, str]:
+    """The demo's environment, plus where the adapters and the department files are."""
+    out = dict(env)
+    for dept, url in adapters.items():
+        out[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
+    if files:
+        out["TONGBAN_DEPARTMENT_FILES"] = os.pathsep.join(str(p) for p in files.values())
+    return out
+
+
+#: gunicorn's access-log line: the path without its query string (``%(U)s``).
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+
+
+def gateway_argv(host: str, port: int, tls: TLSFiles | None, data_dir: Path) -> list[str]:
+    """The demo gateway's command line: gunicorn, gthread with tongban's read deadline."""
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    argv = [
+        gunicorn,
+        "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
+        "-b", f"{host}:{port}",
+        "-w", "1",
+        "--threads", str(GATEWAY_THREADS),
+        "--timeout", "60",
+        "--graceful-timeout", "5",
+        "--log-level", "warning",
+        # One line per request, without the query string (it may carry what a proxy
+        # should never log); the demo's log shows it beside the adapters' lines.
+        "--access-logfile", "-",
+        "--access-logformat", ACCESS_LOG_FORMAT,
+        # On the command line, so that ps (and the demo's tests) see whose gateway it is.
+        "-e", f"TONGBAN_DATA_DIR={data_dir}",
+    ]  # fmt: skip
+    if tls is not None:
+        argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
+    return [*argv, "tongban.wsgi:gateway()"]
 
 
 def _spawn_adapters(
