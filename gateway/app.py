@@ -10,7 +10,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tongban.adapters.service import install_problem_handlers
 from tongban.audit.log import AuditBehindWitnesses
-from tongban.exposure import install_hsts
+from tongban.exposure import install_hsts, install_security_headers
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
@@ -77,6 +77,7 @@ def create_app(gateway: Gateway) -> Flask:
     )
 
     install_hsts(app)
+    install_security_headers(app)
     _install_integrity_guard(app, gateway)
 
     @app.get("/healthz")

@@ -112,3 +112,42 @@ def test_hsts_is_sent_over_tls_only(harness: Harness) -> None:
     assert secure.headers["Strict-Transport-Security"] == HSTS
     plain = harness.client.get("/healthz")
     assert "Strict-Transport-Security" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind"),
+    [
+        ("GET", "/healthz", "application/json"),
+        ("GET", "/v1/claims", "application/problem+json"),  # no token: 401
+        ("POST", "/v1/checks", "application/problem+json"),
+        ("GET", "/no-such-page", "application/problem+json"),
+        ("GET", "/docs", "text/html"),
+        ("GET", "/me/login", "text/html"),
+        ("GET", "/officer/", None),  # a redirect to the login page
+        ("GET", "/.well-known/jwks.json", "application/json"),
+    ],
+)
+def test_every_response_carries_the_security_headers(
+    harness: Harness, method: str, path: str, kind: str | None
+) -> None:
+    resp = harness.client.open(path, method=method)
+    if kind is not None:
+        assert resp.mimetype == kind, (path, resp.status_code)
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
+    if resp.mimetype == "text/html":
+        csp = resp.headers["Content-Security-Policy"]
+        assert "default-src" in csp and "frame-ancestors 'none'" in csp
+
+
+def test_html_without_a_policy_of_its_own_gets_the_locked_down_one() -> None:
+    from flask import Flask
+
+    from tongban.exposure import DEFAULT_HTML_CSP, install_security_headers
+
+    app = Flask("t")
+    install_security_headers(app)
+    app.add_url_rule("/", "x", lambda: "<p>hi</p>")
+    resp = app.test_client().get("/")
+    assert resp.headers["Content-Security-Policy"] == DEFAULT_HTML_CSP
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"

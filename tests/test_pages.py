@@ -303,3 +303,18 @@ def test_citizen_grant_errors_are_shown(harness, people):
            "valid_days": "0", "max_uses": "1"}  # fmt: skip
     resp = client.post("/me/consents", data=bad)
     assert resp.status_code == 302 and "error=" in resp.headers["Location"]
+
+
+def test_the_citizen_page_shows_only_its_own_messages(harness, people):
+    """``/me/?error=<text>`` once showed the text verbatim (a phishing line on a government
+    page); now a key picks a fixed message, and anything else is a generic one."""
+    client = citizen(harness, people[33]["id_number"])
+    lure = "Your account is locked. Call 110-555-0199"
+    page = client.get("/me/", query_string={"error": lure, "message": lure}).get_data(as_text=True)
+    assert "Call 110" not in page and "locked" not in page
+    assert "That did not work; nothing was changed" in page  # the generic error
+    known = client.get("/me/", query_string={"error": "consent-not-active"})
+    assert "That consent is no longer active" in known.get_data(as_text=True)
+    granted = client.get("/me/", query_string={"message": "granted", "id": "<b>x</b>"})
+    text = granted.get_data(as_text=True)
+    assert "Consent granted" in text and "<b>x</b>" not in text and "&lt;b&gt;" not in text

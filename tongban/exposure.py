@@ -27,6 +27,7 @@ __all__ = [
     "ca_bundle",
     "check_public_binding",
     "install_hsts",
+    "install_security_headers",
     "is_loopback",
     "public_server_context",
 ]
@@ -45,6 +46,30 @@ def install_hsts(app: Flask) -> None:
     def _hsts(resp: Response) -> Response:
         if request.is_secure:
             resp.headers["Strict-Transport-Security"] = HSTS
+        return resp
+
+
+#: Every response of the API and of the pages (errors, 404s and JSON included).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+#: For any HTML the API itself sends without a policy of its own (the pages and the API
+#: docs set stricter ones): nothing runs, nothing loads, nothing frames it.
+DEFAULT_HTML_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+def install_security_headers(app: Flask) -> None:
+    """``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer`` on every
+    response of ``app``, and a locked-down Content-Security-Policy on any HTML response
+    that has none."""
+
+    @app.after_request
+    def _security_headers(resp: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            resp.headers.setdefault(name, value)
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("Content-Security-Policy", DEFAULT_HTML_CSP)
         return resp
 
 

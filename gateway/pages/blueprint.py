@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
 from tongban.adapters.service import install_problem_handlers
-from tongban.exposure import install_hsts
+from tongban.exposure import install_hsts, install_security_headers
 
 from ..oauth.flask import EXTENSION
 from ..services import Gateway
@@ -96,6 +96,7 @@ def mount_pages(app: Flask, gateway: Gateway) -> Flask:
     pages.secret_key = session_secret(gateway)
     pages.session_interface = _SessionCookies()
     install_hsts(pages)
+    install_security_headers(pages)
     oauth = gateway.oauth
     pages.config.update(
         SESSION_COOKIE_NAME="tongban_pages",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -93,6 +94,47 @@ def _consent_body(form: Any) -> dict[str, Any]:
     return body
 
 
+#: What the citizen page may say after a redirect: a key from the URL picks one of these, and
+#: nothing else from the URL is shown (``/me/?error=<any text>`` once showed that text).
+MESSAGES = {
+    "granted": "Consent granted 已授权",
+    "revoked": "Consent revoked 已撤销",
+}
+ERRORS = {
+    "invalid-form": "Please check the form: a field is missing or out of range 请检查表单",
+    "bad-request": "Please check the form: a field is missing or out of range 请检查表单",
+    "consent-not-found": "No such consent 没有该授权",
+    "consent-not-active": "That consent is no longer active 该授权已失效",
+    "not-a-guardian": "You are not a guardian on record of that person 您不是其登记监护人",
+    "guardian-undetermined": "Guardianship could not be confirmed 无法确认监护关系",
+    "unknown-requester": "Unknown requester 未知的请求方",
+    "subject-not-a-minor": "That person is not a minor 该人不是未成年人",
+    "invalid-id-number": "That is not a valid ID number 身份证号无效",
+    "unknown-claim": "Unknown question 未知的问题",
+    "unknown-purpose": "Unknown purpose 未知的用途",
+    "claim-not-for-purpose": "That question does not serve that purpose 问题与用途不符",
+    "not-found": "Not found 未找到",
+    "audit-failed": "Nothing was changed: please try again 未作更改; 请重试",
+}
+_GENERIC_ERROR = "That did not work; nothing was changed 操作未成功; 未作任何更改"
+_CONSENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _notice(table: dict[str, str], key: str | None, consent_id: str | None = None) -> str | None:
+    """The fixed text for ``key`` (a generic one for an unknown key), with the consent id
+    when it looks like one; None without a key."""
+    if not key:
+        return None
+    if table is ERRORS:
+        return ERRORS.get(key, _GENERIC_ERROR)
+    text = table.get(key)
+    if text is None:
+        return None
+    if consent_id and _CONSENT_ID.fullmatch(consent_id):
+        text = f"{text}: {consent_id}"
+    return text
+
+
 def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
     consents: ConsentStore | None = gateway.consents
     audit = gateway.audit
@@ -160,8 +202,8 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
             consents=[c.to_json() for c in store().list_for(number)],
             claims=sorted(catalog.claims.values(), key=lambda c: c.name),
             purposes=sorted(catalog.purposes.values(), key=lambda p: p.name),
-            message=request.args.get("message"),
-            error=request.args.get("error"),
+            message=_notice(MESSAGES, request.args.get("message"), request.args.get("id")),
+            error=_notice(ERRORS, request.args.get("error")),
         )
 
     @bp.post("/me/consents")
@@ -171,9 +213,9 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
         try:
             consent = store().grant(me().id_number, _consent_body(request.form))
         except (TongbanError, ValueError) as exc:
-            detail = exc.detail if isinstance(exc, TongbanError) else str(exc)
-            return redirect(url_for("pages.citizen_home", error=detail))
-        return redirect(url_for("pages.citizen_home", message=f"granted {consent.id}"))
+            key = exc.slug if isinstance(exc, TongbanError) else "invalid-form"
+            return redirect(url_for("pages.citizen_home", error=key))
+        return redirect(url_for("pages.citizen_home", message="granted", id=consent.id))
 
     @bp.post("/me/consents/<consent_id>/revoke")
     @citizen_required
@@ -182,5 +224,5 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
         try:
             store().revoke(consent_id, me().id_number)
         except TongbanError as exc:
-            return redirect(url_for("pages.citizen_home", error=exc.detail))
-        return redirect(url_for("pages.citizen_home", message=f"revoked {consent_id}"))
+            return redirect(url_for("pages.citizen_home", error=exc.slug))
+        return redirect(url_for("pages.citizen_home", message="revoked", id=consent_id))
