@@ -48,7 +48,9 @@ def subjects(population: Generated) -> dict[str, list[str]]:
     """ID numbers by the claim's true answer: one yes, several no, one undetermined."""
     by_word: dict[str, list[str]] = {"yes": [], "no": [], "undetermined": []}
     for row in population.subjects():
-        by_word[WORD[row["claims"][CLAIM]]].append(str(row["id_number"]))
+        claims = row["claims"]
+        assert isinstance(claims, dict)
+        by_word[WORD[claims[CLAIM]]].append(str(row["id_number"]))
     rng = random.Random(7)
     picked = {"yes": rng.sample(by_word["yes"], 1), "no": rng.sample(by_word["no"], 6)}
     assert by_word["undetermined"], "the population has no quarantined record to ask about"
