@@ -51,6 +51,7 @@ ERROR_MODULES = (
     "tongban.adapters.witness",
     "tongban.audit.log",
     "tongban.audit.verify",
+    "tongban.gateway.views_audit",
     "tongban.federation.statistics",
     "tongban.federation.paillier",
     "tongban.federation.dp",

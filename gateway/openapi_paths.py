@@ -70,6 +70,7 @@ from .oauth.errors import (
 from .openapi_schemas import CHANGE_ID_PATTERN, CONSENT_ID_PATTERN, Json, problem_responses, ref
 from .statistics import DpRequired, StatisticUnavailable
 from .statistics_store import BudgetExhausted
+from .views_audit import SubjectInUrl
 
 __all__ = ["DOCS_ASSETS", "METRICS_MEDIA_TYPES", "paths"]
 
@@ -421,11 +422,6 @@ def _audit_paths() -> Json:
         _query("kind", {"type": "string"}, "Entry kind, e.g. check, consent_granted."),
         _query("since", {"type": "string", "format": "date-time"}, "Entry time, inclusive."),
         _query("until", {"type": "string", "format": "date-time"}, "Entry time, exclusive."),
-        _query(
-            "subject",
-            ref("IdNumber"),
-            "A citizen's ID number; the lookup itself is audited and shown to the citizen.",
-        ),
         _query("limit", {"type": "integer", "minimum": 1, "default": 50}, "Page size (max 500)."),
         _query("cursor", _COUNT, "The `next` of the previous page."),
         _query("order", {"type": "string", "enum": ["asc", "desc"], "default": "desc"}, "Order."),
@@ -482,6 +478,20 @@ def _audit_paths() -> Json:
                 "audit",
                 "Search audit entries (privacy officers)",
                 {"200": _json(ref("AuditEntries"), "A page of entries.")},
+                (*_BEARER, InsufficientScope, BadRequest, SubjectInUrl, NotFound),
+                security=_oauth("audit:read"),
+                parameters=entry_filters,
+                description="No `subject` here: an ID number in a URL is refused with 400 "
+                "`subject-in-url` (URLs end up in access logs, proxies and histories); look a "
+                "citizen up with `POST /v1/audit/entries/search`.",
+            )
+        },
+        "/v1/audit/entries/search": {
+            "post": _op(
+                "auditEntriesSearch",
+                "audit",
+                "Search audit entries, by a citizen's ID number too (privacy officers)",
+                {"200": _json(ref("AuditEntries"), "A page of entries.")},
                 (
                     *_BEARER,
                     InsufficientScope,
@@ -491,7 +501,10 @@ def _audit_paths() -> Json:
                     *_AUDIT_WRITE,
                 ),
                 security=_oauth("audit:read"),
-                parameters=entry_filters,
+                requestBody=_body(ref("AuditSearch")),
+                description="The filters of `GET /v1/audit/entries` in a JSON body, plus "
+                "`subject`: a lookup by ID number is itself audited (`officer_lookup`) and "
+                "shown to the citizen.",
             )
         },
     }

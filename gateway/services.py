@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tongban.adapters.client import DepartmentClient
 from tongban.audit.log import AuditLog
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
+from tongban.primitives.idnumber import parse
 from tongban.primitives.metrics_auth import MetricsCredential
 
 from .catalog import Catalog
@@ -48,6 +49,15 @@ class AuditEvents:
         entry.setdefault("kind", "event")
         entry.setdefault("time", utc_now())
         return self.log.append(entry, subject_id)
+
+    def officer_lookup(self, officer: str, id_number: str) -> str:
+        """Record that ``officer`` looked a citizen up (an access to personal data in its
+        own right, shown on the citizen's access log) and return the citizen's pseudonym,
+        the key of the log's subject column. An invalid number raises, before anything is
+        written."""
+        number = parse(id_number).number
+        self.append({"kind": "officer_lookup", "requester": officer}, subject_id=number)
+        return self.log.pseudonyms.pseudonym(number)
 
 
 @dataclass(frozen=True)

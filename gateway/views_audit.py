@@ -4,25 +4,35 @@ call the log, render."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from flask import Blueprint, Response, jsonify, request
 
 from tongban.audit.log import AuditLog, StoredEntry
 from tongban.primitives.errors import BadRequest, Forbidden, NotFound
-from tongban.primitives.idnumber import parse
 
 from .oauth.flask import current_principal, require_token
-from .services import AuditEvents, Gateway, utc_now
+from .services import AuditEvents, Gateway
 
-__all__ = ["audit_blueprint"]
+__all__ = ["SubjectInUrl", "audit_blueprint"]
+
+
+class SubjectInUrl(BadRequest):
+    """An ID number in a query string: refused, so that clients move it to a body."""
+
+    slug = "subject-in-url"
+    title = "An ID number may not be sent in a URL"
+
 
 _MAX_PAGE = 500
 _FILTERS = ("requester", "claim", "purpose", "decision", "result", "kind", "since", "until")
 
 
-def _int_arg(name: str, *, minimum: int = 0) -> int:
-    raw = request.args.get(name)
-    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+def _int_arg(name: str, *, minimum: int = 0, source: Mapping[str, object] | None = None) -> int:
+    raw = (request.args if source is None else source).get(name)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise BadRequest(f"{name}: expected a non-negative integer")
     value = int(raw)
     if value < minimum:
@@ -30,10 +40,12 @@ def _int_arg(name: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _time_arg(name: str) -> str:
+def _time_arg(name: str, source: Mapping[str, object] | None = None) -> str:
     """An RFC 3339 date-time with a zone, as the log writes times (UTC, ms, ``Z``), so the
     store's text comparison is a time comparison; anything else is refused, not matched."""
-    raw = request.args.get(name, "")
+    raw = (request.args if source is None else source).get(name, "")
+    if not isinstance(raw, str):
+        raise BadRequest(f"{name}: expected an RFC 3339 date-time with a time zone")
     try:
         when = dt.datetime.fromisoformat(raw) if len(raw) <= 40 and raw.isascii() else None
     except ValueError:
@@ -45,6 +57,37 @@ def _time_arg(name: str) -> str:
 
 def _render(e: StoredEntry) -> dict[str, object]:
     return {"index": e.index, "leaf_hash": e.leaf_hash.hex(), "entry": e.entry}
+
+
+def _search(log: AuditLog, params: Mapping[str, object]) -> Response:
+    """The officers' entry search, from query parameters or a JSON body."""
+    filters: dict[str, str] = {}
+    for name in _FILTERS:
+        value = params.get(name)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise BadRequest(f"{name}: expected a string")
+        filters[name] = _time_arg(name, params) if name in ("since", "until") else value
+    limit = _int_arg("limit", minimum=1, source=params) if "limit" in params else 50
+    cursor = _int_arg("cursor", source=params) if "cursor" in params else None
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("order: expected asc or desc")
+    subject = params.get("subject")
+    if subject:
+        if not isinstance(subject, str):
+            raise BadRequest("subject: expected an ID number")
+        filters["subject"] = AuditEvents(log).officer_lookup(
+            current_principal().client_id, subject
+        )
+    try:
+        rows, nxt = log.entries(
+            filters, cursor=cursor, limit=min(limit, _MAX_PAGE), newest_first=order == "desc"
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify(entries=[_render(e) for e in rows], next=nxt)
 
 
 def audit_blueprint(gateway: Gateway) -> Blueprint:
@@ -98,31 +141,25 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
     @bp.get("/v1/audit/entries")
     @require_token("audit:read")
     def entries() -> Response:
-        filters = {k: request.args[k] for k in _FILTERS if request.args.get(k)}
-        for name in ("since", "until"):
-            if name in filters:
-                filters[name] = _time_arg(name)
-        limit = _int_arg("limit", minimum=1) if "limit" in request.args else 50
-        cursor = _int_arg("cursor") if "cursor" in request.args else None
-        order = request.args.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise BadRequest("order: expected asc or desc")
-        subject = request.args.get("subject")
-        if subject:
-            number = parse(subject).number
-            filters["subject"] = log().pseudonyms.pseudonym(number)
-            # Looking a citizen up is itself an access to personal data: record it.
-            AuditEvents(log()).append(
-                {"kind": "officer_lookup", "requester": current_principal().client_id,
-                 "time": utc_now()},
-                subject_id=number,
-            )  # fmt: skip
-        try:
-            rows, nxt = log().entries(
-                filters, cursor=cursor, limit=min(limit, _MAX_PAGE), newest_first=order == "desc"
+        if "subject" in request.args:
+            # An ID number in a URL ends up in access logs, proxies and browser history.
+            raise SubjectInUrl(
+                "subject: an ID number never goes in a URL: POST /v1/audit/entries/search "
+                'with {"subject": …} in the body'
             )
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return jsonify(entries=[_render(e) for e in rows], next=nxt)
+        return _search(log(), request.args)
+
+    @bp.post("/v1/audit/entries/search")
+    @require_token("audit:read")
+    def search() -> Response:
+        body = request.get_json()
+        if not isinstance(body, dict):
+            raise BadRequest("body: expected a JSON object")
+        unknown = set(body) - {*_FILTERS, "subject", "limit", "cursor", "order"}
+        if unknown:
+            raise BadRequest(f"{sorted(unknown)[0]}: unknown member")
+        if "subject" not in body:
+            raise BadRequest("subject: required here (without one, GET /v1/audit/entries)")
+        return _search(log(), body)
 
     return bp

@@ -125,7 +125,8 @@ def test_request_bodies_refuse_unknown_fields(spec: dict[str, Any]):
             assert schema["additionalProperties"] is False, (method, path, media)
             assert schema.get("required") or schema.get("anyOf"), (method, path)
             seen += 1
-    assert seen == 7  # token, check, batch, consent grant, policy change, statistic, federation
+    # token, check, batch, consent grant, policy change, statistic, federation, audit search
+    assert seen == 8
     assert schemas["Subject"]["additionalProperties"] is False
     assert schemas["BatchSubject"]["additionalProperties"] is False
 
@@ -609,10 +610,16 @@ def _audit_scenario(served: Served, contract: Contract) -> None:
         served, contract, "get", "/v1/audit/entries?limit=5&kind=check", 200, headers=officer
     )
     assert page["entries"] and all(e["entry"]["kind"] == "check" for e in page["entries"])
-    _call(served, contract, "get", f"/v1/audit/entries?subject={CHILD}", 200, headers=officer)
+    _call(served, contract, "post", "/v1/audit/entries/search", 200, headers=officer,
+          json={"subject": CHILD, "limit": 5})  # fmt: skip
     _problem(
-        _call(served, contract, "get", "/v1/audit/entries?subject=123", 422, headers=officer),
+        _call(served, contract, "post", "/v1/audit/entries/search", 422, headers=officer,
+              json={"subject": "123"}),
         "invalid-id-number",
+    )  # fmt: skip
+    _problem(
+        _call(served, contract, "get", f"/v1/audit/entries?subject={CHILD}", 400, headers=officer),
+        "subject-in-url",
     )
     _problem(
         _call(served, contract, "get", "/v1/audit/entries", 403, headers=edu), "insufficient-scope"
@@ -815,3 +822,12 @@ def test_docs_blueprint_calls_the_provider_once():
     assert client.get("/openapi.json").get_json()["openapi"] == "3.1.0"
     client.get("/openapi.json")
     assert calls == [1]
+
+
+def test_the_http_api_page_lists_every_problem_type() -> None:
+    """docs/http-api.md's problem table is the error tree's, row for row."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "http-api.md").read_text("utf-8")
+    table = page[page.index("| slug | status | title |") :].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    listed = [tuple(c.strip().strip("`") for c in r.strip("|").split("|")) for r in rows]
+    assert listed == [(p.slug, str(p.status), p.title) for p in problem_types()]

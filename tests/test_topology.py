@@ -5,6 +5,7 @@ worker; one replay cache — beside adapters that run as processes of their own.
 from __future__ import annotations
 
 import fcntl
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -223,3 +224,53 @@ def test_a_policy_change_reaches_every_worker(topo: Topology) -> None:
         converge(removed, 403)
     finally:
         converge(change("add"), 200)
+
+
+@pytest.mark.slow
+def test_no_process_log_holds_an_id_number(topo: Topology) -> None:
+    """Finding 5: ID numbers in URLs, bodies and failing requests, then every process log
+    of the topology (the gateway's gunicorn and each adapter's, access lines included) is
+    scanned for anything shaped like an ID number."""
+    subjects = topo.subjects(20)
+    checks_token = topo.token("edu-bureau")
+    officer = {"Authorization": "Bearer " + topo.token("privacy-officer")}
+    with httpx.Client(base_url=topo.gateway_url, trust_env=False, timeout=30) as http:
+        auth = {"Authorization": "Bearer " + checks_token}
+        for s in subjects[:5]:
+            check = {"subject": {"id_number": s}, "claim": "birth_registered",
+                     "purpose": "school_enrollment"}  # fmt: skip
+            assert http.post("/v1/checks", json=check, headers=auth).status_code == 200
+        batch = {"claim": "birth_registered", "purpose": "school_enrollment",
+                 "subjects": [{"id_number": s} for s in subjects[5:15]]}  # fmt: skip
+        assert http.post("/v1/checks/batch", json=batch, headers=auth).status_code == 200
+        wrong_check = "1" if subjects[0][-1] == "0" else "0"  # a bad check character
+        invalid = {"subject": {"id_number": subjects[0][:-1] + wrong_check},
+                   "claim": "birth_registered", "purpose": "school_enrollment"}  # fmt: skip
+        assert http.post("/v1/checks", json=invalid, headers=auth).status_code == 422
+        # The officer's lookup: refused in a URL, answered from a body.
+        refused = http.get(f"/v1/audit/entries?subject={subjects[0]}", headers=officer)
+        assert refused.status_code == 400
+        assert refused.json()["type"].endswith("/subject-in-url")
+        found = http.post("/v1/audit/entries/search", json={"subject": subjects[0]},
+                          headers=officer)  # fmt: skip
+        assert found.status_code == 200 and found.json()["entries"]
+        # An ID number in a path and in a query string of unknown routes.
+        assert http.get(f"/v1/people/{subjects[1]}", headers=officer).status_code == 404
+        assert http.get(f"/healthz?id={subjects[2]}").status_code in (200, 503)
+        page = http.get(f"/me/?error={subjects[3]}")
+        assert page.status_code in (200, 302, 404)
+    logs = {p.name: p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted((topo.root / "logs").glob("*.log"))}  # fmt: skip
+    assert set(logs) >= {"gateway.log", *(f"{d}.log" for d in DEPARTMENTS)}
+    # The access log is on: the scan reads request lines, not an empty file.
+    assert '"POST /v1/checks HTTP/1.1" 200' in logs["gateway.log"]
+    assert '"GET /v1/people/[id] HTTP/1.1" 404' in logs["gateway.log"]
+    assert '"GET /v1/audit/entries HTTP/1.1" 400' in logs["gateway.log"]
+    assert '"POST /v1/evaluate HTTP/1.1" 200' in logs["health.log"]
+    shaped = re.compile(r"(?<!\d)(?:\d{17}[\dXx]|\d{15})(?![\dXx])")
+    for name, text_ in logs.items():
+        hit = shaped.search(text_)
+        assert hit is None, f"{name}: an ID-shaped number at offset {hit.start()}"
+    everyone = topo.subjects(10_000)
+    for name, text_ in logs.items():
+        assert not [s for s in everyone if s in text_], name

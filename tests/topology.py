@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from tongban.access_log import gunicorn_access_args
 from tongban.adapters.builtin import builtin_names
 from tongban.gateway.answers import ANSWER_TYP
 from tongban.primitives.jws import PublicKey, key_from_jwk, verify_compact
@@ -282,7 +283,8 @@ class Topology:
     def gunicorn_argv(self, name: str) -> list[str]:
         """The gunicorn command line of one service, as documented for production."""
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
-        common = ["--log-level", "warning", "--graceful-timeout", "5"]
+        # The masked access log, as documented: the log scan reads these lines too.
+        common = ["--log-level", "warning", "--graceful-timeout", "5", *gunicorn_access_args()]
         if name == "gateway":  # the production worker: gthread plus a read deadline
             return [gunicorn, *common, "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
                     "-b", f"127.0.0.1:{self.gateway_port}",

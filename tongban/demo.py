@@ -28,6 +28,7 @@ from types import FrameType
 import httpx
 from rich.console import Console
 
+from .access_log import gunicorn_access_args
 from .config import DEPARTMENTS, Settings
 from .provision import DEMO_CLIENTS, init_data_dir, write_private_json
 from .tls import TLSFiles, client_context
@@ -287,10 +288,6 @@ def _gateway_env(
     return out
 
 
-#: gunicorn's access-log line: the path without its query string (``%(U)s``).
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
-
-
 def gateway_argv(host: str, port: int, tls: TLSFiles | None, data_dir: Path) -> list[str]:
     """The demo gateway's command line: gunicorn, gthread with tongban's read deadline."""
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
@@ -303,10 +300,9 @@ def gateway_argv(host: str, port: int, tls: TLSFiles | None, data_dir: Path) -> 
         "--timeout", "60",
         "--graceful-timeout", "5",
         "--log-level", "warning",
-        # One line per request, without the query string (it may carry what a proxy
-        # should never log); the demo's log shows it beside the adapters' lines.
-        "--access-logfile", "-",
-        "--access-logformat", ACCESS_LOG_FORMAT,
+        # One line per request, its query string and ID-shaped digits masked (they may
+        # carry what no log should keep); the demo's log shows it beside the adapters'.
+        *gunicorn_access_args(),
         # On the command line, so that ps (and the demo's tests) see whose gateway it is.
         "-e", f"TONGBAN_DATA_DIR={data_dir}",
     ]  # fmt: skip

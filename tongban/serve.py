@@ -1,8 +1,8 @@
 """Run a WSGI app until SIGTERM or Ctrl-C, then stop cleanly; over TLS when given a context.
 
-Request lines go to the ``werkzeug`` logger; the command line's handler
-(:func:`tongban.boundary.configure_logging`) strips werkzeug's ANSI colours from them
-unless stderr is a terminal.
+Request lines go to the ``werkzeug`` logger with the target masked
+(:func:`tongban.access_log.mask_target`: no query string, no ID-shaped digits) and without
+werkzeug's ANSI colours.
 
 With ``tls`` (an adapter's :func:`tongban.tls.server_context`, or the requester side's
 context), the listening socket stays a plain one and every connection's TLS handshake
@@ -30,6 +30,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from .access_log import mask_target
 from .boundary import CommandFailed, scrub
 from .tls import HANDSHAKE_TIMEOUT, describe_tls_error
 
@@ -65,6 +66,13 @@ class _Handler(WSGIRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = KEEPALIVE_TIMEOUT
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """werkzeug's request line with the target masked (:func:`mask_target`): no query
+        string and no ID-shaped digits reach the log, whatever the client put in the URL."""
+        target = mask_target(getattr(self, "path", "") or "")
+        line = f"{self.command} {target} {self.request_version}"
+        self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
 
     def log_error(self, format: str, *args: Any) -> None:
         if format.startswith("Request timed out"):

@@ -31,16 +31,16 @@ from tongban.audit.canonical import canonical_bytes
 from tongban.audit.log import AuditLog, StoredEntry
 from tongban.audit.note import SignedNote
 from tongban.primitives.errors import NotFound, TongbanError
-from tongban.primitives.idnumber import mask, parse
+from tongban.primitives.idnumber import mask
 
 from ..anomaly import Flag, Thresholds, detect, iso
 from ..oauth import Principal
-from ..services import AuditEvents, Gateway, utc_now
+from ..services import AuditEvents, Gateway
 from .charts import bucketed, stacked_bars
 from .session import LoginFailed, check_csrf, csrf_token, current_page_officer
 from .session import officer_login as exchange_credentials
 
-__all__ = ["install_officer", "officer_lookup"]
+__all__ = ["install_officer"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,16 +53,6 @@ _TEXT_FILTERS = ("requester", "claim", "purpose", "decision", "result")
 _THRESHOLD_FIELDS = {f.name: f.type for f in dataclasses.fields(Thresholds)}
 _CSV_COLUMNS = ("index", "time", "kind", "requester", "claim", "purpose", "basis", "decision",
                 "rule", "reason", "result", "subject")  # fmt: skip
-
-
-def officer_lookup(log: AuditLog, officer: str, id_number: str) -> str:
-    """Record that ``officer`` looked a citizen up (the same ``officer_lookup`` entry as
-    ``GET /v1/audit/entries?subject=``) and return the citizen's pseudonym."""
-    number = parse(id_number).number
-    AuditEvents(log).append(
-        {"kind": "officer_lookup", "requester": officer, "time": utc_now()}, subject_id=number
-    )
-    return log.pseudonyms.pseudonym(number)
 
 
 def _when(raw: str) -> str:
@@ -296,7 +286,9 @@ def install_officer(bp: Blueprint, gateway: Gateway) -> None:  # noqa: PLR0915 -
     def officer_lookup_view() -> WResponse:
         check_csrf(request.form.get("csrf"))
         try:
-            pseudonym = officer_lookup(log(), me().client_id, request.form.get("id_number", ""))
+            pseudonym = AuditEvents(log()).officer_lookup(
+                me().client_id, request.form.get("id_number", "")
+            )
         except TongbanError:
             # Never echo the number back: say only that it was not a valid one.
             return redirect(_link(lookup_error="1"))
