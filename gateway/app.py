@@ -49,6 +49,7 @@ def create_app(gateway: Gateway) -> Flask:
             token_endpoint=oauth.token_endpoint,
             replay_cache=oauth.replay_cache,
             citizen_verifier=oauth.citizen_verifier,
+            token_throttle=oauth.token_throttle,
         )
     app.register_blueprint(audit_blueprint(gateway))
     mount_pages(app, gateway)

@@ -353,30 +353,15 @@ class Checker:
                 basis.append(self._batch_consent(requester, claim, purpose, number, item))
         askable = [n for n, b in zip(numbers, basis, strict=True) if n and isinstance(b, dict)]
         answers = self._ask_many(claim, askable, params)
-        results: list[dict[str, Any]] = []
-        prepared = []
-        for i, (number, b) in enumerate(zip(numbers, basis, strict=True)):
-            if number is not None and isinstance(b, dict):
-                word = RESULT_WORD[answers[number]]
-                entry = {**base, **b, "result": word, "batch_item": i}
-            else:
-                word = "denied" if number is not None else "invalid"
-                entry = {**base, "result": word, "error": str(b), "batch_item": i}
-            prepared.append(self.audit.prepare(entry, number))
-            results.append({"index": i, "result": word})
-            if not isinstance(b, dict):
-                results[-1]["reason"] = str(b).split(":")[0]
-        indexes = self.audit.append_prepared(prepared)
-        AUDIT_APPENDS.inc(len(indexes))
+        results = self._audit_batch(base, numbers, basis, answers, invalid)
         for word, count in Counter(r["result"] for r in results).items():
             count_check(claim.name, purpose, word, count)
         signed = []
-        for r, index, number in zip(results, indexes, numbers, strict=True):
-            r["audit_index"] = index
+        for r, number in zip(results, numbers, strict=True):
             signed.append({
                 "sub": self.answers.pairwise(requester, number) if number else None,
                 "result": r["result"],
-                "audit_index": index,
+                "audit_index": r["audit_index"],
             })  # fmt: skip
         token = self.answers.sign(
             requester,
@@ -391,6 +376,47 @@ class Checker:
             alg,
         )
         return {"results": results, "answer": token}
+
+    def _audit_batch(
+        self,
+        base: dict[str, Any],
+        numbers: Sequence[str | None],
+        basis: Sequence[dict[str, str] | str],
+        answers: Mapping[str, Tri],
+        invalid: Mapping[int, str],
+    ) -> list[dict[str, Any]]:
+        """Append a batch's entries in one transaction and return its per-item results,
+        each with its ``audit_index``. Every subject that reached policy has an entry of its
+        own; the subjects that were not valid ID numbers share one summary entry, how many
+        and why, never the numbers (a batch of garbage is one entry, not 10,000)."""
+        results: list[dict[str, Any]] = []
+        prepared = []
+        for i, (number, b) in enumerate(zip(numbers, basis, strict=True)):
+            if number is None:
+                results.append({"index": i, "result": "invalid", "reason": invalid[i]})
+                continue
+            if isinstance(b, dict):
+                word = RESULT_WORD[answers[number]]
+                entry = {**base, **b, "result": word, "batch_item": i}
+            else:
+                word = "denied"
+                entry = {**base, "result": word, "error": b, "batch_item": i}
+            prepared.append(self.audit.prepare(entry, number))
+            results.append({"index": i, "result": word})
+            if not isinstance(b, dict):
+                results[-1]["reason"] = b.split(":")[0]
+        if invalid:
+            reasons = dict(sorted(Counter(invalid.values()).items()))
+            summary = {**base, "result": "invalid", "error": "invalid-id-number",
+                       "batch_invalid": {"count": len(invalid), "reasons": reasons}}  # fmt: skip
+            prepared.append(self.audit.prepare(summary, None))
+        indexes = self.audit.append_prepared(prepared)
+        AUDIT_APPENDS.inc(len(indexes))
+        summary_index = indexes[-1] if invalid else None
+        item_indexes = iter(indexes)
+        for r in results:
+            r["audit_index"] = summary_index if r["result"] == "invalid" else next(item_indexes)
+        return results
 
     def _batch_consent(
         self, requester: str, claim: Claim, purpose: str, number: str, item: Mapping[str, Any]

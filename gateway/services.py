@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
+
 from tongban.adapters.client import DepartmentClient
 from tongban.audit.log import AuditLog
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # these modules import this one; types only
     from .federation_jobs import FederationJobs
     from .jobs import JobPolicy
     from .oauth import CitizenTokenVerifier, ClientRegistry, TokenIssuer
+    from .oauth.throttle import TokenThrottle
     from .statistics import StatisticsService
 
 __all__ = ["AuditEvents", "Gateway", "OAuthParts", "utc_now"]
@@ -69,6 +72,7 @@ class OAuthParts:
     token_endpoint: str
     replay_cache: ReplayCache | None = None
     citizen_verifier: CitizenTokenVerifier | None = None
+    token_throttle: TokenThrottle | None = None  # None: init_oauth builds the default
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Gateway:
     federation: FederationJobs | None = None  # federated training jobs
     # Who may read /metrics (the operator's metrics token); None: nobody.
     metrics: MetricsCredential | None = None
+    # The database engines the parts above opened, disposed of by close().
+    engines: list[Engine] = field(default_factory=list)
 
     def health(self) -> dict[str, object]:
         names = self.departments.departments
@@ -119,3 +125,7 @@ class Gateway:
             self.federation.close()
         if self.audit is not None:
             self.audit.close()
+        if self.oauth is not None and self.oauth.token_throttle is not None:
+            self.oauth.token_throttle.dispose()
+        for engine in self.engines:
+            engine.dispose()

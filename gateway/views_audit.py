@@ -78,9 +78,7 @@ def _search(log: AuditLog, params: Mapping[str, object]) -> Response:
     if subject:
         if not isinstance(subject, str):
             raise BadRequest("subject: expected an ID number")
-        filters["subject"] = AuditEvents(log).officer_lookup(
-            current_principal().client_id, subject
-        )
+        filters["subject"] = AuditEvents(log).officer_lookup(current_principal().client_id, subject)
     try:
         rows, nxt = log.entries(
             filters, cursor=cursor, limit=min(limit, _MAX_PAGE), newest_first=order == "desc"

@@ -32,7 +32,8 @@ from tongban.gateway.consent import ConsentRequired, ConsentStore
 from tongban.gateway.federation_jobs import FederationJobs
 from tongban.gateway.jobs import JobPolicy
 from tongban.gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
-from tongban.gateway.ratelimit import build_rate_limiter
+from tongban.gateway.oauth.throttle import TokenThrottle
+from tongban.gateway.ratelimit import SqlBucketStore, build_rate_limiter
 from tongban.gateway.services import AuditEvents, Gateway, OAuthParts
 from tongban.gateway.statistics import StatisticsService
 from tongban.gateway.statistics_store import StatisticsStore
@@ -403,6 +404,10 @@ def build_gateway(
     )
     jobs = JobPolicy(enforcer, events)
     job_store = StatisticsStore(policy_store.engine, budget=settings.dp_budget)
+    limiter = checker.rate_limiter
+    engines = [registry.engine, policy_store.engine, consents.engine]
+    if limiter is not None and isinstance(limiter.store, SqlBucketStore):
+        engines.append(limiter.store.engine)
     statistics = StatisticsService(
         client,
         events,
@@ -426,6 +431,7 @@ def build_gateway(
             token_endpoint=settings.public_url + "/oauth/token",
             replay_cache=SqlReplayCache(registry.engine),
             citizen_verifier=citizen,
+            token_throttle=TokenThrottle.on_engine(registry.engine),
         ),
         checker=checker,
         policy_admin=policy_admin,
@@ -435,6 +441,7 @@ def build_gateway(
         jobs=jobs,
         federation=FederationJobs(settings.data_dir, events, jobs=jobs, store=job_store),
         metrics=ensure_metrics_token(settings.keys_dir),
+        engines=list({id(e): e for e in engines}.values()),
     )
     if start:
         AuditEvents(audit).append(
