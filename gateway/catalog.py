@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from tongban.primitives.errors import BadRequest
 from tongban.primitives.params import check_enumerated
 from tongban.primitives.wire import PredicateCall, Tri, all_of
 
+from .enumeration import DEFAULT_LIMIT, ParamLimit
 from .jobs import JobObject, declared_jobs
 
 __all__ = ["CLAIMS_PATH", "Catalog", "Claim", "Purpose", "Term", "UnknownClaim", "UnknownPurpose"]
@@ -70,6 +71,9 @@ class Claim:
     purposes: frozenset[str]
     params: Mapping[str, tuple[str, ...]]
     fertility_derived: bool = False
+    # How many values of each parameter one requester may ask about one subject, and in
+    # what window (gateway/enumeration.py); every parameter has one.
+    param_limits: Mapping[str, ParamLimit] = field(default_factory=dict)
 
     @property
     def departments(self) -> tuple[str, ...]:
@@ -87,6 +91,7 @@ class Claim:
             "title": self.title,
             "title_zh": self.title_zh,
             "params": {k: list(v) for k, v in self.params.items()},
+            "param_limits": {k: v.describe() for k, v in self.param_limits.items()},
             "purposes": sorted(self.purposes),
             "departments": list(self.departments),
         }
@@ -129,6 +134,7 @@ class Catalog:
         claims: dict[str, Claim] = {}
         for name, spec in doc["claims"].items():
             params = {k: tuple(v) for k, v in spec.get("params", {}).items()}
+            limits = _param_limits(name, params, spec.get("param_limits", {}))
             terms = tuple(
                 Term(t["department"], t["predicate"], t.get("params", {}), t.get("expect", True))
                 for t in spec["all_of"]
@@ -141,6 +147,7 @@ class Catalog:
                 frozenset(spec["purposes"]),
                 params,
                 bool(spec.get("fertility_derived", False)),
+                limits,
             )
             _validate(claim, purposes, departments)
             claims[name] = claim
@@ -165,6 +172,22 @@ class Catalog:
                 claims=CLAIMS_PATH,
             )
         return self.purposes[name]
+
+
+def _param_limits(
+    claim: str, params: Mapping[str, tuple[str, ...]], doc: Any
+) -> dict[str, ParamLimit]:
+    """Each parameter's declared limit, :data:`DEFAULT_LIMIT` where none is declared."""
+    where = f"catalog: claim {claim}: param_limits"
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{where}: expected an object")
+    unknown = sorted(set(doc) - set(params))
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not parameters of the claim")
+    return {
+        name: ParamLimit.from_json(doc[name], f"{where}.{name}") if name in doc else DEFAULT_LIMIT
+        for name in params
+    }
 
 
 def _validate(

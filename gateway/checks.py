@@ -28,6 +28,7 @@ from tongban.primitives.wire import PredicateCall, Tri
 from .answers import AnswerSigner
 from .catalog import Catalog, Claim, Term
 from .consent import is_consent_id
+from .enumeration import EnumerationGuard, ParameterEnumeration
 from .metrics import AUDIT_APPENDS, count_check, count_department_call
 from .ratelimit import RateLimiter
 from .services import utc_now
@@ -136,8 +137,11 @@ class Checker:
         timeout: float = 2.0,
         consent_required: Callable[[], TongbanError] | None = None,
         rate_limiter: RateLimiter | None = None,
+        enumeration: EnumerationGuard | None = None,
     ) -> None:
         self.catalog = catalog
+        # One value of an enumerated parameter per (requester, subject) and window.
+        self.enumeration = enumeration
         self.enforcer = enforcer
         self.consents = consents
         self.departments = departments
@@ -181,6 +185,14 @@ class Checker:
         base = self._entry(requester, req, decision, request_id)
         if not decision.allowed:
             self._deny(base, req.subject_id, PolicyDenied(f"policy: {decision.reason}"))
+        if self.enumeration is not None and req.params:
+            # Before consent (a refused value does not use one up) and before any department.
+            try:
+                self.enumeration.check_one(
+                    requester, req.claim.name, req.params, req.claim.param_limits, req.subject_id
+                )
+            except ParameterEnumeration as exc:
+                self._deny(base, req.subject_id, exc)
         basis = self._basis(requester, req, req.consent_id, base)
         results = self._ask(req.claim, req.subject_id, req.params)
         word = RESULT_WORD[req.claim.combine([r for _, r in results])]
@@ -343,10 +355,13 @@ class Checker:
             )
             raise PolicyDenied(f"policy: {decision.reason}", audit_index=index)
         legal_basis = self.enforcer.legal_basis(purpose)
+        enumerated = self._batch_enumeration(requester, claim, params, numbers)
         basis: list[dict[str, str] | str] = []
         for i, (item, number) in enumerate(zip(items, numbers, strict=True)):
             if number is None:
                 basis.append(f"invalid-id-number:{invalid[i]}")
+            elif i in enumerated:
+                basis.append(ParameterEnumeration.slug)
             elif legal_basis is not None:
                 basis.append({"legal_basis": legal_basis})
             else:
@@ -417,6 +432,18 @@ class Checker:
         for r in results:
             r["audit_index"] = summary_index if r["result"] == "invalid" else next(item_indexes)
         return results
+
+    def _batch_enumeration(
+        self, requester: str, claim: Claim, params: dict[str, str], numbers: list[str | None]
+    ) -> set[int]:
+        """Positions refused for asking another value of an enumerated parameter."""
+        if self.enumeration is None or not params:
+            return set()
+        valid = [(i, n) for i, n in enumerate(numbers) if n is not None]
+        refused = self.enumeration.admit(
+            requester, claim.name, params, claim.param_limits, [n for _, n in valid]
+        )
+        return {valid[j][0] for j in refused}
 
     def _batch_consent(
         self, requester: str, claim: Claim, purpose: str, number: str, item: Mapping[str, Any]

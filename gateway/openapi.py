@@ -45,6 +45,7 @@ ERROR_MODULES = (
     "tongban.gateway.oauth.errors",
     "tongban.gateway.catalog",
     "tongban.gateway.checks",
+    "tongban.gateway.enumeration",
     "tongban.gateway.consent",
     "tongban.policies.errors",
     "tongban.adapters.client",

@@ -54,6 +54,7 @@ from .consent import (
     SubjectNotAMinor,
     UnknownRequester,
 )
+from .enumeration import ParameterEnumeration
 from .jobs import JobDenied
 from .oauth.errors import (
     InsecureTransport,
@@ -268,6 +269,7 @@ def _check_paths() -> Json:
         RateLimited,
         PolicyDenied,
         *_CONSENT_REFUSED,
+        ParameterEnumeration,
         *_AUDIT_WRITE,
     )
     return {
@@ -295,7 +297,10 @@ def _check_paths() -> Json:
                 "`no`; a department that does not answer makes the result `undetermined`. "
                 "Refusals by policy or consent are audited and carry `audit_index`. Body at "
                 "most 64 KiB. Rate limits per requester and per (requester, subject): 429 "
-                "`rate-limited` with `Retry-After`, refused before policy, not audited.",
+                "`rate-limited` with `Retry-After`, refused before policy, not audited. A "
+                "claim's enumerated parameter may take at most `param_limits` values per "
+                "subject within its window (`GET /v1/claims`): another value is 403 "
+                "`parameter-enumeration`, audited, and no department is asked.",
                 requestBody=_body(ref("CheckRequest")),
             )
         },
@@ -318,7 +323,9 @@ def _check_paths() -> Json:
                 security=_oauth("checks:batch"),
                 description=f"Up to {MAX_BATCH_SUBJECTS} subjects, each checked against "
                 "policy and consent; an invalid ID number or a refused consent makes that "
-                "item `invalid` or `denied` rather than failing the batch. Body at most 2 MiB. "
+                "item `invalid` or `denied` rather than failing the batch (as does another "
+                "value of an enumerated parameter, reason `parameter-enumeration`). The "
+                "invalid items share one summary audit entry. Body at most 2 MiB. "
                 "Costs one requester rate-limit token per subject and one subject token per "
                 "distinct subject: 429 `rate-limited` with `Retry-After` if any is short.",
                 requestBody=_body(ref("BatchRequest")),

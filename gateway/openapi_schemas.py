@@ -269,10 +269,23 @@ def _catalog_schemas(catalog: Catalog) -> Json:
                     "description": "Parameter name to its allowed values.",
                     "additionalProperties": _array({"type": "string"}),
                 },
+                "param_limits": {
+                    "type": "object",
+                    "description": "Parameter name to how many of its values one requester "
+                    "may ask about one subject within `window_seconds` (a further value is "
+                    "403 `parameter-enumeration`).",
+                    "additionalProperties": _obj(
+                        {
+                            "distinct_values": {"type": "integer", "minimum": 1},
+                            "window_seconds": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                        ["distinct_values", "window_seconds"],
+                    ),
+                },
                 "purposes": _array(ref("ClaimPurpose")),
                 "departments": _array(ref("DepartmentName")),
             },
-            ["name", "title", "title_zh", "params", "purposes", "departments"],
+            ["name", "title", "title_zh", "params", "param_limits", "purposes", "departments"],
         ),
         "ClaimPurpose": _obj(
             {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tongban.adapters.builtin import builtin_names
 from tongban.adapters.synthetic.generate import GenerationResult, generate
@@ -136,6 +137,29 @@ def pg_scratch_url() -> Iterator[str]:
         pytest.fail(f"PostgreSQL at {PG_URL} is required for these tests: {exc}")
     try:
         yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway_stores(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Settings for a gateway's own stores: ``{}`` (SQLite files in the data directory), or
+    ``gateway_db_url`` and ``audit_url`` on one fresh PostgreSQL database for this test."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = f"tongban_test_{secrets.token_hex(4)}_gw"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {PG_URL} is required for these tests: {exc}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield {"gateway_db_url": url, "audit_url": url}
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -11,53 +11,29 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.idnumber import make_id
 
-from .conftest import PG_URL
 from .hostile_harness import ADULT, OTHER_ADULT, Hostile, build_hostile
 
 BATCH = 10_000
 ID_SHAPED = re.compile(r"\d{17}[\dXx]|\d{15}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Settings for the gateway's own stores: SQLite files, or one fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"tongban_test_{secrets.token_hex(4)}_batch"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield {"gateway_db_url": url, "audit_url": url}
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _gateway(tmp_path: Path, store: dict[str, str], **settings: Any) -> Hostile:
+def _gateway(tmp_path: Path, gateway_stores: dict[str, str], **settings: Any) -> Hostile:
     limits = {"rate_requester_burst": 25_000, "rate_requester_per_second": 0.01}
-    return build_hostile(tmp_path, **{**limits, **store, **settings})
+    return build_hostile(tmp_path, **{**limits, **gateway_stores, **settings})
 
 
 @pytest.fixture
-def gw(tmp_path: Path, store: dict[str, str]) -> Iterator[Hostile]:
-    h = _gateway(tmp_path, store)
+def gw(tmp_path: Path, gateway_stores: dict[str, str]) -> Iterator[Hostile]:
+    h = _gateway(tmp_path, gateway_stores)
     yield h
     h.close()
 
@@ -153,8 +129,10 @@ def test_two_garbage_batches_hardly_grow_the_audit_file(tmp_path: Path) -> None:
         h.close()
 
 
-def test_the_rate_limit_charges_every_subject_named(tmp_path: Path, store: dict[str, str]) -> None:
-    h = _gateway(tmp_path, store, rate_requester_burst=15_000)
+def test_the_rate_limit_charges_every_subject_named(
+    tmp_path: Path, gateway_stores: dict[str, str]
+) -> None:
+    h = _gateway(tmp_path, gateway_stores, rate_requester_burst=15_000)
     try:
         before = h.audit_size()
         assert _batch(h, _garbage(BATCH)).status_code == 200

@@ -29,6 +29,7 @@ from tongban.gateway.catalog import Catalog
 from tongban.gateway.checkpoints import Checkpointer
 from tongban.gateway.checks import Checker
 from tongban.gateway.consent import ConsentRequired, ConsentStore
+from tongban.gateway.enumeration import EnumerationGuard
 from tongban.gateway.federation_jobs import FederationJobs
 from tongban.gateway.jobs import JobPolicy
 from tongban.gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
@@ -382,6 +383,8 @@ def build_gateway(
         es256_key=keys.p256("gateway"),
     )
     consents = build_consents(settings, audit, catalog, registry, answer_key, client)
+    enumeration = EnumerationGuard(policy_store.engine, pseudonym=pseudonyms.pseudonym)
+    enumeration.create_schema()
     checker = Checker(
         catalog,
         enforcer,
@@ -401,6 +404,7 @@ def build_gateway(
             subject_per_second=settings.rate_subject_per_second,
             pseudonym=pseudonyms.pseudonym,
         ),
+        enumeration=enumeration,
     )
     jobs = JobPolicy(enforcer, events)
     job_store = StatisticsStore(policy_store.engine, budget=settings.dp_budget)
