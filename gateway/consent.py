@@ -477,6 +477,7 @@ class ConsentStore:
         registry: ClientRegistry,
         signing_key: PrivateKey,
         audit: ConsentAudit | None,
+        pairwise: Callable[[str, str], str],
         guardian_check: GuardianCheck | None = None,
         issuer: str = "tongban-gateway",
         kid: str | None = None,
@@ -491,6 +492,9 @@ class ConsentStore:
         self.registry = registry
         self.audit = audit
         self.guardian_check = guardian_check
+        # The artefact names the citizen as the answers do: the requester's pairwise
+        # subject (AnswerSigner.pairwise), never the log's global pseudonym.
+        self.pairwise = pairwise
         self.issuer = issuer
         self.max_lifetime = max_lifetime
         self.clock = clock
@@ -545,8 +549,10 @@ class ConsentStore:
             {
                 "iss": self.issuer,
                 "jti": consent_id,
-                "sub": subject,
-                "granted_by": granted_by,
+                # Pairwise for the requester: two requesters holding artefacts of one
+                # citizen cannot tell that they are about the same person (finding 8).
+                "sub": self.pairwise(req.requester, subject_id),
+                "granted_by": self.pairwise(req.requester, grantor),
                 "aud": req.requester,
                 "purposes": list(req.purposes),
                 "claims": list(req.claims),

@@ -284,6 +284,13 @@ class ConsentEnv:
     key: SM2PrivateKey
 
 
+def pairwise_for_tests(requester: str, id_number: str) -> str:
+    """The answers' pairwise subject (AnswerSigner.pairwise), with a fixed test key."""
+    from tongban.primitives.gm import hmac_sm3
+
+    return hmac_sm3(b"w" * 32, f"{requester}\n{id_number}".encode()).hex()[:32]
+
+
 def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentEnv:
     """Build a fresh store on ``url`` (its consent table dropped and re-created), with an
     in-memory requester registry holding ``insurer-a``, ``edu-bureau`` and a disabled
@@ -305,6 +312,7 @@ def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentE
         registry=registry,
         signing_key=key,
         audit=env.audit,
+        pairwise=pairwise_for_tests,
         guardian_check=env.guardians,
         clock=env.clock,
     )

@@ -10,7 +10,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ConsentEnv
+from tests.conftest import ConsentEnv, pairwise_for_tests
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer
 from tongban.gateway.consent import (
@@ -140,7 +140,9 @@ def test_artefact_is_signed_and_names_no_one(consent_env: ConsentEnv):
 
     assert header["typ"] == "tongban-consent+jwt" and header["alg"] == "SM2"
     assert payload["jti"] == granted.id and payload["aud"] == "insurer-a"
-    assert payload["sub"] == payload["granted_by"] == granted.subject
+    # The requester's pairwise subject, as in its answers: not the log's pseudonym.
+    assert payload["sub"] == payload["granted_by"] == pairwise_for_tests("insurer-a", ADULT)
+    assert granted.subject not in granted.artefact
     assert payload["purposes"] == ["insurance_claim"]
     assert payload["claims"] == ["maternity_insurance_active"]
     assert (payload["nbf"], payload["exp"], payload["max_uses"]) == (
@@ -220,6 +222,38 @@ def test_optional_fields_and_defaults(consent_env: ConsentEnv):
 
     assert granted.max_uses == 1 and granted.by_guardian is False
     assert granted.to_json()["not_before"] == "2026-04-01T02:00:00Z"
+
+
+def _payload(env: ConsentEnv, artefact: str) -> dict[str, object]:
+    public = env.key.public_key
+    _, payload = verify_compact(
+        artefact, {public.key_id: public}.get, typ=CONSENT_TOKEN_TYPE, algorithms=["SM2"]
+    )
+    return payload
+
+
+def test_artefacts_for_two_requesters_cannot_be_linked(consent_env: ConsentEnv):
+    """Finding 8: two requesters comparing the artefacts one citizen gave them (or a child's
+    guardian gave them) find no common identifier."""
+    store = consent_env.store
+    pseudonym = store.pseudonyms.pseudonym(ADULT)
+    seen: dict[str, dict[str, object]] = {}
+    for requester in ("insurer-a", "edu-bureau"):
+        granted = store.grant(ADULT, _body(requester=requester))
+        seen[requester] = _payload(consent_env, granted.artefact)
+        assert seen[requester]["sub"] == pairwise_for_tests(requester, ADULT)
+        assert pseudonym not in json.dumps(seen[requester]) and ADULT not in granted.artefact
+    a, b = seen["insurer-a"], seen["edu-bureau"]
+    assert a["sub"] != b["sub"] and a["granted_by"] != b["granted_by"]
+    assert not {str(a["sub"]), str(a["granted_by"])} & {str(b["sub"]), str(b["granted_by"])}
+    # A guardian's grants: the child and the guardian are pairwise too, and distinct.
+    for requester in ("insurer-a", "edu-bureau"):
+        by_guardian = store.grant(ADULT, _body(requester=requester, subject=CHILD))
+        child = _payload(consent_env, by_guardian.artefact)
+        assert child["sub"] == pairwise_for_tests(requester, CHILD)
+        assert child["granted_by"] == pairwise_for_tests(requester, ADULT)
+    # The store still finds every consent by the log's pseudonym (a citizen's own list).
+    assert len(store.list_for(ADULT)) == 4
 
 
 # --- guardians ----------------------------------------------------------------------------

@@ -289,6 +289,7 @@ def build_consents(
     registry: ClientRegistry,
     signing_key: SM2PrivateKey,
     departments: DepartmentClient,
+    answers: AnswerSigner,
 ) -> ConsentStore:
     def guardian_check(guardian_id: str, child_id: str) -> Tri:
         # Household registration (公安) decides who may consent for a minor.
@@ -305,6 +306,7 @@ def build_consents(
         registry=registry,
         signing_key=signing_key,
         audit=AuditEvents(audit),
+        pairwise=answers.pairwise,
         guardian_check=guardian_check,
         issuer=settings.public_url,
     )
@@ -382,7 +384,7 @@ def build_gateway(
         pairwise_key=keys.secret("pairwise", 32),
         es256_key=keys.p256("gateway"),
     )
-    consents = build_consents(settings, audit, catalog, registry, answer_key, client)
+    consents = build_consents(settings, audit, catalog, registry, answer_key, client, answers)
     enumeration = EnumerationGuard(policy_store.engine, pseudonym=pseudonyms.pseudonym)
     enumeration.create_schema()
     checker = Checker(
