@@ -11,6 +11,10 @@
 - :func:`encrypt_store` converts a plaintext store in place, also in one transaction.
 - :func:`rotate_kek` re-wraps the store's keys under a new KEK; no row changes.
 
+Each of them ends with :func:`scrub` (:func:`tongban.primitives.db.scrub_free_space`): the
+rewritten rows' old bytes, plaintext after a conversion, ciphertexts and wrapped keys after a
+rotation, would otherwise stay in the files' free pages, where a raw-byte scan finds them.
+
 Progress is reported through ``progress`` (a :class:`rich.progress.Progress`), never the
 keys or the values.
 """
@@ -18,6 +22,7 @@ keys or the values.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +32,8 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 from sqlalchemy import Connection, Table, bindparam, func, select, text, update
+
+from tongban.primitives.db import INCOMPLETE, scrub_free_space
 
 from .at_rest import (
     SEALED,
@@ -51,8 +58,10 @@ __all__ = [
     "rotate_data_key",
     "rotate_index_key",
     "rotate_kek",
+    "scrub",
 ]
 
+log = logging.getLogger("tongban.keys")
 _QUARANTINE = "quarantine"
 _INSERT_INTO = re.compile(r"INSERT INTO (\w+)", re.IGNORECASE)
 
@@ -66,6 +75,7 @@ class RotationReport:
     resumed: bool = False
     retired: list[int] = field(default_factory=list)
     remaining: dict[int, int] = field(default_factory=dict)
+    scrubbed: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,7 +202,17 @@ def rotate_data_key(
             state.rotation = {"to": to, "table": None, "after": None}
         write_state(conn, meta, state)
     store.at_rest(reload=True)
+    report.scrubbed = scrub(store)
     return report
+
+
+def scrub(store: DepartmentStore) -> str:
+    """Compact the store so that no rewritten row's old bytes remain in its files."""
+    tables = [t.name for t in store.department.metadata.sorted_tables]
+    done = scrub_free_space(store.engine, tables)
+    if done == INCOMPLETE:
+        log.warning("%s store: %s", store.department.name, done)
+    return done
 
 
 def _reseal_table(
@@ -277,6 +297,7 @@ def rotate_index_key(
         _retokenize(store, conn, old, new, batch, progress, task)
         write_state(conn, meta, state)
     store.at_rest(reload=True)
+    scrub(store)
     return state.index_id
 
 
@@ -298,6 +319,7 @@ def encrypt_store(
         _retokenize(store, conn, None, new, batch, progress, task)
         write_state(conn, meta, state)
     store.at_rest(reload=True)
+    scrub(store)  # the plaintext rows' old bytes: freed pages, dead tuples, the WAL
     return True
 
 
@@ -428,6 +450,7 @@ def rotate_kek(store: DepartmentStore, keys_dir: Path) -> None:
             state.unwrap(nxt)  # a previous run got as far as the store already
         except AtRestKeyError:
             write_state(conn, meta, state.rewrap(old, nxt))
+    scrub(store)  # the keys wrapped under the old KEK, in the meta table's old pages
     os.replace(following, current)
 
 

@@ -8,24 +8,27 @@ its own empty database); server databases get pre-ping so a restarted server hea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from tongban.primitives.extras import require_extra
 
 from .errors import StoreUnavailable
 
 __all__ = [
+    "INCOMPLETE",
     "PG_CONNECT_TIMEOUT",
     "PG_IDLE_IN_TX_MS",
     "is_memory_sqlite",
     "make_engine",
+    "scrub_free_space",
     "transaction",
 ]
 
@@ -87,3 +90,82 @@ def transaction(engine: Engine, store: str) -> Iterator[Connection]:
             yield conn
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"{store} is unavailable") from exc
+
+
+#: :func:`scrub_free_space`'s answer when another connection kept the SQLite WAL in use.
+INCOMPLETE = (
+    "VACUUM done, but the write-ahead log is still open elsewhere: "
+    "run again with the adapter stopped"
+)
+
+
+def scrub_free_space(engine: Engine, tables: Iterable[str]) -> str:
+    """Leave no old bytes of ``tables`` in the database's files after rows were rewritten
+    in place (encryption at rest, key rotation); returns what was done, for the report.
+
+    An UPDATE does not overwrite the old row: SQLite moves changed cells and frees pages
+    that keep their old content, PostgreSQL leaves dead tuples in the heap and index pages,
+    so a raw-byte scan of the files finds the plaintext of an "encrypted" store.
+
+    * SQLite: ``secure_delete`` on, ``VACUUM`` (the file is rewritten page by page, in
+      memory, with no temporary file), then ``wal_checkpoint(TRUNCATE)``, so neither the
+      database file nor its write-ahead log holds a page from before. If another process
+      keeps the checkpoint from completing, the answer is :data:`INCOMPLETE`: run it again
+      with the adapter stopped.
+    * PostgreSQL: ``VACUUM FULL`` of each table (a new heap and new indexes; the old files are
+      unlinked) and a ``CHECKPOINT`` where the role may. The server's WAL segments still hold
+      the old pages until they are recycled, and so does any WAL archive or base backup: see
+      docs/security.md.
+    * MariaDB/MySQL: ``OPTIMIZE TABLE`` (a table rebuild under InnoDB).
+    """
+    names = list(tables)
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        engine.dispose()  # no pooled connection keeps a snapshot the checkpoint waits for
+        try:
+            return _scrub_sqlite(engine)
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise StoreUnavailable("the store could not be compacted") from exc
+    if dialect not in ("postgresql", "mysql", "mariadb"):
+        return f"no free-space scrub for {dialect}"
+    # VACUUM cannot run inside a transaction: a connection of its own, in autocommit,
+    # closed before this returns (the caller's pool is left as it was).
+    own = create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    quote = engine.dialect.identifier_preparer.quote
+    try:
+        with own.connect() as conn:
+            if dialect == "postgresql":
+                for name in names:
+                    conn.exec_driver_sql(f"VACUUM FULL {quote(name)}")
+                try:
+                    conn.exec_driver_sql("CHECKPOINT")
+                except SQLAlchemyError:
+                    return f"VACUUM FULL of {len(names)} tables (CHECKPOINT not permitted)"
+                return f"VACUUM FULL of {len(names)} tables and a CHECKPOINT"
+            for name in names:
+                conn.exec_driver_sql(f"OPTIMIZE TABLE {quote(name)}").all()
+            return f"OPTIMIZE TABLE of {len(names)} tables"
+    except SQLAlchemyError as exc:
+        raise StoreUnavailable("the store could not be compacted") from exc
+    finally:
+        own.dispose()
+
+
+def _scrub_sqlite(engine: Engine) -> str:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw.commit()
+        cur.execute("VACUUM")
+        busy, _log, _done = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cur.close()
+    finally:
+        raw.close()
+    if busy:
+        # A reader elsewhere (a running adapter) still uses the log: its frames are this
+        # run's own pages, but old ones may remain until a checkpoint completes.
+        return INCOMPLETE
+    return "VACUUM with secure_delete, write-ahead log truncated"

@@ -371,8 +371,18 @@ def test_checks_answer_per_the_legacy_data(served: Served, quiet_logs: Any) -> N
             "purpose": "school_enrollment", "params": {"district": "150102"}}  # fmt: skip
     resp = served.harness.check("edu-bureau", body)
     assert resp.status_code == 200 and resp.get_json()["result"] == "yes"
+    # A second district for the same subject is an enumeration (one value per 30 days).
     other = {**body, "params": {"district": "150105"}}
-    assert served.harness.check("edu-bureau", other).get_json()["result"] == "no"
+    refused = served.harness.check("edu-bureau", other)
+    assert refused.status_code == 403
+    assert refused.get_json()["type"].endswith("/parameter-enumeration")
+
+
+def test_a_household_in_another_district_answers_no(served: Served, quiet_logs: Any) -> None:
+    body = {"subject": {"id_number": MOTHER}, "claim": "household_in_district",
+            "purpose": "school_enrollment", "params": {"district": "150105"}}  # fmt: skip
+    resp = served.harness.check("edu-bureau", body)
+    assert resp.status_code == 200 and resp.get_json()["result"] == "no"
 
 
 def test_an_update_changes_the_very_next_answer(

@@ -24,6 +24,7 @@ OPTIONAL = {
     "tongban.primitives.pyjwt_sm2": "pyjwt",
     "tongban.federation.horizontal.apps": "federation",
     "tongban.federation.horizontal.fab": "federation",
+    "tongban.federation.horizontal.sealing": "federation",
 }
 
 BLOCKER = """
