@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # these modules import this one; types only
     from .jobs import JobPolicy
     from .oauth import CitizenTokenVerifier, ClientRegistry, TokenIssuer
     from .oauth.throttle import TokenThrottle
+    from .pages.store import PageSessionStore
     from .statistics import StatisticsService
 
 __all__ = ["AuditEvents", "Gateway", "OAuthParts", "utc_now"]
@@ -97,6 +98,8 @@ class Gateway:
     federation: FederationJobs | None = None  # federated training jobs
     # Who may read /metrics (the operator's metrics token); None: nobody.
     metrics: MetricsCredential | None = None
+    # The pages' server-side sessions (the gateway database's page_sessions table).
+    page_sessions: PageSessionStore | None = None
     # The database engines the parts above opened, disposed of by close().
     engines: list[Engine] = field(default_factory=list)
 

@@ -318,3 +318,30 @@ def test_the_citizen_page_shows_only_its_own_messages(harness, people):
     granted = client.get("/me/", query_string={"message": "granted", "id": "<b>x</b>"})
     text = granted.get_data(as_text=True)
     assert "Consent granted" in text and "<b>x</b>" not in text and "&lt;b&gt;" not in text
+
+
+def test_a_checkpoint_below_quorum_is_flagged_on_the_officer_page(harness, people):
+    """Finding 3: a checkpoint with fewer cosignatures than the quorum (here: every witness
+    but one down) is flagged, and the flag goes once a witnessed checkpoint follows."""
+    from tongban.adapters.client import InProcessTransport
+
+    cp = harness.gateway.checkpointer
+    assert cp is not None and isinstance(cp.transport, InProcessTransport)
+    client = officer(harness)
+    full = cp.transport
+    one = next(iter(full.witnesses))
+    cp.transport = InProcessTransport({}, {one: full.witnesses[one]})
+    try:
+        harness.check("edu-bureau", {"subject": {"id_number": people[0]["id_number"]},
+                                     "claim": "birth_registered", "purpose": "school_enrollment",
+                                     "params": {}})  # fmt: skip
+        cp.checkpoint(force=True)
+        html = client.get("/officer/").get_data(as_text=True)
+        assert 'id="cp-quorum"' in html
+        assert f"1 of\n    the {cp.quorum} witnesses" in html
+        assert html.count('class="signer missing"') == len(harness.gateway.witness_keys) - 1
+    finally:
+        cp.transport = full
+    cp.checkpoint(force=True)
+    html = client.get("/officer/").get_data(as_text=True)
+    assert 'id="cp-quorum"' not in html and 'id="cp-diverged"' not in html

@@ -34,6 +34,7 @@ from tongban.gateway.federation_jobs import FederationJobs
 from tongban.gateway.jobs import JobPolicy
 from tongban.gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
 from tongban.gateway.oauth.throttle import TokenThrottle
+from tongban.gateway.pages.store import PageSessionStore
 from tongban.gateway.ratelimit import SqlBucketStore, build_rate_limiter
 from tongban.gateway.services import AuditEvents, Gateway, OAuthParts
 from tongban.gateway.statistics import StatisticsService
@@ -387,6 +388,8 @@ def build_gateway(
     consents = build_consents(settings, audit, catalog, registry, answer_key, client, answers)
     enumeration = EnumerationGuard(policy_store.engine, pseudonym=pseudonyms.pseudonym)
     enumeration.create_schema()
+    page_sessions = PageSessionStore(policy_store.engine)
+    page_sessions.create_schema()
     checker = Checker(
         catalog,
         enforcer,
@@ -447,6 +450,7 @@ def build_gateway(
         jobs=jobs,
         federation=FederationJobs(settings.data_dir, events, jobs=jobs, store=job_store),
         metrics=ensure_metrics_token(settings.keys_dir),
+        page_sessions=page_sessions,
         engines=list({id(e): e for e in engines}.values()),
     )
     if start:

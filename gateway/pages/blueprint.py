@@ -1,10 +1,11 @@
 """The pages: their own small Flask app, mounted in front of the gateway's API app.
 
-Why a separate app rather than a blueprint on the API: the pages keep a session cookie,
-a secret key, CSRF tokens and a Content-Security-Policy, none of which the stateless,
-bearer-token API should carry; and the API's route table stays exactly the documented
-OpenAPI surface. Both apps share the gateway core and the OAuth state (token verifier,
-citizen verifier, the token endpoint the officer login exchanges credentials at).
+Why a separate app rather than a blueprint on the API: the pages keep sessions (a random id
+in a cookie, the rest in the gateway database: :mod:`.store`), CSRF tokens and a
+Content-Security-Policy, none of which the stateless, bearer-token API should carry; and
+the API's route table stays exactly the documented OpenAPI surface. Both apps share the
+gateway core and the OAuth state (token verifier, citizen verifier, the token endpoint the
+officer login exchanges credentials at).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, Response, has_request_context, request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Blueprint, Flask, Response
 
 from tongban.adapters.service import install_problem_handlers
 from tongban.exposure import install_hsts, install_security_headers
@@ -23,7 +23,8 @@ from ..oauth.flask import EXTENSION
 from ..services import Gateway
 from .citizen import install_citizen
 from .officer import install_officer
-from .session import API_APP, session_secret
+from .session import API_APP, install_sessions, session_secret
+from .store import PageSessionStore
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -77,33 +78,19 @@ class _PathDispatch:
         return self.api(environ, start_response)
 
 
-class _SessionCookies(SecureCookieSessionInterface):
-    """The pages' session cookie is ``Secure`` whenever the request came over TLS (the
-    gateway serving HTTPS itself, or a terminator that says so), and always when the
-    public URL is ``https://``."""
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config["SESSION_COOKIE_SECURE"]) or (
-            has_request_context() and request.is_secure
-        )
-
-
 def mount_pages(app: Flask, gateway: Gateway) -> Flask:
     """Build the pages app and mount it in front of ``app`` (after ``init_oauth``)."""
     pages = Flask("tongban.pages", static_folder=None)
     pages.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     install_problem_handlers(pages, MAX_BODY, log)
-    pages.secret_key = session_secret(gateway)
-    pages.session_interface = _SessionCookies()
+    store = gateway.page_sessions or PageSessionStore.in_memory()
+    install_sessions(pages, store, session_secret(gateway))
     install_hsts(pages)
     install_security_headers(pages)
     oauth = gateway.oauth
-    pages.config.update(
-        SESSION_COOKIE_NAME="tongban_pages",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=oauth is not None and str(oauth.issuer.issuer).startswith("https://"),
-    )
+    pages.config["TONGBAN_COOKIE_SECURE"] = oauth is not None and str(
+        oauth.issuer.issuer
+    ).startswith("https://")
     if EXTENSION in app.extensions:
         pages.extensions[EXTENSION] = app.extensions[EXTENSION]
     pages.extensions[API_APP] = app

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as WResponse
 
 from tongban.audit.log import StoredEntry
@@ -23,7 +23,7 @@ from tongban.primitives.idnumber import mask
 from ..consent import ConsentStore
 from ..oauth import Citizen
 from ..services import Gateway
-from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen
+from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen, end_session
 from .session import citizen_login as accept_citizen_token
 
 __all__ = ["install_citizen"]
@@ -179,7 +179,7 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
     @bp.post("/me/logout")
     def citizen_logout() -> WResponse:
         check_csrf(request.form.get("csrf"))
-        session.clear()
+        end_session()
         return redirect(url_for("pages.citizen_login"))
 
     @bp.get("/me/")

@@ -22,7 +22,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from werkzeug.wrappers import Response as WResponse
@@ -37,7 +36,7 @@ from ..anomaly import Flag, Thresholds, detect, iso
 from ..oauth import Principal
 from ..services import AuditEvents, Gateway
 from .charts import bucketed, stacked_bars
-from .session import LoginFailed, check_csrf, csrf_token, current_page_officer
+from .session import LoginFailed, check_csrf, csrf_token, current_page_officer, end_session
 from .session import officer_login as exchange_credentials
 
 __all__ = ["install_officer"]
@@ -173,8 +172,15 @@ def checkpoint_view(gateway: Gateway, note: SignedNote | None) -> dict[str, Any]
     for s in note.signatures:
         if s.name not in known:
             signers.append({"name": s.name, "role": "unknown key 未知", "ok": False})
+    # Below quorum: fewer witnesses than the quorum verifiably cosigned this checkpoint, so
+    # it is the gateway's word alone and no evidence against a split view (finding 3).
+    checkpointer = gateway.checkpointer
+    quorum = checkpointer.quorum if checkpointer is not None else len(keys) // 2 + 1
+    cosigned = sum(1 for s in signers if str(s["role"]).startswith("witness") and s["ok"] is True)
     return {"size": cp.size, "root": base64.b64encode(cp.root).decode(), "origin": cp.origin,
-            "signers": signers, "text": note.text()}  # fmt: skip
+            "signers": signers, "text": note.text(), "quorum": quorum, "cosigned": cosigned,
+            "witnessed": not keys or cosigned >= quorum,
+            "diverged": checkpointer.diverged if checkpointer is not None else None}  # fmt: skip
 
 
 def _link(**params: str) -> str:
@@ -235,7 +241,7 @@ def install_officer(bp: Blueprint, gateway: Gateway) -> None:  # noqa: PLR0915 -
     @bp.post("/officer/logout")
     def officer_logout() -> WResponse:
         check_csrf(request.form.get("csrf"))
-        session.clear()
+        end_session()
         return redirect(url_for("pages.officer_login"))
 
     @bp.get("/officer/")

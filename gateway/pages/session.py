@@ -1,11 +1,19 @@
 """Page sessions: who is logged in, and CSRF tokens for the forms that change things.
 
+The browser's cookie ``tongban_pages`` holds a random session id and nothing else
+(``HttpOnly``, ``SameSite=Strict``, ``Secure`` over TLS); what the session knows lives in
+the gateway database, sealed under a key only that id opens (:mod:`.store`). Logout deletes
+the row, so the old cookie names nothing afterwards.
+
 The officer logs in with their OAuth client id and secret: the page asks the gateway's
-own ``/oauth/token`` endpoint (``client_secret_basic``, scope ``audit:read``) and keeps
-the short-lived access token in the session cookie (signed, ``HttpOnly``,
-``SameSite=Strict``). The citizen page takes a citizen token as the demo identity
-provider mints it (``tongban citizen-token``): a DEMO-ONLY stand-in for a real IdP login.
-Every request re-verifies the stored token, so an expired or revoked one logs out.
+own ``/oauth/token`` endpoint (``client_secret_basic``, scope ``audit:read``) and keeps the
+short-lived access token in the session. The citizen page takes a citizen token as the
+demo identity provider mints it (``tongban citizen-token``): a DEMO-ONLY stand-in for a
+real IdP login. Every request re-verifies the stored token, so an expired or revoked one
+logs out.
+
+A visitor who is not logged in gets an id too, stored nowhere: the CSRF token of the login
+forms is ``HMAC-SM3(pages key, id)``, so an anonymous page view writes no row.
 """
 
 from __future__ import annotations
@@ -16,16 +24,20 @@ import hmac
 import secrets
 from typing import Any
 
-from flask import Flask, current_app, session
+from flask import Flask, Response, current_app, g, has_request_context, request
 
 from tongban.primitives.errors import Forbidden, TongbanError
+from tongban.primitives.gm import hmac_sm3
 
 from ..oauth import Citizen, Principal, require_scope
 from ..oauth.flask import EXTENSION, OAuthState
 from ..services import Gateway
+from .store import PageSessionStore, new_session_id, valid_session_id
 
 __all__ = [
     "API_APP",
+    "COOKIE",
+    "SESSIONS",
     "CsrfFailed",
     "LoginFailed",
     "check_csrf",
@@ -33,12 +45,17 @@ __all__ = [
     "csrf_token",
     "current_page_citizen",
     "current_page_officer",
+    "end_session",
+    "install_sessions",
     "officer_login",
     "session_secret",
 ]
 
 OFFICER_SCOPE = "audit:read"
 API_APP = "tongban.pages.api"  # the pages app's extension key for the gateway's API app
+SESSIONS = "tongban.pages.sessions"  # the pages app's extension key for the store
+_CSRF_KEY = "tongban.pages.csrf-key"
+COOKIE = "tongban_pages"
 
 
 class CsrfFailed(Forbidden):
@@ -51,12 +68,76 @@ class LoginFailed(Exception):
 
 
 def session_secret(gateway: Gateway) -> bytes:
-    """The session signing key, derived from the gateway's key ring (stable across workers
+    """The pages' CSRF key, derived from the gateway's key ring (stable across workers
     and restarts); a gateway without a signing key gets a per-process random one."""
     if gateway.signing_key is None:
         return secrets.token_bytes(32)
     key = bytes.fromhex(gateway.signing_key.to_hex())
     return hmac.new(key, b"tongban pages session key v1", hashlib.sha256).digest()
+
+
+def install_sessions(app: Flask, store: PageSessionStore, secret: bytes) -> None:
+    """Load the session named by the cookie before each page request, and set the cookie
+    after it whenever the id changed (a first visit, a login, a logout)."""
+    app.extensions[SESSIONS] = store
+    app.extensions[_CSRF_KEY] = secret
+
+    @app.before_request
+    def _load() -> None:
+        if request.endpoint == "pages.static":
+            return
+        sid = request.cookies.get(COOKIE)
+        data = _store().load(sid) if sid is not None and valid_session_id(sid) else None
+        if sid is None or not valid_session_id(sid):
+            sid, g.page_set_cookie = new_session_id(), True
+        g.page_sid, g.page_data = sid, data
+
+    @app.after_request
+    def _cookie(resp: Response) -> Response:
+        if g.get("page_set_cookie"):
+            resp.set_cookie(
+                COOKIE,
+                g.page_sid,
+                httponly=True,
+                samesite="Strict",
+                secure=_secure(app),
+                path="/",
+            )
+        return resp
+
+
+def _secure(app: Flask) -> bool:
+    """``Secure`` whenever the request came over TLS (the gateway serving HTTPS itself, or
+    a terminator that says so), and always when the public URL is ``https://``."""
+    return bool(app.config.get("TONGBAN_COOKIE_SECURE")) or (
+        has_request_context() and request.is_secure
+    )
+
+
+def _store() -> PageSessionStore:
+    store: PageSessionStore = current_app.extensions[SESSIONS]
+    return store
+
+
+def _data() -> dict[str, Any]:
+    data = g.get("page_data")
+    return data if isinstance(data, dict) else {}
+
+
+def _start(data: dict[str, Any]) -> None:
+    """A new session (a new id: no fixation); the one the cookie named, if any, ends."""
+    if g.get("page_data") is not None:
+        _store().delete(g.page_sid)
+    g.page_sid = _store().create(data)
+    g.page_data, g.page_set_cookie = data, True
+
+
+def end_session() -> None:
+    """Logout, or a token that no longer verifies: the row goes, the cookie gets a new id."""
+    sid = g.get("page_sid")
+    if isinstance(sid, str) and g.get("page_data") is not None:
+        _store().delete(sid)
+    g.page_sid, g.page_data, g.page_set_cookie = new_session_id(), None, True
 
 
 def _state() -> OAuthState:
@@ -65,18 +146,15 @@ def _state() -> OAuthState:
 
 
 def csrf_token() -> str:
-    token = session.get("csrf")
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(32)
-        session["csrf"] = token
-    return token
+    sid = g.get("page_sid") or ""
+    mac = hmac_sm3(current_app.extensions[_CSRF_KEY], b"csrf\x00" + str(sid).encode())
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 def check_csrf(form_value: str | None) -> None:
-    expected = session.get("csrf")
-    if not isinstance(expected, str) or not form_value:
+    if not form_value or not g.get("page_sid"):
         raise CsrfFailed("csrf: missing")
-    if not hmac.compare_digest(expected.encode(), form_value.encode()):
+    if not hmac.compare_digest(csrf_token().encode(), form_value.encode()):
         raise CsrfFailed("csrf: does not match this session")
 
 
@@ -104,9 +182,7 @@ def officer_login(client_id: str, client_secret: str) -> Principal:
         raise LoginFailed("the gateway did not accept these credentials for audit:read")
     token = str(body["access_token"])
     principal = _verify_officer(token)
-    session.clear()
-    session["officer"] = token
-    csrf_token()
+    _start({"officer": token})
     return principal
 
 
@@ -117,13 +193,13 @@ def _verify_officer(token: str) -> Principal:
 
 
 def current_page_officer() -> Principal | None:
-    token = session.get("officer")
+    token = _data().get("officer")
     if not isinstance(token, str):
         return None
     try:
         return _verify_officer(token)
     except TongbanError:
-        session.pop("officer", None)  # expired (tokens live minutes) or revoked: log in again
+        end_session()  # expired (tokens live minutes) or revoked: log in again
         return None
 
 
@@ -142,18 +218,16 @@ def citizen_login(token: str) -> Citizen:
         citizen = _verify_citizen(token)
     except TongbanError as exc:
         raise LoginFailed(f"the citizen token was not accepted ({exc.slug})") from None
-    session.clear()
-    session["citizen"] = token
-    csrf_token()
+    _start({"citizen": token})
     return citizen
 
 
 def current_page_citizen() -> Citizen | None:
-    token = session.get("citizen")
+    token = _data().get("citizen")
     if not isinstance(token, str):
         return None
     try:
         return _verify_citizen(token)
     except (TongbanError, LoginFailed):
-        session.pop("citizen", None)
+        end_session()
         return None
