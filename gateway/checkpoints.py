@@ -32,12 +32,17 @@ from tongban.audit.note import Checkpoint, NoteError, NoteSignature, SignedNote,
 from tongban.primitives.errors import DepartmentUnavailable
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "default_quorum"]
 
 log = logging.getLogger("tongban.checkpoints")
 _PG_ROUND_LOCK = 0x7B_C4EC  # advisory lock id: one checkpoint round at a time, all workers
 # Refusals that mean the witness saw another log than ours: never retried, never ignored.
 _DIVERGED = frozenset({"rollback", "split-view", "inconsistent"})
+
+
+def default_quorum(witnesses: int) -> int:
+    """Cosignatures a checkpoint needs to count as witnessed, unless configured: a majority."""
+    return witnesses // 2 + 1
 
 
 class Checkpointer:
@@ -61,7 +66,7 @@ class Checkpointer:
         self.interval = interval
         self.timeout = timeout
         # Cosignatures a checkpoint needs to count as witnessed: by default a majority.
-        self.quorum = quorum if quorum else len(self.witnesses) // 2 + 1
+        self.quorum = quorum if quorum else default_quorum(len(self.witnesses))
         #: Why the log is not what the witnesses saw (None while it is): a witness that
         #: cosigned a larger tree, or another root at the same size. Sticky until restart.
         self.diverged: str | None = None

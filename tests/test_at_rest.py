@@ -67,8 +67,9 @@ def model() -> Population:
     return build_population(SMALL_POPULATION, SMALL_SEED, REFERENCE_DATE)
 
 
-def _load(url: str, name: str, kek: bytes, model: Population) -> None:
-    """What ``generate`` does for one department, through an encrypted store."""
+def _load(url: str, name: str, kek: bytes | None, model: Population) -> None:
+    """What ``generate`` does for one department, through an encrypted store (or, without
+    a KEK, a plaintext one)."""
     store = DepartmentStore(DEPARTMENTS[name], url, kek=kek)
     try:
         store.drop_schema()

@@ -24,13 +24,12 @@ from sqlalchemy.pool import NullPool
 
 from tongban.adapters.at_rest import SEALED
 from tongban.adapters.departments import DEPARTMENTS
-from tongban.adapters.ingest import ingest
 from tongban.adapters.rekey import encrypt_store, rotate_data_key
 from tongban.adapters.store import DepartmentStore
 from tongban.adapters.synthetic.population import REFERENCE_DATE, Population, build_population
-from tongban.adapters.synthetic.records import department_batches
 
 from .conftest import PG_URL, SMALL_POPULATION, SMALL_SEED
+from .test_at_rest import _load
 
 ID_SHAPED = re.compile(rb"\d{17}[\dX]")
 # The departments the outside tester found plaintext in, and police (the most rows).
@@ -47,24 +46,6 @@ class Site:
 @pytest.fixture(scope="module")
 def model() -> Population:
     return build_population(SMALL_POPULATION, SMALL_SEED, REFERENCE_DATE)
-
-
-def _load_plain(url: str, name: str, model: Population) -> None:
-    """A plaintext store of the population, written row by row as ingest writes it, then
-    rows deleted and updated, as a department's own history would leave free pages."""
-    store = DepartmentStore(DEPARTMENTS[name], url)
-    try:
-        store.drop_schema()
-        store.create_schema(indexes=False)
-        as_of = model.reference.astype(object)
-        batches, _ = department_batches(model, name, SMALL_SEED)
-        for table, cols in batches.items():
-            ingest(store, table, cols, as_of)
-        store.derive()
-        store.create_indexes()
-        store.set_meta("reference_date", as_of.isoformat())
-    finally:
-        store.dispose()
 
 
 def _pg_files(url: str) -> list[Path]:
@@ -120,7 +101,7 @@ def sites(
                     conn.execute(text(f'CREATE DATABASE "{name}"'))
                 names.append(name)
                 url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-            _load_plain(url, dept, model)
+            _load(url, dept, None, model)
             out[dept] = Site(request.param, url, [])
         yield out
     finally:

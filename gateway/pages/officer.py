@@ -33,6 +33,7 @@ from tongban.primitives.errors import NotFound, TongbanError
 from tongban.primitives.idnumber import mask
 
 from ..anomaly import Flag, Thresholds, detect, iso
+from ..checkpoints import default_quorum
 from ..oauth import Principal
 from ..services import AuditEvents, Gateway
 from .charts import bucketed, stacked_bars
@@ -175,7 +176,7 @@ def checkpoint_view(gateway: Gateway, note: SignedNote | None) -> dict[str, Any]
     # Below quorum: fewer witnesses than the quorum verifiably cosigned this checkpoint, so
     # it is the gateway's word alone and no evidence against a split view (finding 3).
     checkpointer = gateway.checkpointer
-    quorum = checkpointer.quorum if checkpointer is not None else len(keys) // 2 + 1
+    quorum = checkpointer.quorum if checkpointer is not None else default_quorum(len(keys))
     cosigned = sum(1 for s in signers if str(s["role"]).startswith("witness") and s["ok"] is True)
     return {"size": cp.size, "root": base64.b64encode(cp.root).decode(), "origin": cp.origin,
             "signers": signers, "text": note.text(), "quorum": quorum, "cosigned": cosigned,

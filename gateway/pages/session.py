@@ -87,10 +87,10 @@ def install_sessions(app: Flask, store: PageSessionStore, secret: bytes) -> None
         if request.endpoint == "pages.static":
             return
         sid = request.cookies.get(COOKIE)
-        data = _store().load(sid) if sid is not None and valid_session_id(sid) else None
-        if sid is None or not valid_session_id(sid):
-            sid, g.page_set_cookie = new_session_id(), True
-        g.page_sid, g.page_data = sid, data
+        if sid is not None and valid_session_id(sid):
+            g.page_sid, g.page_data = sid, _store().load(sid)
+        else:  # a first visit, or a cookie that is no id of ours: a fresh one
+            g.page_sid, g.page_data, g.page_set_cookie = new_session_id(), None, True
 
     @app.after_request
     def _cookie(resp: Response) -> Response:

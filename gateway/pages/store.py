@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     LargeBinary,
@@ -40,10 +41,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
-from tongban.primitives.db import make_engine
-from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.db import make_engine, transaction
 from tongban.primitives.gm import hmac_sm3, sm3, sm4_decrypt, sm4_encrypt
 
 __all__ = [
@@ -60,6 +59,7 @@ IDLE_SECONDS = 30 * 60.0
 LIFETIME_SECONDS = 8 * 3600.0
 _TOUCH_EVERY = 60.0  # write "seen" at most this often per session
 _SWEEP_EVERY = 60.0
+_STORE = "the page session store"  # StoreUnavailable: "the page session store is unavailable"
 _SID = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 
 metadata = MetaData()
@@ -91,7 +91,8 @@ def _key(sid: str) -> bytes:
 
 
 class PageSessionStore:
-    """The ``page_sessions`` table; every failure of the database is StoreUnavailable."""
+    """The ``page_sessions`` table; every failure of the database is StoreUnavailable
+    (through :func:`~tongban.primitives.db.transaction`)."""
 
     def __init__(
         self,
@@ -117,10 +118,8 @@ class PageSessionStore:
         return store
 
     def create_schema(self) -> None:
-        try:
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the page session store is unavailable") from exc
+        with transaction(self.engine, _STORE) as conn:
+            metadata.create_all(conn)
 
     def create(self, data: Mapping[str, Any]) -> str:
         """A new session holding ``data``; returns the id for the cookie."""
@@ -128,16 +127,13 @@ class PageSessionStore:
         row = _row_id(sid)
         sealed = sm4_encrypt(_key(sid), json.dumps(dict(data)).encode(), row.encode())
         now = self._clock()
-        try:
-            with self.engine.begin() as conn:
-                self._sweep(conn, now)
-                conn.execute(
-                    page_sessions.insert().values(
-                        id=row, sealed=sealed, created=now, seen=now, expires=now + self.lifetime
-                    )
+        with transaction(self.engine, _STORE) as conn:
+            self._sweep(conn, now)
+            conn.execute(
+                page_sessions.insert().values(
+                    id=row, sealed=sealed, created=now, seen=now, expires=now + self.lifetime
                 )
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the page session store is unavailable") from exc
+            )
         return sid
 
     def load(self, sid: str) -> dict[str, Any] | None:
@@ -147,24 +143,17 @@ class PageSessionStore:
             return None
         row_id = _row_id(sid)
         now = self._clock()
-        try:
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    select(
-                        page_sessions.c.sealed, page_sessions.c.seen, page_sessions.c.expires
-                    ).where(page_sessions.c.id == row_id)
-                ).first()
-                if row is None:
-                    return None
-                if now >= row.expires or now - row.seen >= self.idle:
-                    conn.execute(delete(page_sessions).where(page_sessions.c.id == row_id))
-                    return None
-                if now - row.seen >= _TOUCH_EVERY:
-                    conn.execute(
-                        update(page_sessions).where(page_sessions.c.id == row_id).values(seen=now)
-                    )
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the page session store is unavailable") from exc
+        this = page_sessions.c.id == row_id
+        with transaction(self.engine, _STORE) as conn:
+            c = page_sessions.c
+            row = conn.execute(select(c.sealed, c.seen, c.expires).where(this)).first()
+            if row is None:
+                return None
+            if now >= row.expires or now - row.seen >= self.idle:
+                conn.execute(delete(page_sessions).where(this))
+                return None
+            if now - row.seen >= _TOUCH_EVERY:
+                conn.execute(update(page_sessions).where(this).values(seen=now))
         try:
             data = json.loads(sm4_decrypt(_key(sid), bytes(row.sealed), row_id.encode()))
         except ValueError:
@@ -174,22 +163,15 @@ class PageSessionStore:
     def delete(self, sid: str) -> None:
         if not valid_session_id(sid):
             return
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(delete(page_sessions).where(page_sessions.c.id == _row_id(sid)))
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the page session store is unavailable") from exc
+        with transaction(self.engine, _STORE) as conn:
+            conn.execute(delete(page_sessions).where(page_sessions.c.id == _row_id(sid)))
 
     def count(self) -> int:
         """Live and not yet swept rows (for tests and operators)."""
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(select(func.count()).select_from(page_sessions))
-                return int(rows.scalar_one())
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable("the page session store is unavailable") from exc
+        with transaction(self.engine, _STORE) as conn:
+            return int(conn.execute(select(func.count()).select_from(page_sessions)).scalar_one())
 
-    def _sweep(self, conn: Any, now: float) -> None:
+    def _sweep(self, conn: Connection, now: float) -> None:
         with self._lock:
             if now - self._swept < _SWEEP_EVERY:
                 return
