@@ -1,6 +1,6 @@
 """Finding 6: can a flood of wrong client secrets at POST /oauth/token slow the checks?
 
-The gateway runs as deployed (gunicorn, 1 gthread worker x 32 threads, ``tongban.wsgi``
+The gateway runs as deployed (gunicorn, 1 deadline worker x 32 threads, ``tongban.wsgi``
 over SQLite in a fresh data directory; no department connected, so every check is
 answered ``undetermined`` after policy and the audit log). A measuring client in this
 process gets one access token, then times sequential ``POST /v1/checks``: first alone,
@@ -16,10 +16,21 @@ wrong secrets for another client. Each mode is a fresh gateway:
   address (127.0.0.2-33): past the per-address bursts every request is refused by the
   client id's bucket, in the view (a registry look-up and one HMAC each) rather than
   before Flask.
+- ``hmac_throttled_new_connections``: the same flood from one address, but a new
+  connection for every request (``Connection: close``), which no connection hold can
+  slow: what an attacker who noticed the holds would do.
 - ``hmac_unthrottled``: the HMAC row alone, to separate the two remedies.
 - ``control_404``: the same threads flooding a path that does not exist (a 404 from
   Flask, no database): what *any* closed-loop HTTP flood costs the checks on this
   machine, the floor no change to the token endpoint can go below.
+- ``demo``: the finding's own setting: ``tongban demo`` (gunicorn gateway, five adapters
+  on mutual TLS and the envelope, ``--demo-population`` citizens), checks of real
+  subjects that reach the departments, and the same wrong-secret flood from one address.
+- ``demo_attacker_apart``: the same, with the attacker on a CPU of its own and the demo
+  and the measuring client on the others, in both phases: on a two-core machine the
+  flooding client (32 Python threads of httpx) otherwise takes about a core from the
+  gateway, which an attacker on another host does not. What remains is the cost of
+  *answering* the flood.
 
 Figures per mode: check latency p50/p99 alone and under the flood, their ratio, and the
 flood's rate and status codes. ``within_2x`` compares the p50 under the flood with the p50
@@ -58,8 +69,11 @@ MODES = (
     "scrypt_throttled",
     "hmac_throttled",
     "hmac_throttled_32_sources",
+    "hmac_throttled_new_connections",
     "hmac_unthrottled",
     "control_404",
+    "demo",
+    "demo_attacker_apart",
 )
 CHECK = {
     "claim": "birth_registered",
@@ -135,8 +149,8 @@ def _serve(data: Path, port: int, mode: str) -> subprocess.Popen[bytes]:
         "PYTHONPATH": str(ROOT),
     }
     argv = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "32",
-            "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--log-level",
-            "warning", app]  # fmt: skip
+            "--worker-class", "tongban.gunicorn_worker.DeadlineThreadWorker",
+            "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app]  # fmt: skip
     log = (data / "gunicorn.log").open("wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
@@ -150,12 +164,12 @@ def _serve(data: Path, port: int, mode: str) -> subprocess.Popen[bytes]:
     raise RuntimeError((data / "gunicorn.log").read_text()[-2000:])
 
 
-def _checks(url: str, token: str, seconds: float) -> list[float]:
+def _checks(url: str, token: str, seconds: float, subjects: list[str]) -> list[float]:
     samples: list[float] = []
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            body = {**CHECK, "subject": {"id_number": SUBJECTS[next(_next) % len(SUBJECTS)]}}
+            body = {**CHECK, "subject": {"id_number": subjects[next(_next) % len(subjects)]}}
             started = time.perf_counter()
             resp = http.post(url + "/v1/checks", json=body)
             samples.append((time.perf_counter() - started) * 1e6)
@@ -171,6 +185,7 @@ def flood(
     seconds: float,
     path: str = "/oauth/token",
     spread: bool = False,
+    reconnect: bool = False,
 ) -> dict[str, Any]:
     """The attacker (run in its own process): wrong secrets, as fast as answered."""
     statuses: Counter[int] = Counter()
@@ -185,8 +200,11 @@ def flood(
             i = 0
             while time.monotonic() < stop:
                 i += 1
+                headers = _basic(secret_for, f"wrong-{n}-{i}")
+                if reconnect:
+                    headers["Connection"] = "close"
                 resp = http.post(url + path, data={"grant_type": "client_credentials"},
-                                 headers=_basic(secret_for, f"wrong-{n}-{i}"))  # fmt: skip
+                                 headers=headers)  # fmt: skip
                 local[resp.status_code] += 1
         with lock:
             statuses.update(local)
@@ -201,34 +219,85 @@ def flood(
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}  # fmt: skip
 
 
-def _mode(mode: str, seconds: float, threads: int) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix=f"tongban-flood-{mode}-"))
-    secrets = _prepare(data, mode)
+def _cpus(apart: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(the gateway side's CPUs, the attacker's): the last CPU for the attacker, the rest
+    for everything else, when ``apart`` and there are two or more; else no pinning."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not apart or len(cpus) < 2:
+        return None, None
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def _pin(proc: subprocess.Popen[bytes], cpus: set[int] | None) -> subprocess.Popen[bytes]:
+    """Pin a child just started (it has no children or threads yet) to ``cpus``."""
+    if cpus is not None:
+        os.sched_setaffinity(proc.pid, cpus)
+    return proc
+
+
+def _demo(
+    data: Path, port: int, population: int, cpus: set[int] | None
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """``tongban demo`` in ``data``, up; its subjects (the generator's truth file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    argv = [sys.executable, "-m", "tongban", "demo", "--data-dir", str(data), "--port",
+            str(port), "--population", str(population)]  # fmt: skip
+    log = (data.parent / f"{data.name}.log").open("wb")
+    proc = _pin(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
+                cpus)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (data / "demo.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError((data.parent / f"{data.name}.log").read_text()[-2000:])
+        time.sleep(0.5)
+    with (data / "truth.jsonl").open() as fh:
+        subjects = [json.loads(line)["id_number"] for line in fh if line.startswith('{"id_number"')]
+    return proc, subjects
+
+
+def _mode(mode: str, seconds: float, threads: int, population: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"tongban-flood-{mode}-"))
+    data = root / "data"
+    data.mkdir()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(data, port, mode)
+    gateway_cpus, attacker_cpus = _cpus(mode == "demo_attacker_apart")
+    everywhere = os.sched_getaffinity(0)
+    if gateway_cpus is not None:
+        os.sched_setaffinity(0, gateway_cpus)  # the measuring client: with the gateway
+    if mode.startswith("demo"):
+        server, subjects = _demo(data, port, population, gateway_cpus)
+        clients = json.loads((data / "demo.json").read_text())["clients"]
+        secrets = {cid: clients[cid]["client_secret"] for cid in (MEASURED, FLOODED)}
+    else:
+        secrets = _prepare(data, mode)
+        server = _serve(data, port, mode)
+        subjects = SUBJECTS
     try:
         resp = httpx.post(url + "/oauth/token", data={"grant_type": "client_credentials"},
                           headers=_basic(MEASURED, secrets[MEASURED]), timeout=30)  # fmt: skip
         resp.raise_for_status()
         token = resp.json()["access_token"]
-        _checks(url, token, 1.0)  # warm-up
-        alone = percentiles(_checks(url, token, seconds))
-        attacker = subprocess.Popen(
+        _checks(url, token, 1.0, subjects)  # warm-up
+        alone = percentiles(_checks(url, token, seconds, subjects))
+        attacker = _pin(subprocess.Popen(
             [sys.executable, "-m", "bench.bench_token_flood", "--flood", url,
              "--threads", str(threads), "--seconds", str(seconds + 1.5),
              "--flood-path", "/v1/no-such-path" if mode == "control_404" else "/oauth/token",
-             *(["--spread"] if mode.endswith("_sources") else [])],
+             *(["--spread"] if mode.endswith("_sources") else []),
+             *(["--reconnect"] if mode.endswith("_new_connections") else [])],
             cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
+        ), attacker_cpus)  # fmt: skip
         time.sleep(1.0)  # let the flood reach its rate (and the throttle its budget)
-        flooded = percentiles(_checks(url, token, seconds))
+        flooded = percentiles(_checks(url, token, seconds, subjects))
         out, _ = attacker.communicate(timeout=120)
         flood_stats = json.loads(out)
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+        os.sched_setaffinity(0, everywhere)
     ratio = flooded["p50_us"] / alone["p50_us"]
     return {
         "checks_alone": alone,
@@ -237,6 +306,10 @@ def _mode(mode: str, seconds: float, threads: int) -> dict[str, Any]:
         "p50_added_ms": round((flooded["p50_us"] - alone["p50_us"]) / 1000, 1),
         "p99_ratio": round(flooded["p99_us"] / alone["p99_us"], 2),
         "within_2x": ratio <= 2.0,
+        "cpus": {
+            "gateway": sorted(gateway_cpus or everywhere),
+            "attacker": sorted(attacker_cpus or everywhere),
+        },
         "flood": flood_stats,
     }
 
@@ -246,12 +319,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--demo-population", type=int, default=2_000)
     parser.add_argument("--flood", help=argparse.SUPPRESS)  # the attacker process
     parser.add_argument("--flood-path", default="/oauth/token", help=argparse.SUPPRESS)
     parser.add_argument("--spread", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood:
-        stats = flood(args.flood, FLOODED, args.threads, args.seconds, args.flood_path, args.spread)
+        stats = flood(args.flood, FLOODED, args.threads, args.seconds, args.flood_path,
+                      args.spread, args.reconnect)  # fmt: skip
         print(json.dumps(stats))
         return
     modes = [m for m in args.modes.split(",") if m]
@@ -261,9 +337,10 @@ def main() -> None:
     results = {
         "bench": "token_flood",
         "machine": machine(),
-        "setup": {"gunicorn": "1 gthread worker x 32 threads, SQLite",
+        "setup": {"gunicorn": "1 deadline worker x 32 threads, SQLite",
                   "flood_threads": args.threads, "seconds_per_phase": args.seconds},
-        "modes": {mode: _mode(mode, args.seconds, args.threads) for mode in modes},
+        "modes": {mode: _mode(mode, args.seconds, args.threads, args.demo_population)
+                  for mode in modes},
     }  # fmt: skip
     print(json.dumps(results, indent=2))
 

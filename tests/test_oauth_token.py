@@ -29,6 +29,7 @@ from tongban.gateway.oauth import _schema as oauth_schema
 from tongban.gateway.oauth.flask import EXTENSION, current_principal, init_oauth, require_token
 from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET, TokenThrottle
 from tongban.gateway.ratelimit import CachedRefusals, SqlBucketStore
+from tongban.holds import MAX_HOLD_SECONDS, source_held_until, take_hold
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks, sign_compact
@@ -708,3 +709,50 @@ def test_a_flood_past_its_budget_is_refused_without_the_database(gateway):
         _throttled(resp, "source")
     assert set(_body(view)) == set(_body(fast))
     assert _body(view)["error_description"] == _body(fast)["error_description"]
+
+
+def test_token_refusals_hold_the_connection_and_address_refusals_the_address(gateway):
+    """Every 429 of the token endpoint asks the server to hold its connection
+    (tongban.holds; the deadline worker honours it, tests/test_connection_holds.py); one
+    refused for its *address* holds that address's new connections as well, one refused
+    for a client id (which any address can name) does not."""
+    http = gateway.app.test_client()
+
+    def post(client_id: str, source: str) -> TestResponse:
+        resp: TestResponse = http.post(
+            "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            headers=gateway.basic(client_id, "wrong"),
+            environ_base={"REMOTE_ADDR": source},
+        )
+        return resp
+
+    take_hold()
+    for i in range(int(CLIENT_BUCKET.burst) + SLACK):
+        resp = post("hold-me", f"10.7.0.{i}")
+        if resp.status_code == 429:
+            break
+    _throttled(resp, "client")
+    assert 0 < take_hold() <= MAX_HOLD_SECONDS
+    assert source_held_until(f"10.7.0.{i}") == 0.0
+    assert take_hold() == 0.0  # taken once
+
+    for i in range(int(SOURCE_BUCKET.burst) + SLACK):
+        resp = post(f"h-{i}", "198.51.100.77")
+        if resp.status_code == 429:
+            break
+    _throttled(resp, "source")
+    assert take_hold() == min(int(resp.headers["Retry-After"]), MAX_HOLD_SECONDS)
+    assert source_held_until("198.51.100.77") > time.monotonic()
+    fast = post("h-x", "198.51.100.77")  # answered before Flask now: held the same way
+    _throttled(fast, "source")
+    assert take_hold() > 0
+    assert source_held_until("198.51.100.78") == 0.0
+    ok = http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers=gateway.basic("insurer-a", gateway.secrets["insurer-a"]),
+        environ_base={"REMOTE_ADDR": "198.51.100.78"},
+    )
+    assert ok.status_code == 200
+    assert take_hold() == 0.0  # an answer asks for no hold

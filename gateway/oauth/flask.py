@@ -19,6 +19,7 @@ from authlib.oauth2.rfc6749 import InsecureTransportError
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from tongban.exposure import HSTS
+from tongban.holds import hold_connection
 from tongban.primitives.errors import RateLimited, TongbanError
 from tongban.primitives.problem import PROBLEM_JSON, problem_body
 from tongban.primitives.replay import ReplayCache
@@ -189,6 +190,7 @@ class _RefusedFastPath:
                     if environ.get("wsgi.url_scheme") == "https":
                         headers.append(("Strict-Transport-Security", HSTS))
                     start_response("429 Too Many Requests", headers)
+                    hold_connection(refused.retry_after, environ.get("REMOTE_ADDR"))
                     return [body]
         return self.inner(environ, start_response)
 
@@ -222,6 +224,8 @@ def _throttled(exc: RateLimited) -> Response:
     resp.status_code = exc.status
     resp.headers.update(exc.response_headers())
     resp.headers.update(_THROTTLED_HEADERS)
+    # The flooder's connection waits, not a thread (and, refused by address, its new ones).
+    hold_connection(exc.retry_after, request.remote_addr if exc.limit == "source" else None)
     return resp
 
 

@@ -1,0 +1,178 @@
+"""Connection holds (tongban.holds) in the production server: real gunicorn with tongban's
+deadline worker, the real gateway, and a flood of wrong secrets on loopback.
+
+A 429 of the token endpoint holds its connection: the next request on it is read only
+after the hold. An address refused as such has its new connections held too. Neither
+costs a thread: the gateway keeps answering other connections meanwhile, and they are
+answered first."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tongban.config import Settings
+from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET
+from tongban.holds import MAX_HOLD_SECONDS
+from tongban.keys import KeyRing
+from tongban.wiring import build_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 4  # fewer threads than held connections: a hold must not take one
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    secret: str  # edu-bureau's
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("holds")
+    settings = Settings(data_dir=data)
+    KeyRing(settings.keys_dir).ensure("gateway")
+    registry = build_registry(settings)
+    secret = str(registry.register_client("edu-bureau", "Edu", scopes=("checks",)).secret)
+    registry.register_client("flooded", "Flooded", scopes=("checks",))
+    registry.engine.dispose()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TONGBAN_DATA_DIR": str(data),
+        "TONGBAN_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "TONGBAN_CHECKPOINT_INTERVAL": "3600",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen(
+        [str(gunicorn), "-w", "1", "--threads", str(THREADS),
+         "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
+         "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "gunicorn did not come up"
+            time.sleep(0.2)
+        yield Server(url, secret)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _client(source: str) -> httpx.Client:
+    return httpx.Client(
+        transport=httpx.HTTPTransport(local_address=source), timeout=30, trust_env=False
+    )
+
+
+def _token(http: httpx.Client, url: str, client_id: str, secret: str) -> httpx.Response:
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return http.post(
+        url + "/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+
+
+def _timed(call: object) -> tuple[httpx.Response, float, float]:
+    """(response, seconds taken, monotonic time it ended)."""
+    started = time.monotonic()
+    resp = call()  # type: ignore[operator]
+    ended = time.monotonic()
+    return resp, ended - started, ended
+
+
+def _until_refused(http: httpx.Client, url: str, ids: Iterator[str], tries: int) -> httpx.Response:
+    for _ in range(tries):
+        resp = _token(http, url, next(ids), "wrong")
+        if resp.status_code == 429:
+            return resp
+        assert resp.status_code == 401, resp.text
+    pytest.fail(f"no 429 in {tries} wrong secrets")
+
+
+def test_a_refused_connection_is_held_and_others_are_served_meanwhile(server: Server) -> None:
+    flood, other = _client("127.0.0.21"), _client("127.0.0.22")
+    with flood, other:
+        # Both connections exist before the refusal; "other" is a requester nearby.
+        assert other.get(server.url + "/healthz").status_code == 200
+        refused = _until_refused(
+            flood, server.url, iter(lambda: "flooded", None), int(CLIENT_BUCKET.burst) + 10
+        )
+        assert refused.json()["limit"] == "client"
+        hold = min(float(refused.headers["Retry-After"]), MAX_HOLD_SECONDS)
+
+        # More flood requests than the worker has threads, each on its own held
+        # connection, and then the requester: it is answered while they all wait.
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(_timed, lambda: _token(flood, server.url, "flooded", "wrong"))
+            time.sleep(0.1)
+            token, _, token_done = _timed(
+                lambda: _token(other, server.url, "edu-bureau", server.secret)
+            )
+            again, took, again_done = held.result()
+        assert token.status_code == 200, token.text
+        assert again.status_code == 429
+        assert took >= hold * 0.9
+        assert token_done < again_done
+
+
+def test_an_address_refused_as_such_has_its_new_connections_held(server: Server) -> None:
+    source = "127.0.0.31"
+    with _client(source) as flood:
+        # Made-up client ids: no client bucket runs dry, the address's does.
+        ids = (f"made-up-{i}" for i in range(10**6))
+        refused = _until_refused(flood, server.url, ids, int(SOURCE_BUCKET.burst) + 10)
+    assert refused.json()["limit"] == "source"
+    hold = min(float(refused.headers["Retry-After"]), MAX_HOLD_SECONDS)
+
+    def fresh(address: str) -> tuple[httpx.Response, float, float]:
+        with _client(address) as http:  # a new connection
+            return _timed(lambda: http.get(server.url + "/healthz"))
+
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(fresh, source)
+        time.sleep(0.1)
+        neighbour, _, neighbour_done = fresh("127.0.0.32")
+        again, took, again_done = held.result()
+    assert neighbour.status_code == again.status_code == 200
+    assert took >= (hold - 0.1) * 0.9
+    assert neighbour_done < again_done
+
+    # After the hold the address is served again without delay.
+    time.sleep(hold)
+    _, took_later, _ = fresh(source)
+    assert took_later < hold
