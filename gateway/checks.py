@@ -21,7 +21,7 @@ from tongban.adapters.coalesce import Coalescer
 from tongban.adapters.protocol import MAX_BATCH
 from tongban.audit.log import AuditLog
 from tongban.policies import Decision, PolicyEnforcer
-from tongban.primitives.errors import BadRequest, DepartmentUnavailable, Forbidden, TongbanError
+from tongban.primitives.errors import DepartmentUnavailable, Forbidden, TongbanError
 from tongban.primitives.idnumber import parse
 from tongban.primitives.wire import PredicateCall, Tri
 
@@ -30,14 +30,22 @@ from .catalog import Catalog, Claim, Term
 from .consent import is_consent_id
 from .enumeration import EnumerationGuard, ParameterEnumeration
 from .metrics import AUDIT_APPENDS, count_check, count_department_call
+from .models import (
+    MAX_BATCH_SUBJECTS,
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    BatchSubject,
+    CheckRequest,
+    CheckResponse,
+)
 from .ratelimit import RateLimiter
 from .services import utc_now
 
-__all__ = ["MAX_BATCH_SUBJECTS", "CheckRequest", "Checker", "ConsentUse", "PolicyDenied"]
+__all__ = ["MAX_BATCH_SUBJECTS", "Checker", "ConsentUse", "PolicyDenied", "ResolvedCheck"]
 
 log = logging.getLogger("tongban.checks")
 
-MAX_BATCH_SUBJECTS = 10_000
 #: Chunks of a batch in flight per department at once (an adapter's threads: 8 in the
 #: production gunicorn configuration).
 CHUNKS_IN_FLIGHT = 8
@@ -49,11 +57,6 @@ class PolicyDenied(Forbidden):
     title = "Policy does not allow this check"
 
 
-class ClaimPurposeMismatch(Forbidden):
-    slug = "purpose-not-served-by-claim"
-    title = "The claim does not serve this purpose"
-
-
 class ConsentUse(Protocol):
     """What the pipeline needs from the consent store."""
 
@@ -63,7 +66,10 @@ class ConsentUse(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CheckRequest:
+class ResolvedCheck:
+    """A :class:`CheckRequest` checked against the catalog: the ID number valid and
+    normalised, the claim resolved, the parameters from its enumerations."""
+
     subject_id: str
     claim: Claim
     purpose: str
@@ -72,51 +78,19 @@ class CheckRequest:
     answer_alg: str
 
 
-_FIELDS = {"subject", "claim", "purpose", "params", "consent_id", "answer_alg"}
-
-
-def _object(body: Any, fields: set[str], where: str = "body") -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
-        raise BadRequest(f"{where}: expected a JSON object")
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        raise BadRequest(f"{where}: unexpected field {unknown[0]!r}")
-    return body
-
-
-def _subject_id(subject: Any, where: str = "subject") -> str:
-    subject = _object(subject, {"id_number"}, where)
-    number = subject.get("id_number")
-    if not isinstance(number, str):
-        raise BadRequest(f"{where}.id_number: expected a string")
+def _subject_id(number: str, where: str = "subject") -> str:
     return parse(number).number  # InvalidIdNumber: 422, names the reason, not the number
 
 
-def _consent_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 1 <= len(value) <= 128:
-        raise BadRequest("consent_id: expected a string")
-    return value
-
-
-def _alg(value: Any) -> str:
-    if value is None:
-        return "SM2"
-    if value not in ("SM2", "ES256"):
-        raise BadRequest("answer_alg: expected SM2 or ES256")
-    return str(value)
-
-
 def _batch_numbers(
-    items: Sequence[Mapping[str, Any]],
+    items: Sequence[BatchSubject],
 ) -> tuple[list[str | None], dict[int, str]]:
     """Valid ID numbers (None where invalid) and, for the invalid ones, the reason."""
     numbers: list[str | None] = []
     invalid: dict[int, str] = {}
     for i, item in enumerate(items):
         try:
-            numbers.append(_subject_id({"id_number": item.get("id_number")}, f"subjects[{i}]"))
+            numbers.append(_subject_id(item.id_number, f"subjects[{i}]"))
         except TongbanError as exc:
             numbers.append(None)
             invalid[i] = str(exc.extra.get("reason", exc.slug))
@@ -161,24 +135,22 @@ class Checker:
 
     # --- validation -------------------------------------------------------------------
 
-    def parse(self, body: Any) -> CheckRequest:
-        body = _object(body, _FIELDS)
-        subject_id = _subject_id(body.get("subject"))
-        claim = self.catalog.claim(body.get("claim"))
-        self.catalog.purpose(body.get("purpose"))
-        params = claim.check_params(body.get("params"))
-        return CheckRequest(
-            subject_id,
-            claim,
-            str(body["purpose"]),
-            params,
-            _consent_id(body.get("consent_id")),
-            _alg(body.get("answer_alg")),
+    def _resolve(self, claim_name: str, purpose: str, params: Any) -> tuple[Claim, dict[str, str]]:
+        """The claim and its parameters, against the catalog (shared by both kinds)."""
+        claim = self.catalog.claim(claim_name)
+        self.catalog.purpose(purpose)
+        return claim, claim.check_params(params)
+
+    def parse(self, body: CheckRequest) -> ResolvedCheck:
+        subject_id = _subject_id(body.subject.id_number)
+        claim, params = self._resolve(body.claim, body.purpose, body.params)
+        return ResolvedCheck(
+            subject_id, claim, body.purpose, params, body.consent_id, body.answer_alg
         )
 
     # --- one check ----------------------------------------------------------------------
 
-    def check(self, requester: str, body: Any, request_id: str = "") -> dict[str, Any]:
+    def check(self, requester: str, body: CheckRequest, request_id: str = "") -> CheckResponse:
         req = self.parse(body)
         self._admit(requester, req.claim.name, req.purpose, [req.subject_id], 1)
         decision = self._decide(requester, req.claim, req.purpose)
@@ -219,7 +191,7 @@ class Checker:
             },
             req.answer_alg,
         )
-        return {"result": word, "answer": token, "audit_index": index}
+        return CheckResponse(result=word, answer=token, audit_index=index)
 
     def _admit(
         self, requester: str, claim: str, purpose: str, subjects: list[str], cost: int
@@ -254,7 +226,7 @@ class Checker:
         return decision
 
     def _entry(
-        self, requester: str, req: CheckRequest, decision: Decision, request_id: str
+        self, requester: str, req: ResolvedCheck, decision: Decision, request_id: str
     ) -> dict[str, Any]:
         return {
             "kind": "check",
@@ -272,16 +244,19 @@ class Checker:
             "request_id": request_id,
         }
 
-    def _deny(self, entry: dict[str, Any], subject_id: str, error: TongbanError) -> None:
-        """Record a refusal durably, then raise it carrying its audit index."""
+    def _deny(
+        self, entry: dict[str, Any], subject_id: str | None, error: TongbanError, count: int = 1
+    ) -> None:
+        """Record a refusal durably, then raise it carrying its audit index. ``count``:
+        the checks refused (a batch's subjects; its entry has no subject)."""
         index = self.audit.append({**entry, "result": "denied", "error": error.slug}, subject_id)
         AUDIT_APPENDS.inc()
-        count_check(entry["claim"], entry["purpose"], "denied")
+        count_check(entry["claim"], entry["purpose"], "denied", count)
         error.extra["audit_index"] = index
         raise error
 
     def _basis(
-        self, requester: str, req: CheckRequest, consent_id: str | None, entry: dict[str, Any]
+        self, requester: str, req: ResolvedCheck, consent_id: str | None, entry: dict[str, Any]
     ) -> dict[str, str]:
         legal_basis = self.enforcer.legal_basis(req.purpose)
         if legal_basis is not None:
@@ -332,28 +307,18 @@ class Checker:
 
     # --- batch --------------------------------------------------------------------------
 
-    def batch(self, requester: str, body: Any, request_id: str = "") -> dict[str, Any]:
-        body = _object(body, {"claim", "purpose", "params", "subjects", "answer_alg"})
-        claim = self.catalog.claim(body.get("claim"))
-        self.catalog.purpose(body.get("purpose"))
-        purpose = str(body["purpose"])
-        params = claim.check_params(body.get("params"))
-        alg = _alg(body.get("answer_alg"))
-        subjects = body.get("subjects")
-        if not isinstance(subjects, list) or not 1 <= len(subjects) <= MAX_BATCH_SUBJECTS:
-            raise BadRequest(f"subjects: expected 1..{MAX_BATCH_SUBJECTS} items")
-        items = [_object(s, {"id_number", "consent_id"}, f"subjects[{i}]") for i, s in
-                 enumerate(subjects)]  # fmt: skip
+    def batch(self, requester: str, body: BatchRequest, request_id: str = "") -> BatchResponse:
+        claim, params = self._resolve(body.claim, body.purpose, body.params)
+        purpose, alg, items = body.purpose, body.answer_alg, body.subjects
         numbers, invalid = _batch_numbers(items)
         self._admit(requester, claim.name, purpose, [n for n in numbers if n], len(items))
         decision = self._decide(requester, claim, purpose)
-        req = CheckRequest("", claim, purpose, params, None, alg)
+        req = ResolvedCheck("", claim, purpose, params, None, alg)
         base = self._entry(requester, req, decision, request_id)
         if not decision.allowed:
-            index = self.audit.append(
-                {**base, "result": "denied", "error": "policy-denied", "batch": len(items)}
-            )
-            raise PolicyDenied(f"policy: {decision.reason}", audit_index=index)
+            # The same refusal as one check's: audited (one entry, no subject) and counted.
+            policy = PolicyDenied(f"policy: {decision.reason}")
+            self._deny({**base, "batch": len(items)}, None, policy, len(items))
         legal_basis = self.enforcer.legal_basis(purpose)
         enumerated = self._batch_enumeration(requester, claim, params, numbers)
         basis: list[dict[str, str] | str] = []
@@ -390,7 +355,7 @@ class Checker:
             },
             alg,
         )
-        return {"results": results, "answer": token}
+        return BatchResponse(results=[BatchItem(**r) for r in results], answer=token)
 
     def _audit_batch(
         self,
@@ -446,12 +411,9 @@ class Checker:
         return {valid[j][0] for j in refused}
 
     def _batch_consent(
-        self, requester: str, claim: Claim, purpose: str, number: str, item: Mapping[str, Any]
+        self, requester: str, claim: Claim, purpose: str, number: str, item: BatchSubject
     ) -> dict[str, str] | str:
-        try:
-            consent_id = _consent_id(item.get("consent_id"))
-        except TongbanError as exc:
-            return exc.slug
+        consent_id = item.consent_id
         if consent_id is None:
             return self._consent_required().slug
         try:

@@ -14,12 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from tongban.primitives.bodies import component_schema
 from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 
 from .catalog import Catalog
-from .checks import MAX_BATCH_SUBJECTS, RESULT_WORD
+from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
 from .jobs import declared_jobs
+from .models import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    BatchSubject,
+    CheckRequest,
+    CheckResponse,
+    Subject,
+)
 
 __all__ = [
     "CHANGE_ID_PATTERN",
@@ -314,34 +324,10 @@ def _catalog_schemas(catalog: Catalog) -> Json:
             },
             ["claims", "purposes"],
         ),
-        "CheckRequest": _obj(
-            {
-                "subject": ref("Subject"),
-                "claim": ref("ClaimName"),
-                "purpose": ref("PurposeName"),
-                "params": ref("ClaimParams"),
-                "consent_id": {
-                    "type": ["string", "null"],
-                    "minLength": 1,
-                    "maxLength": 128,
-                    "description": "Needed when the purpose has no statutory legal basis.",
-                },
-                "answer_alg": ref("AnswerAlg"),
-            },
-            ["subject", "claim", "purpose"],
-            allOf=_params_rules(catalog),
-        ),
-        "BatchRequest": _obj(
-            {
-                "claim": ref("ClaimName"),
-                "purpose": ref("PurposeName"),
-                "params": ref("ClaimParams"),
-                "subjects": _array(ref("BatchSubject"), minItems=1, maxItems=MAX_BATCH_SUBJECTS),
-                "answer_alg": ref("AnswerAlg"),
-            },
-            ["claim", "purpose", "subjects"],
-            allOf=_params_rules(catalog),
-        ),
+        **{
+            name: {**component_schema(model), "allOf": _params_rules(catalog)}
+            for name, model in (("CheckRequest", CheckRequest), ("BatchRequest", BatchRequest))
+        },
         "ConsentGrant": _obj(
             {
                 "requester": _str("Client id of the requester allowed to ask.", minLength=1),
@@ -529,7 +515,6 @@ def _checks() -> Json:
             "GB 11643-1999 citizen ID number (check digit validated: 422 if wrong).",
             pattern=ID_NUMBER_PATTERN,
         ),
-        "Subject": _obj({"id_number": ref("IdNumber")}, ["id_number"]),
         "AnswerAlg": _str(
             "Signature algorithm of the answer; default SM2.", enum=list(ANSWER_ALGS)
         ),
@@ -542,37 +527,10 @@ def _checks() -> Json:
             enum=list(BATCH_RESULTS),
         ),
         "CompactJws": _str("Compact JWS (RFC 7515).", pattern=JWS_PATTERN),
-        "CheckResponse": _obj(
-            {
-                "result": ref("Result"),
-                "answer": {**ref("CompactJws"), "description": "Signed AnswerClaims."},
-                "audit_index": _INDEX,
-            },
-            ["result", "answer", "audit_index"],
-        ),
-        "BatchSubject": _obj(
-            {
-                "id_number": ref("IdNumber"),
-                "consent_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128},
-            },
-            ["id_number"],
-        ),
-        "BatchItem": _obj(
-            {
-                "index": {"type": "integer", "minimum": 0},
-                "result": ref("BatchResult"),
-                "audit_index": _INDEX,
-                "reason": _str("Why `denied` or `invalid`: a problem slug or a bad-ID reason."),
-            },
-            ["index", "result", "audit_index"],
-        ),
-        "BatchResponse": _obj(
-            {
-                "results": _array(ref("BatchItem")),
-                "answer": {**ref("CompactJws"), "description": "Signed BatchAnswerClaims."},
-            },
-            ["results", "answer"],
-        ),
+        **{
+            model.__name__: component_schema(model)
+            for model in (Subject, BatchSubject, CheckResponse, BatchItem, BatchResponse)
+        },
     }
 
 

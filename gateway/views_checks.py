@@ -7,9 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify
 
 from tongban.policies import PolicyAdmin
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest
 
 from .checks import Checker
+from .models import BatchRequest, CheckRequest
 from .oauth.flask import current_principal, require_token
 from .views_common import json_body
 
@@ -24,14 +26,16 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
     @bp.post("/v1/checks")
     @require_token("checks")
     def check() -> Response:
-        principal = current_principal()
-        return jsonify(checker.check(principal.client_id, json_body(), g.get("request_id", "")))
+        body = parse_body(CheckRequest, json_body())
+        answer = checker.check(current_principal().client_id, body, g.get("request_id", ""))
+        return jsonify(answer.model_dump(exclude_none=True))
 
     @bp.post("/v1/checks/batch")
     @require_token("checks:batch")
     def batch() -> Response:
-        principal = current_principal()
-        return jsonify(checker.batch(principal.client_id, json_body(), g.get("request_id", "")))
+        body = parse_body(BatchRequest, json_body())
+        answer = checker.batch(current_principal().client_id, body, g.get("request_id", ""))
+        return jsonify(answer.model_dump(exclude_none=True))
 
     @bp.get("/v1/claims")
     @require_token()

@@ -145,3 +145,28 @@ def test_the_rate_limit_charges_every_subject_named(
         assert _batch(h, [{"id_number": ADULT}]).status_code == 200
     finally:
         h.close()
+
+
+def test_a_batch_refused_by_policy_is_audited_and_counted_like_a_check(gw: Hostile) -> None:
+    """Checker.batch shares check's denial: one entry (no subject), the problem carries
+    its index, and every subject of the batch is counted as a denied check (before, the
+    batch's branch skipped the metric)."""
+    from tongban.gateway.metrics import REGISTRY
+
+    def denied() -> float:
+        labels = {"claim": "birth_registered", "purpose": "underwriting", "outcome": "denied"}
+        return REGISTRY.get_sample_value("tongban_checks_total", labels) or 0.0
+
+    counted = denied()
+    before = gw.audit_size()
+    subjects = [{"id_number": ADULT}, {"id_number": OTHER_ADULT}, {"id_number": "garbage"}]
+    body = {"claim": "birth_registered", "purpose": "underwriting", "subjects": subjects}
+    resp = gw.client.post("/v1/checks/batch", json=body, headers=gw.auth("insurer-a"))
+    assert resp.status_code == 403, resp.get_data(as_text=True)
+    problem = resp.get_json()
+    assert problem["type"] == PROBLEM_BASE + "policy-denied"
+    assert gw.audit_size() == before + 1 and problem["audit_index"] == before
+    (entry,) = _entries(gw, before)
+    assert entry["result"] == "denied" and entry["error"] == "policy-denied"
+    assert entry["batch"] == len(subjects)
+    assert denied() == counted + len(subjects)

@@ -1,0 +1,121 @@
+"""Typed request bodies: one pydantic model per body, parsed once at the edge.
+
+A view parses the decoded JSON into its model with :func:`parse_body`; the core takes
+the model. The same model generates the body's JSON Schema for the OpenAPI document
+(:func:`component_schema`), so what is refused and what is documented cannot drift.
+
+Why pydantic (v2) and not msgspec: the gateway already carries it (Flower's FastAPI
+does), its JSON Schema output is 2020-12 as OpenAPI 3.1 uses it, and
+``ValidationError.errors(include_input=False)`` gives every failure's location without
+the value, which matters here because a value can be an ID number.
+
+A refusal is a :class:`~tongban.primitives.errors.BadRequest` (400 ``bad-request``)
+whose detail names the field by its location (``subjects[3].consent_id: expected a
+string``) and never repeats the input. A location element that the client chose, such as
+an unexpected key, is named only when it looks like a field name: a key can be an ID
+number too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
+
+from .errors import BadRequest
+
+__all__ = ["Body", "component_schema", "parse_body", "schema_ref"]
+
+M = TypeVar("M", bound="Body")
+_MARK = "x-tongban-component"
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+#: pydantic error types to the gateway's wording (others keep pydantic's message, which
+#: states the rule and never the value).
+_WORDS = {
+    "model_type": "expected a JSON object",
+    "model_attributes_type": "expected a JSON object",
+    "dict_type": "expected a JSON object",
+    "list_type": "expected an array",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "bool_type": "expected true or false",
+    "missing": "required",
+    "extra_forbidden": "unexpected field",
+}
+
+
+class Body(BaseModel):
+    """A request body: unknown fields refused, no coercion (``"1"`` is not 1), frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def schema_ref(name: str) -> WithJsonSchema:
+    """Annotate a field whose schema is a component declared elsewhere (an enumeration
+    from the claim catalog, say): ``Annotated[str, schema_ref("ClaimName")]``. (A
+    marker that :func:`component_schema` turns into a ``$ref``: pydantic would try to
+    resolve a ``$ref`` among its own definitions.)"""
+    return WithJsonSchema({_MARK: name})
+
+
+def _where(loc: tuple[int | str, ...], root: str) -> str:
+    out = root if not loc else ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _NAME.fullmatch(part) and not part[0].isdigit():
+            out += f".{part}" if out else part
+        else:
+            out += "[…]" if out else "…"
+    return out
+
+
+def _words(error: Any) -> str:
+    kind = str(error["type"])
+    ctx = error.get("ctx") or {}
+    unit = "characters" if kind.startswith("string_") else "items"
+    if kind.endswith("too_short") and "min_length" in ctx:
+        return f"expected at least {ctx['min_length']} {unit}"
+    if kind.endswith("too_long") and "max_length" in ctx:
+        return f"expected at most {ctx['max_length']} {unit}"
+    return _WORDS.get(kind, str(error["msg"]))
+
+
+def parse_body(model: type[M], data: Any, root: str = "body") -> M:
+    """``data`` (decoded JSON) as ``model``, or the first failure as :class:`BadRequest`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False, include_context=True)
+        first = errors[0]
+        raise BadRequest(f"{_where(tuple(first['loc']), root)}: {_words(first)}") from None
+
+
+def component_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema as an OpenAPI component: nested models refer to their own
+    components (``#/components/schemas/Name``), which :func:`component_schemas` lists."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return dict(_openapi(schema))
+
+
+def _openapi(node: Any) -> Any:
+    """Markers to ``$ref``s, pydantic's titles dropped, and ``anyOf: [X, {type: null}]``
+    of a plain typed ``X`` written as ``X`` with ``type: [t, "null"]`` (what OpenAPI 3.1
+    documents, and tools, read most easily)."""
+    if isinstance(node, list):
+        return [_openapi(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    options = node.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        (other,) = [o for o in options if o != {"type": "null"}]
+        if isinstance(other.get("type"), str) and _MARK not in other:
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            return _openapi({**other, **rest, "type": [other["type"], "null"]})
+    if _MARK in node:
+        siblings = {k: _openapi(v) for k, v in node.items() if k not in (_MARK, "title")}
+        return {"$ref": f"#/components/schemas/{node[_MARK]}", **siblings}
+    return {k: _openapi(v) for k, v in node.items() if k != "title" or not isinstance(v, str)}
