@@ -58,9 +58,11 @@ from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer
 from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
 from tongban.federation.statistics import Release, Statistic, StatisticsRegistry
+from tongban.gateway.models import StatisticRequest
 from tongban.gateway.services import AuditEvents
 from tongban.gateway.statistics import StatisticsService
 from tongban.gateway.statistics_store import StatisticsStore
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.gm import SM2PrivateKey
 
 PARTIES = 12
@@ -103,7 +105,7 @@ def _job(service: StatisticsService, key_jwk: dict[str, Any], dp: float | None) 
     body: dict[str, Any] = {"statistic": "bench_counts", "params": {}, "public_key": key_jwk}
     if dp is not None:
         body["dp"] = {"epsilon": dp}
-    submitted = service.submit("analyst", body)
+    submitted = service.submit("analyst", parse_body(StatisticRequest, body))
     return service.get("analyst", submitted["id"])
 
 

@@ -29,22 +29,18 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol
 
 from tongban.audit.canonical import decimal_text
 from tongban.primitives.errors import BadRequest, NotFound
 
 from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
+from .models import FederationJobRequest
 from .statistics_store import StatisticsStore
 
 __all__ = ["FederationJobs", "FederationRequest", "Trainer", "deployment_trainer"]
 
 KINDS = ("horizontal", "vertical")
-_FIELDS = frozenset(
-    {"kind", "rounds", "secagg", "dp_noise", "dp_clip", "departments", "local_epochs",
-     "batch_size"}
-)  # fmt: skip
-MAX_ROUNDS = 200
 FINISHED = ("done", "failed")
 
 log = logging.getLogger(__name__)
@@ -95,70 +91,33 @@ class FederationRequest:
 
     @classmethod
     def parse(
-        cls, body: Any, default_departments: Mapping[str, tuple[str, ...]]
+        cls, body: FederationJobRequest, default_departments: Mapping[str, tuple[str, ...]]
     ) -> FederationRequest:
-        if not isinstance(body, Mapping):
-            raise BadRequest("body: expected a JSON object")
-        extra = sorted(str(k) for k in body if k not in _FIELDS)
-        if extra:
-            raise BadRequest(f"{extra[0]}: unexpected member")
-        kind = _kind(body)
-        batch = body.get("batch_size", 1024)
-        if not _is_int(batch) or not 64 <= batch <= 65536:
-            raise BadRequest("batch_size: expected an integer 64..65536")
-        rounds = body.get("rounds")
-        if not _is_int(rounds) or not 1 <= rounds <= MAX_ROUNDS:
-            raise BadRequest(f"rounds: expected an integer 1..{MAX_ROUNDS}")
-        epochs = body.get("local_epochs", 20)
-        if not _is_int(epochs) or not 1 <= epochs <= 1000:
-            raise BadRequest("local_epochs: expected an integer 1..1000")
-        secagg = body.get("secagg", False)
-        if not isinstance(secagg, bool):
-            raise BadRequest("secagg: expected a boolean")
-        noise = _number(body, "dp_noise", 0.0)
-        clip = _number(body, "dp_clip", 0.5)
-        if noise < 0 or noise > 100:
-            raise BadRequest("dp_noise: expected a noise multiplier 0..100 (0: no DP)")
-        if not 0 < clip <= 100:
-            raise BadRequest("dp_clip: expected a clipping norm in (0, 100]")
-        departments = body.get("departments", list(default_departments[kind]))
-        if (
-            not isinstance(departments, list)
-            or not departments
-            or not all(isinstance(d, str) and d for d in departments)
-        ):
-            raise BadRequest("departments: expected a non-empty list of department names")
+        """The rules across fields: members of the other kind, and ``departments``."""
+        kind = body.kind
+        given = body.model_fields_set
+        if kind == "vertical":
+            for name in ("secagg", "dp_noise", "dp_clip", "local_epochs"):
+                if name in given:
+                    raise BadRequest(f"{name}: horizontal jobs only")
+        elif "batch_size" in given:
+            raise BadRequest("batch_size: vertical jobs only")
+        departments = body.departments or list(default_departments[kind])
         # The departments are what policy decides on, so a request may not narrow them: a
         # vertical job reads health, hrss and civil rows whatever it names.
         involved = tuple(sorted(set(default_departments[kind])))
         if tuple(sorted(set(departments))) != involved:
             raise BadRequest(f"departments: a {kind} job involves {', '.join(involved)}")
-        return cls(rounds, secagg, noise, clip, epochs, involved, kind, batch)
-
-
-def _kind(body: Mapping[str, Any]) -> str:
-    """The job's kind, refusing members that belong to the other kind."""
-    kind = body.get("kind", "horizontal")
-    if kind not in KINDS:
-        raise BadRequest('kind: expected "horizontal" or "vertical"')
-    if kind == "vertical":
-        for name in ("secagg", "dp_noise", "dp_clip", "local_epochs"):
-            if name in body:
-                raise BadRequest(f"{name}: horizontal jobs only")
-    elif "batch_size" in body:
-        raise BadRequest("batch_size: vertical jobs only")
-    return str(kind)
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(body: Mapping[str, Any], key: str, default: float) -> float:
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key}: expected a number")
-    return float(value)
+        return cls(
+            body.rounds,
+            body.secagg,
+            float(body.dp_noise),
+            float(body.dp_clip),
+            body.local_epochs,
+            involved,
+            kind,
+            body.batch_size,
+        )
 
 
 class Trainer(Protocol):
@@ -337,7 +296,7 @@ class FederationJobs:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, requester: str, body: Any) -> dict[str, Any]:
+    def submit(self, requester: str, body: FederationJobRequest) -> dict[str, Any]:
         request = FederationRequest.parse(body, self.default_departments)
         decision = None
         if self.policy is not None:  # denials are audited by the policy

@@ -13,22 +13,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from tongban.federation.dp import MAX_EPSILON, MIN_EPSILON
 from tongban.primitives.bodies import Body, schema_ref
+
+from .jobs import declared_jobs
 
 __all__ = [
     "MAX_BATCH_SUBJECTS",
+    "MAX_ROUNDS",
     "BatchItem",
     "BatchRequest",
     "BatchResponse",
     "BatchSubject",
     "CheckRequest",
     "CheckResponse",
+    "DpRequest",
+    "FederationJobRequest",
+    "StatisticRequest",
     "Subject",
 ]
 
 MAX_BATCH_SUBJECTS = 10_000
+MAX_ROUNDS = 200
 
 IdNumber = Annotated[str, schema_ref("IdNumber")]
 ClaimName = Annotated[str, schema_ref("ClaimName")]
@@ -100,3 +108,76 @@ class BatchResponse(Reply):
     answer: Annotated[str, schema_ref("CompactJws")] = Field(
         description="Signed BatchAnswerClaims."
     )
+
+
+def _involved() -> str:
+    declared = declared_jobs()
+    return "; ".join(
+        f"{kind}: {', '.join(sorted(declared[f'federation:{kind}'].departments))}"
+        for kind in ("horizontal", "vertical")
+    )
+
+
+class FederationJobRequest(Body):
+    """``POST /v1/federation/jobs``. Members of the other kind are refused (a rule across
+    fields, in :meth:`gateway.federation_jobs.FederationRequest.parse`, which also checks
+    ``departments``): what a member is given as is known from ``model_fields_set``."""
+
+    kind: Literal["horizontal", "vertical"] = Field(
+        default="horizontal",
+        description="horizontal: FedAvg among county bureaus on Flower; vertical: ECDH-PSI "
+        "then Paillier-protected logistic regression across health, hrss (labels) and "
+        "civil. Rounds are epochs for vertical.",
+    )
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)]
+    secagg: bool = Field(default=False, description="SecAgg+ secure aggregation (horizontal only).")
+    batch_size: int = Field(
+        default=1024, ge=64, le=65536, description="Mini-batch size (vertical only)."
+    )
+    dp_noise: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Gaussian noise multiplier z (0: no differential privacy).",
+    )
+    dp_clip: float = Field(
+        default=0.5, gt=0, le=100, description="L2 clipping norm of each bureau's update."
+    )
+    local_epochs: int = Field(default=20, ge=1, le=1000)
+    departments: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Optional, and if given exactly the departments the job's kind involves "
+        f"({_involved()}): the departments the policy decides on. The job's document names "
+        "who trained: `bureaus` (horizontal) or `departments` (vertical).",
+    )
+
+
+class DpRequest(Body):
+    #: The range is the core's to check (``invalid-epsilon``, tongban.federation.dp); the
+    #: model checks that it is a number.
+    epsilon: float = Field(
+        json_schema_extra={"minimum": MIN_EPSILON, "maximum": MAX_EPSILON},
+        description="Differential privacy: each department adds its share of discrete "
+        "Laplace noise (total scale sensitivity/epsilon); epsilon is charged to the "
+        "analyst's budget before the job runs.",
+    )
+
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+class StatisticRequest(Body):
+    """``POST /v1/statistics/jobs``. The statistic, its parameters (each from its
+    enumeration) and the key are checked by the statistics service."""
+
+    statistic: str = Field(description="A statistic from the registry (GET /v1/statistics).")
+    params: Annotated[
+        dict[str, Any],
+        WithJsonSchema({"type": "object", "additionalProperties": {"type": "string"}}),
+    ]
+    public_key: dict[str, Any] = Field(
+        description="The analyst's Paillier public key in phe's JWK form (kty DAJ, alg "
+        "PAI-GN1, n), at least 2048 bits."
+    )
+    dp: DpRequest | None = None

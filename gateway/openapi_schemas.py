@@ -20,7 +20,6 @@ from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 from .catalog import Catalog
 from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
-from .jobs import declared_jobs
 from .models import (
     BatchItem,
     BatchRequest,
@@ -28,6 +27,9 @@ from .models import (
     BatchSubject,
     CheckRequest,
     CheckResponse,
+    DpRequest,
+    FederationJobRequest,
+    StatisticRequest,
     Subject,
 )
 
@@ -833,86 +835,13 @@ def _operations() -> Json:
 
 
 def _federation() -> Json:
-    declared = declared_jobs()
-    involved = "; ".join(
-        f"{kind}: {', '.join(sorted(declared[f'federation:{kind}'].departments))}"
-        for kind in ("horizontal", "vertical")
-    )
-    return {
-        "FederationJobRequest": _obj(
-            {
-                "kind": {
-                    "type": "string",
-                    "enum": ["horizontal", "vertical"],
-                    "description": "horizontal: FedAvg among county bureaus on Flower; "
-                    "vertical: ECDH-PSI then Paillier-protected logistic regression across "
-                    "health, hrss (labels) and civil. Rounds are epochs for vertical.",
-                },
-                "rounds": {"type": "integer", "minimum": 1, "maximum": 200},
-                "secagg": {
-                    "type": "boolean",
-                    "description": "SecAgg+ secure aggregation (horizontal only).",
-                },
-                "batch_size": {
-                    "type": "integer",
-                    "minimum": 64,
-                    "maximum": 65536,
-                    "description": "Mini-batch size (vertical only).",
-                },
-                "dp_noise": {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": 100,
-                    "description": "Gaussian noise multiplier z (0: no differential privacy).",
-                },
-                "dp_clip": {
-                    "type": "number",
-                    "exclusiveMinimum": 0,
-                    "maximum": 100,
-                    "description": "L2 clipping norm of each bureau's update.",
-                },
-                "local_epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "departments": _array(
-                    _str(),
-                    minItems=1,
-                    description="Optional, and if given exactly the departments the job's "
-                    f"kind involves ({involved}): the departments the policy decides on. The "
-                    "job's document names who trained: `bureaus` (horizontal) or "
-                    "`departments` (vertical).",
-                ),
-            },
-            ["rounds"],
-        ),
-    }
+    return {"FederationJobRequest": component_schema(FederationJobRequest)}
 
 
 def _statistics() -> Json:
     return {
-        "StatisticRequest": _obj(
-            {
-                "statistic": _str("A statistic from the registry (GET /v1/statistics)."),
-                "params": {"type": "object", "additionalProperties": {"type": "string"}},
-                "public_key": {
-                    "type": "object",
-                    "description": "The analyst's Paillier public key in phe's JWK form "
-                    "(kty DAJ, alg PAI-GN1, n), at least 2048 bits.",
-                },
-                "dp": _obj(
-                    {
-                        "epsilon": {
-                            "type": "number",
-                            "minimum": 0.01,
-                            "maximum": 10,
-                            "description": "Differential privacy: each department adds its "
-                            "share of discrete Laplace noise (total scale sensitivity/epsilon); "
-                            "epsilon is charged to the analyst's budget before the job runs.",
-                        }
-                    },
-                    ["epsilon"],
-                ),
-            },
-            ["statistic", "params", "public_key"],
-        ),
+        "StatisticRequest": component_schema(StatisticRequest),
+        "DpRequest": component_schema(DpRequest),
     }
 
 

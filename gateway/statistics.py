@@ -55,15 +55,14 @@ from tongban.federation.statistics import (
     Statistic,
     StatisticsRegistry,
 )
-from tongban.primitives.errors import BadRequest, Conflict, Forbidden, NotFound, TongbanError
+from tongban.primitives.errors import Conflict, Forbidden, NotFound, TongbanError
 from tongban.primitives.gm import sm3
 
 from .jobs import STATISTICS_PURPOSE, JobPolicy, decision_record, statistic_object
+from .models import StatisticRequest
 from .statistics_store import StatisticsStore
 
 __all__ = ["DEFAULT_THRESHOLD", "DpRequired", "StatisticUnavailable", "StatisticsService"]
-
-_FIELDS = frozenset({"statistic", "params", "public_key", "dp"})
 
 
 class DpRequired(Forbidden):
@@ -221,35 +220,25 @@ class StatisticsService:
 
     # --- jobs ---------------------------------------------------------------------------
 
-    def _parse_dp(self, body: Mapping[str, Any]) -> float | None:
-        dp = body.get("dp")
-        if dp is None:
+    def _parse_dp(self, body: StatisticRequest) -> float | None:
+        if body.dp is None:
             if self.require_dp:
                 raise DpRequired("dp.epsilon: required by this gateway")
             return None
-        if not isinstance(dp, Mapping) or set(dp) != {"epsilon"}:
-            raise BadRequest('dp: expected {"epsilon": number}')
-        return parse_epsilon(dp["epsilon"])
+        return parse_epsilon(body.dp.epsilon)
 
-    def submit(self, requester: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, Mapping):
-            raise BadRequest("body: expected a JSON object")
-        extra = sorted(str(k) for k in body if k not in _FIELDS)
-        if extra:
-            raise BadRequest(f"{extra[0]}: unexpected member")
+    def submit(self, requester: str, body: StatisticRequest) -> dict[str, Any]:
         # A statistic whose departments are not connected is accepted and then fails,
         # naming them, exactly like a department that is down: never a partial total.
-        statistic = self.registry.get(body.get("statistic"))
+        statistic = self.registry.get(body.statistic)
         missing = self.undeclared.get(statistic.name)
         if missing:
             raise StatisticUnavailable(
                 f"statistic: {statistic.name} is not declared in the department file of "
                 f"{', '.join(missing)} (GET /v1/statistics lists what is available)"
             )
-        params = statistic.check_params(body.get("params"))
-        if "public_key" not in body:
-            raise BadRequest("public_key: required")
-        key = parse_public_key(body["public_key"])
+        params = statistic.check_params(body.params)
+        key = parse_public_key(body.public_key)
         release = Release(self.threshold, self._parse_dp(body))
         layout = statistic.layout(key.n, release=release)
         decision = None

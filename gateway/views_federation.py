@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, url_for
 
+from tongban.primitives.bodies import parse_body
+
 from .federation_jobs import FederationJobs
+from .models import FederationJobRequest
 from .oauth.flask import current_principal, require_token
 from .views_common import json_body
 
@@ -17,7 +20,8 @@ def federation_blueprint(service: FederationJobs) -> Blueprint:
     @bp.post("/v1/federation/jobs")
     @require_token("federation")
     def submit() -> tuple[Response, int, dict[str, str]]:
-        job = service.submit(current_principal().client_id, json_body())
+        body = parse_body(FederationJobRequest, json_body())
+        job = service.submit(current_principal().client_id, body)
         location = url_for("federation.job", job_id=job["id"])
         return jsonify(job), 202, {"Location": location}
 

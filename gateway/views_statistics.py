@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, url_for
 
+from tongban.primitives.bodies import parse_body
+
+from .models import StatisticRequest
 from .oauth.flask import current_principal, require_token
 from .statistics import StatisticsService
 from .views_common import json_body
@@ -22,7 +25,8 @@ def statistics_blueprint(service: StatisticsService) -> Blueprint:
     @bp.post("/v1/statistics")
     @require_token("statistics")
     def submit() -> tuple[Response, int, dict[str, str]]:
-        job = service.submit(current_principal().client_id, json_body())
+        body = parse_body(StatisticRequest, json_body())
+        job = service.submit(current_principal().client_id, body)
         location = url_for("statistics.result", job_id=job["id"])
         return jsonify(job), 202, {"Location": location}
 

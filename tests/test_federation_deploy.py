@@ -29,6 +29,8 @@ from tongban.federation.horizontal.runner import (
     write_report,
 )
 from tongban.federation.horizontal.settings import RunSettings
+from tongban.gateway.models import FederationJobRequest
+from tongban.primitives.bodies import parse_body
 
 from .federation_data import generated
 from .test_federation_tls import _cmdline
@@ -228,7 +230,9 @@ def test_gateway_job_two_rounds_audits_model_hash(up: _Up, data_dir: Path):
     audit = Audit()
     jobs = FederationJobs(data_dir, audit)
     try:
-        job = jobs.submit("analyst", {"kind": "horizontal", "rounds": 2})
+        job = jobs.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 2})
+        )
         jobs.wait(job["id"], timeout=200)
         body = jobs.get("analyst", job["id"])
     finally:

@@ -25,6 +25,8 @@ from tongban.federation.horizontal.model import (
     train_centralized,
 )
 from tongban.federation.horizontal.settings import RunSettings
+from tongban.gateway.models import FederationJobRequest
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, NotFound
 
 from .federation_data import generated
@@ -261,7 +263,12 @@ def test_policy_denial_is_audited_and_nothing_runs(tmp_path: Path, claim_catalog
     )
     try:
         with pytest.raises(JobDenied):
-            jobs.submit("insurer-a", {"kind": "horizontal", "rounds": 2, "secagg": True})
+            jobs.submit(
+                "insurer-a",
+                parse_body(
+                    FederationJobRequest, {"kind": "horizontal", "rounds": 2, "secagg": True}
+                ),
+            )
     finally:
         jobs.close()
     assert ran == []
@@ -280,7 +287,7 @@ def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_cat
     jobs = FederationJobs(tmp_path, audit, jobs=_demo_policy(claim_catalog, audit))
     try:
         body = {"kind": "horizontal", "rounds": 3, "dp_noise": 1.2, "dp_clip": 0.5}
-        job = jobs.submit("analyst", body)
+        job = jobs.submit("analyst", parse_body(FederationJobRequest, body))
         jobs.wait(job["id"], timeout=30)
         state = jobs.get("analyst", job["id"])
         with pytest.raises(NotFound):
@@ -312,7 +319,9 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
     one = FederationJobs(tmp_path, _Audit(), trainer=trainer, store=StatisticsStore(url))
     other = FederationJobs(tmp_path, _Audit(), store=StatisticsStore(url))
     try:
-        job = one.submit("analyst", {"kind": "horizontal", "rounds": 1})
+        job = one.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
+        )
         one.wait(job["id"], timeout=30)
         seen = other.get("analyst", job["id"])
         with pytest.raises(NotFound):
@@ -347,7 +356,7 @@ def test_job_requests_are_validated(tmp_path: Path, body: dict[str, Any], field:
     jobs = FederationJobs(tmp_path, _Audit())
     try:
         with pytest.raises(BadRequest, match=field):
-            jobs.submit("analyst", body)
+            jobs.submit("analyst", parse_body(FederationJobRequest, body))
     finally:
         jobs.close()
 

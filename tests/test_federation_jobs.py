@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from tongban.gateway.federation_jobs import FederationJobs
+from tongban.gateway.models import FederationJobRequest
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, StoreUnavailable
 
 BUREAUS = [
@@ -68,7 +70,9 @@ def test_a_job_shows_finished_only_once_the_store_holds_it(tmp_path: Path, fails
     store = _GatedStore()
     jobs = FederationJobs(tmp_path, _Audit(), trainer=trainer, store=store)  # type: ignore[arg-type]
     try:
-        job = jobs.submit("analyst", {"kind": "horizontal", "rounds": 1})
+        job = jobs.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
+        )
         assert store.saving_final.wait(30)
         # The final save has begun and not finished: nobody may see the job finished yet.
         assert jobs.get("analyst", job["id"])["status"] == "running"
@@ -94,7 +98,9 @@ def test_a_store_that_refuses_the_final_save_still_lets_the_job_finish(tmp_path:
     store = Broken()
     jobs = FederationJobs(tmp_path, _Audit(), trainer=_trainer, store=store)  # type: ignore[arg-type]
     try:
-        job = jobs.submit("analyst", {"kind": "horizontal", "rounds": 1})
+        job = jobs.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
+        )
         jobs.wait(job["id"], timeout=30)  # not stuck "running" in this worker
         assert jobs.get("analyst", job["id"])["status"] == "done"
     finally:
@@ -116,7 +122,9 @@ def test_a_horizontal_job_names_the_bureaus_that_trained_and_no_department(tmp_p
 
     jobs = FederationJobs(tmp_path, audit, trainer=trainer)
     try:
-        job = jobs.submit("analyst", {"kind": "horizontal", "rounds": 1})
+        job = jobs.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
+        )
         ids.append(job["id"])
         submitted.set()
         jobs.wait(job["id"], timeout=30)
@@ -144,7 +152,9 @@ def test_a_vertical_job_names_the_departments_whose_parties_ran(tmp_path: Path):
 
     jobs = FederationJobs(tmp_path, audit, vertical=vertical)
     try:
-        job = jobs.submit("analyst", {"kind": "vertical", "rounds": 1})
+        job = jobs.submit(
+            "analyst", parse_body(FederationJobRequest, {"kind": "vertical", "rounds": 1})
+        )
         jobs.wait(job["id"], timeout=30)
         state = jobs.get("analyst", job["id"])
     finally:
@@ -169,7 +179,7 @@ def test_a_request_cannot_choose_the_departments_policy_decides_on(
     jobs = FederationJobs(tmp_path, _Audit(), trainer=_trainer, vertical=_trainer)
     try:
         with pytest.raises(BadRequest, match=r"departments: a .* job involves") as info:
-            jobs.submit("analyst", body)
+            jobs.submit("analyst", parse_body(FederationJobRequest, body))
     finally:
         jobs.close()
     assert "police" not in info.value.detail

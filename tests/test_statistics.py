@@ -41,9 +41,11 @@ from tongban.federation.statistics import (
     StatParam,
     UnknownStatistic,
 )
+from tongban.gateway.models import StatisticRequest
 from tongban.gateway.services import AuditEvents
 from tongban.gateway.statistics import DpRequired, StatisticsService, StatisticUnavailable
 from tongban.gateway.statistics_store import StatisticsStore
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import Unauthenticated
 from tongban.primitives.regions import DISTRICTS
 from tongban.stats import StatsError, parse_params, run_from_demo
@@ -175,7 +177,7 @@ def test_sparse_years_match_too(harness: Harness, population: Generated, keypair
     ("change", "slug"),
     [
         ({"statistic": "incomes_by_district"}, "unknown-statistic"),
-        ({"statistic": 7}, "unknown-statistic"),
+        ({"statistic": 7}, "bad-request"),
         ({"params": {"year": "1999"}}, "unknown-parameter"),
         ({"params": {"year": 2020}}, "unknown-parameter"),
         ({"params": {}}, "unknown-parameter"),
@@ -591,8 +593,8 @@ def test_cli_with_epsilon_prints_noisy_values(harness10: Harness, keypair: Keypa
     [
         ({"epsilon": 0}, 400, "invalid-epsilon"),
         ({"epsilon": 11}, 400, "invalid-epsilon"),
-        ({"epsilon": "1"}, 400, "invalid-epsilon"),
-        ({"epsilon": True}, 400, "invalid-epsilon"),
+        ({"epsilon": "1"}, 400, "bad-request"),
+        ({"epsilon": True}, 400, "bad-request"),
         ({"eps": 1}, 400, "bad-request"),
         ([1], 400, "bad-request"),
     ],
@@ -659,7 +661,7 @@ def test_a_gateway_requiring_dp_refuses_jobs_without_noise(harness10: Harness, k
     body = {"statistic": NAMES[0], "params": {"year": "2024"},
             "public_key": public_key_to_jwk(keypair[0])}  # fmt: skip
     with pytest.raises(DpRequired):
-        strict.submit("analyst", body)
+        strict.submit("analyst", parse_body(StatisticRequest, body))
     strict.close()
 
 
@@ -692,7 +694,7 @@ def test_a_statistic_no_department_file_declares_is_unavailable(
         body = {"statistic": "births_by_district_year", "params": {"year": "2024"},
                 "public_key": public_key_to_jwk(keypair[0]), "dp": {"epsilon": 1}}  # fmt: skip
         with pytest.raises(StatisticUnavailable) as info:
-            service.submit("analyst", body)
+            service.submit("analyst", parse_body(StatisticRequest, body))
         problem = info.value.to_problem()
         assert problem["type"].endswith("/statistic-unavailable") and problem["status"] == 409
         assert service.store.remaining("analyst") == before

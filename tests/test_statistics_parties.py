@@ -15,6 +15,8 @@ from bench.bench_statistics import Setup, build
 from tongban.adapters.client import InProcessTransport
 from tongban.federation.paillier import decrypt_vector, generate_keypair, public_key_to_jwk
 from tongban.federation.statistics import Release
+from tongban.gateway.models import StatisticRequest
+from tongban.primitives.bodies import parse_body
 
 PARTIES = 12
 COUNTERS = 400  # 5 ciphertexts per department
@@ -49,7 +51,9 @@ def _job(setup: Setup, keys: Any, dp: float | None = None) -> dict[str, Any]:
     }
     if dp is not None:
         body["dp"] = {"epsilon": dp}
-    job = setup.service.get("analyst", setup.service.submit("analyst", body)["id"])
+    job = setup.service.get(
+        "analyst", setup.service.submit("analyst", parse_body(StatisticRequest, body))["id"]
+    )
     assert job["status"] == "done", job.get("failed")
     return job
 
@@ -94,7 +98,9 @@ def test_a_tampered_share_is_refused(setup: Setup, keys: Any, monkeypatch: pytes
 
     monkeypatch.setattr(core, "handle_jws", tampered)
     body = {"statistic": "bench_counts", "params": {}, "public_key": public_key_to_jwk(keys[0])}
-    job = setup.service.get("analyst", setup.service.submit("analyst", body)["id"])
+    job = setup.service.get(
+        "analyst", setup.service.submit("analyst", parse_body(StatisticRequest, body))["id"]
+    )
     assert job["status"] == "failed"
     assert job["failed"] == [{"department": "county-03", "problem": "unauthenticated"}]
     assert "ciphertexts" not in job

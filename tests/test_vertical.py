@@ -36,6 +36,8 @@ from tongban.federation.vertical.encoding import (
 )
 from tongban.federation.vertical.multiexp import multiexp
 from tongban.federation.vertical.runner import _step
+from tongban.gateway.models import FederationJobRequest
+from tongban.primitives.bodies import parse_body
 
 NOTES = Path(__file__).resolve().parent.parent / "docs" / "federation.md"  # who receives what
 
@@ -350,8 +352,13 @@ def test_api_job_runs_vertically_audited_and_stored(small_population, claim_cata
     jobs = FederationJobs(small_population.dir, audit, jobs=JobPolicy(policy, audit), store=store)
     try:
         with pytest.raises(JobDenied):
-            jobs.submit("edu-bureau", {"kind": "vertical", "rounds": 1})
-        job = jobs.submit("analyst", {"kind": "vertical", "rounds": 1, "batch_size": 64})
+            jobs.submit(
+                "edu-bureau", parse_body(FederationJobRequest, {"kind": "vertical", "rounds": 1})
+            )
+        job = jobs.submit(
+            "analyst",
+            parse_body(FederationJobRequest, {"kind": "vertical", "rounds": 1, "batch_size": 64}),
+        )
         jobs.wait(job["id"], timeout=120)
         state = jobs.get("analyst", job["id"])
     finally:
