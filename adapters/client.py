@@ -26,6 +26,7 @@ from tongban.federation.paillier import key_fingerprint, parse_public_key
 from tongban.primitives.envelope import Sealer
 from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from tongban.primitives.gm import SM2PublicKey
+from tongban.primitives.problem import problem_body
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.tls import (
     CertificateRefused,
@@ -101,7 +102,7 @@ class InProcessTransport:
             proof = [bytes.fromhex(h) for h in request["consistency_path"]]
             line = witness.cosign(request["note"], request["from_size"], proof).line()
         except TongbanError as exc:
-            return exc.status, json.dumps(exc.to_problem()).encode()
+            return exc.status, problem_body(exc, "")
         return 200, json.dumps({"cosignature": line}).encode()
 
     def witnessed(self, department: str, timeout: float) -> Reply:
@@ -119,7 +120,7 @@ class InProcessTransport:
         try:
             return 200, core.handle(token).encode("ascii")
         except TongbanError as exc:
-            return exc.status, json.dumps(exc.to_problem()).encode()
+            return exc.status, problem_body(exc, "")
 
     def health(self, department: str, timeout: float) -> dict[str, Any]:
         core = self.cores.get(department)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tongban.adapters.service import install_problem_handlers
 from tongban.audit.log import AuditBehindWitnesses
 from tongban.exposure import install_hsts, install_security_headers
+from tongban.http_shell import install_problem_handlers, problem_response
 from tongban.primitives.errors import StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks
-from tongban.primitives.problem import PROBLEM_JSON, problem_body
 
 from .metrics import install_metrics
 from .oauth.flask import init_oauth
@@ -143,10 +142,7 @@ def _install_store_unavailable(app: Flask) -> None:
 
     def unavailable(exc: Exception) -> Response:
         log.warning("store unavailable: %s", type(exc).__name__)
-        body = problem_body(StoreUnavailable("a store is unavailable"), g.get("request_id", ""))
-        resp = Response(body, StoreUnavailable.status, mimetype=PROBLEM_JSON)
-        resp.headers["Retry-After"] = "1"
-        return resp
+        return problem_response(StoreUnavailable("a store is unavailable"))
 
     for error in (OperationalError, InterfaceError, InternalError, PoolTimeout):
         app.register_error_handler(error, unavailable)

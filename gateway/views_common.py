@@ -15,4 +15,4 @@ def json_body(*, force: bool = False) -> Any:
     line and column; one not sent as ``application/json`` (unless ``force``) is a
     ``bad-request``. Whether valid JSON has the right shape (an object, say; ``null`` is
     ``None``) is for the core to say."""
-    return request.get_json(force=force)  # problems: adapters.service.ProblemRequest
+    return request.get_json(force=force)  # problems: tongban.http_shell.ProblemRequest

@@ -184,3 +184,6 @@ class StoreUnavailable(TongbanError):
     status = 503
     slug = "store-unavailable"
     title = "A database is unavailable"
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}  # a database that is away is usually back soon

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tongban.adapters.service import MAX_JSON_DEPTH, json_depth
 from tongban.gateway.app import MAX_BODY
 from tongban.gateway.views_checks import BATCH_MAX_BODY
+from tongban.http_shell import MAX_JSON_DEPTH, json_depth
 from tongban.primitives.errors import PROBLEM_BASE
 
 from .hostile_harness import Hostile, build_hostile

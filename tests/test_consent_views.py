@@ -14,13 +14,13 @@ from flask.testing import FlaskClient
 from tests.conftest import ConsentEnv, make_consent_env
 from tongban.adapters.client import DepartmentClient, InProcessTransport
 from tongban.adapters.protocol import RequestSigner
-from tongban.adapters.service import install_problem_handlers
 from tongban.audit.log import AuditLog
 from tongban.gateway.catalog import Catalog
 from tongban.gateway.oauth import CitizenTokenVerifier, TokenIssuer, mint_citizen_token
 from tongban.gateway.oauth.flask import init_oauth
 from tongban.gateway.services import AuditEvents, Gateway
 from tongban.gateway.views_citizen import citizen_blueprint
+from tongban.http_shell import install_problem_handlers
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id, mask

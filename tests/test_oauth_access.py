@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
 
-from tongban.adapters.service import install_problem_handlers
 from tongban.gateway import oauth
 from tongban.gateway.oauth import (
     AccessTokenVerifier,
@@ -26,6 +25,7 @@ from tongban.gateway.oauth import (
     require_scope,
 )
 from tongban.gateway.oauth.flask import init_oauth, require_token
+from tongban.http_shell import install_problem_handlers
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id

@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, jsonify
 
-from tongban.adapters.service import install_problem_handlers
 from tongban.gateway.oauth import (
     Citizen,
     CitizenTokenVerifier,
@@ -20,6 +19,7 @@ from tongban.gateway.oauth import (
 )
 from tongban.gateway.oauth._jwt import key_id
 from tongban.gateway.oauth.flask import current_citizen, init_oauth, require_citizen
+from tongban.http_shell import install_problem_handlers
 from tongban.primitives.errors import PROBLEM_BASE, InvalidIdNumber
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id

@@ -23,13 +23,13 @@ from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
-from tongban.adapters.service import install_problem_handlers
 from tongban.gateway.oauth import ClientRegistry, TokenIssuer, credentials, sign_client_assertion
 from tongban.gateway.oauth import _schema as oauth_schema
 from tongban.gateway.oauth.flask import EXTENSION, current_principal, init_oauth, require_token
 from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET, TokenThrottle
 from tongban.gateway.ratelimit import CachedRefusals, SqlBucketStore
 from tongban.holds import MAX_HOLD_SECONDS, source_held_until, take_hold
+from tongban.http_shell import install_problem_handlers
 from tongban.primitives.errors import PROBLEM_BASE
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import jwks, sign_compact

@@ -109,7 +109,7 @@ def test_the_consent_form_takes_json_whatever_its_content_type(gw: Hostile):
 def test_the_adapter_witness_endpoint_reports_malformed_json_too(gw: Hostile):
     from flask import Flask, jsonify, request
 
-    from tongban.adapters.service import install_problem_handlers
+    from tongban.http_shell import install_problem_handlers
 
     app = Flask("t")
     install_problem_handlers(app, 1024, __import__("logging").getLogger("t"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 from tongban.primitives.errors import BadRequest, Forbidden, Unauthenticated
 
 __all__ = [
+    "REALM",
     "InsecureTransport",
     "InsufficientScope",
     "InvalidToken",
@@ -42,14 +43,27 @@ __all__ = [
 ]
 
 
+#: The ``realm`` of every bearer challenge.
+REALM = "tongban"
+
+
 class InvalidToken(Unauthenticated):
     slug = "token-invalid"
     title = "Invalid token"
+
+    def response_headers(self) -> dict[str, str]:
+        """The RFC 6750 section 3 challenge of a refused bearer request."""
+        detail = self.detail.replace('"', "'").replace("\\", "/")
+        challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{detail}"'
+        return {"WWW-Authenticate": challenge}
 
 
 class TokenMissing(InvalidToken):
     slug = "token-missing"
     title = "No bearer token"
+
+    def response_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}  # no credentials: no error code
 
 
 class TokenExpired(InvalidToken):
@@ -104,3 +118,7 @@ class InsufficientScope(Forbidden):
     def __init__(self, scope: str) -> None:
         super().__init__(f"scope: this operation needs {scope}", required_scope=scope)
         self.scope = scope
+
+    def response_headers(self) -> dict[str, str]:
+        challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{self.scope}"'
+        return {"WWW-Authenticate": challenge}

@@ -20,13 +20,12 @@ from flask import Flask, Response, current_app, g, jsonify, request
 
 from tongban.exposure import HSTS
 from tongban.holds import hold_connection
-from tongban.primitives.errors import RateLimited, TongbanError
-from tongban.primitives.problem import PROBLEM_JSON, problem_body
+from tongban.primitives.errors import RateLimited
 from tongban.primitives.replay import ReplayCache
 
 from .assertion import PrivateKeyJWT
 from .citizen import Citizen, CitizenTokenVerifier
-from .errors import InsecureTransport, InsufficientScope, InvalidToken, TokenMissing
+from .errors import InsecureTransport
 from .registry import ClientRegistry
 from .replay import SqlReplayCache
 from .server import configure_server
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 EXTENSION = "tongban.oauth"
-REALM = "tongban"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -76,24 +74,6 @@ _TOKEN_LOGGER = "authlib.oauth2.rfc6749.grants.client_credentials"  # noqa: S105
 
 def _discard(token: dict[str, Any], request: Any) -> None:
     """Authlib's ``save_token``: JWT access tokens are self-contained; nothing to store."""
-
-
-def _challenge(exc: TongbanError) -> str:
-    """The RFC 6750 section 3 ``WWW-Authenticate`` value for a refused bearer request."""
-    if isinstance(exc, InsufficientScope):
-        return f'Bearer realm="{REALM}", error="insufficient_scope", scope="{exc.scope}"'
-    if isinstance(exc, TokenMissing):  # no credentials: no error code (section 3.1)
-        return f'Bearer realm="{REALM}"'
-    detail = exc.detail.replace('"', "'").replace("\\", "/")
-    return f'Bearer realm="{REALM}", error="invalid_token", error_description="{detail}"'
-
-
-def _bearer_problem(exc: TongbanError) -> Response:
-    """Same problem+json as the app's TongbanError handler, plus the challenge header.
-    Flask picks this handler over the base-class one by walking the exception's MRO."""
-    resp = Response(problem_body(exc, g.get("request_id", "")), exc.status, mimetype=PROBLEM_JSON)
-    resp.headers["WWW-Authenticate"] = _challenge(exc)
-    return resp
 
 
 def init_oauth(
@@ -156,8 +136,6 @@ def init_oauth(
         return _throttled(over) if _is_invalid_client(resp) and not proven else resp
 
     app.add_url_rule(path, endpoint="oauth_token", view_func=token, methods=["POST"])
-    app.register_error_handler(InvalidToken, _bearer_problem)
-    app.register_error_handler(InsufficientScope, _bearer_problem)
     state = OAuthState(server, verifier, citizen_verifier, token_throttle)
     app.extensions[EXTENSION] = state
     app.wsgi_app = _RefusedFastPath(app, path)  # type: ignore[method-assign]

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response
 
-from tongban.adapters.service import install_problem_handlers
 from tongban.exposure import install_hsts, install_security_headers
+from tongban.http_shell import install_problem_handlers
 
 from ..oauth.flask import EXTENSION
 from ..services import Gateway
