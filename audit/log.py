@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,8 +231,12 @@ class AuditLog:
         max_batch: int = 2000,
         wait_timeout: float | None = 30.0,
         startup_check: int | None = None,
+        on_append: Callable[[int], None] | None = None,
     ) -> None:
         self.url = url
+        # Told how many entries each commit made durable (the gateway counts them in
+        # tongban_audit_appends_total): every kind of entry, whoever appended it.
+        self.on_append = on_append
         # Entries (newest first) re-hashed from their own bytes when the log opens; None
         # for all. The rest count through their stored leaf hashes (the checkpoint still
         # covers them; ``tongban audit verify`` re-hashes everything).
@@ -385,7 +389,10 @@ class AuditLog:
             if self._writer is None:
                 raise StoreUnavailable("the audit log is not open")
             self._queue.put((list(prepared), done))
-        return done.wait(self.wait_timeout)
+        indexes = done.wait(self.wait_timeout)
+        if self.on_append is not None:
+            self.on_append(len(indexes))
+        return indexes
 
     def _run(self) -> None:
         while True:

@@ -29,7 +29,7 @@ from .answers import AnswerSigner
 from .catalog import Catalog, Claim, Term
 from .consent import is_consent_id
 from .enumeration import EnumerationGuard, ParameterEnumeration
-from .metrics import AUDIT_APPENDS, count_check, count_department_call
+from .metrics import count_check, count_department_call
 from .models import (
     MAX_BATCH_SUBJECTS,
     BatchItem,
@@ -175,7 +175,6 @@ class Checker:
             "departments": [[d, r.value] for d, r in results],
         }
         index = self.audit.append(entry, req.subject_id)
-        AUDIT_APPENDS.inc()
         count_check(req.claim.name, req.purpose, word)
         token = self.answers.sign(
             requester,
@@ -250,7 +249,6 @@ class Checker:
         """Record a refusal durably, then raise it carrying its audit index. ``count``:
         the checks refused (a batch's subjects; its entry has no subject)."""
         index = self.audit.append({**entry, "result": "denied", "error": error.slug}, subject_id)
-        AUDIT_APPENDS.inc()
         count_check(entry["claim"], entry["purpose"], "denied", count)
         error.extra["audit_index"] = index
         raise error
@@ -391,7 +389,6 @@ class Checker:
                        "batch_invalid": {"count": len(invalid), "reasons": reasons}}  # fmt: skip
             prepared.append(self.audit.prepare(summary, None))
         indexes = self.audit.append_prepared(prepared)
-        AUDIT_APPENDS.inc(len(indexes))
         summary_index = indexes[-1] if invalid else None
         item_indexes = iter(indexes)
         for r in results:

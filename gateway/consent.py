@@ -53,7 +53,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -73,6 +73,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from tongban.audit.sink import AuditSink
 from tongban.audit.vault import Pseudonymizer
 from tongban.policies.errors import AuditFailed
 from tongban.primitives.db import make_engine, transaction
@@ -100,7 +101,6 @@ __all__ = [
     "SELF_CONSENT_AGE",
     "ClaimNotForPurpose",
     "Consent",
-    "ConsentAudit",
     "ConsentExhausted",
     "ConsentExpired",
     "ConsentMismatch",
@@ -150,13 +150,6 @@ def is_consent_id(value: object) -> bool:
 GuardianCheck = Callable[[str, str], Tri]
 """``guardian_check(guardian_id, child_id)``: police ``guardian_of`` (subject = guardian,
 related = child). Only ``Tri.TRUE`` lets a guardian consent."""
-
-
-class ConsentAudit(Protocol):
-    """Where grant and revoke events go (:class:`gateway.services.AuditEvents`). ``append``
-    returns the entry's index and raises if the event was not durably recorded."""
-
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int: ...
 
 
 # --- errors -------------------------------------------------------------------------
@@ -476,7 +469,7 @@ class ConsentStore:
         catalog: Catalog,
         registry: ClientRegistry,
         signing_key: PrivateKey,
-        audit: ConsentAudit | None,
+        audit: AuditSink | None,
         pairwise: Callable[[str, str], str],
         guardian_check: GuardianCheck | None = None,
         issuer: str = "tongban-gateway",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tongban.audit.canonical import decimal_text
+from tongban.audit.sink import AuditSink
 from tongban.primitives.errors import BadRequest, NotFound
 
 from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
@@ -44,10 +45,6 @@ KINDS = ("horizontal", "vertical")
 FINISHED = ("done", "failed")
 
 log = logging.getLogger(__name__)
-
-
-class EventSink(Protocol):
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -271,7 +268,7 @@ class FederationJobs:
     def __init__(
         self,
         data_dir: Path,
-        audit: EventSink,
+        audit: AuditSink,
         *,
         jobs: JobPolicy | None = None,
         trainer: Trainer | None = None,

@@ -17,10 +17,11 @@ a denial is audited before it is returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from tongban.audit.sink import AuditSink
 from tongban.federation.statistics import REGISTRY, StatisticsRegistry
 from tongban.policies import Decision, PolicyEnforcer
 from tongban.primitives.errors import Forbidden
@@ -43,10 +44,6 @@ TRAINING_PURPOSE = "model_training"
 class JobDenied(Forbidden):
     slug = "job-denied"
     title = "Policy does not allow this job"
-
-
-class EventSink(Protocol):
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +89,7 @@ def declared_jobs(registry: StatisticsRegistry = REGISTRY) -> dict[str, JobObjec
 class JobPolicy:
     """Decides jobs against the live policy; audits every denial before raising it."""
 
-    def __init__(self, enforcer: PolicyEnforcer, audit: EventSink | None = None) -> None:
+    def __init__(self, enforcer: PolicyEnforcer, audit: AuditSink | None = None) -> None:
         self.enforcer = enforcer
         self.audit = audit
 

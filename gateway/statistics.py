@@ -34,11 +34,12 @@ import secrets
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tongban.adapters.client import DepartmentClient
 from tongban.adapters.deptfile import Declarations
 from tongban.audit.canonical import decimal_text
+from tongban.audit.sink import AuditSink
 from tongban.federation.dp import parse_epsilon
 from tongban.federation.packing import PackingLayout
 from tongban.federation.paillier import (
@@ -73,10 +74,6 @@ class DpRequired(Forbidden):
 class StatisticUnavailable(Conflict):
     slug = "statistic-unavailable"
     title = "No department file declares this statistic"
-
-
-class EventSink(Protocol):
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int: ...
 
 
 @dataclass
@@ -153,7 +150,7 @@ class StatisticsService:
     def __init__(
         self,
         departments: DepartmentClient,
-        audit: EventSink,
+        audit: AuditSink,
         store: StatisticsStore,
         *,
         jobs: JobPolicy | None = None,

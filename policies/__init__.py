@@ -1,6 +1,5 @@
 """Policies: Casbin model, fail-closed enforcer, legal bases, two-person change approval."""
 
-from .admin import AuditSink as AuditSink
 from .admin import PolicyAdmin as PolicyAdmin
 from .admin import open_enforcer as open_enforcer
 from .change import BasisEdit as BasisEdit
@@ -35,7 +34,6 @@ from .store import PolicyStore as PolicyStore
 __all__ = [
     "FERTILITY_GROUP",
     "AuditFailed",
-    "AuditSink",
     "BasisEdit",
     "BasisOp",
     "Change",

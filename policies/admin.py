@@ -19,10 +19,11 @@ import re
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection
 
+from tongban.audit.sink import AuditSink
 from tongban.primitives.errors import BadRequest, TongbanError
 
 from .change import Change, apply_change
@@ -39,16 +40,9 @@ from .rules import (
 )
 from .store import ChangeRecord, ChangeStatus, PolicyStore
 
-__all__ = ["AuditSink", "PolicyAdmin", "open_enforcer"]
+__all__ = ["PolicyAdmin", "open_enforcer"]
 
 _ADMIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-
-
-class AuditSink(Protocol):
-    """Where policy administration events go (the audit log). ``append`` returns the entry's
-    index and raises if the event was not durably recorded."""
-
-    def append(self, event: Mapping[str, Any]) -> int: ...
 
 
 def open_enforcer(

@@ -167,19 +167,27 @@ def gateway_stores(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 class RecordingAudit:
-    """The fake audit sink for policy administration (``policies.AuditSink``): keeps the
-    events it is given, checking each is canonical-JSON-able, or raises ``failure``."""
+    """The one fake audit sink (``tongban.audit.sink.AuditSink``), for every core: keeps
+    the events it is given with their subjects, checking each is canonical-JSON-able, or
+    raises ``failure``."""
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.records: list[tuple[dict[str, Any], str | None]] = []
         self.failure: Exception | None = None
 
-    def append(self, event: Mapping[str, Any]) -> int:
+    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
         if self.failure is not None:
             raise self.failure
         json.dumps(event, sort_keys=True, allow_nan=False)
-        self.events.append(copy.deepcopy(dict(event)))
-        return len(self.events) - 1
+        self.records.append((copy.deepcopy(dict(event)), subject_id))
+        return len(self.records) - 1
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events, in order (without their subjects)."""
+        return [event for event, _ in self.records]
+
+    entries = events
 
 
 @dataclass
@@ -231,22 +239,6 @@ def policy_env(policy_store: PolicyStore, claim_catalog: Catalog) -> PolicyEnv:
 CONSENT_NOW = "2026-03-01T08:00:00+00:00"
 
 
-class RecordingEvents:
-    """The fake for ``gateway.services.AuditEvents`` (``gateway.consent.ConsentAudit``):
-    keeps ``(event, subject_id)`` pairs, or raises ``failure``."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[dict[str, Any], str | None]] = []
-        self.failure: Exception | None = None
-
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
-        if self.failure is not None:
-            raise self.failure
-        json.dumps(event, sort_keys=True, allow_nan=False)
-        self.events.append((copy.deepcopy(dict(event)), subject_id))
-        return len(self.events) - 1
-
-
 class FakeClock:
     """A settable clock for the consent store (aware UTC datetimes)."""
 
@@ -278,7 +270,7 @@ class ConsentEnv:
     """A consent store with fakes for the audit sink, the guardian check and the clock."""
 
     store: Any  # gateway.consent.ConsentStore
-    audit: RecordingEvents
+    audit: RecordingAudit
     guardians: FakeGuardians
     clock: FakeClock
     key: SM2PrivateKey
@@ -304,7 +296,7 @@ def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentE
     registry.register_client("insurer-a", "Insurer A", scopes=["checks"])
     registry.register_client("edu-bureau", "Education Bureau", scopes=["checks"])
     registry.register_client("retired-client", "Retired", scopes=["checks"], enabled=False)
-    env = ConsentEnv(None, RecordingEvents(), FakeGuardians(), FakeClock(), key)
+    env = ConsentEnv(None, RecordingAudit(), FakeGuardians(), FakeClock(), key)
     env.store = ConsentStore(
         url,
         pseudonyms=Pseudonymizer(b"p" * 32, b"v" * 16),

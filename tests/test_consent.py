@@ -419,7 +419,7 @@ def test_grant_and_revoke_are_audited(consent_env: ConsentEnv):
     granted = store.grant(ADULT, _body(subject=TEEN))
     store.revoke(granted.id, ADULT)
 
-    (grant_event, grant_subject), (revoke_event, revoke_subject) = consent_env.audit.events
+    (grant_event, grant_subject), (revoke_event, revoke_subject) = consent_env.audit.records
 
     assert grant_subject == TEEN  # the log pseudonymises it itself
     assert grant_event["kind"] == "consent_granted"
@@ -431,7 +431,7 @@ def test_grant_and_revoke_are_audited(consent_env: ConsentEnv):
     # The guardian's revocation names the subject by pseudonym: no ID number is held.
     assert revoke_subject is None and revoke_event["subject"] == granted.subject
     assert revoke_event["revoked_by"] == store.pseudonyms.pseudonym(ADULT)
-    text_of_events = json.dumps([e for e, _ in consent_env.audit.events])
+    text_of_events = json.dumps(consent_env.audit.events)
     assert not any(n in text_of_events for n in ALL_IDS)
 
 
@@ -439,7 +439,7 @@ def test_self_revocation_passes_the_subject_to_the_log(consent_env: ConsentEnv):
     granted = consent_env.store.grant(ADULT, _body())
     consent_env.store.revoke(granted.id, ADULT)
 
-    assert [s for _, s in consent_env.audit.events] == [ADULT, ADULT]
+    assert [s for _, s in consent_env.audit.records] == [ADULT, ADULT]
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.conftest import RecordingAudit
 from tongban.federation.features import load_training_table
 from tongban.federation.horizontal.data import held_out_mask, partition_rows
 from tongban.federation.horizontal.deploy import Deployment, descendants, read_deployment
@@ -219,15 +219,7 @@ def test_gateway_job_two_rounds_audits_model_hash(up: _Up, data_dir: Path):
     and at the end with the model's SM3 hash; the model is FedAvg's."""
     from tongban.gateway.federation_jobs import FederationJobs
 
-    class Audit:
-        def __init__(self) -> None:
-            self.entries: list[dict[str, Any]] = []
-
-        def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
-            self.entries.append(dict(event))
-            return len(self.entries) - 1
-
-    audit = Audit()
+    audit = RecordingAudit()
     jobs = FederationJobs(data_dir, audit)
     try:
         job = jobs.submit(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tongban.federation.horizontal  # noqa: F401  (imports Flower quietly)
+from tests.conftest import RecordingAudit
 from tongban.adapters.synthetic.population import build_population
 from tongban.federation.features import CACHE_FILE, FeatureTable, load_training_table
 from tongban.federation.horizontal.accounting import gaussian_epsilon
@@ -231,16 +232,7 @@ def test_server_adds_gaussian_noise_scaled_to_clip_over_bureaus():
 # --- gateway job core ------------------------------------------------------------------
 
 
-class _Audit:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def append(self, event: Any, subject_id: str | None = None) -> int:
-        self.entries.append(dict(event))
-        return len(self.entries) - 1
-
-
-def _demo_policy(catalog: Any, audit: _Audit) -> Any:
+def _demo_policy(catalog: Any, audit: RecordingAudit) -> Any:
     """The demo policy (policies/default.csv): the analyst may train, nobody else."""
     from tongban.gateway.jobs import JobPolicy
     from tongban.policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
@@ -253,7 +245,7 @@ def test_policy_denial_is_audited_and_nothing_runs(tmp_path: Path, claim_catalog
     from tongban.gateway.federation_jobs import FederationJobs
     from tongban.gateway.jobs import JobDenied
 
-    audit = _Audit()
+    audit = RecordingAudit()
     ran: list[Any] = []
     jobs = FederationJobs(
         tmp_path,
@@ -283,7 +275,7 @@ def test_allowed_job_is_audited_with_its_configuration(tmp_path: Path, claim_cat
     """Policy allows the analyst; without a running deployment the job fails, audited."""
     from tongban.gateway.federation_jobs import FederationJobs
 
-    audit = _Audit()
+    audit = RecordingAudit()
     jobs = FederationJobs(tmp_path, audit, jobs=_demo_policy(claim_catalog, audit))
     try:
         body = {"kind": "horizontal", "rounds": 3, "dp_noise": 1.2, "dp_clip": 0.5}
@@ -316,8 +308,8 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
         progress({"event": "round", "round": 1, "loss": 0.5, "auc": 0.7})
         return {"model_sm3": "ab" * 32, "auc_federated": 0.8, "auc_centralized": 0.81}
 
-    one = FederationJobs(tmp_path, _Audit(), trainer=trainer, store=StatisticsStore(url))
-    other = FederationJobs(tmp_path, _Audit(), store=StatisticsStore(url))
+    one = FederationJobs(tmp_path, RecordingAudit(), trainer=trainer, store=StatisticsStore(url))
+    other = FederationJobs(tmp_path, RecordingAudit(), store=StatisticsStore(url))
     try:
         job = one.submit(
             "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
@@ -353,7 +345,7 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
 def test_job_requests_are_validated(tmp_path: Path, body: dict[str, Any], field: str):
     from tongban.gateway.federation_jobs import FederationJobs
 
-    jobs = FederationJobs(tmp_path, _Audit())
+    jobs = FederationJobs(tmp_path, RecordingAudit())
     try:
         with pytest.raises(BadRequest, match=field):
             jobs.submit("analyst", parse_body(FederationJobRequest, body))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import RecordingAudit
 from tongban.gateway.federation_jobs import FederationJobs
 from tongban.gateway.models import FederationJobRequest
 from tongban.primitives.bodies import parse_body
@@ -21,15 +22,6 @@ BUREAUS = [
     {"node": 2, "districts": ["150403"], "rows": 95},
 ]
 REPORT = {"model_sm3": "ab" * 32, "auc_federated": 0.8, "auc_centralized": 0.81}
-
-
-class _Audit:
-    def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
-
-    def append(self, event: Mapping[str, Any], subject_id: str | None = None) -> int:
-        self.entries.append(dict(event))
-        return len(self.entries) - 1
 
 
 class _GatedStore:
@@ -68,7 +60,7 @@ def test_a_job_shows_finished_only_once_the_store_holds_it(tmp_path: Path, fails
         return dict(REPORT)
 
     store = _GatedStore()
-    jobs = FederationJobs(tmp_path, _Audit(), trainer=trainer, store=store)  # type: ignore[arg-type]
+    jobs = FederationJobs(tmp_path, RecordingAudit(), trainer=trainer, store=store)  # type: ignore[arg-type]
     try:
         job = jobs.submit(
             "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
@@ -96,7 +88,7 @@ def test_a_store_that_refuses_the_final_save_still_lets_the_job_finish(tmp_path:
             super().save(job_id, requester, status, doc)
 
     store = Broken()
-    jobs = FederationJobs(tmp_path, _Audit(), trainer=_trainer, store=store)  # type: ignore[arg-type]
+    jobs = FederationJobs(tmp_path, RecordingAudit(), trainer=_trainer, store=store)  # type: ignore[arg-type]
     try:
         job = jobs.submit(
             "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})
@@ -109,7 +101,7 @@ def test_a_store_that_refuses_the_final_save_still_lets_the_job_finish(tmp_path:
 
 
 def test_a_horizontal_job_names_the_bureaus_that_trained_and_no_department(tmp_path: Path):
-    audit = _Audit()
+    audit = RecordingAudit()
     ids: list[str] = []
     submitted = threading.Event()
     seen: list[dict[str, Any]] = []
@@ -143,7 +135,7 @@ def test_a_horizontal_job_names_the_bureaus_that_trained_and_no_department(tmp_p
 
 
 def test_a_vertical_job_names_the_departments_whose_parties_ran(tmp_path: Path):
-    audit = _Audit()
+    audit = RecordingAudit()
 
     def vertical(request: Any, out_dir: Path, progress: Any) -> dict[str, Any]:
         progress({"event": "round", "round": 1, "loss": 0.6, "auc": 0.7,
@@ -176,7 +168,7 @@ def test_a_vertical_job_names_the_departments_whose_parties_ran(tmp_path: Path):
 def test_a_request_cannot_choose_the_departments_policy_decides_on(
     tmp_path: Path, body: dict[str, Any]
 ):
-    jobs = FederationJobs(tmp_path, _Audit(), trainer=_trainer, vertical=_trainer)
+    jobs = FederationJobs(tmp_path, RecordingAudit(), trainer=_trainer, vertical=_trainer)
     try:
         with pytest.raises(BadRequest, match=r"departments: a .* job involves") as info:
             jobs.submit("analyst", parse_body(FederationJobRequest, body))

@@ -7,12 +7,12 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any
 
 import gmpy2
 import numpy as np
 import pytest
 
+from tests.conftest import RecordingAudit
 from tongban.federation.packing import OutOfBounds
 from tongban.federation.psi import Transcript
 from tongban.federation.vertical import (
@@ -338,15 +338,7 @@ def test_api_job_runs_vertically_audited_and_stored(small_population, claim_cata
     from tongban.gateway.statistics_store import StatisticsStore
     from tongban.policies import PolicyEnforcer, build_policy, default_legal_bases, default_rules
 
-    class Audit:
-        def __init__(self) -> None:
-            self.entries: list[dict[str, Any]] = []
-
-        def append(self, event, subject_id=None) -> int:
-            self.entries.append(dict(event))
-            return len(self.entries) - 1
-
-    audit = Audit()
+    audit = RecordingAudit()
     policy = PolicyEnforcer(build_policy(default_rules(), default_legal_bases(), claim_catalog))
     store = StatisticsStore(f"sqlite:///{tmp_path / 'gateway.db'}")
     jobs = FederationJobs(small_population.dir, audit, jobs=JobPolicy(policy, audit), store=store)

@@ -32,6 +32,7 @@ from tongban.gateway.consent import ConsentRequired, ConsentStore
 from tongban.gateway.enumeration import EnumerationGuard
 from tongban.gateway.federation_jobs import FederationJobs
 from tongban.gateway.jobs import JobPolicy
+from tongban.gateway.metrics import AUDIT_APPENDS
 from tongban.gateway.oauth import CitizenTokenVerifier, ClientRegistry, SqlReplayCache, TokenIssuer
 from tongban.gateway.oauth.throttle import TokenThrottle
 from tongban.gateway.pages.store import PageSessionStore
@@ -354,6 +355,7 @@ def build_gateway(
         pseudonyms,
         origin=settings.origin,
         startup_check=settings.audit_startup_check or None,
+        on_append=AUDIT_APPENDS.inc,
     ).open()
     checkpointer = Checkpointer(
         audit,
