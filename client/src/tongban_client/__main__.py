@@ -1,0 +1,7 @@
+"""``python -m tongban_client``: the ``tongban-client`` command."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())
