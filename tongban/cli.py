@@ -567,4 +567,6 @@ def _add_demo(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(debug=args.debug)
+    for unknown in Settings.unknown_variables():  # a typo would otherwise pass silently
+        logging.getLogger("tongban").warning("%s is not a setting; ignored", unknown)
     return run_command(lambda: args.func(args), debug=args.debug)

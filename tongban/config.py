@@ -1,28 +1,57 @@
-"""Configuration: one frozen value, built once from ``TONGBAN_*`` variables and flags."""
+"""Configuration: one frozen value, built once from ``TONGBAN_*`` variables and flags.
+
+Every field is settable from the environment as ``TONGBAN_<FIELD>`` (upper case):
+``TONGBAN_IDP_ISSUER``, ``TONGBAN_GATEWAY_ISSUER``, ``TONGBAN_ADAPTER_TIMEOUT``, … The
+two maps are one variable per department: ``TONGBAN_STORE_URL_<DEPT>`` and
+``TONGBAN_ADAPTER_URL_<DEPT>``; ``TONGBAN_DEPARTMENT_FILES`` is ``os.pathsep``-separated.
+The values are validated by the model (pydantic), and a wrong one is refused naming its
+variable, never repeating its value (a URL can carry a password):
+``TONGBAN_ADAPTER_TIMEOUT: expected a number``. A variable ``TONGBAN_*`` that names no
+setting is refused too, with the closest name, so a typo does not pass silently.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tongban.adapters.builtin import builtin_names
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["Settings"]
+from tongban.adapters.builtin import builtin_names
+from tongban.primitives.errors import TongbanError
+
+__all__ = ["ConfigError", "Settings"]
 
 # The built-in departments, read from their files (adapters/departments/*.toml).
 DEPARTMENTS = builtin_names()
+PREFIX = "TONGBAN_"
+#: ``TONGBAN_*`` variables that are not settings: read by other parts (the CLI, the demo,
+#: tests, benchmarks, the client), or per department (the two maps).
+_NOT_SETTINGS = (
+    "TONGBAN_STORE_URL_",
+    "TONGBAN_ADAPTER_URL_",
+)
 
 
-@dataclass(frozen=True)
-class Settings:
+class ConfigError(TongbanError):
+    """A ``TONGBAN_*`` value that is not valid: one line naming the variable."""
+
+    status = 500
+    slug = "configuration"
+    title = "Invalid configuration"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
+
     data_dir: Path = Path("demo-data")
     # Department store URLs; a department absent here uses DIR/departments/<name>.db.
-    store_urls: Mapping[str, str] = field(default_factory=dict)
+    store_urls: Mapping[str, str] = Field(default_factory=dict)
     # Adapter service URLs, as the gateway reaches them.
-    adapter_urls: Mapping[str, str] = field(default_factory=dict)
+    adapter_urls: Mapping[str, str] = Field(default_factory=dict)
     # Department files replacing built-in departments (docs/departments.md): the gateway
     # validates claims against their predicates (TONGBAN_DEPARTMENT_FILES, os.pathsep
     # separated).
@@ -68,54 +97,58 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """The settings from ``env`` (default ``os.environ``), then ``overrides`` (flags;
+        ``None`` means "not given")."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        parsers: dict[str, Any] = {
-            "data_dir": Path,
-            "adapter_timeout": float,
-            "public_url": str,
-            "log_origin": str,
-            "audit_url": str,
-            "gateway_db_url": str,
-            "sm2_backend": str,
-            "dp_budget": float,
-            "stats_threshold": int,
-            "stats_require_dp": lambda v: v.lower() in ("1", "true", "yes"),
-            "checkpoint_interval": float,
-            "witness_quorum": int,
-            "audit_startup_check": int,
-            "policy_poll_interval": float,
-            "rate_requester_burst": float,
-            "rate_requester_per_second": float,
-            "rate_subject_burst": float,
-            "rate_subject_per_second": float,
-            "request_read_timeout": float,
-            "department_files": lambda v: tuple(Path(p) for p in v.split(os.pathsep) if p),
-        }
-        aliases = {"gateway_db_url": "TONGBAN_GATEWAY_DB_URL"}
-        for name, parse in parsers.items():
-            var = aliases.get(name, f"TONGBAN_{name.upper()}")
+        variables: dict[str, str] = {}  # field -> the variable it came from
+        for name in cls.model_fields:
+            if name in ("store_urls", "adapter_urls"):
+                continue
+            var = PREFIX + name.upper()
             if var in env:
-                values[name] = parse(env[var])
-        stores = {
-            d: env[f"TONGBAN_STORE_URL_{d.upper()}"]
-            for d in DEPARTMENTS
-            if f"TONGBAN_STORE_URL_{d.upper()}" in env
-        }
-        adapters = {
-            d: env[f"TONGBAN_ADAPTER_URL_{d.upper()}"]
-            for d in DEPARTMENTS
-            if f"TONGBAN_ADAPTER_URL_{d.upper()}" in env
-        }
-        if stores:
-            values["store_urls"] = stores
-        if adapters:
-            values["adapter_urls"] = adapters
+                raw = env[var]
+                values[name] = (
+                    tuple(Path(p) for p in raw.split(os.pathsep) if p)
+                    if name == "department_files"
+                    else raw
+                )
+                variables[name] = var
+        for name, var_prefix in (("store_urls", "STORE_URL_"), ("adapter_urls", "ADAPTER_URL_")):
+            found = {d: env[PREFIX + var_prefix + d.upper()] for d in DEPARTMENTS
+                     if PREFIX + var_prefix + d.upper() in env}  # fmt: skip
+            if found:
+                values[name] = found
+                variables[name] = PREFIX + var_prefix + "<DEPARTMENT>"
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            where = variables.get(field, field or "settings")
+            raise ConfigError(f"{where}: {_words(first)}") from None
+
+    @classmethod
+    def unknown_variables(cls, env: Mapping[str, str] | None = None) -> list[str]:
+        """``TONGBAN_*`` variables in ``env`` that look like settings but name none, each
+        with the closest setting's variable (``TONGBAN_ADAPTER_TIMOUT (did you mean
+        TONGBAN_ADAPTER_TIMEOUT?)``). Not an error by itself: other tools read
+        ``TONGBAN_*`` variables too; the CLI warns."""
+        env = os.environ if env is None else env
+        known = [PREFIX + n.upper() for n in cls.model_fields]
+        out = []
+        for var in sorted(env):
+            if not var.startswith(PREFIX) or var in known or var.startswith(_NOT_SETTINGS):
+                continue
+            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if close:
+                out.append(f"{var} (did you mean {close[0]}?)")
+        return out
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with ``changes``, validated like the original."""
+        return type(self).model_validate({**dict(self), **changes})
 
     def store_url(self, department: str) -> str:
         url = self.store_urls.get(department)
@@ -140,3 +173,21 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+
+_WORDS = {
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "int_parsing": "expected a whole number",
+    "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected text",
+    "path_type": "expected a path",
+    "extra_forbidden": "not a setting",
+}
+
+
+def _words(error: Any) -> str:
+    return _WORDS.get(str(error["type"]), str(error["msg"]))

@@ -1,0 +1,119 @@
+"""Configuration (tongban/config.py): every field settable as TONGBAN_<FIELD>, validated,
+and a wrong value refused in one line naming its variable, never its value."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tongban.config import ConfigError, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPS = {"store_urls": "TONGBAN_STORE_URL_<DEPT>", "adapter_urls": "TONGBAN_ADAPTER_URL_<DEPT>"}
+
+
+def _variable(field: str) -> str:
+    return MAPS.get(field, "TONGBAN_" + field.upper())
+
+
+def test_every_field_is_settable_from_its_variable() -> None:
+    samples = {
+        "data_dir": ("/srv/tongban", Path("/srv/tongban")),
+        "department_files": ("a.toml:b.toml", (Path("a.toml"), Path("b.toml"))),
+        "adapter_timeout": ("3.5", 3.5),
+        "gateway_issuer": ("gw-province", "gw-province"),
+        "public_url": ("https://gw.example", "https://gw.example"),
+        "log_origin": ("gw.example/audit", "gw.example/audit"),
+        "audit_url": ("postgresql+psycopg://db/audit", "postgresql+psycopg://db/audit"),
+        "gateway_db_url": ("postgresql+psycopg://db/gw", "postgresql+psycopg://db/gw"),
+        "checkpoint_interval": ("5", 5.0),
+        "witness_quorum": ("3", 3),
+        "audit_startup_check": ("1000", 1000),
+        "policy_poll_interval": ("1.5", 1.5),
+        "idp_issuer": ("https://idp.gov.example", "https://idp.gov.example"),
+        "sm2_backend": ("gmssl", "gmssl"),
+        "dp_budget": ("4", 4.0),
+        "stats_require_dp": ("true", True),
+        "stats_threshold": ("20", 20),
+        "rate_requester_burst": ("100", 100.0),
+        "rate_requester_per_second": ("10", 10.0),
+        "rate_subject_burst": ("5", 5.0),
+        "rate_subject_per_second": ("0.1", 0.1),
+        "request_read_timeout": ("7", 7.0),
+    }
+    assert set(samples) | set(MAPS) == set(Settings.model_fields)
+    env = {_variable(field): raw for field, (raw, _) in samples.items()}
+    env["TONGBAN_STORE_URL_HEALTH"] = "mysql+pymysql://h/db"
+    env["TONGBAN_ADAPTER_URL_POLICE"] = "https://police:8443"
+    settings = Settings.from_env(env)
+    for field, (_, value) in samples.items():
+        assert getattr(settings, field) == value, field
+    assert settings.store_urls == {"health": "mysql+pymysql://h/db"}
+    assert settings.adapter_urls == {"police": "https://police:8443"}
+    # A flag given beats the variable; None means not given.
+    assert Settings.from_env(env, adapter_timeout=9.0, idp_issuer=None).adapter_timeout == 9.0
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"TONGBAN_ADAPTER_TIMEOUT": "fast"}, "TONGBAN_ADAPTER_TIMEOUT: expected a number"),
+        ({"TONGBAN_WITNESS_QUORUM": "1.5"}, "TONGBAN_WITNESS_QUORUM: expected a whole number"),
+        ({"TONGBAN_STATS_REQUIRE_DP": "maybe"}, "TONGBAN_STATS_REQUIRE_DP: expected true or false"),
+    ],
+)
+def test_a_wrong_value_names_its_variable_and_not_its_value(env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == line
+    assert next(iter(env.values())) not in str(caught.value)
+
+
+def test_a_typo_is_pointed_out() -> None:
+    unknown = Settings.unknown_variables({"TONGBAN_ADAPTER_TIMOUT": "2", "TONGBAN_CA_FILE": "x"})
+    assert unknown == ["TONGBAN_ADAPTER_TIMOUT (did you mean TONGBAN_ADAPTER_TIMEOUT?)"]
+
+
+def test_settings_are_frozen_and_with_validates() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError):
+        settings.adapter_timeout = 5
+    assert settings.with_(adapter_timeout="4").adapter_timeout == 4.0
+    with pytest.raises(ValueError):
+        settings.with_(witness_quorum="many")
+
+
+def test_the_operations_page_lists_every_variable() -> None:
+    page = (ROOT / "docs" / "operations.md").read_text("utf-8")
+    listed = set(re.findall(r"`(TONGBAN_[A-Z0-9_<>]+)`", page))
+    missing = [v for v in map(_variable, Settings.model_fields) if v not in listed]
+    missing = [v for v in missing if not v.endswith("<DEPT>") or v not in page]
+    assert missing == []
+
+
+def test_the_cli_says_it_in_one_line(tmp_path: Path) -> None:
+    env = {"TONGBAN_ADAPTER_TIMEOUT": "fast", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tongban", "keys", "init", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "tongban: TONGBAN_ADAPTER_TIMEOUT: expected a number"
+    ]
+
+
+def test_the_cli_warns_of_a_misspelt_variable(tmp_path: Path) -> None:
+    env = {"TONGBAN_ADAPTER_TIMOUT": "2", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tongban", "keys", "init", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "TONGBAN_ADAPTER_TIMOUT (did you mean TONGBAN_ADAPTER_TIMEOUT?) is not a setting" in (
+        proc.stderr
+    )
