@@ -15,18 +15,18 @@ DEMO_ARGS ?=
 .PHONY: demo test install browser lint typecheck pytest bench clean lock screenshots
 
 # Installs exactly what requirements/dev.txt pins (hashes checked), then tongban itself.
-$(STAMP): pyproject.toml requirements/dev.txt
+$(STAMP): pyproject.toml client/pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e ./client
 	touch $(STAMP)
 
 # What `make demo` alone needs: the runtime lock (no test tools).
 DEMO_STAMP := $(VENV)/.installed-demo
-$(DEMO_STAMP): pyproject.toml requirements/demo.txt
+$(DEMO_STAMP): pyproject.toml client/pyproject.toml requirements/demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements/demo.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet --no-deps -e . -e ./client
 	touch $(DEMO_STAMP)
 
 # Regenerate the lock files from pyproject.toml's ranges (needs the package index).

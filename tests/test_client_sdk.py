@@ -858,3 +858,35 @@ def test_the_sdk_installs_and_verifies_alone_in_a_fresh_venv(
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert cli.returncode == 2 and cli.stderr.startswith("tongban-client: error: ")
+
+    # The script, in that venv: a token, a check and a batch against the gateway,
+    # both answers verified offline, an inclusion and a consistency proof against
+    # checkpoints verified with the pinned key (client/examples/quickstart.py). The
+    # gateway here checkpoints when told: a thread plays its checkpointer meanwhile.
+    served.checkpoint()
+    ids = [served.subject(), served.subject(value=False), served.subject()]
+    stop = threading.Event()
+
+    def checkpointer() -> None:
+        while not stop.wait(0.3):
+            served.checkpoint()
+
+    ticking = threading.Thread(target=checkpointer, daemon=True)
+    ticking.start()
+    try:
+        run = subprocess.run(
+            [str(python), str(ROOT / "client" / "examples" / "quickstart.py"), served.url,
+             "edu-bureau", str(served.keys_dir / "gateway.jwk.json"), *ids],
+            cwd=tmp_path, env={**env, "TONGBAN_CLIENT_SECRET": served.secrets["edu-bureau"]},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        ticking.join(timeout=10)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "ok"
+    assert lines[1] == "check: yes, verified offline: yes"
+    assert lines[2] == "batch: ['no', 'yes'], verified offline"
+    assert lines[3].startswith("inclusion: entry ") and lines[4].startswith("consistency: ")
+    assert not any(i in run.stdout + run.stderr for i in ids)
