@@ -28,11 +28,19 @@ from typing_extensions import TypeVar
 
 from tongban.federation.statistics import Release, Statistic, UnknownStatistic
 from tongban.primitives.envelope import Opener, Sealed, Sealer, sealed_length
-from tongban.primitives.errors import BadRequest, EnvelopeRefused, Unauthenticated
+from tongban.primitives.errors import EnvelopeRefused, Unauthenticated
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 from tongban.primitives.jws import check_audience, check_time_claims, sign_compact, verify_compact
 from tongban.primitives.replay import MemoryReplayCache, ReplayCache
-from tongban.primitives.wire import PredicateCall, Tri
+from tongban.primitives.wire import (
+    MAX_BATCH,
+    BatchCall,
+    Message,
+    PredicateCall,
+    StatisticCall,
+    Tri,
+    parse_message,
+)
 
 from .evaluate import Evaluator, PredicateSource
 from .statistics import LocalStatistics
@@ -60,7 +68,6 @@ REQUEST_TYP = "tongban-predicate-request+jwt"
 ANSWER_TYP = "tongban-predicate-answer+jwt"
 GATEWAY_ISSUER = "tongban-gateway"
 REQUEST_LIFETIME = 30  # seconds: a request is used at once or never
-MAX_BATCH = 500  # subjects per signed batch request; the gateway splits larger batches
 MAX_ANSWER = 64 * 1024  # characters of a predicate or batch answer
 #: A statistic answer carries the ciphertexts: ~1 KiB of hex per 2048-bit ciphertext, ~93
 #: counters each; 8 MiB covers 700,000 counters.
@@ -108,18 +115,23 @@ class RequestSigner:
         self.issuer = issuer
         self.kid = key.public_key.key_id
 
+    def sign_message(
+        self, department: str, message: Message, *, now: float | None = None
+    ) -> tuple[str, str]:
+        """A signed request carrying ``message`` under its kind, and the request's jti."""
+        return self._sign(department, {message.kind: message.to_json()}, now)
+
     def sign(
         self, department: str, call: PredicateCall, *, now: float | None = None
     ) -> tuple[str, str]:
-        return self._sign(department, {"call": call.to_json()}, now)
+        return self.sign_message(department, call, now=now)
 
     def sign_batch(
         self, department: str, predicate: str, params: Mapping[str, str], subjects: list[str]
     ) -> tuple[str, str]:
         if not 0 < len(subjects) <= MAX_BATCH:
             raise ValueError(f"a batch request carries 1..{MAX_BATCH} subjects")
-        batch = {"predicate": predicate, "params": dict(params), "subjects": subjects}
-        return self._sign(department, {"batch": batch}, None)
+        return self.sign_message(department, BatchCall(predicate, dict(params), tuple(subjects)))
 
     def sign_statistic(
         self,
@@ -132,16 +144,11 @@ class RequestSigner:
         release: Mapping[str, Any] | None = None,
     ) -> tuple[str, str]:
         """Ask a department for its encrypted vector of one statistic, for one job."""
-        body: dict[str, Any] = {
-            "name": name,
-            "params": dict(params),
-            "job": job,
-            "key": dict(key_jwk),
-            "parties": parties,
-        }
-        if release is not None:
-            body["release"] = dict(release)
-        return self._sign(department, {"statistic": body}, None)
+        message = StatisticCall(
+            job, name, dict(params), dict(key_jwk), parties,
+            dict(release) if release is not None else None,
+        )  # fmt: skip
+        return self.sign_message(department, message)
 
     def _sign(self, department: str, body: dict[str, Any], now: float | None) -> tuple[str, str]:
         now = time.time() if now is None else now
@@ -266,33 +273,42 @@ class AdapterCore(Generic[S_co]):
             "exp": now + REQUEST_LIFETIME,
             "in_reply_to": jti,
         }
-        if "statistic" in payload:
-            job, name, params, key, parties, release = _statistic(payload["statistic"])
-            if self.statistics is None:
-                raise UnknownStatistic(f"statistic: {self.name} does not contribute to it")
-            statistic, clean, fingerprint, ciphertexts, applied = self.statistics.contribute(
-                name, params, key, parties, release
-            )
-            answer.update(
-                job=job,
-                statistic=statistic.name,
-                params=clean,
-                department=self.name,
-                key=fingerprint,
-                release=applied.to_json(),
-                ciphertexts=[format(c, "x") for c in ciphertexts],
-            )
-        elif "batch" in payload:
-            predicate, params, subjects = _batch(payload["batch"])
-            as_of = self.evaluator.answer_as_of()  # before reading: all it reflects
-            results = self.evaluator.evaluate_many(predicate, params, subjects)
-            answer.update(predicate=predicate, results=[r.value for r in results], as_of=as_of)
-        else:
-            call = PredicateCall.from_json(payload.get("call"))
-            as_of = self.evaluator.answer_as_of()
-            result = self.evaluator.evaluate(call)
-            answer.update(predicate=call.predicate, result=result.value, as_of=as_of)
+        message = parse_message(payload)
+        handlers: dict[type, Callable[[Any], dict[str, Any]]] = {
+            PredicateCall: self._answer_call,
+            BatchCall: self._answer_batch,
+            StatisticCall: self._answer_statistic,
+        }
+        answer.update(handlers[type(message)](message))
         return sign_compact(answer, self.key, typ=ANSWER_TYP, kid=self.kid)
+
+    def _answer_call(self, call: PredicateCall) -> dict[str, Any]:
+        as_of = self.evaluator.answer_as_of()  # before reading: all it reflects
+        result = self.evaluator.evaluate(call)
+        return {"predicate": call.predicate, "result": result.value, "as_of": as_of}
+
+    def _answer_batch(self, batch: BatchCall) -> dict[str, Any]:
+        as_of = self.evaluator.answer_as_of()
+        results = self.evaluator.evaluate_many(
+            batch.predicate, dict(batch.params), list(batch.subjects)
+        )
+        return {"predicate": batch.predicate, "results": [r.value for r in results], "as_of": as_of}
+
+    def _answer_statistic(self, ask: StatisticCall) -> dict[str, Any]:
+        if self.statistics is None:
+            raise UnknownStatistic(f"statistic: {self.name} does not contribute to it")
+        statistic, clean, fingerprint, ciphertexts, applied = self.statistics.contribute(
+            ask.name, ask.params, ask.key, ask.parties, ask.release
+        )
+        return {
+            "job": ask.job,
+            "statistic": statistic.name,
+            "params": clean,
+            "department": self.name,
+            "key": fingerprint,
+            "release": applied.to_json(),
+            "ciphertexts": [format(c, "x") for c in ciphertexts],
+        }
 
 
 def seal_request(sealer: Sealer, department_key: SM2PublicKey, token: str) -> Sealed:
@@ -311,36 +327,6 @@ def open_answer(sealed: Sealed, body: bytes) -> str:
         return sealed.open_reply(envelope, max_length=MAX_SEALED_ANSWER).decode("ascii")
     except UnicodeDecodeError:
         raise EnvelopeRefused("envelope: the sealed answer is not a JWS") from None
-
-
-def _batch(body: Any) -> tuple[str, dict[str, str], list[str]]:
-    if not isinstance(body, Mapping):
-        raise BadRequest("batch: expected an object")
-    predicate, params = body.get("predicate"), body.get("params", {})
-    subjects = body.get("subjects")
-    if not isinstance(predicate, str) or not isinstance(params, Mapping):
-        raise BadRequest("batch: expected predicate and params")
-    if not isinstance(subjects, list) or not 0 < len(subjects) <= MAX_BATCH:
-        raise BadRequest(f"batch.subjects: expected 1..{MAX_BATCH} ID numbers")
-    if not all(isinstance(s, str) for s in subjects):
-        raise BadRequest("batch.subjects: expected ID number strings")
-    return predicate, {str(k): str(v) for k, v in params.items()}, subjects
-
-
-def _statistic(body: Any) -> tuple[str, object, object, object, object, object]:
-    if not isinstance(body, Mapping):
-        raise BadRequest("statistic: expected an object")
-    job = body.get("job")
-    if not isinstance(job, str) or not 1 <= len(job) <= 64:
-        raise BadRequest("statistic.job: expected a job id")
-    return (
-        job,
-        body.get("name"),
-        body.get("params", {}),
-        body.get("key"),
-        body.get("parties"),
-        body.get("release"),
-    )
 
 
 def _verified_answer(
