@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
 
 from tongban.federation.dp import MAX_EPSILON, MIN_EPSILON
 from tongban.primitives.bodies import Body, schema_ref
@@ -29,6 +30,7 @@ __all__ = [
     "BatchSubject",
     "CheckRequest",
     "CheckResponse",
+    "ConsentGrant",
     "DpRequest",
     "FederationJobRequest",
     "StatisticRequest",
@@ -37,6 +39,8 @@ __all__ = [
 
 MAX_BATCH_SUBJECTS = 10_000
 MAX_ROUNDS = 200
+MAX_CONSENT_ITEMS = 32  # purposes or claims in one consent
+MAX_CONSENT_USES = 10_000
 
 IdNumber = Annotated[str, schema_ref("IdNumber")]
 ClaimName = Annotated[str, schema_ref("ClaimName")]
@@ -181,3 +185,44 @@ class StatisticRequest(Body):
         "PAI-GN1, n), at least 2048 bits."
     )
     dp: DpRequest | None = None
+
+
+_DATE_TIME: dict[str, Any] = {"format": "date-time"}
+
+
+class ConsentGrant(Body):
+    """``POST /v1/me/consents``. The model checks shapes; the consent store checks the
+    meaning (the requester exists, names do not repeat and belong to the catalog, every
+    claim serves one of the purposes, the times are RFC 3339 with a zone and in range, a
+    guardian's consent ends by the subject's 18th birthday)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "Every claim must serve one of the purposes, and every purpose must "
+            "be served by one of the claims (`claim-not-for-purpose`)."
+        }
+    )
+
+    requester: str = Field(min_length=1, description="Client id of the requester allowed to ask.")
+    purposes: list[PurposeName] = Field(
+        min_length=1, max_length=MAX_CONSENT_ITEMS, json_schema_extra={"uniqueItems": True}
+    )
+    claims: list[ClaimName] = Field(
+        min_length=1, max_length=MAX_CONSENT_ITEMS, json_schema_extra={"uniqueItems": True}
+    )
+    not_before: str | SkipJsonSchema[None] = Field(
+        default=None,
+        max_length=40,
+        description="Default now; not in the past.",
+        json_schema_extra=_DATE_TIME,
+    )
+    expires_at: str = Field(
+        max_length=40,
+        description="After not_before, at most a year ahead; a guardian's consent ends by the "
+        "subject's 18th birthday.",
+        json_schema_extra=_DATE_TIME,
+    )
+    max_uses: int = Field(default=1, ge=1, le=MAX_CONSENT_USES)
+    subject: Annotated[str, schema_ref("IdNumber")] | SkipJsonSchema[None] = Field(
+        default=None, description="A minor the caller is a guardian of; default the caller."
+    )

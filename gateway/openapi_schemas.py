@@ -27,6 +27,7 @@ from .models import (
     BatchSubject,
     CheckRequest,
     CheckResponse,
+    ConsentGrant,
     DpRequest,
     FederationJobRequest,
     StatisticRequest,
@@ -330,34 +331,7 @@ def _catalog_schemas(catalog: Catalog) -> Json:
             name: {**component_schema(model), "allOf": _params_rules(catalog)}
             for name, model in (("CheckRequest", CheckRequest), ("BatchRequest", BatchRequest))
         },
-        "ConsentGrant": _obj(
-            {
-                "requester": _str("Client id of the requester allowed to ask.", minLength=1),
-                "purposes": _array(
-                    ref("PurposeName"), minItems=1, maxItems=MAX_CONSENT_ITEMS, uniqueItems=True
-                ),
-                "claims": _array(
-                    ref("ClaimName"), minItems=1, maxItems=MAX_CONSENT_ITEMS, uniqueItems=True
-                ),
-                "not_before": _str(
-                    "Default now; not in the past.", format="date-time", maxLength=40
-                ),
-                "expires_at": _str(
-                    "After not_before, at most a year ahead; a guardian's consent ends by the "
-                    "subject's 18th birthday.",
-                    format="date-time",
-                    maxLength=40,
-                ),
-                "max_uses": {"type": "integer", "minimum": 1, "maximum": MAX_USES, "default": 1},
-                "subject": {
-                    **ref("IdNumber"),
-                    "description": "A minor the caller is a guardian of; default the caller.",
-                },
-            },
-            ["requester", "purposes", "claims", "expires_at"],
-            description="Every claim must serve one of the purposes, and every purpose must be "
-            "served by one of the claims (`claim-not-for-purpose`).",
-        ),
+        "ConsentGrant": component_schema(ConsentGrant),
         "Consent": _obj(
             {
                 "id": _str(pattern=CONSENT_ID_PATTERN),

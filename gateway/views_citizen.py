@@ -13,9 +13,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from tongban.audit.log import AuditLog, StoredEntry
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, NotFound
 
 from .consent import ConsentStore
+from .models import ConsentGrant
 from .oauth.flask import current_citizen, require_citizen
 from .services import Gateway
 from .views_common import json_body
@@ -103,7 +105,8 @@ def citizen_blueprint(gateway: Gateway, consents: ConsentStore) -> Blueprint:
     @bp.post("/v1/consents")
     @require_citizen
     def grant() -> Response:
-        consent = consents.grant(current_citizen().id_number, json_body(force=True))
+        body = parse_body(ConsentGrant, json_body(force=True))
+        consent = consents.grant(current_citizen().id_number, body)
         resp = jsonify(consent.to_json())
         resp.status_code = 201
         resp.headers["Location"] = f"/v1/consents/{consent.id}"

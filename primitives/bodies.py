@@ -18,6 +18,7 @@ number too.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, TypeVar
 
@@ -60,7 +61,14 @@ def schema_ref(name: str) -> WithJsonSchema:
     return WithJsonSchema({_MARK: name})
 
 
-def _where(loc: tuple[int | str, ...], root: str) -> str:
+#: What pydantic inserts into a location for the member of a union that failed (``str``,
+#: ``none``, ``function-after[...]``): not a field.
+_UNION_TAG = re.compile(r"(str|int|float|bool|none|bytes|list\[.*\]|dict\[.*\]|[a-z-]+\[.*\])")
+
+
+def _where(loc: tuple[int | str, ...], root: str, kind: str) -> str:
+    if kind != "extra_forbidden":  # there the last element is the client's key
+        loc = tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
     out = root if not loc else ""
     for part in loc:
         if isinstance(part, int):
@@ -90,7 +98,8 @@ def parse_body(model: type[M], data: Any, root: str = "body") -> M:
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=True)
         first = errors[0]
-        raise BadRequest(f"{_where(tuple(first['loc']), root)}: {_words(first)}") from None
+        where = _where(tuple(first["loc"]), root, str(first["type"]))
+        raise BadRequest(f"{where}: {_words(first)}") from None
 
 
 def component_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -98,6 +107,10 @@ def component_schema(model: type[BaseModel]) -> dict[str, Any]:
     components (``#/components/schemas/Name``), which :func:`component_schemas` lists."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
+    if model.__doc__ and schema.get("description") == inspect.cleandoc(model.__doc__):
+        # A docstring is for developers; a body's text for the document is given as
+        # json_schema_extra={"description": ...} (which pydantic puts there instead).
+        del schema["description"]
     return dict(_openapi(schema))
 
 
@@ -116,6 +129,14 @@ def _openapi(node: Any) -> Any:
             rest = {k: v for k, v in node.items() if k != "anyOf"}
             return _openapi({**other, **rest, "type": [other["type"], "null"]})
     if _MARK in node:
-        siblings = {k: _openapi(v) for k, v in node.items() if k not in (_MARK, "title")}
+        siblings = {
+            k: _openapi(v)
+            for k, v in node.items()
+            if k not in (_MARK, "title") and not (k == "default" and v is None)
+        }
         return {"$ref": f"#/components/schemas/{node[_MARK]}", **siblings}
-    return {k: _openapi(v) for k, v in node.items() if k != "title" or not isinstance(v, str)}
+    return {
+        k: _openapi(v)
+        for k, v in node.items()
+        if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)
+    }

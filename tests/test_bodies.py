@@ -93,3 +93,12 @@ def test_the_check_components_are_generated_from_the_models(claim_catalog: Catal
 
     walk(schemas)
     assert {r.rsplit("/", 1)[1] for r in refs} <= set(schemas)
+
+
+def test_a_union_member_is_not_named_as_a_field() -> None:
+    from tongban.gateway.models import ConsentGrant
+
+    body = {"requester": "a", "purposes": ["x"], "claims": ["y"], "expires_at": "2026-09-01"}
+    assert _refusal(ConsentGrant, {**body, "subject": 150622}) == "subject: expected a string"
+    assert _refusal(ConsentGrant, {**body, "not_before": 5}) == "not_before: expected a string"
+    assert _refusal(ConsentGrant, {**body, "none": 5}) == "none: unexpected field"

@@ -17,10 +17,12 @@ from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as WResponse
 
 from tongban.audit.log import StoredEntry
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import NotFound, TongbanError
 from tongban.primitives.idnumber import mask
 
 from ..consent import ConsentStore
+from ..models import ConsentGrant
 from ..oauth import Citizen
 from ..services import Gateway
 from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen, end_session
@@ -211,7 +213,8 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
     def citizen_grant() -> WResponse:
         check_csrf(request.form.get("csrf"))
         try:
-            consent = store().grant(me().id_number, _consent_body(request.form))
+            body = parse_body(ConsentGrant, _consent_body(request.form))
+            consent = store().grant(me().id_number, body)
         except (TongbanError, ValueError) as exc:
             key = exc.slug if isinstance(exc, TongbanError) else "invalid-form"
             return redirect(url_for("pages.citizen_home", error=key))
