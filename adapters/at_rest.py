@@ -48,8 +48,12 @@ __all__ = [
     "SealedTable",
     "create_kek",
     "kek_path",
+    "key_id",
     "load_kek",
+    "read_state",
+    "text_key_id",
     "write_key_file",
+    "write_state",
 ]
 
 SEALED = "sealed"

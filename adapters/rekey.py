@@ -59,6 +59,7 @@ __all__ = [
     "rotate_index_key",
     "rotate_kek",
     "scrub",
+    "store_count",
 ]
 
 log = logging.getLogger("tongban.keys")

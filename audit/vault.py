@@ -31,7 +31,15 @@ from tongban.primitives.gm import hmac_sm3, sm4_decrypt, sm4_encrypt
 
 from . import schema
 
-__all__ = ["Pseudonymizer", "VaultKeys", "VaultRotation", "rotate_vault", "vault_key_usage"]
+__all__ = [
+    "Pseudonymizer",
+    "VaultKeys",
+    "VaultRotation",
+    "rotate_vault",
+    "seal_with",
+    "sealed_key_id",
+    "vault_key_usage",
+]
 
 _MAGIC = b"TBV1"
 _HEADER = len(_MAGIC) + 4

@@ -49,6 +49,7 @@ __all__ = [
     "FeatureRows",
     "FeatureTable",
     "JoinedRows",
+    "SealedStore",
     "SetSpec",
     "join_feature_sets",
     "load_training_table",

@@ -39,7 +39,15 @@ from .jobs import TRAINING_PURPOSE, JobPolicy, decision_record, declared_jobs
 from .models import FederationJobRequest
 from .statistics_store import StatisticsStore
 
-__all__ = ["FederationJobs", "FederationRequest", "Trainer", "deployment_trainer"]
+__all__ = [
+    "FederationJob",
+    "FederationJobs",
+    "FederationRequest",
+    "NoDeployment",
+    "Trainer",
+    "deployment_trainer",
+    "vertical_trainer",
+]
 
 KINDS = ("horizontal", "vertical")
 FINISHED = ("done", "failed")

@@ -76,6 +76,7 @@ __all__ = [
     "metrics_blueprint",
     "safe_label",
     "track_audit",
+    "track_checkpoints",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -33,6 +33,7 @@ __all__ = [
     "ConsentGrant",
     "DpRequest",
     "FederationJobRequest",
+    "Reply",
     "StatisticRequest",
     "Subject",
 ]

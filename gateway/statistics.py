@@ -63,7 +63,13 @@ from .jobs import STATISTICS_PURPOSE, JobPolicy, decision_record, statistic_obje
 from .models import StatisticRequest
 from .statistics_store import StatisticsStore
 
-__all__ = ["DEFAULT_THRESHOLD", "DpRequired", "StatisticUnavailable", "StatisticsService"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DpRequired",
+    "Job",
+    "StatisticUnavailable",
+    "StatisticsService",
+]
 
 
 class DpRequired(Forbidden):

@@ -30,6 +30,7 @@ __all__ = [
     "RULE_ARITY",
     "ClaimCatalog",
     "ClaimInfo",
+    "JobInfo",
     "Policy",
     "Rule",
     "build_policy",

@@ -35,7 +35,10 @@ from .tls import TLSFiles, client_context
 
 __all__ = [
     "DEMO_CLIENTS",
+    "build_training_table",
     "demo_log_origin",
+    "encrypt_at_rest",
+    "gateway_argv",
     "needs_generation",
     "register_demo_clients",
     "run_demo",

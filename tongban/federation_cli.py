@@ -29,7 +29,12 @@ from .parsing import DATA_DIR_HELP, command
 if TYPE_CHECKING:
     from tongban.federation.horizontal.deploy import Supervisor
 
-__all__ = ["add_federation", "federation_train", "federation_up"]
+__all__ = [
+    "add_federation",
+    "federation_train",
+    "federation_up",
+    "require_federation_extra",
+]
 
 _DEFAULT_NODES = 8  # one per district in primitives.regions.DISTRICTS
 

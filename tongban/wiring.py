@@ -54,6 +54,7 @@ from .keys import KeyRing
 
 __all__ = [
     "build_adapter",
+    "build_consents",
     "build_file_adapter",
     "build_gateway",
     "build_registry",

@@ -1,1 +1,7 @@
-"""Deterministic synthetic population: coherent families across the five departments."""
+"""Deterministic synthetic population: coherent families across the five departments.
+
+The package exports nothing itself: import from its modules, each of which lists its
+public names in ``__all__`` (tests/test_public_surface.py).
+"""
+
+__all__: list[str] = []

@@ -319,7 +319,7 @@ def build_population(size: int, seed: int, reference: dt.date = REFERENCE_DATE) 
     youngest_child[kid_family[is_youngest]] = child[is_youngest]
     has_young = ~np.isnat(youngest) & (youngest > under3_since)
     # Who claims depends on the family (a noisy logistic model the federated training
-    # learns); one draw per couple, as before, so later draws do not shift.
+    # learns); exactly one draw per couple, so the draws after it do not shift.
     claimed = has_young & (rng.random(n_couples) < _claim_probability(
         employed_since[wife], employed_until[wife], maternity_until[wife], birth[wife],
         c_divorced, c_district, youngest, np.bincount(kid_family, minlength=n_couples),

@@ -14,3 +14,5 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r".*click\.utils\..*", category=DeprecationWarning)
     with contextlib.suppress(ImportError):  # without the `federation` extra
         import flwr  # noqa: F401
+
+__all__: list[str] = []

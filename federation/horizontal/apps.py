@@ -59,7 +59,13 @@ with extra_imports("federation", "Flower training"):
     from flwr.serverapp import ServerApp
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-__all__ = ["client_app", "server_app"]
+__all__ = [
+    "build_strategy",
+    "client_app",
+    "main",
+    "server_app",
+    "train",
+]
 
 # --- ClientApp ------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ __all__ = [
     "SUPERLINK_NAME",
     "Deployment",
     "DeploymentError",
+    "NodeInfo",
     "NodeKey",
     "Supervisor",
     "control_client",

@@ -58,6 +58,7 @@ __all__ = [
     "ENVELOPE_RECORD",
     "PEERS_FILE",
     "SERVER_KEY",
+    "NodeKeys",
     "Peers",
     "SealedGrid",
     "ensure_keys",

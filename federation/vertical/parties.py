@@ -54,7 +54,11 @@ from .messages import Plan
 from .multiexp import multiexp_columns
 from .randomness import FixedBaseObfuscators
 
-__all__ = ["FeatureHolder", "LabelHolder"]
+__all__ = [
+    "FeatureHolder",
+    "LabelHolder",
+    "Obfuscators",
+]
 
 Floats = npt.NDArray[np.float64]
 Positions = npt.NDArray[np.int64]

@@ -28,7 +28,15 @@ from .data import LABEL_HOLDER, DepartmentView, fit_centralized, split_departmen
 from .messages import Plan, Relay, VKind
 from .parties import FeatureHolder, LabelHolder, Randomness
 
-__all__ = ["Job", "held_out", "run_on_table", "run_vertical", "setup_job", "train"]
+__all__ = [
+    "Job",
+    "evaluate",
+    "held_out",
+    "run_on_table",
+    "run_vertical",
+    "setup_job",
+    "train",
+]
 
 Event = dict[str, Any]
 Progress = Callable[[Event], None]

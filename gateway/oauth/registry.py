@@ -198,7 +198,7 @@ class ClientRegistry:
     ) -> None:
         """``pepper``: the 32-byte HMAC-SM3 key for stored secrets (kept outside the
         database). With it, new and rotated secrets are stored as ``hmac-sm3`` and scrypt
-        rows are re-hashed on their next successful use; without it, scrypt as before."""
+        rows are re-hashed on their next successful use; without it, every row is scrypt."""
         if pepper is not None and len(pepper) != PEPPER_LEN:
             raise ValueError(f"pepper: expected {PEPPER_LEN} bytes")
         self.engine = make_engine(engine) if isinstance(engine, str) else engine

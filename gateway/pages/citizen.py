@@ -28,7 +28,10 @@ from ..services import Gateway
 from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen, end_session
 from .session import citizen_login as accept_citizen_token
 
-__all__ = ["install_citizen"]
+__all__ = [
+    "access_item",
+    "install_citizen",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -40,7 +40,16 @@ from .charts import bucketed, stacked_bars
 from .session import LoginFailed, check_csrf, csrf_token, current_page_officer, end_session
 from .session import officer_login as exchange_credentials
 
-__all__ = ["install_officer"]
+__all__ = [
+    "Masker",
+    "checkpoint_view",
+    "flag_view",
+    "install_officer",
+    "parse_filters",
+    "parse_thresholds",
+    "row",
+    "scan",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
