@@ -52,7 +52,60 @@ try {
   await page.click("#officer-login button[type=submit]");
   await page.waitForSelector("#entries");
   out.signers = await page.$$eval("ul.signers li", (lis) =>
-    lis.map((li) => ({ name: li.dataset.name, cls: li.className })));
+    lis.map((li) => ({ name: li.dataset.name, role: li.dataset.role, cls: li.className })));
+
+  // 0. The checkpoint's gateway signature, verified in the browser (sm-crypto's SM2) ...
+  const signature = async (p) => {
+    await p.waitForSelector("#cp-signature[data-verified]");
+    return p.$eval("#cp-signature", (el) => ({ verified: el.dataset.verified, text: el.textContent.trim(),
+      key: (el.querySelector("code") || {}).textContent || null }));
+  };
+  out.signature = await signature(page);
+  out.note = await page.textContent("#cp-note");
+  // ... and NOT verified when the checkpoint is tampered with on its way to the browser:
+  // its root changed in the note and on the page; only the root shown changed; the key
+  // served is another; and, on a proof, the root in the proof's checkpoint changed.
+  const flip = (b64) => (b64[0] === "A" ? "B" : "A") + b64.slice(1);
+  const tamper = async (edit) => {
+    const p = await officer.newPage();
+    p.on("request", (r) => requests.push(r.url()));
+    await p.route(`${base}/officer/`, async (route) => {
+      const resp = await route.fetch();
+      const html = await resp.text();
+      const root = /id="cp-root">([^<]+)</.exec(html)[1];
+      await route.fulfill({ response: resp, body: edit(html, root) });
+    });
+    await p.goto(`${base}/officer/`);
+    return p;
+  };
+  let p = await tamper((html, root) => html.split(root).join(flip(root)));
+  out.tampered_root = await signature(p);
+  await p.close();
+  p = await tamper((html, root) => html.replace(`id="cp-root">${root}<`, `id="cp-root">${flip(root)}<`));
+  out.tampered_display = await signature(p);
+  await p.close();
+  // A JWK Set that does not hold the key that signed (another SM2 key): NOT verified.
+  p = await officer.newPage();
+  await p.route(`${base}/.well-known/jwks.json`, (route) => route.fulfill({ json: { keys: [cfg.other_key] } }));
+  await p.goto(`${base}/officer/`);
+  out.other_key = await signature(p);
+  await p.close();
+  p = await officer.newPage();
+  p.on("request", (r) => requests.push(r.url()));
+  await p.route(`${base}/officer/api/proof/*`, async (route) => {
+    const resp = await route.fetch();
+    const body = await resp.json();
+    const lines = body.checkpoint.split("\n");
+    lines[2] = flip(lines[2]);
+    await route.fulfill({ response: resp, json: { ...body, checkpoint: lines.join("\n") } });
+  });
+  await p.goto(`${base}/officer/`);
+  const some = await p.getAttribute("button.proof", "data-index");
+  await p.click(`button.proof[data-index="${some}"]`);
+  await p.waitForSelector(`#proof-${some}[data-verified]`);
+  out.tampered_proof = await p.$eval(`#proof-${some}`, (el) => ({ verified: el.dataset.verified, text: el.textContent }));
+  await p.close();
+  out.steps.push("signature");
 
   // 1. Filter and find the denied insurer request.
   await page.fill("#f-requester", "insurer-a");

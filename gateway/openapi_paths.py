@@ -76,7 +76,13 @@ from .views_audit import SubjectInUrl
 __all__ = ["DOCS_ASSETS", "METRICS_MEDIA_TYPES", "paths"]
 
 METRICS_MEDIA_TYPES = ("text/plain", "application/openmetrics-text")
-DOCS_ASSETS = {"docs.js": "text/javascript", "docs.css": "text/css"}
+# The /docs page's files under gateway/static: our script that starts Swagger UI, and
+# Swagger UI itself (swagger-ui-dist from npm, vendored: gateway/static/README.md).
+DOCS_ASSETS = {
+    "docs-init.js": "text/javascript",
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+}
 
 Errors = tuple[type[TongbanError], ...]
 
@@ -740,10 +746,14 @@ def _operations_paths() -> Json:
             "get": _op(
                 "docs",
                 "docs",
-                "A readable page for this document",
+                "This document in Swagger UI, with try-it-out",
                 {
                     "200": {
-                        "description": "Self-contained HTML; loads /openapi.json.",
+                        "description": "Swagger UI (vendored, served from /docs/{asset}; no "
+                        "CDN) on /openapi.json. Authorize with OAuth 2.0 client credentials "
+                        "(client id and secret), then try operations against this gateway. "
+                        "Content-Security-Policy: scripts, styles and requests same-origin "
+                        "only, no inline script, no eval.",
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
                     "304": {"description": "Not modified (If-None-Match)."},

@@ -1,8 +1,10 @@
 """The pages in a real headless Chromium (Debian's ``/usr/bin/chromium``, driven by
-``playwright-core`` from ``browser-tests/``): an officer filters, verifies a proof and
-sees an anomaly flag; a citizen grants consent, sees the check, revokes, and the next
-check is refused. Screenshots land in ``build/screenshots/`` (ignored by git); ``make
-screenshots`` sets ``TONGBAN_SCREENSHOTS=docs/screenshots`` to refresh the committed ones.
+``playwright-core`` from ``browser-tests/``): an officer sees the checkpoint's gateway
+signature verified in the browser (sm-crypto's SM2) and NOT verified when the checkpoint or
+the key is tampered with on its way, filters, verifies a proof and sees an anomaly flag; a
+citizen grants consent, sees the check, revokes, and the next check is refused.
+Screenshots land in ``build/screenshots/`` (ignored by git); ``make screenshots`` sets
+``TONGBAN_SCREENSHOTS=docs/screenshots`` to refresh the committed ones.
 
 Skipped, loudly, only when Chromium, node or ``browser-tests/node_modules`` is absent
 (``make install`` / ``.ci/run`` install them)."""
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
+from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import mask
 
 from .conftest import Generated
@@ -98,6 +101,7 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
         "screenshots": str(SCREENSHOTS),
         "secrets": {c: h.secrets[c] for c in ("insurer-a", "allowance-office")},
         "officer": {"client_id": "privacy-officer", "secret": h.secrets["privacy-officer"]},
+        "other_key": SM2PrivateKey.generate().public_key.to_jwk(kid="not-the-gateway"),
         "burst": {
             "requester": "allowance-office",
             "body": {"claim": "married", "purpose": "maternity_allowance", "params": {}},
@@ -120,10 +124,31 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert "error" not in seen, seen["error"]
-    assert seen["steps"] == ["filter", "proof", "anomaly", "citizen"]
+    assert seen["steps"] == ["signature", "filter", "proof", "anomaly", "citizen"]
 
     assert seen["redirected_to_login"]
     assert seen["signers"] and all(s["cls"].endswith("ok") for s in seen["signers"])
+    # The checkpoint's gateway signature verified in the browser (SM2, sm-crypto), with the
+    # gateway's key: the id shown is its kid (tongban's SM3 JWK thumbprint) ...
+    gateway_key = h.gateway.signing_key
+    assert gateway_key is not None
+    assert [s["name"] for s in seen["signers"] if s["role"] == "gateway"] == [h.gateway.name]
+    assert seen["signature"]["verified"] == "true", seen["signature"]
+    assert seen["signature"]["key"] == gateway_key.public_key.key_id
+    latest = h.gateway.audit.latest_checkpoint() if h.gateway.audit is not None else None
+    assert latest is not None and seen["note"] == latest.text()
+    # ... and NOT verified for a checkpoint changed on its way: its root (note and page),
+    # the root shown only, another key served as the gateway's, the root of the checkpoint
+    # a proof comes with.
+    assert seen["tampered_root"]["verified"] == "false", seen["tampered_root"]
+    assert "NOT verified" in seen["tampered_root"]["text"]
+    assert "signature does not verify" in seen["tampered_root"]["text"]
+    assert seen["tampered_display"]["verified"] == "false", seen["tampered_display"]
+    assert "root shown is not the signed" in seen["tampered_display"]["text"]
+    assert seen["other_key"]["verified"] == "false", seen["other_key"]
+    assert "no key of the gateway's JWK Set has the signature's key id" in seen["other_key"]["text"]
+    assert seen["tampered_proof"]["verified"] == "false", seen["tampered_proof"]
+    assert "checkpoint signature NOT verified" in seen["tampered_proof"]["text"]
     # The officer filtered and found the refused insurer request, subject masked.
     assert seen["filtered"] and {r["requester"] for r in seen["filtered"]} == {"insurer-a"}
     hit = seen["filtered"][0]
