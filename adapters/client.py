@@ -14,19 +14,19 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError, SSLError
 from urllib3.util import parse_url
+from werkzeug.test import Client as WerkzeugClient
 
 from tongban.federation.paillier import key_fingerprint, parse_public_key
 from tongban.primitives.envelope import Sealer
 from tongban.primitives.errors import DepartmentUnavailable, TongbanError, Unauthenticated
 from tongban.primitives.gm import SM2PublicKey
-from tongban.primitives.problem import problem_body
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.tls import (
     CertificateRefused,
@@ -56,6 +56,12 @@ __all__ = [
     "InProcessTransport",
     "Reply",
     "Transport",
+    "WireRequest",
+    "WireResponse",
+    "cosign",
+    "health",
+    "send",
+    "witnessed",
 ]
 
 JOSE = "application/jose"
@@ -79,54 +85,113 @@ class DepartmentRefused(TongbanError):
 Reply = tuple[int, bytes]
 
 
+@dataclass(frozen=True)
+class WireRequest:
+    """One HTTP request to a department's adapter (its path, without the URL's prefix)."""
+
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WireResponse:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 class Transport(Protocol):
-    def send(self, department: str, token: str, timeout: float) -> Reply: ...
+    """How the gateway reaches a department: one method, shaped like httpx's
+    ``BaseTransport.handle_request``. :class:`HttpTransport` sends it over the network;
+    :class:`InProcessTransport` hands it to the adapter's own WSGI app. What the gateway
+    asks of an adapter (:func:`send`, :func:`cosign`, :func:`witnessed`, :func:`health`)
+    is written once, over this method. A department that cannot be reached raises
+    :class:`DepartmentUnavailable`; any HTTP answer is returned, whatever its status."""
 
-    def health(self, department: str, timeout: float) -> dict[str, Any]: ...
+    def handle_request(
+        self, department: str, request: WireRequest, timeout: float
+    ) -> WireResponse: ...
 
-    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply: ...
+
+def send(transport: Transport, department: str, token: str, timeout: float) -> Reply:
+    """``POST /v1/evaluate``: a signed (and sealed) request, the adapter's answer."""
+    request = WireRequest(
+        "POST", "/v1/evaluate", token.encode("ascii"), {"Content-Type": JOSE, "Accept": JOSE}
+    )
+    resp = transport.handle_request(department, request, timeout)
+    return resp.status, resp.body
+
+
+def cosign(
+    transport: Transport, department: str, request: Mapping[str, Any], timeout: float
+) -> Reply:
+    """``POST /v1/witness/cosign``: ask a witness to cosign a checkpoint."""
+    body = json.dumps(dict(request)).encode()
+    wire = WireRequest("POST", "/v1/witness/cosign", body, {"Content-Type": "application/json"})
+    resp = transport.handle_request(department, wire, timeout)
+    return resp.status, resp.body
+
+
+def witnessed(transport: Transport, department: str, timeout: float) -> Reply:
+    """``GET /v1/witness/checkpoint``: the witness's last cosigned checkpoint."""
+    resp = transport.handle_request(
+        department, WireRequest("GET", "/v1/witness/checkpoint"), timeout
+    )
+    return resp.status, resp.body
+
+
+def health(transport: Transport, department: str, timeout: float) -> dict[str, Any]:
+    """``GET /healthz``: the adapter's health body. An adapter whose source is not ready
+    answers 503 with the same members (``"ready": false``), which is an answer too."""
+    resp = transport.handle_request(department, WireRequest("GET", "/healthz"), timeout)
+    try:
+        body = json.loads(resp.body)
+    except ValueError as exc:
+        raise DepartmentUnavailable(f"department {department} did not answer") from exc
+    if resp.status != 200 and not (
+        resp.status == 503 and isinstance(body, dict) and "ready" in body
+    ):
+        raise DepartmentUnavailable(f"department {department} did not answer")
+    return body if isinstance(body, dict) else {}
 
 
 class InProcessTransport:
+    """The adapters' own WSGI apps (``adapters.service.create_app``), called in this
+    process through werkzeug's test client: the same routes, checks, size limits and
+    problem responses as over HTTP, without a socket (tests, benchmarks, one-process
+    setups). A witness without a core of the same name gets a witness-only app.
+    ``cores`` and ``witnesses`` may change afterwards (a department taken away, another
+    core put in): each app is built for the core and witness it serves."""
+
     def __init__(
         self, cores: Mapping[str, AdapterCore], witnesses: Mapping[str, Witness] | None = None
     ) -> None:
         self.cores = dict(cores)
         self.witnesses = dict(witnesses or {})
+        self._apps: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._lock = threading.Lock()
 
-    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
-        witness = self.witnesses.get(department)
-        if witness is None:
-            raise DepartmentUnavailable(f"department {department} is not a witness")
-        try:
-            proof = [bytes.fromhex(h) for h in request["consistency_path"]]
-            line = witness.cosign(request["note"], request["from_size"], proof).line()
-        except TongbanError as exc:
-            return exc.status, problem_body(exc, "")
-        return 200, json.dumps({"cosignature": line}).encode()
-
-    def witnessed(self, department: str, timeout: float) -> Reply:
-        """The witness's last cosigned checkpoint (``GET /v1/witness/checkpoint``)."""
-        witness = self.witnesses.get(department)
-        note = witness.last_checkpoint() if witness is not None else None
-        if note is None:
-            return 404, b"{}"
-        return 200, json.dumps({"note": note}).encode()
-
-    def send(self, department: str, token: str, timeout: float) -> Reply:
-        core = self.cores.get(department)
-        if core is None:
+    def _app(self, department: str) -> Any:
+        core, witness = self.cores.get(department), self.witnesses.get(department)
+        if core is None and witness is None:
             raise DepartmentUnavailable(f"department {department} is not connected")
-        try:
-            return 200, core.handle(token).encode("ascii")
-        except TongbanError as exc:
-            return exc.status, problem_body(exc, "")
+        key = (id(core), id(witness))
+        with self._lock:
+            built = self._apps.get(department)
+            if built is None or built[0] != key:
+                from .service import create_app  # Flask: only where an adapter app is built
 
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        core = self.cores.get(department)
-        if core is None:
-            raise DepartmentUnavailable(f"department {department} is not connected")
-        return core.health()
+                built = (key, create_app(core, witness=witness))
+                self._apps[department] = built
+        return built[1]
+
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
+        resp = WerkzeugClient(self._app(department)).open(
+            request.path, method=request.method, data=request.body, headers=dict(request.headers)
+        )
+        return WireResponse(resp.status_code, resp.get_data(), dict(resp.headers))
 
 
 class _IdleSince:
@@ -314,46 +379,11 @@ class HttpTransport:
             self._log_failure(department, exc)
             raise DepartmentUnavailable(f"department {department} did not answer") from exc
 
-    def send(self, department: str, token: str, timeout: float) -> Reply:
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
         resp = self._request(
-            department,
-            "POST",
-            "/v1/evaluate",
-            token.encode("ascii"),
-            {"Content-Type": JOSE, "Accept": JOSE},
-            timeout,
+            department, request.method, request.path, request.body, request.headers, timeout
         )
-        return resp.status, resp.data
-
-    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
-        resp = self._request(
-            department,
-            "POST",
-            "/v1/witness/cosign",
-            json.dumps(dict(request)).encode(),
-            {"Content-Type": "application/json"},
-            timeout,
-        )
-        return resp.status, resp.data
-
-    def witnessed(self, department: str, timeout: float) -> Reply:
-        """The witness's last cosigned checkpoint (``GET /v1/witness/checkpoint``)."""
-        resp = self._request(department, "GET", "/v1/witness/checkpoint", None, {}, timeout)
-        return resp.status, resp.data
-
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        """The adapter's health body; an adapter whose source is not ready answers 503
-        with the same members (``"ready": false``), which is an answer too."""
-        resp = self._request(department, "GET", "/healthz", None, {}, timeout)
-        try:
-            body = json.loads(resp.data)
-        except ValueError as exc:
-            raise DepartmentUnavailable(f"department {department} did not answer") from exc
-        if resp.status != 200 and not (
-            resp.status == 503 and isinstance(body, dict) and "ready" in body
-        ):
-            raise DepartmentUnavailable(f"department {department} did not answer")
-        return body if isinstance(body, dict) else {}
+        return WireResponse(resp.status, resp.data, dict(resp.headers))
 
     def close(self) -> None:
         with self._lock:
@@ -419,7 +449,7 @@ class DepartmentClient:
                 raise DepartmentUnavailable(f"department {department} has no registered key")
             sealed = seal_request(self.sealer, key, token)
             token = sealed.envelope
-        status, body = self.transport.send(department, token, timeout)
+        status, body = send(self.transport, department, token, timeout)
         if status >= 500:
             raise DepartmentUnavailable(f"department {department} failed (HTTP {status})")
         if status != 200:
@@ -495,7 +525,7 @@ class DepartmentClient:
     def health(self, department: str) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            body = self.transport.health(department, min(self.timeout, 1.0))
+            body = health(self.transport, department, min(self.timeout, 1.0))
         except DepartmentUnavailable:
             return {"reachable": False}
         status = body.get("status")

@@ -80,7 +80,7 @@ TLSStatus = Callable[[], CertificateReport | None]
 
 
 def create_app(
-    core: AdapterCore,
+    core: AdapterCore | None,
     witness: Witness | None = None,
     *,
     tls_status: TLSStatus | None = None,
@@ -88,13 +88,24 @@ def create_app(
 ) -> Flask:
     """The adapter's app. ``tls_status`` (e.g. ``tongban.pki.status_source(cert)``) puts
     the TLS certificate's expiry in ``/healthz`` and ``/metrics``; ``metrics`` is who may
-    read ``/metrics`` (``None``: nobody)."""
-    app = Flask(f"tongban.adapter.{core.name}")
+    read ``/metrics`` (``None``: nobody). Without a ``core``, a witness-only app: it
+    cosigns checkpoints and answers no predicate (404 on those routes)."""
+    if core is None and witness is None:
+        raise ValueError("an adapter app needs a core, a witness or both")
+    name = core.name if core is not None else witness.name  # type: ignore[union-attr]
+    app = Flask(f"tongban.adapter.{name}")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["tongban.adapter"] = core  # for whoever closes its source (wsgi, tests)
 
     install_problem_handlers(app, MAX_BODY, log)
-    install_adapter_metrics(app, core, tls_status=tls_status, credential=metrics)
+    if core is not None:
+        install_adapter_metrics(app, core, tls_status=tls_status, credential=metrics)
+        _predicate_routes(app, core, tls_status)
+    _witness_routes(app, witness)
+    return app
+
+
+def _predicate_routes(app: Flask, core: AdapterCore, tls_status: TLSStatus | None) -> None:
 
     @app.post("/v1/evaluate")
     def evaluate() -> Response:
@@ -107,6 +118,31 @@ def create_app(
             raise BadRequest("body: expected a compact JWS (application/jose)") from None
         return Response(core.handle(text), 200, mimetype="application/jose")
 
+    @app.get("/v1/predicates")
+    def predicates() -> Response:
+        source = core.evaluator
+        return jsonify(department=source.name, title=source.title, predicates=source.describe())
+
+    @app.get("/.well-known/jwks.json")
+    def keys() -> Response:
+        return jsonify(jwks({core.kid: core.key.public_key}))
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        # 200 when the source can be read; 503 store-unavailable (problem+json carrying
+        # the same members, "ready": false) when it cannot: the adapter keeps running and
+        # answers "unknown" until its source is back (docs/departments.md).
+        body = public_health(core.health())
+        report = tls_status() if tls_status is not None else None
+        if report is not None:
+            body = {**body, "certificate": report.to_json()}
+        if not body["ready"]:
+            extra = {k: v for k, v in body.items() if k != "status"}
+            raise StoreUnavailable(f"{core.name} source is not reachable", **extra)
+        return jsonify(body)
+
+
+def _witness_routes(app: Flask, witness: Witness | None) -> None:
     @app.post("/v1/witness/cosign")
     def cosign() -> Response:
         if witness is None:
@@ -142,31 +178,6 @@ def create_app(
         if note is None:
             raise NotFound("this witness has cosigned nothing yet")
         return jsonify(note=note)
-
-    @app.get("/v1/predicates")
-    def predicates() -> Response:
-        source = core.evaluator
-        return jsonify(department=source.name, title=source.title, predicates=source.describe())
-
-    @app.get("/.well-known/jwks.json")
-    def keys() -> Response:
-        return jsonify(jwks({core.kid: core.key.public_key}))
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        # 200 when the source can be read; 503 store-unavailable (problem+json carrying
-        # the same members, "ready": false) when it cannot: the adapter keeps running and
-        # answers "unknown" until its source is back (docs/departments.md).
-        body = public_health(core.health())
-        report = tls_status() if tls_status is not None else None
-        if report is not None:
-            body = {**body, "certificate": report.to_json()}
-        if not body["ready"]:
-            extra = {k: v for k, v in body.items() if k != "status"}
-            raise StoreUnavailable(f"{core.name} source is not reachable", **extra)
-        return jsonify(body)
-
-    return app
 
 
 def public_health(body: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tongban.adapters.client import Transport
+from tongban.adapters.client import Transport, cosign
 from tongban.audit.log import AuditLog
 from tongban.audit.note import Checkpoint, NoteError, NoteSignature, SignedNote, sign_line
 from tongban.primitives.errors import DepartmentUnavailable
@@ -172,7 +172,7 @@ class Checkpointer:
                 else [],
             }
             try:
-                status, body = self.transport.cosign(witness, request, self.timeout)
+                status, body = cosign(self.transport, witness, request, self.timeout)
             except DepartmentUnavailable:
                 log.warning("witness %s unreachable", witness)
                 return None

@@ -35,8 +35,9 @@ from tongban.adapters.client import (
     DepartmentRefused,
     HttpTransport,
     InProcessTransport,
-    Reply,
     Transport,
+    WireRequest,
+    WireResponse,
 )
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
@@ -777,19 +778,14 @@ class ReplayingTransport:
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
-        self.first: Reply | None = None
+        self.first: WireResponse | None = None
 
-    def send(self, department: str, token: str, timeout: float) -> Reply:
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
+        if request.path != "/v1/evaluate":
+            return self.inner.handle_request(department, request, timeout)
         if self.first is None:
-            self.first = self.inner.send(department, token, timeout)
-            return self.first
+            self.first = self.inner.handle_request(department, request, timeout)
         return self.first
-
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        return self.inner.health(department, timeout)
-
-    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
-        return self.inner.cosign(department, request, timeout)
 
 
 def test_client_rejects_answer_to_another_request(
@@ -957,3 +953,29 @@ def test_refused_requests_log_no_id_number(
         assert bad not in record.getMessage()
     assert number not in caplog.text
     assert bad not in caplog.text
+
+
+def test_one_transport_method_and_the_in_process_one_is_the_adapters_own_app(
+    transport: HttpTransport, cores: dict[str, AdapterCore]
+):
+    """The seam is one method (Transport.handle_request, httpx's shape); the in-process
+    transport runs the adapter's real WSGI app, so a request it cannot serve fails there
+    exactly as over HTTP: same status, same problem type, same health body."""
+    from tongban.adapters.client import health, send
+
+    assert [n for n in vars(Transport) if not n.startswith("_")] == ["handle_request"]
+    in_process = InProcessTransport(cores)
+    huge = "x" * (70 * 1024)  # past the adapter's MAX_BODY
+    for token, status in (("not a jws", 401), (huge, 413)):
+        over_http, here = send(transport, DEPT, token, 5.0), send(in_process, DEPT, token, 5.0)
+        assert over_http[0] == here[0] == status
+        assert json.loads(over_http[1])["type"] == json.loads(here[1])["type"]
+    unknown = WireRequest("GET", "/v1/no-such-route")
+    a, b = (
+        transport.handle_request(DEPT, unknown, 5.0),
+        in_process.handle_request(DEPT, unknown, 5.0),
+    )
+    assert a.status == b.status == 404 and json.loads(a.body)["type"] == json.loads(b.body)["type"]
+    assert health(transport, DEPT, 5.0) == health(in_process, DEPT, 5.0)
+    with pytest.raises(DepartmentUnavailable):
+        in_process.handle_request("nowhere", unknown, 5.0)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.test_audit_merkle import sm3
-from tongban.adapters.client import InProcessTransport, Reply
+from tongban.adapters.client import InProcessTransport, WireRequest, WireResponse
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.service import create_app
 from tongban.adapters.store import DepartmentStore
@@ -354,20 +354,18 @@ class RecordingTransport:
         self.garbage: set[str] = set()
         self.calls: list[tuple[str, int, int]] = []
 
-    def cosign(self, department: str, request: Mapping[str, Any], timeout: float) -> Reply:
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
+        if request.path != "/v1/witness/cosign":
+            raise DepartmentUnavailable("not used")
         if department in self.down:
             raise DepartmentUnavailable(f"{department} is down")
-        status, body = self.inner.cosign(department, request, timeout)
-        self.calls.append((department, request["from_size"], status))
-        if department in self.garbage and status == 200:
-            return 200, json.dumps({"cosignature": "\u2014 " + department + " AAAA"}).encode()
-        return status, body
-
-    def send(self, department: str, token: str, timeout: float) -> Reply:
-        raise DepartmentUnavailable("not used")
-
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        raise DepartmentUnavailable("not used")
+        resp = self.inner.handle_request(department, request, timeout)
+        asked = json.loads(request.body or b"{}")
+        self.calls.append((department, asked["from_size"], resp.status))
+        if department in self.garbage and resp.status == 200:
+            forged = json.dumps({"cosignature": "\u2014 " + department + " AAAA"}).encode()
+            return WireResponse(200, forged)
+        return resp
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tongban.adapters.client import InProcessTransport
+from tongban.adapters.client import InProcessTransport, witnessed
 from tongban.adapters.witness import MemoryWitnessState, Witness
 from tongban.audit import schema
 from tongban.audit.log import AuditIntegrityError, AuditLog
@@ -89,7 +89,7 @@ class World:
         notes: dict[str, str] = {}
         if ask:
             notes, missing = ask_witnesses(
-                WITNESSES, lambda name: self.transport.witnessed(name, 1.0)
+                WITNESSES, lambda name: witnessed(self.transport, name, 1.0)
             )
             assert missing == {}
         return verify_store(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tongban.adapters.client import InProcessTransport
+from tongban.adapters.client import InProcessTransport, WireRequest, WireResponse
 from tongban.audit.merkle import verify_inclusion
 from tongban.audit.note import SignedNote
 from tongban.primitives.errors import DepartmentUnavailable
@@ -239,16 +239,10 @@ class _PoliceDown:
     def __init__(self, inner: InProcessTransport) -> None:
         self.inner = inner
 
-    def send(self, department: str, token: str, timeout: float) -> tuple[int, bytes]:
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
         if department == "police":
             raise DepartmentUnavailable("police is down")
-        return self.inner.send(department, token, timeout)
-
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        return self.inner.health(department, timeout)
-
-    def cosign(self, department: str, request: Any, timeout: float) -> tuple[int, bytes]:
-        return self.inner.cosign(department, request, timeout)
+        return self.inner.handle_request(department, request, timeout)
 
 
 def test_a_department_that_is_down_makes_the_answer_undetermined_never_no(harness, truth):

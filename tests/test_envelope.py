@@ -20,7 +20,13 @@ from werkzeug.serving import make_server
 
 from tests.conftest import Generated
 from tests.gateway_harness import Harness, build_harness
-from tongban.adapters.client import DepartmentClient, HttpTransport, InProcessTransport, Reply
+from tongban.adapters.client import (
+    DepartmentClient,
+    HttpTransport,
+    InProcessTransport,
+    WireRequest,
+    WireResponse,
+)
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.evaluate import Evaluator
 from tongban.adapters.protocol import (
@@ -362,21 +368,16 @@ class Recording:
         self.answers: list[bytes] = []
         self.tamper: Any = None
 
-    def send(self, department: str, token: str, timeout: float) -> Reply:
-        self.requests.append(token.encode("ascii"))
-        status, body = self.inner.send(department, token, timeout)
+    def handle_request(self, department: str, request: WireRequest, timeout: float) -> WireResponse:
+        resp: WireResponse = self.inner.handle_request(department, request, timeout)
+        if request.path != "/v1/evaluate":
+            return resp
+        self.requests.append(request.body or b"")
+        body = resp.body
         if self.tamper is not None:
             body = self.tamper(body)
         self.answers.append(body)
-        return status, body
-
-    def health(self, department: str, timeout: float) -> dict[str, Any]:
-        result: dict[str, Any] = self.inner.health(department, timeout)
-        return result
-
-    def cosign(self, department: str, request: Any, timeout: float) -> Reply:
-        reply: Reply = self.inner.cosign(department, request, timeout)
-        return reply
+        return WireResponse(resp.status, body, resp.headers)
 
 
 @pytest.fixture(scope="module")
@@ -534,15 +535,17 @@ def test_a_check_whose_answer_does_not_open_is_undetermined(
         assert harness.check("edu-bureau", body).get_json()["result"] == "yes"
         transport = harness.gateway.departments.transport
         assert isinstance(transport, InProcessTransport)
-        original = transport.send
+        original = transport.handle_request
 
-        def send(department: str, token: str, timeout: float) -> Reply:
-            status, answer = original(department, token, timeout)
-            if department == "police":  # the answer's last character changed on the way
+        def handle_request(department: str, request: WireRequest, timeout: float) -> WireResponse:
+            resp = original(department, request, timeout)
+            answer = resp.body
+            if department == "police" and request.path == "/v1/evaluate":
+                # the answer's last character changed on the way
                 answer = answer[:-1] + (b"A" if answer[-1:] != b"A" else b"B")
-            return status, answer
+            return WireResponse(resp.status, answer, resp.headers)
 
-        monkeypatch.setattr(transport, "send", send)
+        monkeypatch.setattr(transport, "handle_request", handle_request)
         resp = harness.check("edu-bureau", body)
         assert resp.status_code == 200
         assert resp.get_json()["result"] == "undetermined"

@@ -31,6 +31,7 @@ from tests.conftest import Generated
 from tests.test_adapter_http import DEPT, _call, _client, _core, _expected
 from tongban import pki
 from tongban.adapters.client import HttpTransport
+from tongban.adapters.client import health as adapter_health
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.protocol import AdapterCore, RequestSigner
 from tongban.adapters.service import create_app
@@ -170,7 +171,7 @@ def test_the_gateway_reaches_the_adapter_over_mutual_tls(
         try:
             client = _client(signer, transport, party_keys)
             answer = client.evaluate(DEPT, _call(row))
-            health = transport.health(DEPT, 2.0)
+            health = adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
 
@@ -203,7 +204,7 @@ def test_the_adapter_refuses_a_certificate_from_another_ca(
         transport = HttpTransport({DEPT: url}, tls=context)
         try:
             with pytest.raises(DepartmentUnavailable):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
         _wait_for(tls_log, "the client's certificate was refused", "not issued by this")
@@ -223,7 +224,7 @@ def test_the_adapter_refuses_plain_http(
         transport = HttpTransport({DEPT: url.replace("https://", "http://")})
         try:
             with pytest.raises(DepartmentUnavailable):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
         _wait_for(tls_log, "police refused a TLS connection", "plain HTTP sent to a TLS port")
@@ -237,7 +238,7 @@ def test_the_adapter_refuses_a_client_certificate_naming_another_party(
         transport = HttpTransport({DEPT: url}, tls=certs.files("civil"))
         try:
             with pytest.raises(DepartmentUnavailable):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
         line = _wait_for(tls_log, "police refused", "is not the pinned client gateway")
@@ -265,7 +266,7 @@ def test_an_expired_client_certificate_is_refused_naming_it_and_its_expiry(
         transport = HttpTransport({DEPT: url}, tls=stale)
         try:
             with pytest.raises(DepartmentUnavailable):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
         line = _wait_for(tls_log, "police refused", "expired at")
@@ -307,7 +308,7 @@ def test_the_gateway_refuses_an_expired_adapter_certificate(
         transport = HttpTransport({DEPT: url}, tls=certs.files("gateway"))
         try:
             with pytest.raises(DepartmentUnavailable):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
     line = _wait_for(tls_log, "refused the TLS connection to department police")
@@ -421,10 +422,10 @@ def test_the_gateway_picks_up_its_replaced_certificate(certs: Pki, tmp_path: Pat
         context = reloading_client_context(pki.files(rotating, "gateway"), check_every=0.05)
         transport = HttpTransport({DEPT: url}, tls=context)
         try:
-            assert transport.health(DEPT, 2.0)["client_serial"] == first.status.serial
+            assert adapter_health(transport, DEPT, 2.0)["client_serial"] == first.status.serial
             renewed = pki.issue(rotating, "gateway", renew=True)
             time.sleep(0.1)
-            seen = transport.health(DEPT, 2.0)["client_serial"]
+            seen = adapter_health(transport, DEPT, 2.0)["client_serial"]
         finally:
             transport.close()
     assert seen == renewed.status.serial
@@ -437,7 +438,7 @@ def test_tls_sessions_are_resumed_on_new_connections(certs: Pki):
         transport = HttpTransport({DEPT: url}, tls=context, keepalive_expiry=0.0)
         try:
             for _ in range(3):
-                transport.health(DEPT, 2.0)
+                adapter_health(transport, DEPT, 2.0)
         finally:
             transport.close()
     assert getattr(context, "resumed", 0) >= 2
@@ -495,11 +496,14 @@ def test_idle_connections_are_dropped_before_the_server_would(certs: Pki, scheme
     with keep_alive_server(context) as url:
         transport = HttpTransport({DEPT: url}, tls=certs.files("gateway"), keepalive_expiry=0.3)
         try:
-            first = transport.health(DEPT, 2.0)["client_port"]
-            assert transport.health(DEPT, 2.0)["client_port"] == first  # reused while fresh
+            # Reused while fresh.
+            first = adapter_health(transport, DEPT, 2.0)["client_port"]
+            assert (
+                adapter_health(transport, DEPT, 2.0)["client_port"] == first
+            )  # reused while fresh
             time.sleep(0.4)
             # Idle past the expiry: closed by the client, a new connection instead.
-            assert transport.health(DEPT, 2.0)["client_port"] != first
+            assert adapter_health(transport, DEPT, 2.0)["client_port"] != first
         finally:
             transport.close()
 

@@ -248,7 +248,9 @@ def _transport(h: Harness) -> InProcessTransport:
 def test_a_department_that_is_down_fails_the_job_naming_it(
     harness: Harness, keypair: Keypair, monkeypatch: pytest.MonkeyPatch
 ):
+    # The whole adapter away: its predicates and its witness.
     monkeypatch.delitem(_transport(harness).cores, "hrss")
+    monkeypatch.delitem(_transport(harness).witnesses, "hrss", raising=False)
     job = _run(harness, keypair, "allowance_total_by_district_year", "2024")
     assert job["status"] == "failed"
     assert job["failed"] == [{"department": "hrss", "problem": "department-unavailable"}]
@@ -611,8 +613,8 @@ def test_a_failed_dp_job_refunds_its_epsilon(harness10: Harness, keypair: Keypai
     service = harness10.gateway.statistics
     assert service is not None
     before = service.store.remaining("analyst")
-    cores = _transport(harness10).cores
-    health = cores.pop("health")
+    cores, witnesses = _transport(harness10).cores, _transport(harness10).witnesses
+    health, witness = cores.pop("health"), witnesses.pop("health", None)  # the adapter away
     try:
         body = {"statistic": NAMES[0], "params": {"year": "2024"},
                 "public_key": public_key_to_jwk(keypair[0]), "dp": {"epsilon": 1}}  # fmt: skip
@@ -621,6 +623,8 @@ def test_a_failed_dp_job_refunds_its_epsilon(harness10: Harness, keypair: Keypai
         ).get_json()
     finally:
         cores["health"] = health
+        if witness is not None:
+            witnesses["health"] = witness
     assert job["status"] == "failed"
     assert job["failed"] == [{"department": "health", "problem": "department-unavailable"}]
     assert service.store.remaining("analyst") == pytest.approx(before)

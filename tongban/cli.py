@@ -233,7 +233,7 @@ def _witness_urls(args: argparse.Namespace, settings: Settings) -> dict[str, str
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from tongban.adapters.client import HttpTransport
+    from tongban.adapters.client import HttpTransport, witnessed
     from tongban.audit.verify import AuditLogMissing, ask_witnesses, verify_store
 
     from .keys import KeyRing
@@ -258,7 +258,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         )
         try:
             notes, unreachable = ask_witnesses(
-                asked, lambda name: transport.witnessed(name, settings.adapter_timeout)
+                asked, lambda name: witnessed(transport, name, settings.adapter_timeout)
             )
         finally:
             transport.close()
