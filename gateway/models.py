@@ -24,12 +24,16 @@ from .jobs import declared_jobs
 __all__ = [
     "MAX_BATCH_SUBJECTS",
     "MAX_ROUNDS",
+    "AnswerClaims",
+    "BatchAnswerClaims",
+    "BatchAnswerItem",
     "BatchItem",
     "BatchRequest",
     "BatchResponse",
     "BatchSubject",
     "CheckRequest",
     "CheckResponse",
+    "ConsentArtefactClaims",
     "ConsentGrant",
     "DpRequest",
     "FederationJobRequest",
@@ -227,3 +231,85 @@ class ConsentGrant(Body):
     subject: Annotated[str, schema_ref("IdNumber")] | SkipJsonSchema[None] = Field(
         default=None, description="A minor the caller is a guardian of; default the caller."
     )
+
+
+# --- what the gateway signs ----------------------------------------------------------------
+
+Pairwise = Annotated[str, Field(pattern="^[0-9a-f]{32}$")]
+PolicyVersion = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # SM3, lowercase hex
+
+
+class _Signed(BaseModel):
+    """A signed payload: open (a verifier ignores members it does not know)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _AnswerCommon(_Signed):
+    iss: str = Field(description="The gateway's public URL.")
+    aud: str = Field(description="The requester's client id.")
+    iat: int
+    exp: int = Field(description="NumericDate, minutes after iat.")
+    jti: str
+    claim: ClaimName
+    purpose: PurposeName
+    params: Annotated[dict[str, str], schema_ref("ClaimParams")]
+    policy_version: PolicyVersion
+    legal_basis: str | SkipJsonSchema[None] = None
+
+
+class AnswerClaims(_AnswerCommon):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
+            "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
+            "`legal_basis`."
+        },
+    )
+
+    sub: Pairwise = Field(description="Pairwise pseudonym of the subject for this requester.")
+    result: Annotated[str, schema_ref("Result")]
+    consent_id: str | SkipJsonSchema[None] = None
+    audit_index: AuditIndex
+
+
+class BatchAnswerItem(Reply):
+    sub: Annotated[str | None, Field(pattern="^[0-9a-f]{32}$")]
+    result: Annotated[str, schema_ref("BatchResult")]
+    audit_index: AuditIndex
+
+
+class BatchAnswerClaims(_AnswerCommon):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "Payload of the one signed answer over a batch, in subject order."
+        },
+    )
+
+    results: list[BatchAnswerItem]
+
+
+class ConsentArtefactClaims(_Signed):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "Payload of a consent artefact (`typ: tongban-consent+jwt`)."
+        },
+    )
+
+    iss: str
+    jti: str = Field(pattern="^[A-Za-z0-9_-]{22}$", description="The consent id.")
+    sub: str = Field(description="The subject's pairwise pseudonym for the requester.")
+    granted_by: str = Field(description="Who granted it, as the requester's pairwise pseudonym.")
+    aud: str = Field(description="The requester.")
+    purposes: list[PurposeName]
+    claims: list[ClaimName]
+    nbf: int
+    exp: int
+    iat: int
+    max_uses: int

@@ -21,12 +21,16 @@ from .catalog import Catalog
 from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
 from .models import (
+    AnswerClaims,
+    BatchAnswerClaims,
+    BatchAnswerItem,
     BatchItem,
     BatchRequest,
     BatchResponse,
     BatchSubject,
     CheckRequest,
     CheckResponse,
+    ConsentArtefactClaims,
     ConsentGrant,
     DpRequest,
     FederationJobRequest,
@@ -380,108 +384,9 @@ def _catalog_schemas(catalog: Catalog) -> Json:
 
 
 def _answers() -> Json:
-    common: Json = {
-        "iss": _str("The gateway's public URL."),
-        "aud": _str("The requester's client id."),
-        "iat": {"type": "integer"},
-        "exp": {"type": "integer", "description": "NumericDate, minutes after iat."},
-        "jti": _str(),
-        "claim": ref("ClaimName"),
-        "purpose": ref("PurposeName"),
-        "params": ref("ClaimParams"),
-        "policy_version": _str(pattern=HASH_PATTERN),
-        "legal_basis": _str(),
-    }
     return {
-        "AnswerClaims": _obj(
-            {
-                **common,
-                "sub": _str(
-                    "Pairwise pseudonym of the subject for this requester.",
-                    pattern="^[0-9a-f]{32}$",
-                ),
-                "result": ref("Result"),
-                "consent_id": _str(),
-                "audit_index": _INDEX,
-            },
-            [
-                "iss",
-                "aud",
-                "iat",
-                "exp",
-                "jti",
-                "sub",
-                "claim",
-                "purpose",
-                "params",
-                "result",
-                "policy_version",
-                "audit_index",
-            ],
-            closed=False,
-            description="Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
-            "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
-            "`legal_basis`.",
-        ),
-        "BatchAnswerClaims": _obj(
-            {
-                **common,
-                "results": _array(
-                    _obj(
-                        {
-                            "sub": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
-                            "result": ref("BatchResult"),
-                            "audit_index": _INDEX,
-                        },
-                        ["sub", "result", "audit_index"],
-                    )
-                ),
-            },
-            [
-                "iss",
-                "aud",
-                "iat",
-                "exp",
-                "jti",
-                "claim",
-                "purpose",
-                "params",
-                "policy_version",
-                "results",
-            ],
-            closed=False,
-            description="Payload of the one signed answer over a batch, in subject order.",
-        ),
-        "ConsentArtefactClaims": _obj(
-            {
-                "iss": _str(),
-                "jti": _str("The consent id.", pattern=CONSENT_ID_PATTERN),
-                "sub": _str("Keyed pseudonym of the subject."),
-                "granted_by": _str("Keyed pseudonym of who granted it."),
-                "aud": _str("The requester."),
-                "purposes": _array(ref("PurposeName")),
-                "claims": _array(ref("ClaimName")),
-                "nbf": {"type": "integer"},
-                "exp": {"type": "integer"},
-                "iat": {"type": "integer"},
-                "max_uses": {"type": "integer"},
-            },
-            [
-                "iss",
-                "jti",
-                "sub",
-                "granted_by",
-                "aud",
-                "purposes",
-                "claims",
-                "nbf",
-                "exp",
-                "iat",
-                "max_uses",
-            ],
-            closed=False,
-            description="Payload of a consent artefact (`typ: tongban-consent+jwt`).",
-        ),
+        m.__name__: component_schema(m)
+        for m in (AnswerClaims, BatchAnswerClaims, BatchAnswerItem, ConsentArtefactClaims)
     }
 
 

@@ -102,3 +102,46 @@ def test_a_union_member_is_not_named_as_a_field() -> None:
     assert _refusal(ConsentGrant, {**body, "subject": 150622}) == "subject: expected a string"
     assert _refusal(ConsentGrant, {**body, "not_before": 5}) == "not_before: expected a string"
     assert _refusal(ConsentGrant, {**body, "none": 5}) == "none: unexpected field"
+
+
+def _payload(token: str) -> dict[str, Any]:
+    import base64
+    import json
+
+    body = token.split(".")[1]
+    loaded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return loaded
+
+
+def test_what_the_gateway_signs_is_what_its_models_document(tmp_path: Any) -> None:
+    """The signed payloads' schemas are generated from models; real answers (one check, a
+    batch with an invalid subject, a consent artefact) validate against them."""
+    from tongban.gateway.models import AnswerClaims, BatchAnswerClaims, ConsentArtefactClaims
+
+    from .hostile_harness import ADULT, build_hostile
+
+    h = build_hostile(tmp_path)
+    try:
+        check = {"subject": {"id_number": ADULT}, "claim": "birth_registered",
+                 "purpose": "school_enrollment"}  # fmt: skip
+        one = h.client.post("/v1/checks", json=check, headers=h.auth("edu-bureau")).get_json()
+        AnswerClaims.model_validate(_payload(one["answer"]))
+        batch = {"claim": "birth_registered", "purpose": "school_enrollment",
+                 "subjects": [{"id_number": ADULT}, {"id_number": "not-an-id"}]}  # fmt: skip
+        many = h.client.post("/v1/checks/batch", json=batch, headers=h.auth("edu-bureau"))
+        signed = BatchAnswerClaims.model_validate(_payload(many.get_json()["answer"]))
+        assert [r.sub is None for r in signed.results] == [False, True]
+        import datetime as dt
+
+        ends = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat(timespec="seconds")
+        grant = {
+            "requester": "insurer-a",
+            "purposes": ["insurance_claim"],
+            "claims": ["maternity_insurance_active"],
+            "expires_at": ends,
+        }
+        resp = h.client.post("/v1/consents", json=grant, headers=h.citizen())
+        assert resp.status_code == 201, resp.get_data(as_text=True)
+        ConsentArtefactClaims.model_validate(_payload(resp.get_json()["artefact"]))
+    finally:
+        h.close()
