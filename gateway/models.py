@@ -25,6 +25,8 @@ __all__ = [
     "MAX_BATCH_SUBJECTS",
     "MAX_ROUNDS",
     "AnswerClaims",
+    "AuditFilters",
+    "AuditSearch",
     "BatchAnswerClaims",
     "BatchAnswerItem",
     "BatchItem",
@@ -313,3 +315,40 @@ class ConsentArtefactClaims(_Signed):
     exp: int
     iat: int
     max_uses: int
+
+
+# --- the officers' audit search ---------------------------------------------------------
+
+_OPTIONAL_TEXT = Annotated[str, Field(max_length=256)] | SkipJsonSchema[None]
+_OPTIONAL_TIME = (
+    Annotated[str, Field(max_length=40, json_schema_extra=_DATE_TIME)] | SkipJsonSchema[None]
+)
+
+
+class AuditFilters(Body):
+    """The filters of ``GET /v1/audit/entries`` (as query parameters, parsed leniently:
+    ``limit=5`` is the integer 5) and of the search body. ``since`` and ``until`` are
+    checked as RFC 3339 date-times with a zone by the view."""
+
+    requester: _OPTIONAL_TEXT = None
+    claim: _OPTIONAL_TEXT = None
+    purpose: _OPTIONAL_TEXT = None
+    decision: Literal["allow", "deny"] | SkipJsonSchema[None] = None
+    result: _OPTIONAL_TEXT = None
+    kind: _OPTIONAL_TEXT = None
+    since: _OPTIONAL_TIME = None
+    until: _OPTIONAL_TIME = None
+    limit: int = Field(default=50, ge=1, le=10**6)
+    cursor: Annotated[int, Field(ge=0, le=2**62)] | SkipJsonSchema[None] = None
+    order: Literal["asc", "desc"] = "desc"
+
+
+class AuditSearch(AuditFilters):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "Filters of the officers' search; `subject` is a citizen's ID "
+            "number, which is why it travels in a body."
+        }
+    )
+
+    subject: IdNumber

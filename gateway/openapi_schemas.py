@@ -22,6 +22,7 @@ from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
 from .models import (
     AnswerClaims,
+    AuditSearch,
     BatchAnswerClaims,
     BatchAnswerItem,
     BatchItem,
@@ -546,25 +547,7 @@ def _audit() -> Json:
             },
             ["index", "leaf_hash", "entry"],
         ),
-        "AuditSearch": _obj(
-            {
-                "subject": ref("IdNumber"),
-                "requester": _str(),
-                "claim": _str(),
-                "purpose": _str(),
-                "decision": _str(enum=["allow", "deny"]),
-                "result": _str(),
-                "kind": _str(),
-                "since": _str(format="date-time"),
-                "until": _str(format="date-time"),
-                "limit": {"type": "integer", "minimum": 1, "default": 50},
-                "cursor": {"type": "integer", "minimum": 0},
-                "order": _str(enum=["asc", "desc"], default="desc"),
-            },
-            ["subject"],
-            description="Filters of the officers' search; `subject` is a citizen's ID "
-            "number, which is why it travels in a body.",
-        ),
+        "AuditSearch": component_schema(AuditSearch),
         "AuditEntries": _obj(
             {
                 "entries": _array(ref("AuditEntry")),

@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from flask import Blueprint, Response, jsonify, request
 
 from tongban.audit.log import AuditLog, StoredEntry
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, Forbidden, NotFound
 
+from .models import AuditFilters, AuditSearch
 from .oauth.flask import current_principal, require_token
 from .services import AuditEvents, Gateway
 
@@ -59,29 +61,23 @@ def _render(e: StoredEntry) -> dict[str, object]:
     return {"index": e.index, "leaf_hash": e.leaf_hash.hex(), "entry": e.entry}
 
 
-def _search(log: AuditLog, params: Mapping[str, object]) -> Response:
+def _search(log: AuditLog, query: AuditFilters) -> Response:
     """The officers' entry search, from query parameters or a JSON body."""
     filters: dict[str, str] = {}
     for name in _FILTERS:
-        value = params.get(name)
+        value = getattr(query, name)
         if value in (None, ""):
             continue
-        if not isinstance(value, str):
-            raise BadRequest(f"{name}: expected a string")
-        filters[name] = _time_arg(name, params) if name in ("since", "until") else value
-    limit = _int_arg("limit", minimum=1, source=params) if "limit" in params else 50
-    cursor = _int_arg("cursor", source=params) if "cursor" in params else None
-    order = params.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadRequest("order: expected asc or desc")
-    subject = params.get("subject")
-    if subject:
-        if not isinstance(subject, str):
-            raise BadRequest("subject: expected an ID number")
-        filters["subject"] = AuditEvents(log).officer_lookup(current_principal().client_id, subject)
+        filters[name] = _time_arg(name, {name: value}) if name in ("since", "until") else value
+    if isinstance(query, AuditSearch):
+        number = query.subject
+        filters["subject"] = AuditEvents(log).officer_lookup(current_principal().client_id, number)
     try:
         rows, nxt = log.entries(
-            filters, cursor=cursor, limit=min(limit, _MAX_PAGE), newest_first=order == "desc"
+            filters,
+            cursor=query.cursor,
+            limit=min(query.limit, _MAX_PAGE),
+            newest_first=query.order == "desc",
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
@@ -145,19 +141,16 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
                 "subject: an ID number never goes in a URL: POST /v1/audit/entries/search "
                 'with {"subject": …} in the body'
             )
-        return _search(log(), request.args)
+        # Query parameters are text: parsed leniently (limit=5 is 5); others are ignored.
+        known = {k: v for k, v in request.args.items() if k in AuditFilters.model_fields}
+        return _search(log(), parse_body(AuditFilters, known, root="query", strict=False))
 
     @bp.post("/v1/audit/entries/search")
     @require_token("audit:read")
     def search() -> Response:
         body = request.get_json()
-        if not isinstance(body, dict):
-            raise BadRequest("body: expected a JSON object")
-        unknown = set(body) - {*_FILTERS, "subject", "limit", "cursor", "order"}
-        if unknown:
-            raise BadRequest(f"{sorted(unknown)[0]}: unknown member")
-        if "subject" not in body:
+        if isinstance(body, dict) and "subject" not in body:
             raise BadRequest("subject: required here (without one, GET /v1/audit/entries)")
-        return _search(log(), body)
+        return _search(log(), parse_body(AuditSearch, body))
 
     return bp

@@ -41,6 +41,11 @@ _WORDS = {
     "list_type": "expected an array",
     "string_type": "expected a string",
     "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_parsing": "expected true or false",
     "bool_type": "expected true or false",
     "missing": "required",
     "extra_forbidden": "unexpected field",
@@ -63,7 +68,7 @@ def schema_ref(name: str) -> WithJsonSchema:
 
 #: What pydantic inserts into a location for the member of a union that failed (``str``,
 #: ``none``, ``function-after[...]``): not a field.
-_UNION_TAG = re.compile(r"(str|int|float|bool|none|bytes|list\[.*\]|dict\[.*\]|[a-z-]+\[.*\])")
+_UNION_TAG = re.compile(r"[a-z]+(-[a-z]+)+(\[.*\])?|[a-z]+\[.*\]|str|int|float|bool|none|bytes")
 
 
 def _where(loc: tuple[int | str, ...], root: str, kind: str) -> str:
@@ -88,13 +93,19 @@ def _words(error: Any) -> str:
         return f"expected at least {ctx['min_length']} {unit}"
     if kind.endswith("too_long") and "max_length" in ctx:
         return f"expected at most {ctx['max_length']} {unit}"
+    bounds = {"greater_than_equal": ("ge", "at least"), "less_than_equal": ("le", "at most"),
+              "greater_than": ("gt", "more than"), "less_than": ("lt", "less than")}  # fmt: skip
+    if kind in bounds and bounds[kind][0] in ctx:
+        key, words = bounds[kind]
+        return f"expected {words} {ctx[key]}"
     return _WORDS.get(kind, str(error["msg"]))
 
 
-def parse_body(model: type[M], data: Any, root: str = "body") -> M:
-    """``data`` (decoded JSON) as ``model``, or the first failure as :class:`BadRequest`."""
+def parse_body(model: type[M], data: Any, root: str = "body", *, strict: bool = True) -> M:
+    """``data`` (decoded JSON) as ``model``, or the first failure as :class:`BadRequest`.
+    ``strict=False`` for query parameters, which are all text (``"5"`` may be 5)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=True)
         first = errors[0]

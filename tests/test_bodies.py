@@ -145,3 +145,23 @@ def test_what_the_gateway_signs_is_what_its_models_document(tmp_path: Any) -> No
         ConsentArtefactClaims.model_validate(_payload(resp.get_json()["artefact"]))
     finally:
         h.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ({"limit": "abc"}, "limit: expected an integer"),
+        ({"limit": "0"}, "limit: expected at least 1"),
+        ({"cursor": "-3"}, "cursor: expected at least 0"),
+        ({"order": "up"}, "order: Input should be 'asc' or 'desc'"),
+    ],
+)
+def test_query_parameters_are_parsed_leniently_but_checked(
+    query: dict[str, str], detail: str
+) -> None:
+    from tongban.gateway.models import AuditFilters
+
+    assert parse_body(AuditFilters, {"limit": "5", "cursor": "7"}, strict=False).limit == 5
+    with pytest.raises(BadRequest) as caught:
+        parse_body(AuditFilters, query, root="query", strict=False)
+    assert str(caught.value) == detail
