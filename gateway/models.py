@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from tongban.federation.dp import MAX_EPSILON, MIN_EPSILON
+from tongban.policies import BasisEdit, BasisOp, Change, Rule, RuleEdit, RuleOp
 from tongban.primitives.bodies import Body, schema_ref
 
 from .jobs import declared_jobs
@@ -27,6 +28,7 @@ __all__ = [
     "AnswerClaims",
     "AuditFilters",
     "AuditSearch",
+    "BasisEditBody",
     "BatchAnswerClaims",
     "BatchAnswerItem",
     "BatchItem",
@@ -39,7 +41,9 @@ __all__ = [
     "ConsentGrant",
     "DpRequest",
     "FederationJobRequest",
+    "PolicyChange",
     "Reply",
+    "RuleEditBody",
     "StatisticRequest",
     "Subject",
 ]
@@ -352,3 +356,63 @@ class AuditSearch(AuditFilters):
     )
 
     subject: IdNumber
+
+
+# --- policy administration ---------------------------------------------------------------
+
+MAX_POLICY_EDITS = 200
+_RULE_LINE = {
+    "prefixItems": [{"type": "string", "enum": ["p", "g", "g2"]}],
+    "description": "A Casbin line: ptype then values, e.g. "
+    '["p", "insurer", "*", "fertility_derived", "underwriting", "deny"].',
+}
+PolicyRule = Annotated[
+    list[Annotated[str, Field(max_length=128)]],
+    Field(min_length=2, json_schema_extra=_RULE_LINE),
+    schema_ref("PolicyRule"),
+]
+
+
+class RuleEditBody(Body):
+    op: Literal["add", "remove"]
+    rule: PolicyRule
+
+
+class BasisEditBody(Body):
+    op: Literal["set", "unset"]
+    purpose: PurposeName
+    basis: str | SkipJsonSchema[None] = Field(
+        default=None, description="Required for set, absent for unset."
+    )
+
+
+class PolicyChange(Body):
+    """``POST /v1/admin/policy/changes``: the edits' shapes. Whether they apply (a rule
+    well-formed for its ptype, names in the catalog, no duplicate, a basis for ``set``) is
+    the policy administration's to check, as ``invalid-policy``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "At most 200 edits in all, at least one.",
+            "anyOf": [
+                {"required": ["rules"], "properties": {"rules": {"minItems": 1}}},
+                {"required": ["legal_bases"], "properties": {"legal_bases": {"minItems": 1}}},
+            ],
+        }
+    )
+
+    rules: list[RuleEditBody] = Field(default_factory=list, max_length=MAX_POLICY_EDITS)
+    legal_bases: list[BasisEditBody] = Field(default_factory=list, max_length=MAX_POLICY_EDITS)
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> PolicyChange:
+        if not self.rules and not self.legal_bases:
+            raise ValueError("expected at least one edit in rules or legal_bases")
+        return self
+
+    def to_change(self) -> Change:
+        """The change as policy administration takes it."""
+        return Change(
+            tuple(RuleEdit(RuleOp(e.op), Rule(e.rule[0], tuple(e.rule[1:]))) for e in self.rules),
+            tuple(BasisEdit(BasisOp(e.op), e.purpose, e.basis) for e in self.legal_bases),
+        )

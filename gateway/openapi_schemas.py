@@ -21,8 +21,10 @@ from .catalog import Catalog
 from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
 from .models import (
+    _RULE_LINE,
     AnswerClaims,
     AuditSearch,
+    BasisEditBody,
     BatchAnswerClaims,
     BatchAnswerItem,
     BatchItem,
@@ -35,6 +37,8 @@ from .models import (
     ConsentGrant,
     DpRequest,
     FederationJobRequest,
+    PolicyChange,
+    RuleEditBody,
     StatisticRequest,
     Subject,
 )
@@ -559,42 +563,13 @@ def _audit() -> Json:
 
 
 def _admin() -> Json:
-    rule = _array(
-        _str(maxLength=128),
-        minItems=2,
-        prefixItems=[_str(enum=["p", "g", "g2"])],
-        description="A Casbin line: ptype then values, e.g. "
-        '["p", "insurer", "*", "fertility_derived", "underwriting", "deny"].',
-    )
-    change = _obj(
-        {
-            "rules": _array(
-                _obj(
-                    {"op": _str(enum=["add", "remove"]), "rule": ref("PolicyRule")}, ["op", "rule"]
-                ),
-                maxItems=200,
-            ),
-            "legal_bases": _array(
-                _obj(
-                    {
-                        "op": _str(enum=["set", "unset"]),
-                        "purpose": ref("PurposeName"),
-                        "basis": _str("Required for set, absent for unset."),
-                    },
-                    ["op", "purpose"],
-                ),
-                maxItems=200,
-            ),
-        },
-        description="At most 200 edits in all, at least one.",
-        anyOf=[
-            {"required": ["rules"], "properties": {"rules": {"minItems": 1}}},
-            {"required": ["legal_bases"], "properties": {"legal_bases": {"minItems": 1}}},
-        ],
-    )
+    rule = {"type": "array", "items": {"type": "string", "maxLength": 128}, "minItems": 2,
+            **_RULE_LINE}  # fmt: skip
     return {
         "PolicyRule": rule,
-        "PolicyChange": change,
+        "PolicyChange": component_schema(PolicyChange),
+        "RuleEditBody": component_schema(RuleEditBody),
+        "BasisEditBody": component_schema(BasisEditBody),
         "PendingChange": _obj(
             {
                 "id": _str(pattern=CHANGE_ID_PATTERN),

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from tongban.policies import PolicyAdmin
+from tongban.policies import InvalidPolicy, PolicyAdmin
 from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest
 
 from .checks import Checker
-from .models import BatchRequest, CheckRequest
+from .models import BatchRequest, CheckRequest, PolicyChange
 from .oauth.flask import current_principal, require_token
 from .views_common import json_body
 
@@ -61,7 +61,8 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
     @bp.post("/v1/admin/policy/changes")
     @require_token("admin")
     def propose() -> tuple[Response, int]:
-        change_id = _admin().propose(current_principal().client_id, json_body())
+        change = parse_body(PolicyChange, json_body(), "change", error=InvalidPolicy).to_change()
+        change_id = _admin().propose(current_principal().client_id, change)
         return jsonify(id=change_id, status="pending"), 201
 
     @bp.post("/v1/admin/policy/changes/<change_id>/approve")

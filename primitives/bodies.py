@@ -98,19 +98,29 @@ def _words(error: Any) -> str:
     if kind in bounds and bounds[kind][0] in ctx:
         key, words = bounds[kind]
         return f"expected {words} {ctx[key]}"
+    if kind == "value_error" and "error" in ctx:  # a model's own rule, in its own words
+        return str(ctx["error"])
     return _WORDS.get(kind, str(error["msg"]))
 
 
-def parse_body(model: type[M], data: Any, root: str = "body", *, strict: bool = True) -> M:
-    """``data`` (decoded JSON) as ``model``, or the first failure as :class:`BadRequest`.
-    ``strict=False`` for query parameters, which are all text (``"5"`` may be 5)."""
+def parse_body(
+    model: type[M],
+    data: Any,
+    root: str = "body",
+    *,
+    strict: bool = True,
+    error: type[BadRequest] = BadRequest,
+) -> M:
+    """``data`` (decoded JSON) as ``model``, or the first failure as ``error`` (a
+    :class:`BadRequest`, or the body's own problem type where it has one, such as
+    ``invalid-policy``). ``strict=False`` for query parameters, which are all text."""
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False, include_context=True)
         first = errors[0]
         where = _where(tuple(first["loc"]), root, str(first["type"]))
-        raise BadRequest(f"{where}: {_words(first)}") from None
+        raise error(f"{where}: {_words(first)}") from None
 
 
 def component_schema(model: type[BaseModel]) -> dict[str, Any]:
