@@ -25,7 +25,11 @@ from .jobs import declared_jobs
 __all__ = [
     "MAX_BATCH_SUBJECTS",
     "MAX_ROUNDS",
+    "AccessLog",
+    "AccessLogItem",
     "AnswerClaims",
+    "AuditEntries",
+    "AuditEntry",
     "AuditFilters",
     "AuditSearch",
     "BasisEditBody",
@@ -39,13 +43,20 @@ __all__ = [
     "CheckResponse",
     "ConsentArtefactClaims",
     "ConsentGrant",
+    "ConsentList",
+    "ConsistencyProof",
     "DpRequest",
     "FederationJobRequest",
+    "InclusionProof",
+    "Jwk",
+    "Jwks",
+    "LoggedEntry",
     "PolicyChange",
     "Reply",
     "RuleEditBody",
     "StatisticRequest",
     "Subject",
+    "TokenResponse",
 ]
 
 MAX_BATCH_SUBJECTS = 10_000
@@ -416,3 +427,122 @@ class PolicyChange(Body):
             tuple(RuleEdit(RuleOp(e.op), Rule(e.rule[0], tuple(e.rule[1:]))) for e in self.rules),
             tuple(BasisEdit(BasisOp(e.op), e.purpose, e.basis) for e in self.legal_bases),
         )
+
+
+# --- answers of the audit, citizen and key endpoints ----------------------------------------
+
+Hex = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # SM3, lowercase hex
+_TIME_OUT = Annotated[str, Field(json_schema_extra=_DATE_TIME)]
+
+
+class ConsistencyProof(Reply):
+    first: Annotated[int, Field(ge=0)]
+    second: Annotated[int, Field(ge=0)]
+    consistency_path: list[Hex]
+
+
+class InclusionProof(Reply):
+    index: AuditIndex
+    tree_size: Annotated[int, Field(ge=1)]
+    leaf_hash: Hex
+    audit_path: list[Hex]
+
+
+class LoggedEntry(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "The canonical JSON entry; subjects appear as pseudonyms."
+        },
+    )
+
+    index: AuditIndex
+    kind: str
+    time: _TIME_OUT
+
+
+class AuditEntry(Reply):
+    index: AuditIndex
+    leaf_hash: Hex = Field(description="SM3(0x00 || entry bytes), hex.")
+    entry: LoggedEntry
+
+
+class AuditEntries(Reply):
+    entries: list[AuditEntry]
+    next: int | None = Field(description="Cursor of the next page.")
+
+
+class ConsentList(Reply):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "description": "Consents the caller is the subject of or granted as a guardian, "
+            "newest first."
+        },
+    )
+
+    consents: Annotated[
+        list[Annotated[dict[str, Any], schema_ref("Consent")]], Field(max_length=1000)
+    ]
+
+
+class AccessLogItem(Reply):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "description": "One access to the caller's data. Checks carry claim, purpose, "
+            "decision, result and their legal basis or consent."
+        },
+    )
+
+    index: AuditIndex
+    time: _TIME_OUT
+    kind: Literal["check", "officer_lookup"]
+    requester: str | None
+    requester_name: str | None
+    claim: str | SkipJsonSchema[None] = None
+    purpose: str | SkipJsonSchema[None] = None
+    result: Literal["yes", "no", "undetermined", "denied", "invalid"] | SkipJsonSchema[None] = None
+    decision: Literal["allowed", "denied"] | SkipJsonSchema[None] = None
+    params: dict[str, str] | SkipJsonSchema[None] = None
+    legal_basis: str | SkipJsonSchema[None] = None
+    consent_id: str | SkipJsonSchema[None] = None
+    reason: str | SkipJsonSchema[None] = Field(
+        default=None, description="For a refused check: the problem slug it was refused with."
+    )
+
+
+class AccessLog(Reply):
+    entries: list[AccessLogItem]
+    next: Annotated[int, Field(ge=0)] | None = Field(
+        description="Pass as `cursor` for the next (older) page."
+    )
+
+
+class TokenResponse(Reply):
+    access_token: Annotated[str, schema_ref("CompactJws")] = Field(
+        description="RFC 9068 JWT (`typ: at+jwt`)."
+    )
+    token_type: Literal["Bearer"]
+    expires_in: Annotated[int, Field(ge=1)]
+    scope: str
+
+
+_B64_COORDINATE = Annotated[str, Field(pattern="^[A-Za-z0-9_-]{43}$")]
+
+
+class Jwk(Reply):
+    kty: Literal["EC"]
+    crv: Literal["SM2", "P-256"]
+    x: _B64_COORDINATE
+    y: _B64_COORDINATE
+    kid: str
+    alg: Literal["SM2", "ES256"] | SkipJsonSchema[None] = None
+    use: Literal["sig"] | SkipJsonSchema[None] = None
+
+
+class Jwks(Reply):
+    keys: list[Jwk]

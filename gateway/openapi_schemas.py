@@ -22,7 +22,11 @@ from .checks import RESULT_WORD
 from .consent import MAX_USES, ConsentStatus
 from .models import (
     _RULE_LINE,
+    AccessLog,
+    AccessLogItem,
     AnswerClaims,
+    AuditEntries,
+    AuditEntry,
     AuditSearch,
     BasisEditBody,
     BatchAnswerClaims,
@@ -35,12 +39,19 @@ from .models import (
     CheckResponse,
     ConsentArtefactClaims,
     ConsentGrant,
+    ConsentList,
+    ConsistencyProof,
     DpRequest,
     FederationJobRequest,
+    InclusionProof,
+    Jwk,
+    Jwks,
+    LoggedEntry,
     PolicyChange,
     RuleEditBody,
     StatisticRequest,
     Subject,
+    TokenResponse,
 )
 
 __all__ = [
@@ -447,118 +458,29 @@ def _oauth(scopes: Iterable[str]) -> Json:
             description="Authenticate with HTTP Basic (client_secret_basic) OR a client "
             "assertion (private_key_jwt), never both.",
         ),
-        "TokenResponse": _obj(
-            {
-                "access_token": {
-                    **ref("CompactJws"),
-                    "description": "RFC 9068 JWT (`typ: at+jwt`).",
-                },
-                "token_type": _str(enum=["Bearer"]),
-                "expires_in": {"type": "integer", "minimum": 1},
-                "scope": _str(),
-            },
-            ["access_token", "token_type", "expires_in", "scope"],
-        ),
+        "TokenResponse": component_schema(TokenResponse),
         "OAuthError": _oauth_error(),
-        "Jwk": _obj(
-            {
-                "kty": _str(enum=["EC"]),
-                "crv": _str(enum=["SM2", "P-256"]),
-                "x": _str(pattern="^[A-Za-z0-9_-]{43}$"),
-                "y": _str(pattern="^[A-Za-z0-9_-]{43}$"),
-                "kid": _str(),
-                "alg": _str(enum=list(ANSWER_ALGS)),
-                "use": _str(enum=["sig"]),
-            },
-            ["kty", "crv", "x", "y", "kid"],
-        ),
-        "Jwks": _obj({"keys": _array(ref("Jwk"))}, ["keys"]),
+        "Jwk": component_schema(Jwk),
+        "Jwks": component_schema(Jwks),
     }
 
 
 def _citizen() -> Json:
     return {
-        "ConsentList": _obj(
-            {"consents": _array(ref("Consent"), maxItems=1000)},
-            ["consents"],
-            description="Consents the caller is the subject of or granted as a guardian, "
-            "newest first.",
-        ),
-        "AccessLogItem": _obj(
-            {
-                "index": _INDEX,
-                "time": _TIME,
-                "kind": _str(enum=["check", "officer_lookup"]),
-                "requester": {"type": ["string", "null"]},
-                "requester_name": {"type": ["string", "null"]},
-                "claim": _str(),
-                "purpose": _str(),
-                "result": _str(enum=["yes", "no", "undetermined", "denied", "invalid"]),
-                "decision": _str(enum=["allowed", "denied"]),
-                "params": {"type": "object", "additionalProperties": {"type": "string"}},
-                "legal_basis": _str(),
-                "consent_id": _str(),
-                "reason": _str("For a refused check: the problem slug it was refused with."),
-            },
-            ["index", "time", "kind", "requester", "requester_name"],
-            description="One access to the caller's data. Checks carry claim, purpose, "
-            "decision, result and their legal basis or consent.",
-        ),
-        "AccessLog": _obj(
-            {
-                "entries": _array(ref("AccessLogItem")),
-                "next": {
-                    "type": ["integer", "null"],
-                    "minimum": 0,
-                    "description": "Pass as `cursor` for the next (older) page.",
-                },
-            },
-            ["entries", "next"],
-        ),
+        "ConsentList": component_schema(ConsentList),
+        "AccessLogItem": component_schema(AccessLogItem),
+        "AccessLog": component_schema(AccessLog),
     }
 
 
 def _audit() -> Json:
-    hashes = _array(_str(pattern=HASH_PATTERN))
     return {
-        "ConsistencyProof": _obj(
-            {
-                "first": {"type": "integer", "minimum": 0},
-                "second": {"type": "integer", "minimum": 0},
-                "consistency_path": hashes,
-            },
-            ["first", "second", "consistency_path"],
-        ),
-        "InclusionProof": _obj(
-            {
-                "index": _INDEX,
-                "tree_size": {"type": "integer", "minimum": 1},
-                "leaf_hash": _str(pattern=HASH_PATTERN),
-                "audit_path": hashes,
-            },
-            ["index", "tree_size", "leaf_hash", "audit_path"],
-        ),
-        "AuditEntry": _obj(
-            {
-                "index": _INDEX,
-                "leaf_hash": _str("SM3(0x00 || entry bytes), hex.", pattern=HASH_PATTERN),
-                "entry": _obj(
-                    {"index": _INDEX, "kind": _str(), "time": _TIME},
-                    ["index", "kind", "time"],
-                    closed=False,
-                    description="The canonical JSON entry; subjects appear as pseudonyms.",
-                ),
-            },
-            ["index", "leaf_hash", "entry"],
-        ),
+        "LoggedEntry": component_schema(LoggedEntry),
+        "ConsistencyProof": component_schema(ConsistencyProof),
+        "InclusionProof": component_schema(InclusionProof),
+        "AuditEntry": component_schema(AuditEntry),
         "AuditSearch": component_schema(AuditSearch),
-        "AuditEntries": _obj(
-            {
-                "entries": _array(ref("AuditEntry")),
-                "next": {"type": ["integer", "null"], "description": "Cursor of the next page."},
-            },
-            ["entries", "next"],
-        ),
+        "AuditEntries": component_schema(AuditEntries),
     }
 
 
