@@ -45,8 +45,12 @@ __all__ = [
     "ConsentGrant",
     "ConsentList",
     "ConsistencyProof",
+    "DepartmentHealth",
     "DpRequest",
     "FederationJobRequest",
+    "Health",
+    "HealthAudit",
+    "HealthCheckpoint",
     "InclusionProof",
     "Jwk",
     "Jwks",
@@ -546,3 +550,54 @@ class Jwk(Reply):
 
 class Jwks(Reply):
     keys: list[Jwk]
+
+
+# --- /healthz ---------------------------------------------------------------------------
+
+
+class DepartmentHealth(Reply):
+    reachable: bool
+    latency_ms: Annotated[float, Field(ge=0)] | SkipJsonSchema[None] = None
+    status: str | SkipJsonSchema[None] = None
+    ready: bool | SkipJsonSchema[None] = Field(
+        default=None, description="the department's source can be read now"
+    )
+    source: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="where the department's answers come from: `managed` (the generated "
+        "store) or its database's kind (`sqlite`, `postgresql`, `mysql`, ...)",
+    )
+
+
+class HealthCheckpoint(Reply):
+    size: Annotated[int, Field(ge=0)]
+    cosigners: list[str]
+    quorum: Annotated[int, Field(ge=1)]
+    witnessed: bool = Field(description="the latest checkpoint has the quorum")
+    diverged: str | None = Field(
+        description="why the log is behind what a witness cosigned (then nothing is "
+        "served), or null"
+    )
+
+
+class HealthAudit(Reply):
+    size: Annotated[int, Field(ge=0)]
+    checkpoint: HealthCheckpoint | SkipJsonSchema[None] = None
+
+
+class Health(Reply):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "description": "`degraded` when a department is unreachable or its source is not "
+            "ready: answers become `undetermined`, the gateway itself stays up. "
+            "`unavailable` (with status 503) when the audit log is behind what a witness "
+            "cosigned: every other endpoint but /metrics and /.well-known answers 503 "
+            "`audit-behind-witnesses`."
+        },
+    )
+
+    status: Literal["ok", "degraded", "unavailable"]
+    departments: dict[str, DepartmentHealth]
+    audit: HealthAudit | SkipJsonSchema[None] = None

@@ -41,8 +41,12 @@ from .models import (
     ConsentGrant,
     ConsentList,
     ConsistencyProof,
+    DepartmentHealth,
     DpRequest,
     FederationJobRequest,
+    Health,
+    HealthAudit,
+    HealthCheckpoint,
     InclusionProof,
     Jwk,
     Jwks,
@@ -536,60 +540,8 @@ def _admin() -> Json:
 
 def _operations() -> Json:
     return {
-        "Health": _obj(
-            {
-                "status": _str(enum=["ok", "degraded", "unavailable"]),
-                "departments": {
-                    "type": "object",
-                    "additionalProperties": _obj(
-                        {
-                            "reachable": {"type": "boolean"},
-                            "latency_ms": {"type": "number", "minimum": 0},
-                            "status": _str(),
-                            "ready": {
-                                "type": "boolean",
-                                "description": "the department's source can be read now",
-                            },
-                            "source": _str(
-                                "where the department's answers come from: `managed` (the "
-                                "generated store) or its database's kind (`sqlite`, "
-                                "`postgresql`, `mysql`, ...)"
-                            ),
-                        },
-                        ["reachable"],
-                    ),
-                },
-                "audit": _obj(
-                    {
-                        "size": {"type": "integer", "minimum": 0},
-                        "checkpoint": _obj(
-                            {
-                                "size": {"type": "integer", "minimum": 0},
-                                "cosigners": {"type": "array", "items": _str()},
-                                "quorum": {"type": "integer", "minimum": 1},
-                                "witnessed": {
-                                    "type": "boolean",
-                                    "description": "the latest checkpoint has the quorum",
-                                },
-                                "diverged": {
-                                    "type": ["string", "null"],
-                                    "description": "why the log is behind what a witness "
-                                    "cosigned (then nothing is served), or null",
-                                },
-                            },
-                            ["size", "cosigners", "quorum", "witnessed", "diverged"],
-                        ),
-                    },
-                    ["size"],
-                ),
-            },
-            ["status", "departments"],
-            description="`degraded` when a department is unreachable or its source is not "
-            "ready: answers become `undetermined`, the gateway itself stays up. "
-            "`unavailable` (with status 503) when the audit log is behind what a witness "
-            "cosigned: every other endpoint but /metrics and /.well-known answers 503 "
-            "`audit-behind-witnesses`.",
-        ),
+        m.__name__: component_schema(m)
+        for m in (Health, HealthAudit, HealthCheckpoint, DepartmentHealth)
     }
 
 
