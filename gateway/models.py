@@ -18,7 +18,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from tongban.federation.dp import MAX_EPSILON, MIN_EPSILON
 from tongban.policies import BasisEdit, BasisOp, Change, Rule, RuleEdit, RuleOp
-from tongban.primitives.bodies import Body, schema_ref
+from tongban.primitives.bodies import Body, component_ref, schema_ref
 
 from .jobs import declared_jobs
 
@@ -39,8 +39,15 @@ __all__ = [
     "BatchRequest",
     "BatchResponse",
     "BatchSubject",
+    "ChangeApproved",
+    "ChangeProposed",
+    "ChangeRejected",
     "CheckRequest",
     "CheckResponse",
+    "ClaimDescription",
+    "ClaimPurpose",
+    "ClaimsResponse",
+    "Consent",
     "ConsentArtefactClaims",
     "ConsentGrant",
     "ConsentList",
@@ -55,7 +62,11 @@ __all__ = [
     "Jwk",
     "Jwks",
     "LoggedEntry",
+    "ParamLimit",
+    "PendingChange",
+    "Policy",
     "PolicyChange",
+    "PurposeTitles",
     "Reply",
     "RuleEditBody",
     "StatisticRequest",
@@ -601,3 +612,105 @@ class Health(Reply):
     status: Literal["ok", "degraded", "unavailable"]
     departments: dict[str, DepartmentHealth]
     audit: HealthAudit | SkipJsonSchema[None] = None
+
+
+# --- claims, consents, policy --------------------------------------------------------------
+
+ChangeId = Annotated[str, Field(pattern="^[0-9a-f]{32}$")]  # uuid4().hex
+
+
+class ParamLimit(Reply):
+    distinct_values: Annotated[int, Field(ge=1)]
+    window_seconds: Annotated[float, Field(gt=0)]
+
+
+class ClaimPurpose(Reply):
+    name: PurposeName
+    consent_required: bool
+    legal_basis: str | None = Field(
+        description="Statutory basis (PIPL art. 13); null when consent is needed."
+    )
+
+
+class ClaimDescription(Reply):
+    name: ClaimName
+    title: str
+    title_zh: str
+    params: dict[str, list[str]] = Field(description="Parameter name to its allowed values.")
+    param_limits: dict[str, ParamLimit] = Field(
+        description="Parameter name to how many of its values one requester may ask about one "
+        "subject within `window_seconds` (a further value is 403 `parameter-enumeration`)."
+    )
+    purposes: list[ClaimPurpose]
+    departments: list[Annotated[str, schema_ref("DepartmentName")]]
+
+
+class PurposeTitles(Reply):
+    title: str
+    title_zh: str
+
+
+class ClaimsResponse(Reply):
+    claims: list[ClaimDescription] = Field(
+        description="Only the claims and purposes the caller's policy allows."
+    )
+    purposes: Annotated[
+        dict[str, PurposeTitles],
+        Field(json_schema_extra={"propertyNames": component_ref("PurposeName")}),
+    ]
+
+
+class Consent(Reply):
+    id: Annotated[str, Field(pattern="^[A-Za-z0-9_-]{22}$")]
+    subject_masked: Annotated[str, Field(pattern="^[0-9]{6}[*]{8}[0-9]{3}[0-9X]$")]
+    granted_by: Literal["subject", "guardian"]
+    requester: str
+    purposes: list[str] = Field(description="Purpose names (of the catalog at grant).")
+    claims: list[str] = Field(description="Claim names (of the catalog at grant).")
+    not_before: _TIME_OUT
+    expires_at: _TIME_OUT
+    max_uses: Annotated[int, Field(ge=1, le=MAX_CONSENT_USES)]
+    uses: Annotated[int, Field(ge=0)]
+    status: Literal["ACTIVE", "REVOKED", "EXPIRED", "EXHAUSTED"] = Field(
+        description="Effective status when read: EXPIRED and EXHAUSTED are derived."
+    )
+    created: _TIME_OUT
+    revoked_at: _TIME_OUT | None
+    artefact: Annotated[str, schema_ref("CompactJws")] = Field(
+        description="The consent signed by the gateway at grant (`typ: tongban-consent+jwt`; "
+        "payload: ConsentArtefactClaims)."
+    )
+
+
+class PendingChange(Reply):
+    id: ChangeId
+    proposer: str
+    status: Literal["pending"]
+    change: Annotated[dict[str, Any], schema_ref("PolicyChange")]
+    base_version: PolicyVersion
+
+
+class Policy(Reply):
+    version: PolicyVersion = Field(description="SM3 over model, rules and legal bases.")
+    rules: list[Annotated[list[str], schema_ref("PolicyRule")]]
+    legal_bases: Annotated[
+        dict[str, str],
+        Field(json_schema_extra={"propertyNames": component_ref("PurposeName")}),
+    ]
+    pending: list[PendingChange]
+
+
+class ChangeProposed(Reply):
+    id: ChangeId
+    status: Literal["pending"]
+
+
+class ChangeApproved(Reply):
+    id: ChangeId
+    status: Literal["approved"]
+    policy_version: PolicyVersion
+
+
+class ChangeRejected(Reply):
+    id: ChangeId
+    status: Literal["rejected"]

@@ -19,7 +19,6 @@ from tongban.primitives.errors import PROBLEM_BASE, TongbanError
 
 from .catalog import Catalog
 from .checks import RESULT_WORD
-from .consent import MAX_USES, ConsentStatus
 from .models import (
     _RULE_LINE,
     AccessLog,
@@ -35,8 +34,15 @@ from .models import (
     BatchRequest,
     BatchResponse,
     BatchSubject,
+    ChangeApproved,
+    ChangeProposed,
+    ChangeRejected,
     CheckRequest,
     CheckResponse,
+    ClaimDescription,
+    ClaimPurpose,
+    ClaimsResponse,
+    Consent,
     ConsentArtefactClaims,
     ConsentGrant,
     ConsentList,
@@ -51,7 +57,11 @@ from .models import (
     Jwk,
     Jwks,
     LoggedEntry,
+    ParamLimit,
+    PendingChange,
+    Policy,
     PolicyChange,
+    PurposeTitles,
     RuleEditBody,
     StatisticRequest,
     Subject,
@@ -296,107 +306,16 @@ def _catalog_schemas(catalog: Catalog) -> Json:
             description="Parameters, each from its enumeration; which ones a claim takes is "
             "in `GET /v1/claims` (and enforced per claim on the request schemas).",
         ),
-        "ClaimDescription": _obj(
-            {
-                "name": ref("ClaimName"),
-                "title": _str(),
-                "title_zh": _str(),
-                "params": {
-                    "type": "object",
-                    "description": "Parameter name to its allowed values.",
-                    "additionalProperties": _array({"type": "string"}),
-                },
-                "param_limits": {
-                    "type": "object",
-                    "description": "Parameter name to how many of its values one requester "
-                    "may ask about one subject within `window_seconds` (a further value is "
-                    "403 `parameter-enumeration`).",
-                    "additionalProperties": _obj(
-                        {
-                            "distinct_values": {"type": "integer", "minimum": 1},
-                            "window_seconds": {"type": "number", "exclusiveMinimum": 0},
-                        },
-                        ["distinct_values", "window_seconds"],
-                    ),
-                },
-                "purposes": _array(ref("ClaimPurpose")),
-                "departments": _array(ref("DepartmentName")),
-            },
-            ["name", "title", "title_zh", "params", "param_limits", "purposes", "departments"],
-        ),
-        "ClaimPurpose": _obj(
-            {
-                "name": ref("PurposeName"),
-                "consent_required": {"type": "boolean"},
-                "legal_basis": {
-                    "type": ["string", "null"],
-                    "description": "Statutory basis (PIPL art. 13); null when consent is needed.",
-                },
-            },
-            ["name", "consent_required", "legal_basis"],
-        ),
-        "ClaimsResponse": _obj(
-            {
-                "claims": _array(
-                    ref("ClaimDescription"),
-                    description="Only the claims and purposes the caller's policy allows.",
-                ),
-                "purposes": {
-                    "type": "object",
-                    "propertyNames": ref("PurposeName"),
-                    "additionalProperties": _obj(
-                        {"title": _str(), "title_zh": _str()}, ["title", "title_zh"]
-                    ),
-                },
-            },
-            ["claims", "purposes"],
-        ),
+        **{
+            m.__name__: component_schema(m)
+            for m in (ClaimDescription, ClaimPurpose, ClaimsResponse, ParamLimit, PurposeTitles)
+        },
         **{
             name: {**component_schema(model), "allOf": _params_rules(catalog)}
             for name, model in (("CheckRequest", CheckRequest), ("BatchRequest", BatchRequest))
         },
         "ConsentGrant": component_schema(ConsentGrant),
-        "Consent": _obj(
-            {
-                "id": _str(pattern=CONSENT_ID_PATTERN),
-                "subject_masked": _str(pattern=MASKED_ID_PATTERN),
-                "granted_by": _str(enum=["subject", "guardian"]),
-                "requester": _str(),
-                "purposes": _array(_str(), description="Purpose names (of the catalog at grant)."),
-                "claims": _array(_str(), description="Claim names (of the catalog at grant)."),
-                "not_before": _TIME,
-                "expires_at": _TIME,
-                "max_uses": {"type": "integer", "minimum": 1, "maximum": MAX_USES},
-                "uses": {"type": "integer", "minimum": 0},
-                "status": _str(
-                    "Effective status when read: EXPIRED and EXHAUSTED are derived.",
-                    enum=[s.value for s in ConsentStatus],
-                ),
-                "created": _TIME,
-                "revoked_at": _NULLABLE_TIME,
-                "artefact": {
-                    **ref("CompactJws"),
-                    "description": "The consent signed by the gateway at grant "
-                    "(`typ: tongban-consent+jwt`; payload: ConsentArtefactClaims).",
-                },
-            },
-            [
-                "id",
-                "subject_masked",
-                "granted_by",
-                "requester",
-                "purposes",
-                "claims",
-                "not_before",
-                "expires_at",
-                "max_uses",
-                "uses",
-                "status",
-                "created",
-                "revoked_at",
-                "artefact",
-            ],
-        ),
+        "Consent": component_schema(Consent),
     }
 
 
@@ -496,45 +415,10 @@ def _admin() -> Json:
         "PolicyChange": component_schema(PolicyChange),
         "RuleEditBody": component_schema(RuleEditBody),
         "BasisEditBody": component_schema(BasisEditBody),
-        "PendingChange": _obj(
-            {
-                "id": _str(pattern=CHANGE_ID_PATTERN),
-                "proposer": _str(),
-                "status": _str(enum=["pending"]),
-                "change": ref("PolicyChange"),
-                "base_version": _str(pattern=HASH_PATTERN),
-            },
-            ["id", "proposer", "status", "change", "base_version"],
-        ),
-        "Policy": _obj(
-            {
-                "version": _str("SM3 over model, rules and legal bases.", pattern=HASH_PATTERN),
-                "rules": _array(ref("PolicyRule")),
-                "legal_bases": {
-                    "type": "object",
-                    "propertyNames": ref("PurposeName"),
-                    "additionalProperties": {"type": "string"},
-                },
-                "pending": _array(ref("PendingChange")),
-            },
-            ["version", "rules", "legal_bases", "pending"],
-        ),
-        "ChangeProposed": _obj(
-            {"id": _str(pattern=CHANGE_ID_PATTERN), "status": _str(enum=["pending"])},
-            ["id", "status"],
-        ),
-        "ChangeApproved": _obj(
-            {
-                "id": _str(pattern=CHANGE_ID_PATTERN),
-                "status": _str(enum=["approved"]),
-                "policy_version": _str(pattern=HASH_PATTERN),
-            },
-            ["id", "status", "policy_version"],
-        ),
-        "ChangeRejected": _obj(
-            {"id": _str(pattern=CHANGE_ID_PATTERN), "status": _str(enum=["rejected"])},
-            ["id", "status"],
-        ),
+        **{
+            m.__name__: component_schema(m)
+            for m in (PendingChange, Policy, ChangeProposed, ChangeApproved, ChangeRejected)
+        },
     }
 
 

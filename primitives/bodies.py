@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from .errors import BadRequest
 
-__all__ = ["Body", "component_schema", "parse_body", "schema_ref"]
+__all__ = ["Body", "component_ref", "component_schema", "parse_body", "schema_ref"]
 
 M = TypeVar("M", bound="Body")
 _MARK = "x-tongban-component"
@@ -69,6 +69,12 @@ def schema_ref(name: str) -> WithJsonSchema:
 #: What pydantic inserts into a location for the member of a union that failed (``str``,
 #: ``none``, ``function-after[...]``): not a field.
 _UNION_TAG = re.compile(r"[a-z]+(-[a-z]+)+(\[.*\])?|[a-z]+\[.*\]|str|int|float|bool|none|bytes")
+
+
+def component_ref(name: str) -> dict[str, str]:
+    """A reference to component ``name`` inside ``json_schema_extra`` (``propertyNames``,
+    say), written as :func:`schema_ref`'s marker so that pydantic leaves it alone."""
+    return {_MARK: name}
 
 
 def _where(loc: tuple[int | str, ...], root: str, kind: str) -> str:
