@@ -40,9 +40,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from tongban.http_shell import install_problem_handlers
+from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable
 from tongban.primitives.jws import jwks
 from tongban.primitives.metrics_auth import MetricsCredential
+from tongban.primitives.wire import CosignRequest
 
 from .protocol import AdapterCore
 from .witness import Witness
@@ -147,25 +149,8 @@ def _witness_routes(app: Flask, witness: Witness | None) -> None:
     def cosign() -> Response:
         if witness is None:
             raise NotFound("this adapter is not a witness")
-        body = request.get_json()
-        if not isinstance(body, dict):
-            raise BadRequest("body: expected a JSON object")
-        note, from_size, path = (
-            body.get("note"),
-            body.get("from_size"),
-            body.get("consistency_path"),
-        )
-        if (
-            not isinstance(note, str)
-            or not isinstance(from_size, int)
-            or not isinstance(path, list)
-        ):
-            raise BadRequest("body: expected note, from_size and consistency_path")
-        try:
-            proof = [bytes.fromhex(h) for h in path]
-        except (TypeError, ValueError):
-            raise BadRequest("consistency_path: expected lowercase hex hashes") from None
-        signature = witness.cosign(note, from_size, proof)
+        body = parse_body(CosignRequest, request.get_json())
+        signature = witness.cosign(body.note, body.from_size, body.proof())
         return jsonify(cosignature=signature.line())
 
     @app.get("/v1/witness/checkpoint")

@@ -13,14 +13,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field
+
+from .bodies import Body
 from .errors import BadRequest
 
 __all__ = [
     "MAX_BATCH",
     "MESSAGE_KINDS",
     "BatchCall",
+    "CosignRequest",
     "Message",
     "PredicateCall",
     "StatisticCall",
@@ -228,3 +232,18 @@ def parse_message(payload: Mapping[str, Any]) -> Message:
     if len(kinds) != 1:
         raise BadRequest("request: expected exactly one of " + ", ".join(MESSAGE_KINDS))
     return MESSAGE_KINDS[kinds[0]].from_json(payload[kinds[0]])
+
+
+class CosignRequest(Body):
+    """``POST /v1/witness/cosign``: a signed checkpoint note for the witness to cosign,
+    with the consistency proof from the size it last cosigned (``from_size``; 0 and an
+    empty path for its first)."""
+
+    note: Annotated[str, Field(max_length=16 * 1024)]
+    from_size: Annotated[int, Field(ge=0)]
+    consistency_path: Annotated[
+        list[Annotated[str, Field(pattern="^[0-9a-f]{64}$")]], Field(max_length=128)
+    ]
+
+    def proof(self) -> list[bytes]:
+        return [bytes.fromhex(h) for h in self.consistency_path]

@@ -78,3 +78,23 @@ def test_a_malformed_message_is_a_bad_request_that_names_no_subject(
         parse_message(payload)
     assert str(caught.value) == detail
     assert ID not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"note": "n", "from_size": -1, "consistency_path": []}, "from_size: expected at least 0"),
+        ({"note": "n", "from_size": 1, "consistency_path": ["AB" * 32]}, "consistency_path[0]: "),
+        ({"note": 5, "from_size": 0, "consistency_path": []}, "note: expected a string"),
+        ({"note": "n", "from_size": 0}, "consistency_path: required"),
+    ],
+)
+def test_a_malformed_cosign_request_names_its_field(body: dict[str, object], detail: str) -> None:
+    from tongban.primitives.bodies import parse_body
+    from tongban.primitives.wire import CosignRequest
+
+    with pytest.raises(BadRequest) as caught:
+        parse_body(CosignRequest, body)
+    assert str(caught.value).startswith(detail)
+    ok = parse_body(CosignRequest, {"note": "n", "from_size": 2, "consistency_path": ["ab" * 32]})
+    assert ok.proof() == [bytes.fromhex("ab" * 32)]
