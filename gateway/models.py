@@ -54,6 +54,7 @@ __all__ = [
     "ConsistencyProof",
     "DepartmentHealth",
     "DpRequest",
+    "FederationJob",
     "FederationJobRequest",
     "Health",
     "HealthAudit",
@@ -69,7 +70,10 @@ __all__ = [
     "PurposeTitles",
     "Reply",
     "RuleEditBody",
+    "StatisticJob",
     "StatisticRequest",
+    "StatisticUnavailableItem",
+    "StatisticsListing",
     "Subject",
     "TokenResponse",
 ]
@@ -714,3 +718,59 @@ class ChangeApproved(Reply):
 class ChangeRejected(Reply):
     id: ChangeId
     status: Literal["rejected"]
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class StatisticJob(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "A job: when done, the summed ciphertexts, the packing layout and "
+            "the cells; the gateway never sees a plaintext value or holds a private key."
+        },
+    )
+
+    id: str
+    status: Literal["running", "done", "failed"]
+
+
+class StatisticUnavailableItem(Reply):
+    name: str
+    detail: str
+
+
+class StatisticsListing(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "Cells below the threshold are suppressed: by a sole contributing "
+            "department, otherwise by the analyst."
+        },
+    )
+
+    statistics: list[dict[str, Any]]
+    unavailable: list[StatisticUnavailableItem] = Field(
+        description="Registered statistics a contributing department's file does not "
+        "declare: refused at submission (statistic-unavailable)."
+    )
+    threshold: int
+    budget: dict[str, Any]
+
+
+class FederationJob(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        json_schema_extra={
+            "description": "A horizontal training job: per-round held-out loss and AUC while "
+            "it runs; when done, the federated and centralised AUC, epsilon (null without DP) "
+            "and the SM3 hash of the final model. The gateway sees only aggregated parameters."
+        },
+    )
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]

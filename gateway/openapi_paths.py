@@ -584,34 +584,14 @@ def _admin_paths() -> Json:
 def _statistics_paths() -> Json:
     analyst = _oauth("statistics")
     job_id = _path_param("job_id", "^st-[0-9a-f]{24}$", "The statistics job's id.")
-    job: Json = {
-        "type": "object",
-        "required": ["id", "status"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["running", "done", "failed"]},
-        },
-        "description": "A job: when done, the summed ciphertexts, the packing layout and the "
-        "cells; the gateway never sees a plaintext value or holds a private key.",
-    }
+    job = ref("StatisticJob")
     return {
         "/v1/statistics": {
             "get": _op(
                 "listStatistics",
                 "statistics",
                 "The statistics offered, the disclosure threshold and the analyst's budget",
-                {"200": _json({"type": "object",
-                               "required": ["statistics", "unavailable", "threshold", "budget"],
-                               "properties": {"unavailable": {
-                                   "type": "array",
-                                   "description": "Registered statistics a contributing "
-                                   "department's file does not declare: refused at submission "
-                                   "(statistic-unavailable).",
-                                   "items": {"type": "object", "required": ["name", "detail"],
-                                             "properties": {"name": {"type": "string"},
-                                                            "detail": {"type": "string"}}}}}},
-                              "Cells below the threshold are suppressed: by a sole "
-                              "contributing department, otherwise by the analyst.")},
+                {"200": _json(ref("StatisticsListing"), "The registry, threshold and budget.")},
                 (*_BEARER, InsufficientScope),
                 security=analyst,
             ),
@@ -645,17 +625,7 @@ def _statistics_paths() -> Json:
 def _federation_paths() -> Json:
     trainer = _oauth("federation")
     job_id = _path_param("job_id", "^fl-[0-9a-f]{24}$", "The federated training job's id.")
-    job: Json = {
-        "type": "object",
-        "required": ["id", "status"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-        },
-        "description": "A horizontal training job: per-round held-out loss and AUC while it "
-        "runs; when done, the federated and centralised AUC, epsilon (null without DP) and "
-        "the SM3 hash of the final model. The gateway sees only aggregated parameters.",
-    }
+    job = ref("FederationJob")
     return {
         "/v1/federation/jobs": {
             "post": _op(

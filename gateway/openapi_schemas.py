@@ -49,6 +49,7 @@ from .models import (
     ConsistencyProof,
     DepartmentHealth,
     DpRequest,
+    FederationJob,
     FederationJobRequest,
     Health,
     HealthAudit,
@@ -63,7 +64,10 @@ from .models import (
     PolicyChange,
     PurposeTitles,
     RuleEditBody,
+    StatisticJob,
     StatisticRequest,
+    StatisticsListing,
+    StatisticUnavailableItem,
     Subject,
     TokenResponse,
 )
@@ -430,14 +434,12 @@ def _operations() -> Json:
 
 
 def _federation() -> Json:
-    return {"FederationJobRequest": component_schema(FederationJobRequest)}
+    return {m.__name__: component_schema(m) for m in (FederationJobRequest, FederationJob)}
 
 
 def _statistics() -> Json:
-    return {
-        "StatisticRequest": component_schema(StatisticRequest),
-        "DpRequest": component_schema(DpRequest),
-    }
+    models = (StatisticRequest, DpRequest, StatisticJob, StatisticsListing)
+    return {m.__name__: component_schema(m) for m in (*models, StatisticUnavailableItem)}
 
 
 def component_schemas(catalog: Catalog, scopes: Iterable[str]) -> Json:
