@@ -9,10 +9,6 @@ answered first."""
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +24,8 @@ from tongban.holds import MAX_HOLD_SECONDS
 from tongban.keys import KeyRing
 from tongban.wiring import build_registry
 
+from .gunicorn_gateway import gunicorn_gateway
+
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 4  # fewer threads than held connections: a hold must not take one
 pytestmark = pytest.mark.slow
@@ -39,12 +37,6 @@ class Server:
     secret: str  # edu-bureau's
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("holds")
@@ -54,42 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     secret = str(registry.register_client("edu-bureau", "Edu", scopes=("checks",)).secret)
     registry.register_client("flooded", "Flooded", scopes=("checks",))
     registry.engine.dispose()
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TONGBAN_DATA_DIR": str(data),
-        "TONGBAN_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "TONGBAN_CHECKPOINT_INTERVAL": "3600",
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    proc = subprocess.Popen(
-        [str(gunicorn), "-w", "1", "--threads", str(THREADS),
-         "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
-         "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "gunicorn did not come up"
-            time.sleep(0.2)
-        yield Server(url, secret)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    with gunicorn_gateway(data, threads=THREADS) as port:
+        yield Server(f"http://127.0.0.1:{port}", secret)
 
 
 def _client(source: str) -> httpx.Client:

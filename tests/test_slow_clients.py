@@ -5,10 +5,7 @@ byte at a time must not stop other requests being served, and are cut off after
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,56 +16,21 @@ import pytest
 
 from tongban.keys import KeyRing
 
+from .gunicorn_gateway import gunicorn_gateway
+
 READ_TIMEOUT = 2.0
 THREADS = 8
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     data = tmp_path_factory.mktemp("slow-clients")
     KeyRing(data / "keys").ensure("gateway")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TONGBAN_DATA_DIR": str(data),
-        "TONGBAN_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "TONGBAN_CHECKPOINT_INTERVAL": "3600",
-        "TONGBAN_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT),
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    proc = subprocess.Popen(
-        [str(gunicorn), "-w", "1", "--threads", str(THREADS),
-         "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
-         "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if _get(port)[0] == 200:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            time.sleep(0.2)
-        else:
-            pytest.fail("gunicorn did not come up")
+    env = {"TONGBAN_REQUEST_READ_TIMEOUT": str(READ_TIMEOUT)}
+    with gunicorn_gateway(data, threads=THREADS, env=env) as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def _get(port: int, path: str = "/healthz") -> tuple[int | str, float]:

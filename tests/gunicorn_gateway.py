@@ -1,0 +1,72 @@
+"""The gateway as production runs it, for tests: real gunicorn with tongban's deadline
+worker over ``tongban.wsgi:gateway()``, on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def gunicorn_gateway(
+    data: Path, *, threads: int, env: Mapping[str, str] | None = None
+) -> Iterator[int]:
+    """Serve the gateway of data directory ``data`` (keys made beforehand) with one worker
+    of ``threads`` threads; yields its port once ``/healthz`` answers 200."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "TONGBAN_DATA_DIR": str(data),
+        "TONGBAN_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "TONGBAN_CHECKPOINT_INTERVAL": "3600",
+        **(env or {}),
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen(
+        [str(gunicorn), "-w", "1", "--threads", str(threads),
+         "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
+         "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
+        env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(port):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            if time.monotonic() > deadline:
+                pytest.fail("gunicorn did not come up")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
