@@ -734,6 +734,31 @@ def test_cli_check_then_verify_answer_and_inclusion(
     assert json.loads(out)["result"] in {"yes", "no", "undetermined"}
 
 
+def test_cli_batch_reads_ids_from_a_file_and_prints_no_id_number(
+    served: Served, capsys, monkeypatch, tmp_path: Path
+):
+    monkeypatch.setenv("TONGBAN_CLIENT_SECRET", served.secrets["edu-bureau"])
+    ids = [served.subject(), served.subject(value=False)]
+    listing = tmp_path / "ids.txt"
+    listing.write_text("\n".join([ids[0], "", ids[1] + ",", "not-an-id"]) + "\n")
+    code, out, err = _cli(
+        capsys, "batch", "birth_registered", "school_enrollment", "--ids", str(listing),
+        "--verify", "--url", served.url, "--client-id", "edu-bureau",
+    )  # fmt: skip
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [r["result"] for r in doc["results"]] == ["yes", "no", "invalid"]
+    assert [r["result"] for r in doc["verified"]["results"]] == ["yes", "no", "invalid"]
+    assert not any(i in out + err for i in ids)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    code, out, err = _cli(
+        capsys, "batch", "birth_registered", "school_enrollment", "--ids", str(empty),
+        "--url", served.url, "--client-id", "edu-bureau",
+    )  # fmt: skip
+    assert code == 2 and err.strip() == "tongban-client: error: --ids: no ID numbers"
+
+
 def test_cli_errors_are_one_line_without_the_id_number(
     served: Served, capsys, monkeypatch, tmp_path: Path
 ):
