@@ -80,20 +80,12 @@ class Harness:
             store.dispose()
 
 
-def build_harness(
-    tmp: Path,
-    urls: dict[str, str],
-    party_keys: dict[str, SM2PrivateKey],
-    **settings: Any,
-) -> Harness:
-    keys_dir = tmp / "keys"
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    save_private_key(party_keys["gateway"], keys_dir / "gateway.key")
-    ring = KeyRing(keys_dir)
-    idp = ring.ensure("idp")
-    config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
+def in_process_departments(
+    config: Settings, stores: dict[str, DepartmentStore], party_keys: dict[str, SM2PrivateKey]
+) -> InProcessTransport:
+    """Every department's real adapter core over its store, and its witness, in process:
+    what the gateway reaches through the transport in these tests."""
     gateway_public = party_keys["gateway"].public_key
-    stores = {d: DepartmentStore(DEPARTMENTS[d], urls[d]) for d in DEPARTMENTS}
     cores = {
         d: AdapterCore(
             Evaluator(stores[d]),
@@ -115,9 +107,25 @@ def build_harness(
         )
         for d in DEPARTMENTS
     }
+    return InProcessTransport(cores, witnesses)
+
+
+def build_harness(
+    tmp: Path,
+    urls: dict[str, str],
+    party_keys: dict[str, SM2PrivateKey],
+    **settings: Any,
+) -> Harness:
+    keys_dir = tmp / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    save_private_key(party_keys["gateway"], keys_dir / "gateway.key")
+    ring = KeyRing(keys_dir)
+    idp = ring.ensure("idp")
+    config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
+    stores = {d: DepartmentStore(DEPARTMENTS[d], urls[d]) for d in DEPARTMENTS}
     gateway = build_gateway(
         config,
-        transport=InProcessTransport(cores, witnesses),
+        transport=in_process_departments(config, stores, party_keys),
         department_keys={d: party_keys[d].public_key for d in DEPARTMENTS},
         start=False,
     )

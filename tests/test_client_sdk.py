@@ -35,14 +35,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 import tongban.client  # the server's name for the SDK (in a checkout it finds client/src)
+from tests.gateway_harness import in_process_departments
 from tongban import pki
-from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
-from tongban.adapters.evaluate import Evaluator
-from tongban.adapters.protocol import AdapterCore
-from tongban.adapters.statistics import LocalStatistics
 from tongban.adapters.store import DepartmentStore
-from tongban.adapters.witness import MemoryWitnessState, Witness
 from tongban.audit.merkle import MerkleTree
 from tongban.audit.note import Checkpoint as ServerCheckpoint
 from tongban.audit.note import SignedNote, sign_line
@@ -138,32 +134,10 @@ def served(
         rate_subject_burst=SUBJECT_BURST,
         rate_subject_per_second=0.01,
     )
-    public = gateway_key.public_key
     stores = {d: DepartmentStore(DEPARTMENTS[d], small_population.urls[d]) for d in DEPARTMENTS}
-    cores = {
-        d: AdapterCore(
-            Evaluator(stores[d]),
-            party_keys[d],
-            {public.key_id: public},
-            gateway_issuer=config.gateway_issuer,
-            statistics=LocalStatistics(stores[d], min_threshold=config.stats_threshold),
-        )
-        for d in DEPARTMENTS
-    }
-    witnesses = {
-        d: Witness(
-            d,
-            party_keys[d],
-            origin=config.origin,
-            gateway_name=config.gateway_issuer,
-            gateway_key=public,
-            state=MemoryWitnessState(),
-        )
-        for d in DEPARTMENTS
-    }
     gateway = build_gateway(
         config,
-        transport=InProcessTransport(cores, witnesses),
+        transport=in_process_departments(config, stores, party_keys),
         department_keys={d: party_keys[d].public_key for d in DEPARTMENTS},
         start=False,
     )
