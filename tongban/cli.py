@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -391,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"tongban {version()}", help="print the version"
     )
     add_debug(parser, top=True)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML configuration file (as TONGBAN_CONFIG; TONGBAN_* variables and flags "
+        "override it)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_id_and_generate(sub)
     _add_servers(sub)
@@ -567,6 +575,8 @@ def _add_demo(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(debug=args.debug)
+    if args.config is not None:  # every Settings.from_env of this process reads it
+        os.environ["TONGBAN_CONFIG"] = str(args.config.resolve())
     for unknown in Settings.unknown_variables():  # a typo would otherwise pass silently
         logging.getLogger("tongban").warning("%s is not a setting; ignored", unknown)
     return run_command(lambda: args.func(args), debug=args.debug)

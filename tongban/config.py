@@ -7,13 +7,28 @@ two maps are one variable per department: ``TONGBAN_STORE_URL_<DEPT>`` and
 The values are validated by the model (pydantic), and a wrong one is refused naming its
 variable, never repeating its value (a URL can carry a password):
 ``TONGBAN_ADAPTER_TIMEOUT: expected a number``. A variable ``TONGBAN_*`` that names no
-setting is refused too, with the closest name, so a typo does not pass silently.
+setting is warned about, with the closest name, so a typo does not pass silently.
+
+**A configuration file** (TOML) can hold the same settings, under the fields' own names,
+with ``[store_urls]`` and ``[adapter_urls]`` tables for the two maps; it is named by
+``TONGBAN_CONFIG`` (or ``tongban --config FILE``). The variables override the file, and
+flags override both; everything is read once, into one frozen value. A key that names no
+setting, or a value of the wrong kind, is refused in one line naming the file and the key.
+
+    data_dir = "/srv/tongban"
+    public_url = "https://gateway.example"
+    gateway_db_url = "postgresql+psycopg://gateway@db/tongban"
+    adapter_timeout = 2.0
+
+    [adapter_urls]
+    health = "https://health.internal:8443"
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -96,12 +111,24 @@ class Settings(BaseModel):
     request_read_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """The settings from ``env`` (default ``os.environ``), then ``overrides`` (flags;
-        ``None`` means "not given")."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        config: Path | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """The settings from the configuration file (``config``, else ``TONGBAN_CONFIG``
+        in ``env``, else none), then ``env`` (default ``os.environ``), then ``overrides``
+        (flags; ``None`` means "not given")."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        variables: dict[str, str] = {}  # field -> the variable it came from
+        variables: dict[str, str] = {}  # field -> where its value came from
+        path = config or (Path(env["TONGBAN_CONFIG"]) if env.get("TONGBAN_CONFIG") else None)
+        if path is not None:
+            for name, value in _read_file(path).items():
+                values[name] = value
+                variables[name] = f"{path}: {name}"
         for name in cls.model_fields:
             if name in ("store_urls", "adapter_urls"):
                 continue
@@ -136,7 +163,7 @@ class Settings(BaseModel):
         TONGBAN_ADAPTER_TIMEOUT?)``). Not an error by itself: other tools read
         ``TONGBAN_*`` variables too; the CLI warns."""
         env = os.environ if env is None else env
-        known = [PREFIX + n.upper() for n in cls.model_fields]
+        known = [PREFIX + n.upper() for n in cls.model_fields] + ["TONGBAN_CONFIG"]
         out = []
         for var in sorted(env):
             if not var.startswith(PREFIX) or var in known or var.startswith(_NOT_SETTINGS):
@@ -187,6 +214,31 @@ _WORDS = {
     "path_type": "expected a path",
     "extra_forbidden": "not a setting",
 }
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The settings a configuration file gives, by field name."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        # The parser's message names the line and column, not the text it choked on.
+        where = str(exc).rsplit("(", 1)[-1].rstrip(")").removeprefix("at ")  # line 3, column 7
+        raise ConfigError(f"{path}: not valid TOML ({where})") from None
+    fields = Settings.model_fields
+    for key in doc:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{path}: {key}: not a setting{hint}")
+    out = dict(doc)
+    if isinstance(out.get("department_files"), list):
+        out["department_files"] = tuple(Path(str(p)) for p in out["department_files"])
+    return out
 
 
 def _words(error: Any) -> str:
