@@ -22,6 +22,7 @@ from rich.table import Table
 from tongban.primitives.errors import InvalidIdNumber
 from tongban.primitives.idnumber import parse
 
+from .admin_cli import add_admin
 from .boundary import (
     MissingPrerequisite,
     UsageError,
@@ -405,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_citizen_and_audit(sub)
     _add_stats(sub)
     add_keys(sub)
+    add_admin(sub)
     add_pki(sub)
     add_department(sub)
     add_federation(sub)

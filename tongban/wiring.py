@@ -61,6 +61,7 @@ __all__ = [
     "declared_departments",
     "department_files",
     "load_catalog",
+    "open_audit_log",
     "open_file_source",
     "party_tls",
     "require_department_data",
@@ -276,6 +277,20 @@ def load_catalog(files: Mapping[str, DepartmentFile]) -> Catalog:
         raise CommandFailed(f"{exc} ({served})" if served else str(exc)) from None
 
 
+def open_audit_log(settings: Settings, keys: KeyRing | None = None) -> AuditLog:
+    """The gateway's audit log, opened (its start-up check run), for the gateway and for
+    the operator's commands on the gateway host that record what they change."""
+    keys = keys or KeyRing(settings.keys_dir)
+    pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
+    return AuditLog(
+        settings.audit_store_url(),
+        pseudonyms,
+        origin=settings.origin,
+        startup_check=settings.audit_startup_check or None,
+        on_append=AUDIT_APPENDS.inc,
+    ).open()
+
+
 def build_registry(settings: Settings) -> ClientRegistry:
     # Client secrets are stored as HMAC-SM3 under this pepper, which stays out of the
     # database (gateway/oauth/credentials.py); every process of the gateway reads the same.
@@ -350,14 +365,8 @@ def build_gateway(
     client = DepartmentClient(
         signer, transport, department_keys, timeout=settings.adapter_timeout, envelope=envelope
     )
-    pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), VaultKeys(keys.directory))
-    audit = AuditLog(
-        settings.audit_store_url(),
-        pseudonyms,
-        origin=settings.origin,
-        startup_check=settings.audit_startup_check or None,
-        on_append=AUDIT_APPENDS.inc,
-    ).open()
+    audit = open_audit_log(settings, keys)
+    pseudonyms = audit.pseudonyms
     checkpointer = Checkpointer(
         audit,
         signing_key,
