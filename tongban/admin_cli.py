@@ -194,7 +194,7 @@ def add_admin(sub: Any) -> None:
     def verb(name: str, summary: str, func: Any, *, with_id: bool = True) -> Any:
         parser = command(verbs, name, summary)
         if with_id:
-            parser.add_argument("client_id", metavar="CLIENT_ID")
+            parser.add_argument("client_id", metavar="CLIENT_ID", help="the requester's client id")
         parser.add_argument(
             "--data-dir", type=Path, default=Path("demo-data"), metavar="DIR", help=DATA_DIR_HELP
         )
