@@ -27,9 +27,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 @pytest.fixture
-def data(
-    tmp_path: Path, gateway_stores: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Path:
+def data(tmp_path: Path, gateway_stores: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data directory with the demo's clients, its stores on SQLite or PostgreSQL (the
     commands read them from the environment, as on a gateway host)."""
     for name, url in gateway_stores.items():
