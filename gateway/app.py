@@ -11,10 +11,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tongban.audit.log import AuditBehindWitnesses
 from tongban.exposure import install_hsts, install_security_headers
 from tongban.http_shell import install_problem_handlers, problem_response
-from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.errors import NotFound, StoreUnavailable
 from tongban.primitives.jws import PublicKey, jwks
 
 from .metrics import install_metrics
+from .models import AuthorizationServerMetadata
 from .oauth.flask import init_oauth
 from .openapi import build_openapi, docs_blueprint
 from .pages import mount_pages
@@ -99,20 +100,7 @@ def create_app(gateway: Gateway) -> Flask:
             body["status"] = "degraded"
         return jsonify(body)
 
-    @app.get("/.well-known/jwks.json")
-    def keys() -> Response:
-        published: dict[str, PublicKey] = {}
-        if gateway.signing_key is not None:
-            public = gateway.signing_key.public_key
-            published[public.key_id] = public
-        if oauth is not None:
-            published.update(oauth.issuer.public_keys())
-        if gateway.answers is not None:
-            published.update(gateway.answers.public_keys())
-        resp = jsonify(jwks(published))
-        resp.headers["Cache-Control"] = "public, max-age=300"
-        return resp
-
+    _well_known(app, gateway)
     return app
 
 
@@ -146,3 +134,34 @@ def _install_store_unavailable(app: Flask) -> None:
 
     for error in (OperationalError, InterfaceError, InternalError, PoolTimeout):
         app.register_error_handler(error, unavailable)
+
+
+def _well_known(app: Flask, gateway: Gateway) -> None:
+    """``/.well-known/``: the keys everything the gateway signs verifies with, and the
+    authorization server's metadata (RFC 8414)."""
+    oauth = gateway.oauth
+
+    @app.get("/.well-known/oauth-authorization-server")
+    def server_metadata() -> Response:
+        if oauth is None:
+            raise NotFound("this gateway issues no tokens")
+        meta = AuthorizationServerMetadata.of(
+            oauth.issuer.issuer, oauth.token_endpoint, oauth.registry.known_scopes
+        )
+        resp = jsonify(meta.model_dump())
+        resp.headers["Cache-Control"] = "public, max-age=3600"
+        return resp
+
+    @app.get("/.well-known/jwks.json")
+    def keys() -> Response:
+        published: dict[str, PublicKey] = {}
+        if gateway.signing_key is not None:
+            public = gateway.signing_key.public_key
+            published[public.key_id] = public
+        if oauth is not None:
+            published.update(oauth.issuer.public_keys())
+        if gateway.answers is not None:
+            published.update(gateway.answers.public_keys())
+        resp = jsonify(jwks(published))
+        resp.headers["Cache-Control"] = "public, max-age=300"
+        return resp

@@ -11,6 +11,7 @@ number is a string here; its checksum, date and region are checked by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -32,6 +33,7 @@ __all__ = [
     "AuditEntry",
     "AuditFilters",
     "AuditSearch",
+    "AuthorizationServerMetadata",
     "BasisEditBody",
     "BatchAnswerClaims",
     "BatchAnswerItem",
@@ -774,3 +776,49 @@ class FederationJob(BaseModel):
 
     id: str
     status: Literal["queued", "running", "done", "failed"]
+
+
+# --- RFC 8414 ---------------------------------------------------------------------------
+
+
+class AuthorizationServerMetadata(Reply):
+    """What a client library needs to find the token endpoint and the keys (RFC 8414)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "description": "OAuth 2.0 authorization server metadata (RFC 8414): client "
+            "credentials only, at the token endpoint, with client_secret_basic or "
+            "private_key_jwt (SM2 or ES256)."
+        },
+    )
+
+    issuer: str
+    token_endpoint: str
+    jwks_uri: str
+    grant_types_supported: list[Literal["client_credentials"]]
+    response_types_supported: list[str] = Field(
+        description="Empty: there is no authorization endpoint."
+    )
+    token_endpoint_auth_methods_supported: list[Literal["client_secret_basic", "private_key_jwt"]]
+    token_endpoint_auth_signing_alg_values_supported: list[Literal["SM2", "ES256"]]
+    scopes_supported: list[str]
+    service_documentation: str
+
+    @classmethod
+    def of(
+        cls, issuer: str, token_endpoint: str, scopes: Iterable[str]
+    ) -> AuthorizationServerMetadata:
+        base = issuer.rstrip("/")
+        return cls(
+            issuer=issuer,
+            token_endpoint=token_endpoint,
+            jwks_uri=base + "/.well-known/jwks.json",
+            grant_types_supported=["client_credentials"],
+            response_types_supported=[],
+            token_endpoint_auth_methods_supported=["client_secret_basic", "private_key_jwt"],
+            token_endpoint_auth_signing_alg_values_supported=["SM2", "ES256"],
+            scopes_supported=sorted(scopes),
+            service_documentation=base + "/docs",
+        )

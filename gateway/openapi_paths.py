@@ -128,7 +128,7 @@ def _body(schema: Json, description: str = "") -> Json:
 
 
 #: Operations a gateway behind its witnesses still answers (gateway/app.py).
-_OPEN_WHEN_DIVERGED = frozenset({"health", "metrics", "jwks"})
+_OPEN_WHEN_DIVERGED = frozenset({"health", "metrics", "jwks", "authorizationServerMetadata"})
 
 
 def _op(
@@ -245,6 +245,18 @@ def _oauth_paths() -> Json:
     )
     return {
         "/oauth/token": {"post": token},
+        "/.well-known/oauth-authorization-server": {
+            "get": _op(
+                "authorizationServerMetadata",
+                "oauth",
+                "OAuth 2.0 authorization server metadata (RFC 8414)",
+                {"200": _json(ref("AuthorizationServerMetadata"), "Cacheable for an hour.")},
+                (NotFound,),
+                description="The token endpoint, the JWK Set, the grant, the client "
+                "authentication methods and algorithms, and the scopes, for client libraries "
+                "that discover them.",
+            )
+        },
         "/.well-known/jwks.json": {
             "get": _op(
                 "jwks",

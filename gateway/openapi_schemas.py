@@ -27,6 +27,7 @@ from .models import (
     AuditEntries,
     AuditEntry,
     AuditSearch,
+    AuthorizationServerMetadata,
     BasisEditBody,
     BatchAnswerClaims,
     BatchAnswerItem,
@@ -389,6 +390,7 @@ def _oauth(scopes: Iterable[str]) -> Json:
         "OAuthError": _oauth_error(),
         "Jwk": component_schema(Jwk),
         "Jwks": component_schema(Jwks),
+        "AuthorizationServerMetadata": component_schema(AuthorizationServerMetadata),
     }
 
 

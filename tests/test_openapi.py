@@ -386,6 +386,11 @@ def _oauth_and_keys_scenario(served: Served, contract: Contract) -> None:
     )  # fmt: skip
     keys = _call(served, contract, "get", "/.well-known/jwks.json", 200)
     assert {k["crv"] for k in keys["keys"]} == {"SM2", "P-256"}
+    meta = _call(served, contract, "get", "/.well-known/oauth-authorization-server", 200)
+    assert meta["token_endpoint"] == meta["issuer"] + "/oauth/token"
+    assert meta["jwks_uri"] == meta["issuer"] + "/.well-known/jwks.json"
+    assert meta["grant_types_supported"] == ["client_credentials"]
+    assert set(meta["token_endpoint_auth_signing_alg_values_supported"]) == {"SM2", "ES256"}
 
 
 def _check_scenario(served: Served, contract: Contract) -> None:
