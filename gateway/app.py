@@ -100,11 +100,20 @@ def create_app(gateway: Gateway) -> Flask:
             body["status"] = "degraded"
         return jsonify(body)
 
+    @app.get("/livez")
+    def livez() -> Response:
+        return jsonify(status="ok")  # this process answers: nothing else is asked
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        body = gateway.readiness()
+        return jsonify(body), 200 if body["status"] == "ready" else 503
+
     _well_known(app, gateway)
     return app
 
 
-_OPEN_WHEN_DIVERGED = ("/healthz", "/metrics", "/.well-known/")
+_OPEN_WHEN_DIVERGED = ("/healthz", "/livez", "/readyz", "/metrics", "/.well-known/")
 
 
 def _install_integrity_guard(app: Flask, gateway: Gateway) -> None:

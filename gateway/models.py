@@ -64,12 +64,14 @@ __all__ = [
     "InclusionProof",
     "Jwk",
     "Jwks",
+    "Liveness",
     "LoggedEntry",
     "ParamLimit",
     "PendingChange",
     "Policy",
     "PolicyChange",
     "PurposeTitles",
+    "Readiness",
     "Reply",
     "RuleEditBody",
     "StatisticJob",
@@ -822,3 +824,29 @@ class AuthorizationServerMetadata(Reply):
             scopes_supported=sorted(scopes),
             service_documentation=base + "/docs",
         )
+
+
+# --- /livez and /readyz ----------------------------------------------------------------
+
+
+class Liveness(Reply):
+    status: Literal["ok"]
+
+
+class Readiness(Reply):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "description": "Whether to send this gateway traffic. Not ready (503) when one of "
+            "its stores does not answer or its audit log is behind what a witness cosigned. "
+            "A department that is down does not make it unready (its checks answer "
+            "`undetermined`); it is listed."
+        },
+    )
+
+    status: Literal["ready", "not_ready"]
+    stores: dict[str, bool] = Field(description="Each store of the gateway: does it answer now.")
+    departments: dict[str, DepartmentHealth]
+    audit: HealthAudit | SkipJsonSchema[None] = None
+    reasons: list[str] = Field(description="Why not ready (store or audit), empty when ready.")

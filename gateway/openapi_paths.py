@@ -128,7 +128,9 @@ def _body(schema: Json, description: str = "") -> Json:
 
 
 #: Operations a gateway behind its witnesses still answers (gateway/app.py).
-_OPEN_WHEN_DIVERGED = frozenset({"health", "metrics", "jwks", "authorizationServerMetadata"})
+_OPEN_WHEN_DIVERGED = frozenset(
+    {"health", "livez", "readyz", "metrics", "jwks", "authorizationServerMetadata"}
+)
 
 
 def _op(
@@ -688,6 +690,27 @@ def _operations_paths() -> Json:
     )
     return {
         "/healthz": {"get": health},
+        "/livez": {
+            "get": _op(
+                "livez",
+                "operations",
+                "Liveness: this process answers (asks nothing else)",
+                {"200": _json(ref("Liveness"), "Alive.")},
+                (),
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "readyz",
+                "operations",
+                "Readiness: the stores answer and the audit log is not behind its witnesses",
+                {
+                    "200": _json(ref("Readiness"), "Ready for traffic."),
+                    "503": _json(ref("Readiness"), "Not ready: `reasons` says why."),
+                },
+                (),
+            )
+        },
         "/metrics": {
             "get": _op(
                 "metrics",

@@ -58,12 +58,14 @@ from .models import (
     InclusionProof,
     Jwk,
     Jwks,
+    Liveness,
     LoggedEntry,
     ParamLimit,
     PendingChange,
     Policy,
     PolicyChange,
     PurposeTitles,
+    Readiness,
     RuleEditBody,
     StatisticJob,
     StatisticRequest,
@@ -431,7 +433,7 @@ def _admin() -> Json:
 def _operations() -> Json:
     return {
         m.__name__: component_schema(m)
-        for m in (Health, HealthAudit, HealthCheckpoint, DepartmentHealth)
+        for m in (Health, HealthAudit, HealthCheckpoint, DepartmentHealth, Liveness, Readiness)
     }
 
 

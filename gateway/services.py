@@ -8,10 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from tongban.adapters.client import DepartmentClient
 from tongban.audit.log import AuditLog
+from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey
 from tongban.primitives.idnumber import parse
 from tongban.primitives.metrics_auth import MetricsCredential
@@ -103,19 +105,54 @@ class Gateway:
     # The database engines the parts above opened, disposed of by close().
     engines: list[Engine] = field(default_factory=list)
 
-    def health(self) -> dict[str, object]:
+    def _department_reports(self) -> dict[str, dict[str, object]]:
         names = self.departments.departments
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-            reports = dict(zip(names, pool.map(self.departments.health, names), strict=True))
+            return dict(zip(names, pool.map(self.departments.health, names), strict=True))
+
+    def _audit_status(self) -> dict[str, object] | None:
+        if self.audit is None:
+            return None
+        audit: dict[str, object] = {"size": self.audit.size}
+        if self.checkpointer is not None:
+            audit["checkpoint"] = self.checkpointer.status()
+        return audit
+
+    def health(self) -> dict[str, object]:
+        reports = self._department_reports()
         ready = all(r["reachable"] for r in reports.values())
         body: dict[str, object] = {"status": "ok" if ready else "degraded", "departments": reports}
+        audit = self._audit_status()
+        if audit is not None:
+            checkpoint = audit.get("checkpoint")
+            if isinstance(checkpoint, dict) and checkpoint["diverged"] is not None:
+                body["status"] = "unavailable"
+            body["audit"] = audit
+        return body
+
+    def readiness(self) -> dict[str, object]:
+        """``/readyz``: the stores answer a query now, the log is not behind its witnesses;
+        the departments are reported (one of them down only degrades answers)."""
+        stores: dict[str, bool] = {}
+        if self.oauth is not None:
+            stores["gateway"] = _answers(self.oauth.registry.engine)
         if self.audit is not None:
-            audit: dict[str, object] = {"size": self.audit.size}
-            if self.checkpointer is not None:
-                status = self.checkpointer.status()
-                audit["checkpoint"] = status
-                if status["diverged"] is not None:
-                    body["status"] = "unavailable"
+            stores["audit"] = _answers(self.audit.engine)
+        reasons = [f"store {name} does not answer" for name, ok in stores.items() if not ok]
+        try:
+            audit = self._audit_status()
+        except (SQLAlchemyError, TongbanError):  # a store away: already a reason
+            audit = None
+        checkpoint = audit.get("checkpoint") if isinstance(audit, dict) else None
+        if isinstance(checkpoint, dict) and checkpoint.get("diverged") is not None:
+            reasons.append("the audit log is behind what a witness cosigned")
+        body: dict[str, object] = {
+            "status": "not_ready" if reasons else "ready",
+            "stores": stores,
+            "departments": self._department_reports(),
+            "reasons": reasons,
+        }
+        if audit is not None:
             body["audit"] = audit
         return body
 
@@ -132,3 +169,13 @@ class Gateway:
             self.oauth.token_throttle.dispose()
         for engine in self.engines:
             engine.dispose()
+
+
+def _answers(engine: Engine) -> bool:
+    """Whether a store answers ``SELECT 1`` now (the error itself is not reported)."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True

@@ -371,6 +371,11 @@ def test_a_gateway_restarted_on_a_cut_log_serves_nothing_and_is_not_ready(
     assert body["status"] == "unavailable"
     # Its start-up entry took the cut entry's place: same size, another root.
     assert "cosigned another tree" in body["audit"]["checkpoint"]["diverged"]
+    # Alive, but not ready, and /readyz says why.
+    assert client.get("/livez").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["reasons"] == ["the audit log is behind what a witness cosigned"]
     resp = client.post("/v1/checks", json={"claim": "birth_registered"}, headers=edu)
     assert resp.status_code == 503
     problem = _problem(resp)

@@ -147,12 +147,21 @@ def test_postgresql_away_and_back_503_then_recovers_without_restart(
         cut_at = time.monotonic()
         _wait_until(lambda: sum(o.started > cut_at + 0.3 for o in load.snapshot()) >= 30,
                     30, "requests while PostgreSQL is away")  # fmt: skip
+        # Alive, not ready, and saying which store (no driver text, no person).
+        assert (
+            httpx.get(topo.gateway_url + "/livez", trust_env=False, timeout=10).status_code == 200
+        )
+        unready = httpx.get(topo.gateway_url + "/readyz", trust_env=False, timeout=30)
+        assert unready.status_code == 503, unready.text
+        assert "store gateway does not answer" in unready.json()["reasons"]
         topo.proxy.restore()
         restored_at = time.monotonic()
         _wait_until(lambda: any(o.status == 200 and o.started > restored_at
                                 for o in load.snapshot()), 20, "recovery")  # fmt: skip
         recovered = len(load.snapshot())
         load.wait_for(recovered + 20)
+        ready = httpx.get(topo.gateway_url + "/readyz", trust_env=False, timeout=30)
+        assert ready.status_code == 200 and ready.json()["reasons"] == [], ready.text
     outcomes = load.snapshot()
 
     away = [o for o in outcomes if cut_at + 0.3 < o.started and o.started + o.seconds < restored_at]

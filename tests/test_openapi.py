@@ -684,6 +684,10 @@ def _admin_scenario(served: Served, contract: Contract) -> None:
 def _operations_and_docs_scenario(served: Served, contract: Contract) -> None:
     health = _call(served, contract, "get", "/healthz", 200)
     assert health["status"] in ("ok", "degraded")
+    assert _call(served, contract, "get", "/livez", 200) == {"status": "ok"}
+    ready = _call(served, contract, "get", "/readyz", 200)
+    assert ready["status"] == "ready" and ready["reasons"] == []
+    assert ready["stores"] == {"gateway": True, "audit": True}
     token = (served.settings.keys_dir / "metrics.token").read_text(encoding="utf-8").strip()
     _call(served, contract, "get", "/metrics", 200, headers={"Authorization": f"Bearer {token}"})
     _problem(_call(served, contract, "get", "/metrics", 401), "metrics-unauthenticated")
