@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tongban.config import ConfigError, Settings
+from tongban.config import DEPARTMENTS, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPS = {"store_urls": "TONGBAN_STORE_URL_<DEPT>", "adapter_urls": "TONGBAN_ADAPTER_URL_<DEPT>"}
@@ -174,3 +174,10 @@ def test_the_cli_reads_the_file_once_and_says_a_fault_in_one_line(tmp_path: Path
     )  # fmt: skip
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"tongban: {missing}: no such configuration file"]
+
+
+def test_the_deployment_example_is_a_valid_configuration() -> None:
+    settings = Settings.from_env({}, config=ROOT / "docs" / "deploy" / "gateway.toml")
+    assert settings.public_url == "https://gateway.example"
+    assert set(settings.adapter_urls) == set(DEPARTMENTS)
+    assert settings.witness_quorum == 3
