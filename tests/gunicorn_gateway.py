@@ -37,7 +37,8 @@ def gunicorn_gateway(
     data: Path, *, threads: int, env: Mapping[str, str] | None = None
 ) -> Iterator[int]:
     """Serve the gateway of data directory ``data`` (keys made beforehand) with one worker
-    of ``threads`` threads; yields its port once ``/healthz`` answers 200."""
+    of ``threads`` threads; yields its port once ``/healthz`` answers 200. What gunicorn
+    and the app log goes to ``data/gunicorn.log``."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -47,16 +48,17 @@ def gunicorn_gateway(
         **(env or {}),
     }
     gunicorn = Path(sys.executable).parent / "gunicorn"
+    log = (data / "gunicorn.log").open("wb")
     proc = subprocess.Popen(
         [str(gunicorn), "-w", "1", "--threads", str(threads),
          "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
          "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
-        env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not _healthy(port):
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, (data / "gunicorn.log").read_text()[-3000:]
             if time.monotonic() > deadline:
                 pytest.fail("gunicorn did not come up")
             time.sleep(0.2)
@@ -68,5 +70,4 @@ def gunicorn_gateway(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        log.close()

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 class Server:
     url: str
     secret: str  # edu-bureau's
+    log: Path  # gunicorn's and the app's log
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     registry.register_client("flooded", "Flooded", scopes=("checks",))
     registry.engine.dispose()
     with gunicorn_gateway(data, threads=THREADS) as port:
-        yield Server(f"http://127.0.0.1:{port}", secret)
+        yield Server(f"http://127.0.0.1:{port}", secret, data / "gunicorn.log")
 
 
 def _client(source: str) -> httpx.Client:
@@ -134,3 +135,12 @@ def test_an_address_refused_as_such_has_its_new_connections_held(server: Server)
     time.sleep(hold)
     _, took_later, _ = fresh(source)
     assert took_later < hold
+
+
+def test_the_apps_info_logs_reach_gunicorns_log(server: Server) -> None:
+    """Under gunicorn, tongban.* records go where gunicorn's error log goes (before, every
+    record below WARNING was dropped), in its format, and name no person."""
+    text = server.log.read_text("utf-8", errors="replace")
+    ready = [line for line in text.splitlines() if "gateway ready (pid" in line]
+    assert ready, text[-2000:]
+    assert "[INFO]" in ready[0]  # gunicorn's format: "[date] [pid] [INFO] ..."

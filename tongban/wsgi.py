@@ -33,7 +33,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from tongban.gateway.services import Gateway
 
-__all__ = ["DEPARTMENT_FILE_VAR", "adapter", "department_file", "gateway"]
+__all__ = ["DEPARTMENT_FILE_VAR", "adapter", "department_file", "gateway", "route_logs"]
 
 #: The department file :func:`department_file` serves when it is given none.
 DEPARTMENT_FILE_VAR = "TONGBAN_DEPARTMENT_FILE"
@@ -78,18 +78,51 @@ def _wait_for_stores(*urls: str) -> None:
             engine.dispose()
 
 
+def route_logs() -> None:
+    """tongban's log records under a WSGI server: under gunicorn, to where its error log
+    goes (its handlers, its format, its ``--log-level``), which otherwise drops every
+    ``tongban.*`` record below WARNING; elsewhere, if nothing is configured, to stderr.
+    Called by every app factory of this module; a configured ``tongban`` logger is kept."""
+    from .boundary import make_log_handler
+
+    ours = logging.getLogger("tongban")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if ours.handlers:
+        return
+    server = logging.getLogger("gunicorn.error")
+    if server.handlers:
+        for handler in server.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(server.level or logging.INFO)
+    elif not logging.getLogger().handlers:
+        import sys
+
+        ours.addHandler(make_log_handler(sys.stderr))
+        ours.setLevel(logging.INFO)
+    else:
+        return  # the host (a test runner) configured logging: records propagate to it
+    ours.propagate = False
+
+
 def gateway() -> Flask:
     from tongban.gateway.app import create_app
 
     from .wiring import build_gateway
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    route_logs()
     settings = Settings.from_env()
     _wait_for_stores(settings.gateway_store_url(), settings.audit_store_url())
     with _one_at_a_time(settings, "gateway"):
         built = build_gateway(settings)
     atexit.register(built.close)
     _follow_policy(built, settings)
+    audit = built.audit
+    log.info(
+        "gateway ready (pid %d): %d department(s) connected, audit log of %d entries",
+        os.getpid(),
+        len(built.departments.departments),
+        audit.size if audit is not None else 0,
+    )
     return create_app(built)
 
 
@@ -124,9 +157,11 @@ def adapter(department: str) -> Flask:
 
     from .wiring import build_adapter
 
+    route_logs()
     settings = Settings.from_env()
     with _one_at_a_time(settings, f"adapter-{department}"):
         core, witness = build_adapter(settings, department)
+    log.info("adapter %s ready (pid %d)", department, os.getpid())
     return create_app(core, witness, metrics=ensure_metrics_token(settings.keys_dir))
 
 
@@ -144,6 +179,7 @@ def department_file(path: str | None = None, *, env: Mapping[str, str] | None = 
 
     from .wiring import build_file_adapter
 
+    route_logs()
     env = os.environ if env is None else env
     where = path or env.get(DEPARTMENT_FILE_VAR, "")
     if not where:
