@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
 
-from flask import Flask, Response, g, jsonify, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from tongban.http_metrics import RequestMetrics, install_request_metrics, metrics_blueprint
 from tongban.http_shell import install_problem_handlers
 from tongban.primitives.bodies import parse_body
 from tongban.primitives.errors import BadRequest, NotFound, StoreUnavailable
@@ -178,10 +177,7 @@ def public_health(body: dict[str, Any]) -> dict[str, Any]:
 
 # --- metrics ------------------------------------------------------------------------------
 
-_UNMATCHED = "<unmatched>"
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # The gateway's buckets (gateway/metrics.py): an answer is one of its department calls.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class SourceCollector(Collector):
@@ -275,47 +271,10 @@ def install_adapter_metrics(
     ``GET /metrics`` to the holder of ``credential`` (none: every scrape refused), all on
     a new registry (returned): several adapters in one process (the tests, the in-process
     topology) do not share counters."""
-    allowed = credential or MetricsCredential(None)
     registry = CollectorRegistry(auto_describe=True)
-    requests = Counter(
-        "tongban_http_requests",
-        "HTTP requests by method, route template and status code.",
-        ["method", "route", "status"],
-        registry=registry,
-    )
-    latency = Histogram(
-        "tongban_http_request_duration_seconds",
-        "Time from request start to response, by method and route template.",
-        ["method", "route"],
-        buckets=_BUCKETS,
-        registry=registry,
-    )
+    install_request_metrics(app, RequestMetrics.on(registry))
     registry.register(SourceCollector(core))
     if tls_status is not None:
         registry.register(CertificateCollector(tls_status))
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.metrics_started = time.perf_counter()
-
-    @app.after_request
-    def _observe(resp: Response) -> Response:
-        started = g.pop("metrics_started", None)
-        rule = request.url_rule
-        route = _UNMATCHED if rule is None else rule.rule
-        method = request.method if request.method in _METHODS else "OTHER"
-        requests.labels(method, route, str(resp.status_code)).inc()
-        if started is not None:
-            latency.labels(method, route).observe(time.perf_counter() - started)
-        return resp
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        allowed.check(request.headers.get("Authorization"))
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        resp = Response(encode(registry), 200)
-        resp.headers["Content-Type"] = content_type
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
-
+    app.register_blueprint(metrics_blueprint(credential or MetricsCredential(None), registry))
     return registry

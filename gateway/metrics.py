@@ -46,15 +46,18 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
+from flask import Blueprint, Flask
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tongban.audit.note import SignedNote
+from tongban.http_metrics import (
+    RequestMetrics,
+    install_request_metrics,
+    metrics_blueprint,
+)
 from tongban.primitives.metrics_auth import MetricsCredential
 
 __all__ = [
@@ -81,13 +84,9 @@ __all__ = [
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REDACTED = "redacted"
-UNMATCHED = "<unmatched>"
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 _LONG_DIGITS = re.compile(r"[0-9]{11,}")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Latency buckets around the goal (p99 under 50 ms) and the batch endpoint's seconds.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def safe_label(value: object) -> str:
@@ -115,19 +114,9 @@ class SafeCounter:
         return child
 
 
-HTTP_REQUESTS = Counter(
-    "tongban_http_requests",
-    "HTTP requests by method, route template and status code.",
-    ["method", "route", "status"],
-    registry=REGISTRY,
-)
-HTTP_LATENCY = Histogram(
-    "tongban_http_request_duration_seconds",
-    "Time from request start to response, by method and route template.",
-    ["method", "route"],
-    buckets=_BUCKETS,
-    registry=REGISTRY,
-)
+_HTTP = RequestMetrics.on(REGISTRY)
+HTTP_REQUESTS = _HTTP.requests
+HTTP_LATENCY = _HTTP.latency
 # The outcomes a check is counted under. The three answers are one outcome: a label that
 # told them apart would be the answer of whichever check a scraper diffed around.
 CHECK_OUTCOMES = frozenset({"answered", "denied", "invalid", "rate_limited"})
@@ -264,34 +253,6 @@ def track_audit(audit: _AuditView | None) -> None:
     AUDIT_CHECKPOINT_SIZE.set_function(_guarded(checkpoint_size))
 
 
-def _route() -> str:
-    rule = request.url_rule
-    return UNMATCHED if rule is None else rule.rule
-
-
-def _method() -> str:
-    return request.method if request.method in _METHODS else "OTHER"
-
-
-def metrics_blueprint(
-    credential: MetricsCredential, registry: CollectorRegistry = REGISTRY
-) -> Blueprint:
-    """``GET /metrics``: the text exposition format, or OpenMetrics if the scraper asks,
-    to the holder of ``credential`` only (401 ``metrics-unauthenticated`` otherwise)."""
-    bp = Blueprint("metrics", __name__)
-
-    @bp.get("/metrics")
-    def metrics() -> Response:
-        credential.check(request.headers.get("Authorization"))
-        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        resp = Response(encode(registry), 200)
-        resp.headers["Content-Type"] = content_type
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
-
-    return bp
-
-
 def install_metrics(
     app: Flask,
     *,
@@ -305,24 +266,12 @@ def install_metrics(
     holder of ``credential`` (no credential: every scrape is refused) and return its
     blueprint (``None`` otherwise, e.g. when a separate port serves it)."""
 
-    @app.before_request
-    def _start_timer() -> None:
-        g.metrics_started = time.perf_counter()
-
-    @app.after_request
-    def _observe(resp: Response) -> Response:
-        started = g.pop("metrics_started", None)
-        route, method = _route(), _method()
-        HTTP_REQUESTS.labels(method, route, str(resp.status_code)).inc()
-        if started is not None:
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
-        return resp
-
+    install_request_metrics(app, _HTTP)
     if audit is not None:
         track_audit(audit)
         track_checkpoints(checkpointer)
     if not endpoint:
         return None
-    bp = metrics_blueprint(credential or MetricsCredential(None))
+    bp = metrics_blueprint(credential or MetricsCredential(None), REGISTRY)
     app.register_blueprint(bp)
     return bp
