@@ -104,6 +104,12 @@ ConsentId = Annotated[
 AuditIndex = Annotated[int, Field(ge=0, description="Audit log index (leaf number).")]
 
 
+def _doc(description: str, **schema: Any) -> ConfigDict:
+    """The text (and any other keywords) the OpenAPI document gives a model; its docstring
+    is for developers. The rest of the config comes from the model's base."""
+    return ConfigDict(json_schema_extra={"description": description, **schema})
+
+
 class Reply(BaseModel):
     """An answer body: its schema is closed, as the requests' are."""
 
@@ -241,11 +247,9 @@ class ConsentGrant(Body):
     claim serves one of the purposes, the times are RFC 3339 with a zone and in range, a
     guardian's consent ends by the subject's 18th birthday)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "description": "Every claim must serve one of the purposes, and every purpose must "
-            "be served by one of the claims (`claim-not-for-purpose`)."
-        }
+    model_config = _doc(
+        "Every claim must serve one of the purposes, and every purpose must "
+        "be served by one of the claims (`claim-not-for-purpose`)."
     )
 
     requester: str = Field(min_length=1, description="Client id of the requester allowed to ask.")
@@ -279,13 +283,14 @@ Pairwise = Annotated[str, Field(pattern="^[0-9a-f]{32}$")]
 PolicyVersion = Annotated[str, Field(pattern="^[0-9a-f]{64}$")]  # SM3, lowercase hex
 
 
-class _Signed(BaseModel):
-    """A signed payload: open (a verifier ignores members it does not know)."""
+class _Open(BaseModel):
+    """An open object: a reader ignores members it does not know (signed payloads, job
+    documents, log entries)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class _AnswerCommon(_Signed):
+class _AnswerCommon(_Open):
     iss: str = Field(description="The gateway's public URL.")
     aud: str = Field(description="The requester's client id.")
     iat: int
@@ -299,14 +304,10 @@ class _AnswerCommon(_Signed):
 
 
 class AnswerClaims(_AnswerCommon):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
-            "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
-            "`legal_basis`."
-        },
+    model_config = _doc(
+        "Payload of a signed answer (`typ: tongban-answer+jwt`; alg SM2 or "
+        "ES256; verify with /.well-known/jwks.json). Carries `consent_id` or "
+        "`legal_basis`."
     )
 
     sub: Pairwise = Field(description="Pairwise pseudonym of the subject for this requester.")
@@ -322,25 +323,13 @@ class BatchAnswerItem(Reply):
 
 
 class BatchAnswerClaims(_AnswerCommon):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "Payload of the one signed answer over a batch, in subject order."
-        },
-    )
+    model_config = _doc("Payload of the one signed answer over a batch, in subject order.")
 
     results: list[BatchAnswerItem]
 
 
-class ConsentArtefactClaims(_Signed):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "Payload of a consent artefact (`typ: tongban-consent+jwt`)."
-        },
-    )
+class ConsentArtefactClaims(_Open):
+    model_config = _doc("Payload of a consent artefact (`typ: tongban-consent+jwt`).")
 
     iss: str
     jti: str = Field(pattern="^[A-Za-z0-9_-]{22}$", description="The consent id.")
@@ -382,11 +371,9 @@ class AuditFilters(Body):
 
 
 class AuditSearch(AuditFilters):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "description": "Filters of the officers' search; `subject` is a citizen's ID "
-            "number, which is why it travels in a body."
-        }
+    model_config = _doc(
+        "Filters of the officers' search; `subject` is a citizen's ID "
+        "number, which is why it travels in a body."
     )
 
     subject: IdNumber
@@ -425,14 +412,12 @@ class PolicyChange(Body):
     well-formed for its ptype, names in the catalog, no duplicate, a basis for ``set``) is
     the policy administration's to check, as ``invalid-policy``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "description": "At most 200 edits in all, at least one.",
-            "anyOf": [
-                {"required": ["rules"], "properties": {"rules": {"minItems": 1}}},
-                {"required": ["legal_bases"], "properties": {"legal_bases": {"minItems": 1}}},
-            ],
-        }
+    model_config = _doc(
+        "At most 200 edits in all, at least one.",
+        anyOf=[
+            {"required": ["rules"], "properties": {"rules": {"minItems": 1}}},
+            {"required": ["legal_bases"], "properties": {"legal_bases": {"minItems": 1}}},
+        ],
     )
 
     rules: list[RuleEditBody] = Field(default_factory=list, max_length=MAX_POLICY_EDITS)
@@ -471,14 +456,8 @@ class InclusionProof(Reply):
     audit_path: list[Hex]
 
 
-class LoggedEntry(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "The canonical JSON entry; subjects appear as pseudonyms."
-        },
-    )
+class LoggedEntry(_Open):
+    model_config = _doc("The canonical JSON entry; subjects appear as pseudonyms.")
 
     index: AuditIndex
     kind: str
@@ -497,13 +476,8 @@ class AuditEntries(Reply):
 
 
 class ConsentList(Reply):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={
-            "description": "Consents the caller is the subject of or granted as a guardian, "
-            "newest first."
-        },
+    model_config = _doc(
+        "Consents the caller is the subject of or granted as a guardian, newest first."
     )
 
     consents: Annotated[
@@ -512,13 +486,9 @@ class ConsentList(Reply):
 
 
 class AccessLogItem(Reply):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={
-            "description": "One access to the caller's data. Checks carry claim, purpose, "
-            "decision, result and their legal basis or consent."
-        },
+    model_config = _doc(
+        "One access to the caller's data. Checks carry claim, purpose, "
+        "decision, result and their legal basis or consent."
     )
 
     index: AuditIndex
@@ -605,16 +575,12 @@ class HealthAudit(Reply):
 
 
 class Health(Reply):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={
-            "description": "`degraded` when a department is unreachable or its source is not "
-            "ready: answers become `undetermined`, the gateway itself stays up. "
-            "`unavailable` (with status 503) when the audit log is behind what a witness "
-            "cosigned: every other endpoint but /metrics and /.well-known answers 503 "
-            "`audit-behind-witnesses`."
-        },
+    model_config = _doc(
+        "`degraded` when a department is unreachable or its source is not "
+        "ready: answers become `undetermined`, the gateway itself stays up. "
+        "`unavailable` (with status 503) when the audit log is behind what a witness "
+        "cosigned: every other endpoint but /metrics and /.well-known answers 503 "
+        "`audit-behind-witnesses`."
     )
 
     status: Literal["ok", "degraded", "unavailable"]
@@ -727,14 +693,10 @@ class ChangeRejected(Reply):
 # --- jobs -------------------------------------------------------------------------------
 
 
-class StatisticJob(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "A job: when done, the summed ciphertexts, the packing layout and "
-            "the cells; the gateway never sees a plaintext value or holds a private key."
-        },
+class StatisticJob(_Open):
+    model_config = _doc(
+        "A job: when done, the summed ciphertexts, the packing layout and "
+        "the cells; the gateway never sees a plaintext value or holds a private key."
     )
 
     id: str
@@ -746,14 +708,10 @@ class StatisticUnavailableItem(Reply):
     detail: str
 
 
-class StatisticsListing(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "Cells below the threshold are suppressed: by a sole contributing "
-            "department, otherwise by the analyst."
-        },
+class StatisticsListing(_Open):
+    model_config = _doc(
+        "Cells below the threshold are suppressed: by a sole contributing "
+        "department, otherwise by the analyst."
     )
 
     statistics: list[dict[str, Any]]
@@ -765,15 +723,11 @@ class StatisticsListing(BaseModel):
     budget: dict[str, Any]
 
 
-class FederationJob(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        frozen=True,
-        json_schema_extra={
-            "description": "A horizontal training job: per-round held-out loss and AUC while "
-            "it runs; when done, the federated and centralised AUC, epsilon (null without DP) "
-            "and the SM3 hash of the final model. The gateway sees only aggregated parameters."
-        },
+class FederationJob(_Open):
+    model_config = _doc(
+        "A horizontal training job: per-round held-out loss and AUC while "
+        "it runs; when done, the federated and centralised AUC, epsilon (null without DP) "
+        "and the SM3 hash of the final model. The gateway sees only aggregated parameters."
     )
 
     id: str
@@ -786,14 +740,10 @@ class FederationJob(BaseModel):
 class AuthorizationServerMetadata(Reply):
     """What a client library needs to find the token endpoint and the keys (RFC 8414)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={
-            "description": "OAuth 2.0 authorization server metadata (RFC 8414): client "
-            "credentials only, at the token endpoint, with client_secret_basic or "
-            "private_key_jwt (SM2 or ES256)."
-        },
+    model_config = _doc(
+        "OAuth 2.0 authorization server metadata (RFC 8414): client "
+        "credentials only, at the token endpoint, with client_secret_basic or "
+        "private_key_jwt (SM2 or ES256)."
     )
 
     issuer: str
@@ -834,15 +784,11 @@ class Liveness(Reply):
 
 
 class Readiness(Reply):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        json_schema_extra={
-            "description": "Whether to send this gateway traffic. Not ready (503) when one of "
-            "its stores does not answer or its audit log is behind what a witness cosigned. "
-            "A department that is down does not make it unready (its checks answer "
-            "`undetermined`); it is listed."
-        },
+    model_config = _doc(
+        "Whether to send this gateway traffic. Not ready (503) when one of "
+        "its stores does not answer or its audit log is behind what a witness cosigned. "
+        "A department that is down does not make it unready (its checks answer "
+        "`undetermined`); it is listed."
     )
 
     status: Literal["ready", "not_ready"]

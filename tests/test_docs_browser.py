@@ -17,19 +17,16 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from tongban.gateway.openapi_paths import DOCS_ASSETS
 
 from .conftest import Generated
 from .gateway_harness import Harness, build_harness
-from .test_pages_browser import BROWSER_TESTS, CHROMIUM, ROOT, _missing
+from .test_pages_browser import BROWSER_TESTS, CHROMIUM, ROOT, serving, skip_without_browser
 
 # Always build/ (ignored by git): `make screenshots` refreshes only the pages' images.
 SCREENSHOTS = ROOT / "build" / "screenshots"
@@ -84,11 +81,7 @@ def test_the_docs_page_names_exactly_the_served_assets():
 
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
-    reason = _missing()
-    if reason is not None:
-        banner = f"\n{'!' * 78}\n!! BROWSER TESTS SKIPPED: {reason}\n{'!' * 78}\n"
-        (sys.__stderr__ or sys.stderr).write(banner)
-        pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
+    skip_without_browser()
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +92,8 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Harness, str]]:
     h = build_harness(tmp_path_factory.mktemp("docs-browser"), small_population.urls, party_keys)
-    server = make_server("127.0.0.1", 0, h.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield h, f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        h.close()
+    with serving(h) as url:
+        yield h, url
 
 
 def _run(config: dict[str, Any]) -> dict[str, Any]:

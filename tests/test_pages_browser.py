@@ -11,6 +11,7 @@ Skipped, loudly, only when Chromium, node or ``browser-tests/node_modules`` is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,14 +49,19 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser_ready() -> None:
+def skip_without_browser() -> None:
+    """Skip, loudly, when Chromium, node or playwright-core is absent."""
     reason = _missing()
     if reason is not None:
         banner = f"\n{'!' * 78}\n!! BROWSER TESTS SKIPPED: {reason}\n{'!' * 78}\n"
         # Past pytest's capture, so it shows in any run (and the skip reason in -ra).
         (sys.__stderr__ or sys.stderr).write(banner)
         pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser_ready() -> None:
+    skip_without_browser()
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +72,18 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Harness, str]]:
     h = build_harness(tmp_path_factory.mktemp("browser"), small_population.urls, party_keys)
+    with serving(h) as url:
+        yield h, url
+
+
+@contextlib.contextmanager
+def serving(h: Harness) -> Iterator[str]:
+    """``h``'s gateway app on a free loopback port (werkzeug, threaded); closed after."""
     server = make_server("127.0.0.1", 0, h.app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield h, f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         thread.join(timeout=10)

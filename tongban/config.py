@@ -43,12 +43,8 @@ __all__ = ["ConfigError", "Settings"]
 # The built-in departments, read from their files (adapters/departments/*.toml).
 DEPARTMENTS = builtin_names()
 PREFIX = "TONGBAN_"
-#: ``TONGBAN_*`` variables that are not settings: read by other parts (the CLI, the demo,
-#: tests, benchmarks, the client), or per department (the two maps).
-_NOT_SETTINGS = (
-    "TONGBAN_STORE_URL_",
-    "TONGBAN_ADAPTER_URL_",
-)
+#: The per-department variables of the two maps (``TONGBAN_STORE_URL_HEALTH``, …).
+_NOT_SETTINGS = ("TONGBAN_STORE_URL_", "TONGBAN_ADAPTER_URL_")
 
 
 class ConfigError(TongbanError):
@@ -60,7 +56,7 @@ class ConfigError(TongbanError):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     data_dir: Path = Path("demo-data")
     # Department store URLs; a department absent here uses DIR/departments/<name>.db.
