@@ -268,8 +268,10 @@ def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _fill(filler: Path) -> Path:
     """Append to ``filler`` (created while there was room: creating a file on a file
-    system the load has already filled fails) until the file system is full; return it."""
-    with filler.open("ab") as fh:
+    system the load has already filled fails) until the file system is full; return it.
+    Unbuffered: a buffered file would try the refused bytes again when closed, and raise
+    ENOSPC a second time, out of the ``with``."""
+    with filler.open("ab", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"\0" * 65536)
