@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tongban.audit.log import AuditBehindWitnesses
 from tongban.exposure import install_hsts, install_security_headers
 from tongban.http_shell import install_problem_handlers, problem_response
-from tongban.primitives.errors import NotFound, StoreUnavailable
-from tongban.primitives.jws import PublicKey, jwks
+from tongban.primitives.errors import StoreUnavailable
 
 from .metrics import install_metrics
-from .models import AuthorizationServerMetadata
 from .oauth.flask import init_oauth
 from .openapi import build_openapi, docs_blueprint
+from .operations import open_when_diverged
 from .pages import mount_pages
 from .services import Gateway
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
 from .views_citizen import citizen_blueprint
 from .views_federation import federation_blueprint
+from .views_operations import OPERATIONS, operations_blueprint
 from .views_statistics import statistics_blueprint
 
 __all__ = ["MAX_BODY", "Gateway", "create_app"]
@@ -81,39 +81,11 @@ def create_app(gateway: Gateway) -> Flask:
     install_security_headers(app)
     _install_integrity_guard(app, gateway)
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        # Liveness is "this process answers"; a department being down degrades answers to
-        # `undetermined` but does not make the gateway unhealthy. Each department reports
-        # its source's kind and whether that source can be read (`ready`) from its own
-        # /healthz: an adapter up over an unreachable database degrades too.
-        body = gateway.health()
-        departments = body.get("departments")
-        if body["status"] == "unavailable":
-            # Not ready: the audit log is behind its witnesses (nothing is answered).
-            resp = jsonify(body)
-            resp.status_code = 503
-            return resp
-        if isinstance(departments, dict) and any(
-            not r.get("ready", r.get("reachable")) for r in departments.values()
-        ):
-            body["status"] = "degraded"
-        return jsonify(body)
-
-    @app.get("/livez")
-    def livez() -> Response:
-        return jsonify(status="ok")  # this process answers: nothing else is asked
-
-    @app.get("/readyz")
-    def readyz() -> tuple[Response, int]:
-        body = gateway.readiness()
-        return jsonify(body), 200 if body["status"] == "ready" else 503
-
-    _well_known(app, gateway)
+    app.register_blueprint(operations_blueprint(gateway))
     return app
 
 
-_OPEN_WHEN_DIVERGED = ("/healthz", "/livez", "/readyz", "/metrics", "/.well-known/")
+_OPEN_WHEN_DIVERGED = open_when_diverged(OPERATIONS)
 
 
 def _install_integrity_guard(app: Flask, gateway: Gateway) -> None:
@@ -127,7 +99,8 @@ def _install_integrity_guard(app: Flask, gateway: Gateway) -> None:
     @app.before_request
     def _refuse_when_diverged() -> None:
         reason = checkpointer.diverged
-        if reason is not None and not request.path.startswith(_OPEN_WHEN_DIVERGED):
+        rule = request.url_rule
+        if reason is not None and (rule is None or rule.rule not in _OPEN_WHEN_DIVERGED):
             raise AuditBehindWitnesses(reason)
 
 
@@ -143,34 +116,3 @@ def _install_store_unavailable(app: Flask) -> None:
 
     for error in (OperationalError, InterfaceError, InternalError, PoolTimeout):
         app.register_error_handler(error, unavailable)
-
-
-def _well_known(app: Flask, gateway: Gateway) -> None:
-    """``/.well-known/``: the keys everything the gateway signs verifies with, and the
-    authorization server's metadata (RFC 8414)."""
-    oauth = gateway.oauth
-
-    @app.get("/.well-known/oauth-authorization-server")
-    def server_metadata() -> Response:
-        if oauth is None:
-            raise NotFound("this gateway issues no tokens")
-        meta = AuthorizationServerMetadata.of(
-            oauth.issuer.issuer, oauth.token_endpoint, oauth.registry.known_scopes
-        )
-        resp = jsonify(meta.model_dump())
-        resp.headers["Cache-Control"] = "public, max-age=3600"
-        return resp
-
-    @app.get("/.well-known/jwks.json")
-    def keys() -> Response:
-        published: dict[str, PublicKey] = {}
-        if gateway.signing_key is not None:
-            public = gateway.signing_key.public_key
-            published[public.key_id] = public
-        if oauth is not None:
-            published.update(oauth.issuer.public_keys())
-        if gateway.answers is not None:
-            published.update(gateway.answers.public_keys())
-        resp = jsonify(jwks(published))
-        resp.headers["Cache-Control"] = "public, max-age=300"
-        return resp

@@ -20,14 +20,19 @@ from pydantic.json_schema import SkipJsonSchema
 from tongban.federation.dp import MAX_EPSILON, MIN_EPSILON
 from tongban.policies import BasisEdit, BasisOp, Change, Rule, RuleEdit, RuleOp
 from tongban.primitives.bodies import Body, component_ref, schema_ref
+from tongban.primitives.errors import PROBLEM_BASE
 
 from .jobs import declared_jobs
+from .oauth.registry import KNOWN_SCOPES
 
 __all__ = [
+    "ANSWER_ALGS",
+    "BATCH_RESULTS",
     "MAX_BATCH_SUBJECTS",
     "MAX_ROUNDS",
     "AccessLog",
     "AccessLogItem",
+    "AccessLogQuery",
     "AnswerClaims",
     "AuditEntries",
     "AuditEntry",
@@ -54,6 +59,7 @@ __all__ = [
     "ConsentGrant",
     "ConsentList",
     "ConsistencyProof",
+    "ConsistencyQuery",
     "DepartmentHealth",
     "DpRequest",
     "FederationJob",
@@ -62,14 +68,17 @@ __all__ = [
     "HealthAudit",
     "HealthCheckpoint",
     "InclusionProof",
+    "InclusionQuery",
     "Jwk",
     "Jwks",
     "Liveness",
     "LoggedEntry",
+    "OAuthError",
     "ParamLimit",
     "PendingChange",
     "Policy",
     "PolicyChange",
+    "Problem",
     "PurposeTitles",
     "Readiness",
     "Reply",
@@ -79,6 +88,7 @@ __all__ = [
     "StatisticUnavailableItem",
     "StatisticsListing",
     "Subject",
+    "TokenRequest",
     "TokenResponse",
 ]
 
@@ -93,6 +103,9 @@ PurposeName = Annotated[str, schema_ref("PurposeName")]
 #: Values are checked against the claim's enumerations in the core (unknown-parameter).
 ClaimParams = Annotated[dict[str, Any] | None, schema_ref("ClaimParams")]
 AnswerAlg = Annotated[Literal["SM2", "ES256"], schema_ref("AnswerAlg")]
+ANSWER_ALGS = ("SM2", "ES256")
+#: A batch item's result: a check's, or why it was not checked.
+BATCH_RESULTS = ("yes", "no", "undetermined", "denied", "invalid")
 ConsentId = Annotated[
     str | None,
     Field(
@@ -347,27 +360,36 @@ class ConsentArtefactClaims(_Open):
 # --- the officers' audit search ---------------------------------------------------------
 
 _OPTIONAL_TEXT = Annotated[str, Field(max_length=256)] | SkipJsonSchema[None]
+#: A count or index in a query string: at most 18 digits (primitives.bodies.parse_query).
+_COUNT = Annotated[int, Field(ge=0, le=999_999_999_999_999_999)]
 _OPTIONAL_TIME = (
     Annotated[str, Field(max_length=40, json_schema_extra=_DATE_TIME)] | SkipJsonSchema[None]
 )
 
 
 class AuditFilters(Body):
-    """The filters of ``GET /v1/audit/entries`` (as query parameters, parsed leniently:
-    ``limit=5`` is the integer 5) and of the search body. ``since`` and ``until`` are
-    checked as RFC 3339 date-times with a zone by the view."""
+    """The filters of ``GET /v1/audit/entries`` (query parameters) and of the search body.
+    ``since`` and ``until`` are checked as RFC 3339 date-times with a zone by the view."""
 
-    requester: _OPTIONAL_TEXT = None
-    claim: _OPTIONAL_TEXT = None
-    purpose: _OPTIONAL_TEXT = None
-    decision: Literal["allow", "deny"] | SkipJsonSchema[None] = None
-    result: _OPTIONAL_TEXT = None
-    kind: _OPTIONAL_TEXT = None
-    since: _OPTIONAL_TIME = None
-    until: _OPTIONAL_TIME = None
-    limit: int = Field(default=50, ge=1, le=10**6)
-    cursor: Annotated[int, Field(ge=0, le=2**62)] | SkipJsonSchema[None] = None
-    order: Literal["asc", "desc"] = "desc"
+    requester: _OPTIONAL_TEXT = Field(default=None, description="Requester client id.")
+    claim: _OPTIONAL_TEXT = Field(default=None, description="Claim name.")
+    purpose: _OPTIONAL_TEXT = Field(default=None, description="Purpose name.")
+    decision: Literal["allow", "deny"] | SkipJsonSchema[None] = Field(
+        default=None, description="Policy decision."
+    )
+    result: _OPTIONAL_TEXT = Field(
+        default=None, description="yes, no, undetermined, denied, invalid."
+    )
+    kind: _OPTIONAL_TEXT = Field(
+        default=None, description="Entry kind, e.g. check, consent_granted."
+    )
+    since: _OPTIONAL_TIME = Field(default=None, description="Entry time, inclusive.")
+    until: _OPTIONAL_TIME = Field(default=None, description="Entry time, exclusive.")
+    limit: int = Field(default=50, ge=1, le=10**6, description="Page size (max 500).")
+    cursor: _COUNT | SkipJsonSchema[None] = Field(
+        default=None, description="The `next` of the previous page."
+    )
+    order: Literal["asc", "desc"] = Field(default="desc", description="Order.")
 
 
 class AuditSearch(AuditFilters):
@@ -377,6 +399,23 @@ class AuditSearch(AuditFilters):
     )
 
     subject: IdNumber
+
+
+class InclusionQuery(Body):
+    index: _COUNT = Field(description="Leaf index.")
+    size: Annotated[_COUNT, Field(ge=1)] = Field(description="Tree size.")
+
+
+class ConsistencyQuery(Body):
+    first: _COUNT = Field(description="Older tree size.")
+    second: _COUNT = Field(description="Newer tree size.")
+
+
+class AccessLogQuery(Body):
+    limit: int = Field(default=50, ge=1, le=200, description="Page size.")
+    cursor: _COUNT | SkipJsonSchema[None] = Field(
+        default=None, description="The `next` of the previous page."
+    )
 
 
 # --- policy administration ---------------------------------------------------------------
@@ -774,6 +813,113 @@ class AuthorizationServerMetadata(Reply):
             scopes_supported=sorted(scopes),
             service_documentation=base + "/docs",
         )
+
+
+# --- errors and the token request ------------------------------------------------------
+
+_TOKEN_REFUSALS = ("token-invalid", "token-expired", "token-not-yet-valid", "token-wrong-type",
+                   "token-wrong-audience", "token-replayed", "rate-limited")  # fmt: skip
+CLIENT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # gateway.oauth.registry
+_TOKEN_PROBLEMS = [PROBLEM_BASE + s for s in sorted(_TOKEN_REFUSALS)]
+_TokenProblem = Annotated[str, Field(json_schema_extra={"enum": _TOKEN_PROBLEMS})]
+_SCOPE = "(" + "|".join(sorted(s.replace(":", "[:]") for s in KNOWN_SCOPES)) + ")"
+
+
+class Problem(_Open):
+    model_config = _doc("RFC 9457 problem details. Extension members may be added.")
+
+    type: str = Field(
+        description="Stable URI naming the kind of problem; see `x-problem-types`.",
+        json_schema_extra={"format": "uri"},
+    )
+    title: str = Field(
+        description="Short summary of the problem type; the same for every occurrence."
+    )
+    status: Annotated[int, Field(ge=400, le=599)]
+    detail: str = Field(
+        description="Names the field at fault and what was expected; never repeats personal data."
+    )
+    instance: str = Field(description="The request id (also in the `X-Request-Id` header).")
+    audit_index: AuditIndex | SkipJsonSchema[None] = Field(
+        default=None, description="For refused checks: the audit entry recording the refusal."
+    )
+    reason: (
+        Literal["bad_length", "bad_format", "bad_region", "bad_date", "bad_check_digit"]
+        | SkipJsonSchema[None]
+    ) = Field(default=None, description="For `invalid-id-number`: which GB 11643 rule failed.")
+    required_scope: str | SkipJsonSchema[None] = Field(
+        default=None, description="For `insufficient-scope`: the scope the operation needs."
+    )
+    retry_after: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        default=None, description="For `rate-limited`: seconds to wait, as in `Retry-After`."
+    )
+    limit: Literal["requester", "subject"] | SkipJsonSchema[None] = Field(
+        default=None, description="For `rate-limited`: which limit."
+    )
+    parameter: str | SkipJsonSchema[None] = Field(
+        default=None, description="For `unknown-parameter`: the enumerated parameter at fault."
+    )
+    allowed: list[str] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="For `unknown-parameter` and `unknown-purpose`: every value the parameter "
+        "or purpose may take (the caller's own value is never repeated).",
+    )
+    claims: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="For `unknown-claim` and `unknown-purpose`: where the claims and purposes "
+        "are listed (`/v1/claims`).",
+        json_schema_extra={"format": "uri-reference"},
+    )
+    statistics: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="For `unknown-statistic`: where the statistics are listed (`/v1/statistics`).",
+        json_schema_extra={"format": "uri-reference"},
+    )
+
+
+class OAuthError(_Open):
+    model_config = _doc("Token endpoint error (RFC 6749 section 5.2), not problem+json.")
+
+    error: Literal["invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                   "unsupported_grant_type", "invalid_scope", "temporarily_unavailable"] = Field(
+        description="RFC 6749 section 5.2 error code."
+    )  # fmt: skip
+    error_description: str | SkipJsonSchema[None] = Field(
+        default=None, description="ASCII, without quotes or backslashes."
+    )
+    error_uri: str | SkipJsonSchema[None] = Field(default=None, json_schema_extra={"format": "uri"})
+    type: _TokenProblem | SkipJsonSchema[None] = Field(
+        default=None,
+        description="When a client assertion was refused: the tongban problem type of the "
+        "reason; `rate-limited` for a throttled request (429).",
+    )
+    limit: Literal["client", "source"] | SkipJsonSchema[None] = Field(
+        default=None, description="For a 429: the bucket that ran dry."
+    )
+    retry_after: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = Field(
+        default=None, description="As `Retry-After`."
+    )
+
+
+class TokenRequest(Body):
+    model_config = _doc(
+        "Authenticate with HTTP Basic (client_secret_basic) OR a client assertion "
+        "(private_key_jwt), never both."
+    )
+
+    grant_type: Literal["client_credentials"]
+    scope: Annotated[str, Field(pattern=f"^{_SCOPE}( {_SCOPE})*$")] | SkipJsonSchema[None] = Field(
+        default=None, description="Space-separated; default: every scope the client holds."
+    )
+    client_assertion_type: (
+        Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] | SkipJsonSchema[None]
+    ) = None
+    client_assertion: Annotated[str, schema_ref("CompactJws")] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="private_key_jwt (RFC 7523): iss = sub = client id, aud = the token "
+        "endpoint URL, short exp, single-use jti; alg as registered.",
+    )
+    client_id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)] | SkipJsonSchema[None] = None
 
 
 # --- /livez and /readyz ----------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The gateway's OpenAPI 3.1 document, its problem-type registry, and the docs pages.
 
-:func:`build_openapi` assembles the document from :mod:`gateway.openapi_paths` and
-:mod:`gateway.openapi_schemas`; :func:`problem_types` walks the one error tree
+:func:`build_openapi` writes the document from the operations every view module declares
+(:data:`OPERATIONS`, see :mod:`gateway.operations`) and the components of the models they
+name (:mod:`gateway.openapi_schemas`); :func:`problem_types` walks the one error tree
 (``TongbanError.__subclasses__()``, recursively, after importing every module that defines
 errors) so a new error class appears in ``x-problem-types`` without anyone listing it;
 :func:`docs_blueprint` serves ``/openapi.json`` and ``/docs``, Swagger UI vendored from npm
@@ -19,17 +20,23 @@ from importlib import metadata, resources
 from typing import Any
 
 from flask import Blueprint, Response, request
+from pydantic import BaseModel
 
 from tongban.primitives.errors import PROBLEM_BASE, NotFound, TongbanError
 
+from . import views_audit, views_checks, views_citizen, views_federation, views_statistics
 from .catalog import Catalog
+from .models import AnswerClaims, BatchAnswerClaims, ConsentArtefactClaims, Problem
 from .oauth.registry import KNOWN_SCOPES
-from .openapi_paths import DOCS_ASSETS, paths
 from .openapi_schemas import Json, component_schemas
+from .operations import Operation, Out, paths
+from .views_operations import OPERATIONS as SERVICE_OPERATIONS
 
 __all__ = [
+    "DOCS_ASSETS",
     "ERROR_MODULES",
     "OPENAPI_VERSION",
+    "OPERATIONS",
     "ProblemType",
     "build_openapi",
     "docs_blueprint",
@@ -38,6 +45,63 @@ __all__ = [
 ]
 
 OPENAPI_VERSION = "3.1.0"
+
+# The /docs page's files under gateway/static: our script that starts Swagger UI, and
+# Swagger UI itself (swagger-ui-dist from npm, vendored: gateway/static/README.md).
+DOCS_ASSETS = {
+    "docs-init.js": "text/javascript",
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+}
+_TEXT = {"type": "string"}
+_NOT_MODIFIED = Out(None, "Not modified (If-None-Match).", 304)
+_OPENAPI = Operation(
+    "GET",
+    "/openapi.json",
+    "openapi",
+    "docs",
+    "This document",
+    (Out({"type": "object"}, "OpenAPI 3.1."), _NOT_MODIFIED),
+)
+_DOCS = Operation(
+    "GET",
+    "/docs",
+    "docs",
+    "docs",
+    "This document in Swagger UI, with try-it-out",
+    (
+        Out(
+            _TEXT,
+            "Swagger UI (vendored, served from /docs/{asset}; no CDN) on /openapi.json. "
+            "Authorize with OAuth 2.0 client credentials (client id and secret), then try "
+            "operations against this gateway. Content-Security-Policy: scripts, styles and "
+            "requests same-origin only, no inline script, no eval.",
+            media=("text/html",),
+        ),
+        _NOT_MODIFIED,
+    ),
+)
+_DOCS_ASSET = Operation(
+    "GET", "/docs/{asset}", "docsAsset", "docs", "Script and style sheet of the docs page",
+    (Out(_TEXT, "JavaScript or CSS.", media=tuple(sorted(set(DOCS_ASSETS.values())))),
+     _NOT_MODIFIED),
+    (NotFound,), path_params={"asset": ("^(" + "|".join(sorted(DOCS_ASSETS)) + ")$",
+                                        "One of the page's files.")},
+)  # fmt: skip
+OPERATIONS: tuple[Operation, ...] = (
+    *SERVICE_OPERATIONS,
+    *views_checks.OPERATIONS,
+    *views_citizen.OPERATIONS,
+    *views_audit.OPERATIONS,
+    *views_statistics.OPERATIONS,
+    *views_federation.OPERATIONS,
+    _OPENAPI,
+    _DOCS,
+    _DOCS_ASSET,
+)
+"""Every operation of the gateway's contract."""
+#: Components that no operation names: the payloads of what the gateway signs.
+_SIGNED = (AnswerClaims, BatchAnswerClaims, ConsentArtefactClaims)
 
 ERROR_MODULES = (
     "tongban.primitives.errors",
@@ -257,14 +321,22 @@ def build_openapi(server_url: str, *, catalog: Catalog | None = None) -> dict[st
         },
         "servers": [{"url": base or "/"}],
         "tags": [{"name": n, "description": d} for n, d in _TAGS],
-        "paths": paths(),
+        "paths": paths(OPERATIONS),
         "components": {
-            "schemas": component_schemas(catalog, scopes),
+            "schemas": component_schemas(catalog, _models()),
             "securitySchemes": security_schemes,
             "headers": headers,
         },
         "x-problem-types": [p.to_json() for p in problem_types()],
     }
+
+
+def _models() -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = [Problem, *_SIGNED]
+    for op in OPERATIONS:
+        found += [m for m in (op.body, op.form) if m is not None]
+        found += [o.schema for o in op.replies if isinstance(o.schema, type)]
+    return found
 
 
 # --- the docs blueprint -----------------------------------------------------------------
@@ -322,7 +394,7 @@ def docs_blueprint(spec_provider: Callable[[], Mapping[str, Any]]) -> Blueprint:
     assets = {name: _File.of(_static(name), mimetype) for name, mimetype in DOCS_ASSETS.items()}
     cached: list[_File] = []
 
-    @bp.get("/openapi.json")
+    @_OPENAPI.route(bp)
     def openapi_json() -> Response:
         if not cached:
             data = json.dumps(spec_provider(), ensure_ascii=False).encode("utf-8")
@@ -331,7 +403,7 @@ def docs_blueprint(spec_provider: Callable[[], Mapping[str, Any]]) -> Blueprint:
         resp.headers["Access-Control-Allow-Origin"] = "*"
         return resp
 
-    @bp.get("/docs")
+    @_DOCS.route(bp)
     def docs() -> Response:
         # The page changes with a deployment; let browsers revalidate (ETag) every time.
         resp = _conditional(page, "no-cache")
@@ -339,7 +411,7 @@ def docs_blueprint(spec_provider: Callable[[], Mapping[str, Any]]) -> Blueprint:
         resp.headers["Referrer-Policy"] = "no-referrer"
         return resp
 
-    @bp.get("/docs/<asset>")
+    @_DOCS_ASSET.route(bp)
     def docs_asset(asset: str) -> Response:
         found = assets.get(asset)
         if found is None:

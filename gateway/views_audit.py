@@ -4,19 +4,32 @@ call the log, render."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 
 from flask import Blueprint, Response, jsonify, request
 
-from tongban.audit.log import AuditLog, StoredEntry
-from tongban.primitives.bodies import parse_body
-from tongban.primitives.errors import BadRequest, Forbidden, NotFound
+from tongban.audit.log import AuditIntegrityError, AuditLog, StoredEntry
+from tongban.primitives.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidIdNumber,
+    NotFound,
+    StoreUnavailable,
+)
 
-from .models import AuditFilters, AuditSearch
-from .oauth.flask import current_principal, require_token
+from .models import (
+    AuditEntries,
+    AuditFilters,
+    AuditSearch,
+    ConsistencyProof,
+    ConsistencyQuery,
+    InclusionProof,
+    InclusionQuery,
+)
+from .oauth.flask import current_principal
+from .operations import AUDIT_WRITE, Operation, Out
 from .services import AuditEvents, Gateway
 
-__all__ = ["SubjectInUrl", "audit_blueprint"]
+__all__ = ["OPERATIONS", "SubjectInUrl", "audit_blueprint"]
 
 
 class SubjectInUrl(BadRequest):
@@ -30,22 +43,9 @@ _MAX_PAGE = 500
 _FILTERS = ("requester", "claim", "purpose", "decision", "result", "kind", "since", "until")
 
 
-def _int_arg(name: str, *, minimum: int = 0, source: Mapping[str, object] | None = None) -> int:
-    raw = (request.args if source is None else source).get(name)
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        raw = str(raw)
-    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise BadRequest(f"{name}: expected a non-negative integer")
-    value = int(raw)
-    if value < minimum:
-        raise BadRequest(f"{name}: expected at least {minimum}")
-    return value
-
-
-def _time_arg(name: str, source: Mapping[str, object] | None = None) -> str:
+def _time_arg(name: str, raw: object) -> str:
     """An RFC 3339 date-time with a zone, as the log writes times (UTC, ms, ``Z``), so the
     store's text comparison is a time comparison; anything else is refused, not matched."""
-    raw = (request.args if source is None else source).get(name, "")
     if not isinstance(raw, str):
         raise BadRequest(f"{name}: expected an RFC 3339 date-time with a time zone")
     try:
@@ -68,7 +68,7 @@ def _search(log: AuditLog, query: AuditFilters) -> Response:
         value = getattr(query, name)
         if value in (None, ""):
             continue
-        filters[name] = _time_arg(name, {name: value}) if name in ("since", "until") else value
+        filters[name] = _time_arg(name, value) if name in ("since", "until") else value
     if isinstance(query, AuditSearch):
         number = query.subject
         filters["subject"] = AuditEvents(log).officer_lookup(current_principal().client_id, number)
@@ -84,6 +84,75 @@ def _search(log: AuditLog, query: AuditFilters) -> Response:
     return jsonify(entries=[_render(e) for e in rows], next=nxt)
 
 
+CHECKPOINT = Operation(
+    "GET",
+    "/v1/audit/checkpoint",
+    "auditCheckpoint",
+    "audit",
+    "Latest signed checkpoint (C2SP signed note)",
+    (
+        Out(
+            {"type": "string"},
+            "Origin, tree size and base64 root, then signature lines of "
+            "the gateway and of witnessing departments.",
+            media=("text/plain",),
+        ),
+    ),
+    (NotFound, StoreUnavailable),
+)
+INCLUSION = Operation(
+    "GET",
+    "/v1/audit/proofs/inclusion",
+    "auditInclusionProof",
+    "audit",
+    "RFC 9162 inclusion proof",
+    (Out(InclusionProof, "Audit path, leaf to root."),),
+    (Forbidden, NotFound, StoreUnavailable, AuditIntegrityError),
+    scopes=(),
+    query=InclusionQuery,
+    description="With `audit:read`, for any entry; otherwise only for the caller's own "
+    "entries (403 `forbidden`).",
+)
+CONSISTENCY = Operation(
+    "GET",
+    "/v1/audit/proofs/consistency",
+    "auditConsistencyProof",
+    "audit",
+    "RFC 9162 consistency proof",
+    (Out(ConsistencyProof, "Proof that first is a prefix of second."),),
+    (NotFound, StoreUnavailable, AuditIntegrityError),
+    query=ConsistencyQuery,
+)
+ENTRIES = Operation(
+    "GET",
+    "/v1/audit/entries",
+    "auditEntries",
+    "audit",
+    "Search audit entries (privacy officers)",
+    (Out(AuditEntries, "A page of entries."),),
+    (SubjectInUrl, NotFound),
+    scopes=("audit:read",),
+    query=AuditFilters,
+    description="No `subject` here: an ID number in a URL is refused with 400 "
+    "`subject-in-url` (URLs end up in access logs, proxies and histories); look a citizen "
+    "up with `POST /v1/audit/entries/search`.",
+)
+SEARCH = Operation(
+    "POST",
+    "/v1/audit/entries/search",
+    "auditEntriesSearch",
+    "audit",
+    "Search audit entries, by a citizen's ID number too (privacy officers)",
+    (Out(AuditEntries, "A page of entries."),),
+    (InvalidIdNumber, NotFound, *AUDIT_WRITE),
+    scopes=("audit:read",),
+    body=AuditSearch,
+    description="The filters of `GET /v1/audit/entries` in a JSON body, plus `subject`: a "
+    "lookup by ID number is itself audited (`officer_lookup`) and shown to the citizen.",
+)
+OPERATIONS = (CHECKPOINT, INCLUSION, CONSISTENCY, ENTRIES, SEARCH)
+
+
 def audit_blueprint(gateway: Gateway) -> Blueprint:
     bp = Blueprint("audit", __name__)
     audit: AuditLog | None = gateway.audit
@@ -93,25 +162,24 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
             raise NotFound("this gateway keeps no audit log")
         return audit
 
-    @bp.get("/v1/audit/checkpoint")
+    @CHECKPOINT.route(bp)
     def checkpoint() -> Response:
         note = log().latest_checkpoint()
         if note is None:
             raise NotFound("no checkpoint yet")
         return Response(note.text(), 200, mimetype="text/plain")
 
-    @bp.get("/v1/audit/proofs/consistency")
-    def consistency() -> Response:
-        first, second = _int_arg("first"), _int_arg("second")
+    @CONSISTENCY.route(bp)
+    def consistency(query: ConsistencyQuery) -> Response:
+        first, second = query.first, query.second
         if not first <= second <= log().refresh():
             raise BadRequest("first/second: need first <= second <= tree size")
         path = log().consistency_proof(first, second)
         return jsonify(first=first, second=second, consistency_path=[h.hex() for h in path])
 
-    @bp.get("/v1/audit/proofs/inclusion")
-    @require_token()
-    def inclusion() -> Response:
-        index, size = _int_arg("index"), _int_arg("size", minimum=1)
+    @INCLUSION.route(bp)
+    def inclusion(query: InclusionQuery) -> Response:
+        index, size = query.index, query.size
         if not index < size <= log().refresh():
             raise BadRequest("index/size: need index < size <= tree size")
         principal = current_principal()
@@ -132,25 +200,18 @@ def audit_blueprint(gateway: Gateway) -> Blueprint:
             audit_path=[h.hex() for h in log().inclusion_proof(index, size)],
         )
 
-    @bp.get("/v1/audit/entries")
-    @require_token("audit:read")
-    def entries() -> Response:
+    @ENTRIES.route(bp)
+    def entries(query: AuditFilters) -> Response:
         if "subject" in request.args:
             # An ID number in a URL ends up in access logs, proxies and browser history.
             raise SubjectInUrl(
                 "subject: an ID number never goes in a URL: POST /v1/audit/entries/search "
                 'with {"subject": …} in the body'
             )
-        # Query parameters are text: parsed leniently (limit=5 is 5); others are ignored.
-        known = {k: v for k, v in request.args.items() if k in AuditFilters.model_fields}
-        return _search(log(), parse_body(AuditFilters, known, root="query", strict=False))
+        return _search(log(), query)
 
-    @bp.post("/v1/audit/entries/search")
-    @require_token("audit:read")
-    def search() -> Response:
-        body = request.get_json()
-        if isinstance(body, dict) and "subject" not in body:
-            raise BadRequest("subject: required here (without one, GET /v1/audit/entries)")
-        return _search(log(), parse_body(AuditSearch, body))
+    @SEARCH.route(bp)
+    def search(body: AuditSearch) -> Response:
+        return _search(log(), body)
 
     return bp

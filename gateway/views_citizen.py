@@ -10,37 +10,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from tongban.audit.log import AuditLog, StoredEntry
-from tongban.primitives.bodies import parse_body
-from tongban.primitives.errors import BadRequest, NotFound
+from tongban.policies.errors import AuditFailed
+from tongban.primitives.errors import InvalidIdNumber, NotFound, StoreUnavailable
 
-from .consent import ConsentStore
-from .models import ConsentGrant
-from .oauth.flask import current_citizen, require_citizen
+from .catalog import UnknownClaim, UnknownPurpose
+from .consent import (
+    ClaimNotForPurpose,
+    ConsentNotActive,
+    ConsentStore,
+    GuardianConsentRequired,
+    GuardianUndetermined,
+    NotAGuardian,
+    SubjectNotAMinor,
+    UnknownRequester,
+)
+from .models import AccessLog, AccessLogQuery, Consent, ConsentGrant, ConsentList
+from .oauth.flask import current_citizen
+from .operations import Operation, Out
 from .services import Gateway
-from .views_common import json_body
 
-__all__ = ["ACCESS_LOG_KINDS", "citizen_blueprint"]
+__all__ = ["ACCESS_LOG_KINDS", "CONSENT_ID_PATTERN", "OPERATIONS", "citizen_blueprint"]
 
 # What a citizen sees in their access log: every check about them, and every time a
 # privacy officer looked them up.
 ACCESS_LOG_KINDS = ("check", "officer_lookup")
-_DEFAULT_PAGE = 50
-_MAX_PAGE = 200
-
-
-def _int_arg(name: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise BadRequest(f"{name}: expected a non-negative integer")
-    value = int(raw)
-    if not minimum <= value <= maximum:
-        raise BadRequest(f"{name}: expected {minimum} to {maximum}")
-    return value
 
 
 def _decision(entry: Mapping[str, Any]) -> str:
@@ -98,43 +94,115 @@ def _access_item(stored: StoredEntry, names: _Names) -> dict[str, Any]:
     return item
 
 
+CONSENT_ID_PATTERN = "^[A-Za-z0-9_-]{22}$"  # secrets.token_urlsafe(16)
+_CONSENT_ID = {"consent_id": (CONSENT_ID_PATTERN, "The consent's id.")}
+_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "The new consent."}}
+
+GRANT = Operation(
+    "POST",
+    "/v1/consents",
+    "grantConsent",
+    "consent",
+    "Grant consent (as the subject, or as a minor's guardian)",
+    (Out(Consent, "The consent, signed by the gateway.", 201, headers=_LOCATION),),
+    (
+        InvalidIdNumber,
+        UnknownRequester,
+        ClaimNotForPurpose,
+        UnknownClaim,
+        UnknownPurpose,
+        NotAGuardian,
+        GuardianUndetermined,
+        SubjectNotAMinor,
+        GuardianConsentRequired,
+        StoreUnavailable,
+        AuditFailed,
+    ),
+    citizen=True,
+    body=ConsentGrant,
+    force_json=True,
+    description="A child under 14 needs a guardian's consent; a guardian must be on record "
+    "in the household registration (police `guardian_of`).",
+)
+READ = Operation(
+    "GET",
+    "/v1/consents/{consent_id}",
+    "readConsent",
+    "consent",
+    "Read a consent I am the subject or grantor of",
+    (Out(Consent, "The consent as of now."),),
+    (NotFound, StoreUnavailable),
+    citizen=True,
+    path_params=_CONSENT_ID,
+    description="Someone else's consent is a plain 404.",
+)
+REVOKE = Operation(
+    "DELETE",
+    "/v1/consents/{consent_id}",
+    "revokeConsent",
+    "consent",
+    "Revoke a consent; takes effect on the next check",
+    (Out(Consent, "The consent, now REVOKED."),),
+    (NotFound, ConsentNotActive, StoreUnavailable, AuditFailed),
+    citizen=True,
+    path_params=_CONSENT_ID,
+)
+MINE = Operation(
+    "GET",
+    "/v1/me/consents",
+    "myConsents",
+    "citizen",
+    "My consents (as subject or guardian), newest first",
+    (Out(ConsentList, "At most 1000 consents."),),
+    (StoreUnavailable,),
+    citizen=True,
+)
+ACCESS_LOG = Operation(
+    "GET",
+    "/v1/me/access-log",
+    "myAccessLog",
+    "citizen",
+    "Every check about me and every officer lookup of me",
+    (Out(AccessLog, "Newest first."),),
+    (NotFound, StoreUnavailable),
+    citizen=True,
+    query=AccessLogQuery,
+    description="Who asked, which claim, for what purpose, under which legal basis or "
+    "consent, with what result, and when.",
+)
+OPERATIONS = (GRANT, READ, REVOKE, MINE, ACCESS_LOG)
+
+
 def citizen_blueprint(gateway: Gateway, consents: ConsentStore) -> Blueprint:
     bp = Blueprint("citizen", __name__)
     audit: AuditLog | None = gateway.audit
 
-    @bp.post("/v1/consents")
-    @require_citizen
-    def grant() -> Response:
-        body = parse_body(ConsentGrant, json_body(force=True))
+    @GRANT.route(bp)
+    def grant(body: ConsentGrant) -> Response:
         consent = consents.grant(current_citizen().id_number, body)
         resp = jsonify(consent.to_json())
         resp.status_code = 201
         resp.headers["Location"] = f"/v1/consents/{consent.id}"
         return resp
 
-    @bp.get("/v1/consents/<consent_id>")
-    @require_citizen
+    @READ.route(bp)
     def read(consent_id: str) -> Response:
         return jsonify(consents.get(consent_id, current_citizen().id_number).to_json())
 
-    @bp.delete("/v1/consents/<consent_id>")
-    @require_citizen
+    @REVOKE.route(bp)
     def revoke(consent_id: str) -> Response:
         return jsonify(consents.revoke(consent_id, current_citizen().id_number).to_json())
 
-    @bp.get("/v1/me/consents")
-    @require_citizen
+    @MINE.route(bp)
     def mine() -> Response:
         found = consents.list_for(current_citizen().id_number)
         return jsonify(consents=[c.to_json() for c in found])
 
-    @bp.get("/v1/me/access-log")
-    @require_citizen
-    def access_log() -> Response:
+    @ACCESS_LOG.route(bp)
+    def access_log(query: AccessLogQuery) -> Response:
         if audit is None:
             raise NotFound("this gateway keeps no audit log")
-        limit = _int_arg("limit", _DEFAULT_PAGE, minimum=1, maximum=_MAX_PAGE) or _DEFAULT_PAGE
-        cursor = _int_arg("cursor", None, minimum=0, maximum=2**62)
+        limit, cursor = query.limit, query.cursor
         me = audit.pseudonyms.pseudonym(current_citizen().id_number)
         # One indexed query per kind, merged: the newest `limit` of the union are among
         # the newest `limit` of each kind, so the page and its cursor are exact.

@@ -20,13 +20,24 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
+from pydantic.json_schema import models_json_schema
 
 from .errors import BadRequest
 
-__all__ = ["Body", "component_ref", "component_schema", "parse_body", "schema_ref"]
+__all__ = [
+    "Body",
+    "component_ref",
+    "component_schema",
+    "component_schemas",
+    "parse_body",
+    "parse_query",
+    "schema_ref",
+]
 
 M = TypeVar("M", bound="Body")
 _MARK = "x-tongban-component"
@@ -129,6 +140,34 @@ def parse_body(
         raise error(f"{where}: {_words(first)}") from None
 
 
+def _takes_int(annotation: Any) -> bool:
+    """Whether a field is an integer (``int``, ``int | None``, annotated or not)."""
+    if annotation is int:
+        return True
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Annotated:
+        args = args[:1]
+    return any(_takes_int(a) for a in args)
+
+
+def parse_query(model: type[M], args: Mapping[str, str]) -> M:
+    """Query parameters as ``model``: its fields only (others are ignored, as HTTP caches
+    and proxies add their own), integers written as plain decimal digits (``5``, never
+    `` 5``, ``+5``, ``5.0`` or ``5_0``), the rest as text; then :func:`parse_body`."""
+    data: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        raw = args.get(name)
+        if raw is None:
+            continue
+        if _takes_int(info.annotation):
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+                raise BadRequest(f"{name}: expected a non-negative integer")
+            data[name] = int(raw)
+        else:
+            data[name] = raw
+    return parse_body(model, data, "query")
+
+
 def component_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema as an OpenAPI component: nested models refer to their own
     components (``#/components/schemas/Name``), which :func:`component_schemas` lists."""
@@ -139,6 +178,36 @@ def component_schema(model: type[BaseModel]) -> dict[str, Any]:
         # json_schema_extra={"description": ...} (which pydantic puts there instead).
         del schema["description"]
     return dict(_openapi(schema))
+
+
+def _subclasses(cls: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    out: dict[str, type[BaseModel]] = {}
+    for sub in cls.__subclasses__():
+        out.setdefault(sub.__name__, sub)
+        for name, found in _subclasses(sub).items():
+            out.setdefault(name, found)
+    return out
+
+
+def component_schemas(models: Iterable[type[BaseModel]]) -> dict[str, dict[str, Any]]:
+    """The OpenAPI components of ``models`` and of every model they contain, by class name
+    (as :func:`component_schema` writes each). Two models of one name are refused: the
+    document would name one of them wrongly."""
+    models = list(dict.fromkeys(models))
+    _, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    classes = _subclasses(BaseModel)
+    out: dict[str, dict[str, Any]] = {}
+    for name, schema in top.get("$defs", {}).items():
+        if "__" in name or "-" in name:  # pydantic's way of telling two models apart
+            raise ValueError(f"models clash in the document: {name!r}")
+        cls = classes.get(name)
+        doc = inspect.cleandoc(cls.__doc__) if cls is not None and cls.__doc__ else None
+        if doc is not None and schema.get("description") == doc:
+            del schema["description"]
+        out[name] = dict(_openapi(schema))
+    return out
 
 
 def _openapi(node: Any) -> Any:

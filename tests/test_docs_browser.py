@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tongban.gateway.openapi_paths import DOCS_ASSETS
+from tongban.gateway.openapi import DOCS_ASSETS
 
 from .conftest import Generated
 from .gateway_harness import Harness, build_harness
