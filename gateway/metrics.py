@@ -32,14 +32,16 @@ when a caller passes garbage.
 The metrics live in :data:`REGISTRY`, not the process-global default registry, so tests and
 several apps in one process do not collide with other libraries' collectors.
 
-Several processes (gunicorn workers): each worker has its own counters, and a scrape
-reaches one worker at random. For correct totals, run with ``PROMETHEUS_MULTIPROC_DIR``
-set to an empty directory (before this module is imported, cleared at each deployment),
-declare the two gauges with ``multiprocess_mode="max"`` (or ``"livemax"``), serve
-``/metrics`` from a fresh ``CollectorRegistry`` with
-``prometheus_client.multiprocess.MultiProcessCollector(registry)``, and call
-``multiprocess.mark_process_dead(worker.pid)`` from gunicorn's ``child_exit`` hook. Not
-done here: the demo and tests are single-process.
+Several processes (gunicorn workers, :mod:`tongban.gunicorn_conf`): the master sets
+``PROMETHEUS_MULTIPROC_DIR`` before any worker imports prometheus_client, every worker
+writes its values to files there, and ``/metrics`` serves the deployment's totals whichever
+worker answers (:func:`tongban.http_metrics.exposition`): counters and histograms summed
+over the workers, dead ones included; each gauge merged by its ``multiprocess_mode``
+(beside it below), over the live workers only (gunicorn's ``child_exit`` drops a dead
+worker's gauges). A gauge read at the scrape writes the answering worker's reading to its
+file as it is read, so a worker's reading is as fresh as the last scrape it answered. In
+one process (the Flask test client, ``tongban gateway serve``) the registry is served as
+it is and nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from tongban.http_metrics import (
     RequestMetrics,
     install_request_metrics,
     metrics_blueprint,
+    multiprocess_dir,
 )
 from tongban.primitives.metrics_auth import MetricsCredential
 
@@ -148,31 +151,65 @@ AUDIT_APPENDS = Counter(
     "Entries this process appended durably to the audit log.",
     registry=REGISTRY,
 )
+# The gauges are read at the scrape (_read_at_scrape). Under several workers each is
+# merged over the live workers' latest readings, by what the value is:
+# - the tree size is each worker's in-memory view of one shared, append-only log, and a
+#   worker sees the entries others appended only when it next appends: the largest view
+#   is the freshest one ("livemax"). Not "max": a dead worker's reading stays in its file,
+#   and after a restore to a smaller log it would outvote every live worker until the
+#   master restarts.
+#   Not a sum ("livesum" would count the one log once per worker).
+# - the latest checkpoint's size, cosignatures and quorum are read from the shared store:
+#   the newest reading is the deployment's value ("livemostrecent", as one process reads
+#   it at the scrape). Not "max": a new checkpoint has fewer cosignatures than the last
+#   until the witnesses answer, and "witnessed" must be able to fall back to 0.
+# - divergence is each worker's own checkpointer's finding: the alarm is up while any
+#   live worker holds it ("livemax"); the most recent reading would let a worker that
+#   found nothing hide another's finding.
 AUDIT_TREE_SIZE = Gauge(
     "tongban_audit_tree_size",
-    "Audit Merkle tree size as this process sees it.",
+    "Audit Merkle tree size as this process sees it (several workers: the largest view).",
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 AUDIT_CHECKPOINT_SIZE = Gauge(
     "tongban_audit_checkpoint_size",
     "Tree size of the latest signed checkpoint.",
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 AUDIT_CHECKPOINT_COSIGNATURES = Gauge(
     "tongban_audit_checkpoint_cosignatures",
     "Witness cosignatures on the latest checkpoint.",
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 AUDIT_CHECKPOINT_WITNESSED = Gauge(
     "tongban_audit_checkpoint_witnessed",
     "1 if the latest checkpoint has the quorum of cosignatures, else 0.",
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 AUDIT_DIVERGED = Gauge(
     "tongban_audit_diverged",
     "1 if a witness cosigned more, or another tree, than this log holds (nothing is served).",
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
+
+
+def _read_at_scrape(gauge: Gauge, read: Callable[[], float]) -> None:
+    """``gauge`` is ``read()`` at each scrape. Under several workers a function's value is
+    in no file, so the answering worker also writes its reading to its own file as it
+    reads it, before the files are merged (:func:`tongban.http_metrics.exposition`)."""
+
+    def value() -> float:
+        reading = read()
+        if multiprocess_dir() is not None:
+            gauge.set(reading)
+        return reading
+
+    gauge.set_function(value)
 
 
 def count_check(claim: str, purpose: str, result: str, count: int = 1) -> None:
@@ -201,19 +238,21 @@ def track_checkpoints(checkpointer: _CheckpointView | None) -> None:
     """The latest checkpoint's cosignatures and quorum, and divergence, at each scrape."""
     if checkpointer is None:
         for gauge in (AUDIT_CHECKPOINT_COSIGNATURES, AUDIT_CHECKPOINT_WITNESSED, AUDIT_DIVERGED):
-            gauge.set_function(lambda: math.nan)
+            _read_at_scrape(gauge, lambda: math.nan)
         return
 
     def cosignatures() -> float:
         cosigners = checkpointer.status()["cosigners"]
         return float(len(cosigners)) if isinstance(cosigners, list) else math.nan
 
-    AUDIT_CHECKPOINT_COSIGNATURES.set_function(_guarded(cosignatures))
-    AUDIT_CHECKPOINT_WITNESSED.set_function(
-        _guarded(lambda: 1.0 if checkpointer.status()["witnessed"] else 0.0)
+    _read_at_scrape(AUDIT_CHECKPOINT_COSIGNATURES, _guarded(cosignatures))
+    _read_at_scrape(
+        AUDIT_CHECKPOINT_WITNESSED,
+        _guarded(lambda: 1.0 if checkpointer.status()["witnessed"] else 0.0),
     )
-    AUDIT_DIVERGED.set_function(
-        _guarded(lambda: 0.0 if checkpointer.status()["diverged"] is None else 1.0)
+    _read_at_scrape(
+        AUDIT_DIVERGED,
+        _guarded(lambda: 0.0 if checkpointer.status()["diverged"] is None else 1.0),
     )
 
 
@@ -241,16 +280,16 @@ def _guarded(read: Callable[[], float]) -> Callable[[], float]:
 def track_audit(audit: _AuditView | None) -> None:
     """Read the audit gauges from ``audit`` at each scrape (the last log given wins)."""
     if audit is None:
-        AUDIT_TREE_SIZE.set_function(lambda: math.nan)
-        AUDIT_CHECKPOINT_SIZE.set_function(lambda: math.nan)
+        _read_at_scrape(AUDIT_TREE_SIZE, lambda: math.nan)
+        _read_at_scrape(AUDIT_CHECKPOINT_SIZE, lambda: math.nan)
         return
 
     def checkpoint_size() -> float:
         note = audit.latest_checkpoint()
         return math.nan if note is None else float(note.checkpoint.size)
 
-    AUDIT_TREE_SIZE.set_function(_guarded(lambda: audit.size))
-    AUDIT_CHECKPOINT_SIZE.set_function(_guarded(checkpoint_size))
+    _read_at_scrape(AUDIT_TREE_SIZE, _guarded(lambda: audit.size))
+    _read_at_scrape(AUDIT_CHECKPOINT_SIZE, _guarded(checkpoint_size))
 
 
 def install_metrics(

@@ -39,6 +39,22 @@ def gunicorn_gateway(
     """Serve the gateway of data directory ``data`` (keys made beforehand) with one worker
     of ``threads`` threads; yields its port once ``/healthz`` answers 200. What gunicorn
     and the app log goes to ``data/gunicorn.log``."""
+    with gunicorn_gateway_process(data, threads=threads, env=env) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def gunicorn_gateway_process(
+    data: Path,
+    *,
+    threads: int,
+    workers: int = 1,
+    config: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """:func:`gunicorn_gateway` with ``workers`` workers and gunicorn's ``-c config``
+    (``python:tongban.gunicorn_conf``: the shipped one) if given; yields the port and the
+    gunicorn master."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -49,8 +65,9 @@ def gunicorn_gateway(
     }
     gunicorn = Path(sys.executable).parent / "gunicorn"
     log = (data / "gunicorn.log").open("wb")
+    options = ["-c", config] if config is not None else []
     proc = subprocess.Popen(
-        [str(gunicorn), "-w", "1", "--threads", str(threads),
+        [str(gunicorn), *options, "-w", str(workers), "--threads", str(threads),
          "-k", "tongban.gunicorn_worker.DeadlineThreadWorker",
          "-b", f"127.0.0.1:{port}", "tongban.wsgi:gateway()"],
         env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
@@ -62,7 +79,7 @@ def gunicorn_gateway(
             if time.monotonic() > deadline:
                 pytest.fail("gunicorn did not come up")
             time.sleep(0.2)
-        yield port
+        yield port, proc
     finally:
         proc.terminate()
         try:

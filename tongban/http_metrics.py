@@ -6,16 +6,33 @@ template (``<unmatched>`` for a path no rule serves) and the status code: never 
 requested, which could carry an ID number. ``/metrics`` answers the holder of the
 operator's metrics token only (:class:`~tongban.primitives.metrics_auth.MetricsCredential`;
 401 ``metrics-unauthenticated`` otherwise), in the text format or OpenMetrics if asked.
+
+Under several gunicorn workers (:mod:`tongban.gunicorn_conf`), prometheus_client keeps every
+counter, histogram and gauge of every worker in files of one directory
+(``PROMETHEUS_MULTIPROC_DIR``, set by the master before any worker imports
+prometheus_client), and ``/metrics`` answers the deployment's totals whichever worker
+takes the scrape: each family the files hold is served merged across workers
+(:class:`~prometheus_client.multiprocess.MultiProcessCollector`: counters and histograms
+summed, gauges by their ``multiprocess_mode``); what the files cannot hold (a collector
+that reads its values at the scrape, such as an adapter's source and certificate
+collectors) is served as this worker reads it. In one process nothing changes: the
+registry is served as it is.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from tongban.primitives.metrics_auth import MetricsCredential
 
@@ -24,8 +41,10 @@ __all__ = [
     "METHODS",
     "UNMATCHED",
     "RequestMetrics",
+    "exposition",
     "install_request_metrics",
     "metrics_blueprint",
+    "multiprocess_dir",
 ]
 
 UNMATCHED = "<unmatched>"
@@ -79,15 +98,54 @@ def install_request_metrics(app: Flask, metrics: RequestMetrics) -> None:
         return resp
 
 
+def multiprocess_dir() -> str | None:
+    """The directory this process's metric values live in, or ``None`` in one process.
+    Values are kept in files only if ``PROMETHEUS_MULTIPROC_DIR`` was set before
+    prometheus_client was first imported (its value class is chosen then), so that choice
+    is read, not the variable: set later, it would name files nobody writes."""
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _Deployment(Collector):
+    """``registry`` with every family the workers' files hold replaced by its merge."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        self.registry = registry
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        # The registry first: a gauge read at the scrape writes this worker's reading to
+        # its file as it is collected (gateway/metrics.py), before the files are merged.
+        mine = list(self.registry.collect())
+        files = glob.glob(os.path.join(self.path, "*.db"))
+        families: Iterable[Metric] = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            files, accumulate=True
+        )
+        merged = {m.name: m for m in families}
+        # A family no file holds is a collector read at the scrape, or a labelled metric
+        # no worker has used yet (no samples): either is served as this worker has it.
+        return [merged.get(family.name, family) for family in mine]
+
+
+def exposition(registry: CollectorRegistry) -> Collector:
+    """What a scrape of ``registry`` serves: the registry itself in one process, the
+    deployment's totals under several workers (see the module)."""
+    path = multiprocess_dir()
+    return registry if path is None else _Deployment(registry, path)
+
+
 def metrics_blueprint(credential: MetricsCredential, registry: CollectorRegistry) -> Blueprint:
-    """``GET /metrics`` of ``registry``, to the holder of ``credential`` only."""
+    """``GET /metrics`` of ``registry`` (of every worker's, see :func:`exposition`), to the
+    holder of ``credential`` only."""
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")
     def metrics() -> Response:
         credential.check(request.headers.get("Authorization"))
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        resp = Response(encode(registry), 200)
+        resp = Response(encode(exposition(registry)), 200)
         resp.headers["Content-Type"] = content_type
         resp.headers["Cache-Control"] = "no-store"
         return resp

@@ -1,5 +1,10 @@
 """WSGI factories for production servers (gunicorn): one gateway or adapter per worker.
 
+    gunicorn -c python:tongban.gunicorn_conf -w 2 -b 0.0.0.0:8080 'tongban.wsgi:gateway()'
+
+(the shipped configuration, :mod:`tongban.gunicorn_conf`: the deadline worker, the logs,
+and one ``/metrics`` for all workers), or by hand (several workers then count each alone)::
+
     gunicorn --workers 2 --threads 16 --worker-class gthread 'tongban.wsgi:gateway()'
     gunicorn --workers 1 --threads 8 --worker-class gthread 'tongban.wsgi:adapter("health")'
     TONGBAN_DEPARTMENT_FILE=/etc/tongban/health.toml \
