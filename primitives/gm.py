@@ -5,18 +5,31 @@ path; ``gmssl`` is pure Python, slow and sharp-edged, kept as baseline and no-C 
 Both sit behind :class:`SM2Backend`, so callers never touch either library and tests can
 prove they interoperate. Signatures are SM3withSM2 (GM/T 0009, default user id hashed into
 Z) as 64 bytes ``r || s`` (32-byte big-endian each), the shape JWS uses for ES256.
+
+Key files: a private key is unencrypted PKCS#8 PEM (``-----BEGIN PRIVATE KEY-----``,
+algorithm id-ecPublicKey with the named curve SM2, 1.2.156.10197.1.301), byte for byte what
+OpenSSL 3 and Tongsuo write for an SM2 key (tests/test_keys_pkcs8.py checks both), the
+standard form GmSSL's tools and an HSM's PKCS#8 import take; a public key is
+SubjectPublicKeyInfo PEM. Both are DER-encoded here, in Python, so a
+process without tongsuopy (the gmssl fallback) still reads and writes them. A file in the
+format tongban used before (JSON ``{"kty": "SM2", "d": hex}``) or a SEC1 ``EC PRIVATE KEY``
+is rewritten as PKCS#8 the first time it is loaded (:func:`load_private_key`).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,16 +43,20 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .errors import TongbanError
+
 __all__ = [
     "C2SP_SIGNATURE_TYPE",
     "DEFAULT_USER_ID",
     "SM2_N",
     "SM2_P",
     "GmsslSM2",
+    "KeyFileError",
     "SM2Backend",
     "SM2PrivateKey",
     "SM2PublicKey",
     "TongsuoSM2",
+    "convert_private_key",
     "default_backend",
     "get_backend",
     "hmac_sm3",
@@ -299,6 +316,28 @@ class SM2PublicKey:
             raise ValueError("SM2 public key must be 65 bytes starting with 0x04")
         return cls(int.from_bytes(data[1:33], "big"), int.from_bytes(data[33:], "big"))
 
+    def to_der(self) -> bytes:
+        """SubjectPublicKeyInfo (RFC 5480): id-ecPublicKey, named curve SM2, the point."""
+        return _der(_SEQUENCE, _SM2_ALGORITHM + _der(_BIT_STRING, b"\x00" + self.to_bytes()))
+
+    def to_pem(self) -> bytes:
+        """``-----BEGIN PUBLIC KEY-----``: what ``openssl pkey -pubout`` prints for SM2."""
+        return _pem("PUBLIC KEY", self.to_der())
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> Self:
+        """Parse a SubjectPublicKeyInfo PEM of an SM2 key (ValueError, naming what it is
+        instead, for anything else)."""
+        body = _only_block(data, {"PUBLIC KEY"})[1]
+        items = _der_items(_der_one(body, _SEQUENCE, "SubjectPublicKeyInfo"))
+        if len(items) != 2 or items[0][0] != _SEQUENCE or items[1][0] != _BIT_STRING:
+            raise ValueError("not a SubjectPublicKeyInfo")
+        _check_algorithm(items[0][1])
+        bits = items[1][1]
+        if bits[:1] != b"\x00":
+            raise ValueError("malformed public key BIT STRING")
+        return cls.from_bytes(bits[1:])
+
     def to_jwk(self, kid: str | None = None) -> dict[str, str]:
         """JWK with ``crv: SM2`` (no IANA name exists; this is what GM JOSE libraries use)."""
         jwk = {
@@ -374,6 +413,31 @@ class SM2PrivateKey:
     def to_hex(self) -> str:
         return f"{self.d:064x}"
 
+    def to_der(self) -> bytes:
+        """PKCS#8 PrivateKeyInfo (RFC 5208) around an RFC 5915 ECPrivateKey with the public
+        key and without curve parameters (they are in the algorithm identifier): the DER
+        OpenSSL 3 and Tongsuo write for an SM2 key."""
+        ec_key = _der(
+            _SEQUENCE,
+            _der(_INTEGER, b"\x01")
+            + _der(_OCTET_STRING, self.d.to_bytes(32, "big"))
+            + _der(_CONTEXT_1, _der(_BIT_STRING, b"\x00" + self.public_key.to_bytes())),
+        )
+        return _der(
+            _SEQUENCE, _der(_INTEGER, b"\x00") + _SM2_ALGORITHM + _der(_OCTET_STRING, ec_key)
+        )
+
+    def to_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM (``-----BEGIN PRIVATE KEY-----``), as ``openssl genpkey``."""
+        return _pem("PRIVATE KEY", self.to_der())
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> Self:
+        """Parse a PEM SM2 private key: PKCS#8 (``PRIVATE KEY``) or SEC1 (``EC PRIVATE
+        KEY``, ``SM2 PRIVATE KEY``). ValueError, never quoting the key, for an encrypted,
+        truncated or malformed key, or one on another curve (P-256...)."""
+        return cls(_decode_pem_private(data)[0].d)
+
     @functools.cached_property
     def public_key(self) -> SM2PublicKey:
         """d·G, computed once per instance (cached_property writes past the frozen guard)."""
@@ -384,21 +448,304 @@ class SM2PrivateKey:
         return (backend or default_backend()).sign(self.d, data)
 
 
-def _write_private(path: Path, key: SM2PrivateKey, *, overwrite: bool) -> bool:
-    """Write the key file atomically, mode 0600 from creation (temp file, then rename).
+# --- key files: DER, PEM, PKCS#8 --------------------------------------------------------
 
-    Without ``overwrite`` the rename is ``os.link``, which fails instead of clobbering a
-    concurrent creator; then this returns False.
-    """
-    payload = json.dumps({"kty": "SM2", "d": key.to_hex()}).encode("ascii")
+_LOG = logging.getLogger(__name__)
+
+_INTEGER, _BIT_STRING, _OCTET_STRING, _OID, _SEQUENCE = 0x02, 0x03, 0x04, 0x06, 0x30
+_CONTEXT_0, _CONTEXT_1 = 0xA0, 0xA1  # [0] and [1], constructed (EXPLICIT, or IMPLICIT SET)
+_PKCS8_PUBLIC_KEY = 0x81  # OneAsymmetricKey (RFC 5958) publicKey: [1] IMPLICIT BIT STRING
+_OID_EC_PUBLIC_KEY = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1
+_OID_SM2 = bytes.fromhex("2a811ccf5501822d")  # 1.2.156.10197.1.301
+_SM2_ALGORITHM = bytes.fromhex("301306072a8648ce3d020106082a811ccf5501822d")
+"""AlgorithmIdentifier {id-ecPublicKey, namedCurve SM2}, DER."""
+# What a refusal calls a key of another kind.
+_OID_NAMES = {
+    "1.2.840.10045.3.1.7": "P-256 (prime256v1)",
+    "1.3.132.0.34": "P-384 (secp384r1)",
+    "1.3.132.0.35": "P-521 (secp521r1)",
+    "1.3.132.0.10": "secp256k1",
+    "1.2.840.113549.1.1.1": "RSA",
+    "1.2.840.113549.1.1.10": "RSA-PSS",
+    "1.2.840.10040.4.1": "DSA",
+    "1.3.101.110": "X25519",
+    "1.3.101.112": "Ed25519",
+    "1.3.101.113": "Ed448",
+}
+_MAX_KEY_FILE = 64 * 1024
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END ([A-Z0-9 ]+)-----", re.S)
+_PRIVATE_LABELS = frozenset({"PRIVATE KEY", "EC PRIVATE KEY", "SM2 PRIVATE KEY"})
+# ``openssl ecparam -genkey`` puts the curve's parameters in a block before the key.
+_PARAMETER_LABELS = frozenset({"EC PARAMETERS", "SM2 PARAMETERS"})
+
+
+class KeyFileError(TongbanError, ValueError):
+    """A private key file that cannot be used. ``detail`` is one line naming the file and
+    what is wrong with it, never a byte of its contents. A ValueError too, for callers that
+    catch that."""
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + content
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The TLVs that make up exactly ``data``: DER only (single-byte tags, definite and
+    minimal lengths); ValueError on anything else or on a truncation."""
+    items: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 2:
+            raise ValueError("truncated DER")
+        tag, first = data[pos], data[pos + 1]
+        pos += 2
+        if tag & 0x1F == 0x1F:
+            raise ValueError("unexpected DER tag")
+        length = first
+        if first >= 0x80:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or len(data) - pos < count:
+                raise ValueError("truncated or indefinite DER length")
+            length = int.from_bytes(data[pos : pos + count], "big")
+            if data[pos] == 0 or length < 0x80:
+                raise ValueError("non-minimal DER length")
+            pos += count
+        if len(data) - pos < length:
+            raise ValueError("truncated DER")
+        items.append((tag, data[pos : pos + length]))
+        pos += length
+    return items
+
+
+def _der_one(data: bytes, tag: int, what: str) -> bytes:
+    """The content of ``data``, which must be exactly one TLV with ``tag``."""
+    items = _der_items(data)
+    if len(items) != 1 or items[0][0] != tag:
+        raise ValueError(f"not a DER {what}")
+    return items[0][1]
+
+
+def _oid_name(content: bytes) -> str:
+    """A dotted OID, or the name of a well-known key type or curve, for messages."""
+    arcs: list[int] = []
+    value = 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    if not arcs or content[-1] & 0x80:
+        return "a malformed OID"
+    first = min(arcs[0] // 40, 2)
+    dotted = ".".join(str(a) for a in (first, arcs[0] - 40 * first, *arcs[1:]))
+    return _OID_NAMES.get(dotted, dotted)
+
+
+def _check_curve(tag: int, content: bytes) -> None:
+    """ECParameters (RFC 5480) must be the named curve SM2."""
+    if tag == _SEQUENCE:
+        raise ValueError(
+            "explicit curve parameters: tongban reads the named curve SM2 "
+            "(`openssl pkey -in FILE -out NEW` writes it)"
+        )
+    if tag != _OID:
+        raise ValueError("an EC key without a named curve")
+    if content != _OID_SM2:
+        raise ValueError(f"a key on the curve {_oid_name(content)}, not SM2")
+
+
+def _check_algorithm(algorithm: bytes) -> None:
+    """An AlgorithmIdentifier's content must be {id-ecPublicKey, namedCurve SM2}."""
+    items = _der_items(algorithm)
+    if not items or items[0][0] != _OID:
+        raise ValueError("malformed algorithm identifier")
+    if items[0][1] != _OID_EC_PUBLIC_KEY:
+        raise ValueError(f"an {_oid_name(items[0][1])} key, not SM2")
+    if len(items) != 2:
+        raise ValueError("an EC key without curve parameters")
+    _check_curve(*items[1])
+
+
+def _check_public(key: SM2PrivateKey, bits: bytes) -> None:
+    """A public key stored beside the scalar must be d·G (uncompressed or compressed)."""
+    if bits[:1] != b"\x00" or len(bits) not in (34, 66):
+        raise ValueError("malformed public key")
+    point, ours = bits[1:], key.public_key
+    if point[0] == 4 and len(point) == 65:
+        matches = point == ours.to_bytes()
+    elif point[0] in (2, 3) and len(point) == 33:
+        matches = point[1:] == ours.x.to_bytes(32, "big") and point[0] & 1 == ours.y & 1
+    else:
+        matches = False
+    if not matches:
+        raise ValueError("its public key does not belong to its private key")
+
+
+def _ec_private_key(der: bytes, *, curve_known: bool) -> SM2PrivateKey:
+    """RFC 5915 ECPrivateKey; ``curve_known`` when PKCS#8 named the curve already."""
+    items = _der_items(_der_one(der, _SEQUENCE, "ECPrivateKey"))
+    if len(items) < 2 or items[0] != (_INTEGER, b"\x01") or items[1][0] != _OCTET_STRING:
+        raise ValueError("not an EC private key (RFC 5915)")
+    raw, rest = items[1][1], items[2:]
+    params = rest.pop(0)[1] if rest and rest[0][0] == _CONTEXT_0 else None
+    public = rest.pop(0)[1] if rest and rest[0][0] == _CONTEXT_1 else None
+    if rest:
+        raise ValueError("unexpected fields in the EC private key")
+    if params is not None:
+        curve = _der_items(params)
+        if len(curve) != 1:
+            raise ValueError("malformed curve parameters")
+        _check_curve(*curve[0])
+    elif not curve_known:
+        raise ValueError("an EC private key that names no curve")
+    if not 1 <= len(raw) <= 32:
+        raise ValueError("a private scalar that is not 32 bytes")
+    try:
+        key = SM2PrivateKey(int.from_bytes(raw, "big"))
+    except ValueError:
+        raise ValueError("a private scalar out of range for SM2") from None
+    if public is not None:
+        _check_public(key, _der_one(public, _BIT_STRING, "BIT STRING"))
+    return key
+
+
+def _pkcs8_private_key(der: bytes) -> SM2PrivateKey:
+    """PKCS#8 PrivateKeyInfo (v1) or OneAsymmetricKey (v2) of an SM2 key."""
+    items = _der_items(_der_one(der, _SEQUENCE, "PKCS#8 PrivateKeyInfo"))
+    if (
+        len(items) < 3
+        or items[0][0] != _INTEGER
+        or items[0][1] not in (b"\x00", b"\x01")
+        or items[1][0] != _SEQUENCE
+        or items[2][0] != _OCTET_STRING
+    ):
+        raise ValueError("not a PKCS#8 PrivateKeyInfo")
+    _check_algorithm(items[1][1])
+    rest = items[3:]
+    if rest and rest[0][0] == _CONTEXT_0:  # attributes: nothing tongban needs
+        rest.pop(0)
+    public = rest.pop(0)[1] if rest and rest[0][0] == _PKCS8_PUBLIC_KEY else None
+    if rest or (public is not None and items[0][1] != b"\x01"):
+        raise ValueError("unexpected fields in the PKCS#8 structure")
+    key = _ec_private_key(items[2][1], curve_known=True)
+    if public is not None:
+        _check_public(key, public)
+    return key
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    text = base64.b64encode(der).decode("ascii")
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return "\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----", ""]).encode()
+
+
+def _blocks(data: bytes) -> list[tuple[str, bytes]]:
+    found = []
+    for match in _PEM_BLOCK.finditer(data):
+        if match.group(1) != match.group(3):
+            raise ValueError("a PEM block whose BEGIN and END lines differ")
+        found.append((match.group(1).decode("ascii"), match.group(2)))
+    return found
+
+
+def _only_block(data: bytes, wanted: frozenset[str] | set[str]) -> tuple[str, bytes]:
+    """The one PEM block with a label in ``wanted`` (parameter blocks aside), decoded."""
+    blocks = [(label, body) for label, body in _blocks(data) if label not in _PARAMETER_LABELS]
+    if not blocks:
+        raise ValueError(
+            "no complete PEM block (truncated?)" if b"-----BEGIN" in data else "not PEM"
+        )
+    labels = [label for label, _ in blocks]
+    if "ENCRYPTED PRIVATE KEY" in labels or any(b"Proc-Type:" in body for _, body in blocks):
+        raise ValueError(
+            "an encrypted key: tongban reads unencrypted PKCS#8 "
+            "(`openssl pkcs8 -in FILE -out NEW` decrypts it; keep NEW mode 0600)"
+        )
+    if len(blocks) != 1 or labels[0] not in wanted:
+        kinds = ", ".join(sorted(set(labels)))
+        raise ValueError(f"expected one {' or '.join(sorted(wanted))} block, found {kinds}")
+    label, body = blocks[0]
+    try:
+        return label, base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error:
+        raise ValueError(f"the {label} block is not base64 (truncated?)") from None
+
+
+def _decode_pem_private(data: bytes) -> tuple[SM2PrivateKey, str]:
+    """The key of a PEM private key file, and its form: "PKCS#8" or "SEC1"."""
+    label, der = _only_block(data, _PRIVATE_LABELS)
+    if label == "PRIVATE KEY":
+        return _pkcs8_private_key(der), "PKCS#8"
+    return _ec_private_key(der, curve_known=False), "SEC1"
+
+
+def _decode_key_file(data: bytes) -> tuple[SM2PrivateKey, str]:
+    """The key of a key file's bytes and its form: "PKCS#8", "SEC1" or "JSON" (tongban's
+    format before PKCS#8). ValueError with a reason that never quotes the file."""
+    head = data.lstrip()[:1]
+    if head == b"{":
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("neither PEM nor tongban's old JSON key format") from None
+        if (
+            not isinstance(doc, dict)
+            or doc.get("kty") != "SM2"
+            or not isinstance(doc.get("d"), str)
+        ):
+            raise ValueError('an old-format key file that is not {"kty": "SM2", "d": hex}')
+        try:
+            return SM2PrivateKey.from_hex(doc["d"]), "JSON"
+        except ValueError:
+            raise ValueError("an old-format key file whose d is not a valid SM2 key") from None
+    if head == bytes((_SEQUENCE,)):
+        raise ValueError("DER, not PEM (`openssl pkey -inform DER -in FILE -out NEW` converts it)")
+    return _decode_pem_private(data)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # the rename itself is durable once the dir is
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_new(
+    path: Path, payload: bytes, mode: int, *, owner: tuple[int, int] | None = None
+) -> str:
+    """A temporary file beside ``path`` holding ``payload`` (``mode`` from its creation,
+    flushed to disk); the caller renames it or unlinks it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # mkstemp already uses 0600; be explicit
+            os.fchmod(fh.fileno(), mode)  # mkstemp creates 0600; be explicit
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_private(path: Path, key: SM2PrivateKey, *, overwrite: bool) -> bool:
+    """Write the key file as PKCS#8 PEM atomically, mode 0600 from creation (temp file
+    in the same directory, fsync, rename).
+
+    Without ``overwrite`` the rename is ``os.link``, which fails instead of clobbering a
+    concurrent creator; then this returns False.
+    """
+    tmp = _write_new(path, key.to_pem(), 0o600)
+    try:
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -406,26 +753,89 @@ def _write_private(path: Path, key: SM2PrivateKey, *, overwrite: bool) -> bool:
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+        _fsync_dir(path.parent)
         return True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _read_key_file(path: Path) -> tuple[SM2PrivateKey, str, bytes]:
+    """The key in ``path``, its form and the bytes read. OSError if it cannot be read;
+    :class:`KeyFileError` (one line naming the file) if it is not a usable SM2 key."""
+    with path.open("rb") as fh:
+        data = fh.read(_MAX_KEY_FILE + 1)
+    if len(data) > _MAX_KEY_FILE:
+        raise KeyFileError(f"{path}: not an SM2 private key: too large for a key file")
+    try:
+        key, form = _decode_key_file(data)
+    except ValueError as exc:
+        raise KeyFileError(f"{path}: not a usable SM2 private key: {exc}") from None
+    return key, form, data
+
+
+def _convert(path: Path, key: SM2PrivateKey, form: str, data: bytes) -> bool:
+    """Rewrite ``path`` (holding ``data``, ``key`` in ``form``) as PKCS#8 PEM with its
+    mode (and, for root, its owner); True if this call replaced it.
+
+    Concurrent loaders (gunicorn workers starting together) are safe: each writes its own
+    temporary file and renames it over the old one, so a reader sees the old file or the
+    new one, never a mix; the encoding is deterministic, so every converter writes the same
+    bytes; and a converter that finds the file changed since it read it (converted or
+    replaced by someone else) leaves it alone.
+    """
+    before = os.stat(path)
+    owner = (before.st_uid, before.st_gid) if os.geteuid() == 0 else None
+    tmp = _write_new(path, key.to_pem(), stat.S_IMODE(before.st_mode), owner=owner)
+    try:
+        with path.open("rb") as fh:
+            now = fh.read(_MAX_KEY_FILE + 1)
+        if now != data or os.stat(path).st_ino != before.st_ino:
+            return False
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _LOG.info("%s: SM2 key file converted from the old %s format to PKCS#8 PEM", path, form)
+    return True
+
+
 def save_private_key(key: SM2PrivateKey, path: str | os.PathLike[str]) -> None:
-    """Store ``{"kty": "SM2", "d": hex}`` at ``path`` (0600, atomic replace)."""
+    """Store ``key`` at ``path`` as unencrypted PKCS#8 PEM (0600, atomic replace)."""
     _write_private(Path(path), key, overwrite=True)
 
 
-def load_private_key(path: str | os.PathLike[str]) -> SM2PrivateKey:
-    """Read a key written by :func:`save_private_key`; errors never echo the key."""
-    try:
-        doc = json.loads(Path(path).read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("SM2 key file is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("kty") != "SM2" or not isinstance(doc.get("d"), str):
-        raise ValueError('SM2 key file must be {"kty": "SM2", "d": hex}')
-    return SM2PrivateKey.from_hex(doc["d"])
+def load_private_key(path: str | os.PathLike[str], *, convert: bool = True) -> SM2PrivateKey:
+    """Read an SM2 private key file: PKCS#8 PEM, or an old form (tongban's JSON, SEC1
+    PEM), which is rewritten as PKCS#8 PEM unless ``convert`` is false. A rewrite that
+    fails (a read-only directory) is logged and the key is still returned.
+
+    :class:`KeyFileError` (a ValueError) for an encrypted, malformed or non-SM2 file;
+    OSError if it cannot be read. No error or log line ever shows key material.
+    """
+    target = Path(path)
+    key, form, data = _read_key_file(target)
+    if form != "PKCS#8" and convert:
+        try:
+            _convert(target, key, form, data)
+        except OSError as exc:
+            _LOG.warning(
+                "%s: SM2 key file left in the old %s format, cannot rewrite it (%s); run "
+                "`tongban keys convert` with write access",
+                target,
+                form,
+                exc.strerror or type(exc).__name__,
+            )
+    return key
+
+
+def convert_private_key(path: str | os.PathLike[str]) -> bool:
+    """Rewrite an old-format key file as PKCS#8 PEM; False if it is PKCS#8 already (or
+    another process converted it meanwhile). KeyFileError or OSError as for loading."""
+    target = Path(path)
+    key, form, data = _read_key_file(target)
+    return form != "PKCS#8" and _convert(target, key, form, data)
 
 
 def load_or_create_private_key(path: str | os.PathLike[str]) -> SM2PrivateKey:

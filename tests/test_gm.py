@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import stat
@@ -285,15 +284,16 @@ def test_c2sp_key_id_rejects_bad_names(name):
         SM2PrivateKey(7).public_key.c2sp_key_id(name)
 
 
-def test_save_private_key_is_0600_json(tmp_path):
-    key, path = SM2PrivateKey.generate(), tmp_path / "keys" / "signing.json"
+def test_save_private_key_is_0600_pkcs8_pem(tmp_path):
+    key, path = SM2PrivateKey.generate(), tmp_path / "keys" / "signing.key"
 
     gm.save_private_key(key, path)
 
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert json.loads(path.read_text()) == {"kty": "SM2", "d": key.to_hex()}
+    assert path.read_bytes() == key.to_pem()  # tests/test_keys_pkcs8.py: openssl reads it
+    assert path.read_text().startswith("-----BEGIN PRIVATE KEY-----\n")
     assert gm.load_private_key(path) == key
-    assert os.listdir(path.parent) == ["signing.json"]  # no temp files left behind
+    assert os.listdir(path.parent) == ["signing.key"]  # no temp files left behind
 
 
 def test_save_private_key_replaces_existing(tmp_path):

@@ -1,6 +1,8 @@
 """Where the demo and a single-host deployment keep SM2 keys.
 
-``DIR/keys/<party>.key`` holds a party's private key (mode 0600) and
+``DIR/keys/<party>.key`` holds a party's SM2 private key (unencrypted PKCS#8 PEM, mode
+0600: ``openssl pkey -in FILE -noout -text`` reads it; an older file is converted when it
+is loaded, see :func:`tongban.primitives.gm.load_private_key`) and
 ``DIR/keys/<party>.jwk.json`` its public JWK. Each process reads only its own private key
 and the public keys of its peers, as it would on separate machines.
 """

@@ -1,16 +1,19 @@
 """``tongban keys``: a data directory's keys.
 
     tongban keys init    --data-dir DIR
+    tongban keys convert --data-dir DIR
     tongban keys status  --data-dir DIR
     tongban keys encrypt --data-dir DIR (--department NAME | --all)
     tongban keys rotate  --data-dir DIR --department NAME [--index | --kek]
     tongban keys rotate  --data-dir DIR --vault
 
 ``init`` creates the SM2 key ring and registers the demo requesters (credentials in
-``DIR/clients.json``, mode 0600), never overwriting a key or rotating a known secret. The
-others manage encryption at rest of the department stores and the audit vault. Output is
-JSON on stdout (key ids, states and row counts, never key material); progress goes to
-stderr.
+``DIR/clients.json``, mode 0600), never overwriting a key or rotating a known secret.
+``convert`` rewrites SM2 private keys still in an old format (tongban's JSON, SEC1) as
+PKCS#8 PEM, which loading a key also does; it is for key directories the services cannot
+write, run by someone who can. The others manage encryption at rest of the department
+stores and the audit vault. Output is JSON on stdout (key ids, states and row counts,
+never key material); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -74,6 +77,35 @@ def _init(args: argparse.Namespace) -> int:
     report = init_data_dir(args.data_dir)
     print(json.dumps(report.summary(), indent=2))
     return 0
+
+
+#: Where a data directory keeps SM2 private keys: the key ring, and the Flower envelope
+#: keys (``tongban.federation.horizontal.sealing.envelope_dir``; not imported here, it
+#: needs the federation extra).
+_SM2_KEY_FILES = (("keys", "*.key"), ("federation/envelope", "*.sm2"))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from tongban.primitives.gm import convert_private_key
+
+    converted: list[str] = []
+    unchanged: list[str] = []
+    refused: dict[str, str] = {}
+    for folder, pattern in _SM2_KEY_FILES:
+        for path in sorted((args.data_dir / folder).glob(pattern)):
+            try:
+                (converted if convert_private_key(path) else unchanged).append(str(path))
+            except TongbanError as exc:  # KeyFileError: the file and the reason, no key
+                refused[str(path)] = exc.detail
+            except OSError as exc:
+                refused[str(path)] = exc.strerror or type(exc).__name__
+    if not (converted or unchanged or refused):
+        raise MissingPrerequisite(f"no SM2 key files in {args.data_dir.absolute()}/keys")
+    for detail in refused.values():
+        print(f"tongban: {detail}", file=sys.stderr)
+    report = {"converted": converted, "unchanged": unchanged, "refused": sorted(refused)}
+    print(json.dumps(report, indent=2))
+    return 1 if refused else 0
 
 
 def _store(settings: Settings, department: str, *, create_kek: bool = False) -> DepartmentStore:
@@ -223,6 +255,14 @@ def add_keys(sub: Any) -> None:
     )
     init.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
     init.set_defaults(func=_init)
+
+    convert = command(
+        keys_sub,
+        "convert",
+        "rewrite SM2 private keys in an old format (JSON, SEC1) as PKCS#8 PEM; idempotent",
+    )
+    convert.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
+    convert.set_defaults(func=_convert)
 
     status = command(keys_sub, "status", "key ids, states and rows per key")
     status.add_argument("--data-dir", type=Path, required=True, metavar="DIR", help=DATA_DIR_HELP)
