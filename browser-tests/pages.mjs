@@ -58,7 +58,7 @@ try {
   const signature = async (p) => {
     await p.waitForSelector("#cp-signature[data-verified]");
     return p.$eval("#cp-signature", (el) => ({ verified: el.dataset.verified, text: el.textContent.trim(),
-      key: (el.querySelector("code") || {}).textContent || null }));
+      key: (el.querySelector("code") || {}).textContent || null, pinned: el.dataset.pinned || null }));
   };
   out.signature = await signature(page);
   out.note = await page.textContent("#cp-note");
@@ -89,6 +89,27 @@ try {
   await p.route(`${base}/.well-known/jwks.json`, (route) => route.fulfill({ json: { keys: [cfg.other_key] } }));
   await p.goto(`${base}/officer/`);
   out.other_key = await signature(p);
+  await p.close();
+  // The key pinned at the first visit: a second visit says so ...
+  p = await officer.newPage();
+  await p.goto(`${base}/officer/`);
+  out.second_visit = await signature(p);
+  await p.close();
+  // ... and a checkpoint signed by another key, served with a JWK Set that holds that key
+  // (both swapped), is NOT verified: the pinned key did not sign it ...
+  p = await officer.newPage();
+  await p.route(`${base}/.well-known/jwks.json`, (route) => route.fulfill({ json: { keys: [cfg.swapped.jwk] } }));
+  await p.route(`${base}/officer/`, async (route) => {
+    const resp = await route.fetch();
+    const html = await resp.text();
+    await route.fulfill({ response: resp, body: html.replace(/(<pre id="cp-note">)[^<]*(<\/pre>)/, `$1${cfg.swapped.note}$2`) });
+  });
+  await p.goto(`${base}/officer/`);
+  out.swapped = await signature(p);
+  // ... until the officer pins the new key by hand (a rotation announced by the operator).
+  await p.click("#cp-pin");
+  await p.waitForSelector('#cp-signature[data-verified="true"]');
+  out.swapped_pinned = await signature(p);
   await p.close();
   p = await officer.newPage();
   p.on("request", (r) => requests.push(r.url()));

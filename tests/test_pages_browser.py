@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
+from tongban.audit.note import SignedNote, sign_line
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import mask
 
@@ -107,6 +108,12 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
     assert h.gateway.checkpointer is not None
     h.gateway.checkpointer.checkpoint()
     me = people[6]
+    latest = h.gateway.audit.latest_checkpoint() if h.gateway.audit is not None else None
+    assert latest is not None
+    # The same checkpoint signed by another key under the gateway's name: what a gateway (or
+    # whoever serves its pages) that swaps both the note and the JWK Set would show.
+    other = SM2PrivateKey.generate()
+    swapped = SignedNote(latest.body, (sign_line(latest.body, h.gateway.name, other),))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     config = {
         "url": url,
@@ -115,6 +122,7 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
         "secrets": {c: h.secrets[c] for c in ("insurer-a", "allowance-office")},
         "officer": {"client_id": "privacy-officer", "secret": h.secrets["privacy-officer"]},
         "other_key": SM2PrivateKey.generate().public_key.to_jwk(kid="not-the-gateway"),
+        "swapped": {"jwk": other.public_key.to_jwk(kid="swapped"), "note": swapped.text()},
         "burst": {
             "requester": "allowance-office",
             "body": {"claim": "married", "purpose": "maternity_allowance", "params": {}},
@@ -148,8 +156,19 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
     assert [s["name"] for s in seen["signers"] if s["role"] == "gateway"] == [h.gateway.name]
     assert seen["signature"]["verified"] == "true", seen["signature"]
     assert seen["signature"]["key"] == gateway_key.public_key.key_id
-    latest = h.gateway.audit.latest_checkpoint() if h.gateway.audit is not None else None
-    assert latest is not None and seen["note"] == latest.text()
+    assert seen["note"] == latest.text()
+    # ... pinned in the browser at that first visit, and found pinned at the next ...
+    assert seen["signature"]["pinned"] == "now" and "pinned in this browser now" in (
+        seen["signature"]["text"]
+    )
+    assert seen["second_visit"]["verified"] == "true" and seen["second_visit"]["pinned"] == "before"
+    # ... so a checkpoint signed by another key is NOT verified even with a JWK Set holding
+    # that key, until the officer pins the new key by hand.
+    assert seen["swapped"]["verified"] == "false", seen["swapped"]
+    assert "not by the key pinned in this browser" in seen["swapped"]["text"]
+    assert gateway_key.public_key.key_id in seen["swapped"]["text"]
+    assert seen["swapped_pinned"]["verified"] == "true", seen["swapped_pinned"]
+    assert seen["swapped_pinned"]["key"] == other.public_key.key_id
     # ... and NOT verified for a checkpoint changed on its way: its root (note and page),
     # the root shown only, another key served as the gateway's, the root of the checkpoint
     # a proof comes with.

@@ -7,7 +7,12 @@
      key from /.well-known/jwks.json (the key id, SHA-256 of name || 0x0A || 0xFF ||
      "tongban/SM3withSM2" || 04 || x || y, first 4 bytes, picks it);
    - inclusion proofs: leaf SM3(0x00 || entry), node SM3(0x01 || left || right), RFC 9162
-     section 2.1.3.2, against the root of a checkpoint whose gateway signature verifies. */
+     section 2.1.3.2, against the root of a checkpoint whose gateway signature verifies.
+   The key is pinned in this browser (localStorage, per gateway name) the first time a
+   signature verifies: a checkpoint signed by any other key is NOT verified, even when the
+   JWK Set served with it holds that key (a gateway, or whoever serves its pages, swapping
+   both), until the officer pins the new key by hand after comparing its id with the one
+   the operator announces (a rotation). */
 (function () {
   "use strict";
   var USER_ID = "1234567812345678";
@@ -97,8 +102,38 @@
     return window.crypto.subtle.digest("SHA-256", preimage).then(function (d) { return hex(new Uint8Array(d).subarray(0, 4)); });
   }
 
-  // Resolves to {ok: true, key: <key id>} or {ok: false, reason}; never rejects.
+  // --- the pinned keys: {"<gateway name>": {"<key id>": "<pinned at, ISO>"}} --------------
+  var PINS = "tongban.pinned-gateway-keys";
+  function pins() {
+    try { var all = JSON.parse(window.localStorage.getItem(PINS) || "{}"); return all && typeof all === "object" ? all : {}; }
+    catch (e) { return {}; }
+  }
+  function pinned(name) { var mine = pins()[name]; return mine && typeof mine === "object" ? mine : {}; }
+  function pin(name, key) {
+    var all = pins(), mine = pinned(name);
+    mine[key] = new Date().toISOString();
+    all[name] = mine;
+    window.localStorage.setItem(PINS, JSON.stringify(all));
+  }
+
+  // A verified signature's key against the keys pinned for the gateway: the first key seen
+  // is pinned now; another is refused (with the key, so the page can offer to pin it).
+  function againstPins(result, name) {
+    if (!result.ok) return result;
+    var mine = pinned(name), ids = Object.keys(mine);
+    if (!ids.length) { pin(name, result.key); return { ok: true, key: result.key, pinnedNow: true }; }
+    if (mine[result.key]) return { ok: true, key: result.key, pinnedAt: mine[result.key] };
+    return { ok: false, unpinned: result.key, reason: "it was signed by key " + result.key +
+      ", not by the key pinned in this browser (" + ids.join(", ") + ")" };
+  }
+
+  // Resolves to {ok: true, key: <key id>} or {ok: false, reason}; never rejects. The key
+  // must be pinned (or is pinned now, if none is).
   function verifyNote(note, gatewayName) {
+    return verifySignature(note, gatewayName).then(function (r) { return againstPins(r, gatewayName); });
+  }
+
+  function verifySignature(note, gatewayName) {
     var lines = note.signatures.filter(function (s) { return s.name === gatewayName; });
     if (!gatewayName || !lines.length) return Promise.resolve({ ok: false, reason: "no signature line by the gateway " + (gatewayName || "") });
     return gatewayKeys().then(function (candidates) {
@@ -132,11 +167,23 @@
       out.className = "cp-signature " + (result.ok ? "ok" : "bad");
       out.textContent = "";
       if (result.ok) {
+        out.dataset.pinned = result.pinnedNow ? "now" : "before";
         out.append("✓ Gateway signature verified in your browser (SM2 with SM3, sm-crypto) against the gateway key ");
         var code = document.createElement("code"); code.textContent = result.key; out.append(code);
-        out.append(" 网关签名已在浏览器中验证");
+        out.append(result.pinnedNow
+          ? ", seen for the first time and pinned in this browser now: compare its id with the one your operator publishes. "
+          : ", pinned in this browser since " + result.pinnedAt.slice(0, 10) + ". ");
+        out.append("网关签名已在浏览器中验证");
       } else {
         out.append("✗ Gateway signature NOT verified in your browser: " + result.reason + ". 网关签名未通过浏览器验证");
+        if (result.unpinned) {
+          // A rotation: the officer compares the new key id with the operator's announcement.
+          var button = document.createElement("button");
+          button.type = "button"; button.id = "cp-pin";
+          button.textContent = "Pin key " + result.unpinned + " (only if your operator announced it) 信任此新密钥";
+          button.addEventListener("click", function () { pin(gatewayName(), result.unpinned); showSignature(); });
+          out.append(" "); out.append(button);
+        }
       }
     }
     var note, size = document.getElementById("cp-size"), root = document.getElementById("cp-root");
