@@ -31,6 +31,7 @@ from .boundary import (
     run_command,
 )
 from .config import DEPARTMENTS, Settings
+from .db_cli import add_db
 from .department_cli import add_department
 from .federation_cli import add_federation
 from .keys_cli import add_keys
@@ -407,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(sub)
     add_keys(sub)
     add_admin(sub)
+    add_db(sub)
     add_pki(sub)
     add_department(sub)
     add_federation(sub)

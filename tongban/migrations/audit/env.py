@@ -1,0 +1,7 @@
+"""Alembic's environment for this chain: everything is in :mod:`tongban.migrations`."""
+
+from __future__ import annotations
+
+from tongban.migrations import run_environment
+
+run_environment()
