@@ -160,17 +160,20 @@ def checked(gateway: Gateway) -> int:
 
 
 def _scrapes_by_both(gw: Gateway, http: httpx.Client) -> tuple[list[str], set[int]]:
-    """Scrapes (fresh connections) until both workers have answered some, at least 5, at
-    most 12; the texts and the pids that answered (the worker whose file counts it)."""
+    """Scrapes until both workers have answered some: rounds of two at once on fresh
+    connections (one after the other, the kernel may give one worker every connection),
+    at least 3 rounds, at most 20. The texts, and the pids that answered (whose own file
+    counted a scrape during a round)."""
     texts: list[str] = []
     answered_by: set[int] = set()
-    for _ in range(12):
-        before = _per_worker(gw.metrics_dir, "tongban_http_requests_total", route="/metrics")
-        texts.append(_scrape(gw, http))
-        after = _per_worker(gw.metrics_dir, "tongban_http_requests_total", route="/metrics")
-        answered_by |= {pid for pid, n in after.items() if n > before.get(pid, 0.0)}
-        if len(answered_by) >= 2 and len(texts) >= 5:
-            break
+    with ThreadPoolExecutor(2) as pool:
+        for rounds in range(1, 21):
+            before = _per_worker(gw.metrics_dir, "tongban_http_requests_total", route="/metrics")
+            texts += pool.map(lambda _: _scrape(gw, http), range(2))
+            after = _per_worker(gw.metrics_dir, "tongban_http_requests_total", route="/metrics")
+            answered_by |= {pid for pid, n in after.items() if n > before.get(pid, 0.0)}
+            if len(answered_by) >= 2 and rounds >= 3:
+                break
     return texts, answered_by
 
 
