@@ -13,12 +13,14 @@ from tongban.exposure import install_hsts, install_security_headers
 from tongban.http_shell import install_problem_handlers, problem_response
 from tongban.primitives.errors import StoreUnavailable
 
+from .client_changes import ClientAdmin
 from .metrics import install_metrics
 from .oauth.flask import init_oauth
 from .openapi import build_openapi, docs_blueprint
 from .operations import open_when_diverged
 from .pages import mount_pages
-from .services import Gateway
+from .services import AuditEvents, Gateway
+from .views_admin import admin_blueprint
 from .views_audit import audit_blueprint
 from .views_checks import BATCH_MAX_BODY, checks_blueprint
 from .views_citizen import citizen_blueprint
@@ -62,6 +64,12 @@ def create_app(gateway: Gateway) -> Flask:
             # Batches carry up to 10,000 subjects; every other body stays small.
             if request.path == "/v1/checks/batch":
                 request.max_content_length = BATCH_MAX_BODY
+
+    if gateway.policy_admin is not None and oauth is not None and gateway.audit is not None:
+        clients = ClientAdmin(oauth.registry, AuditEvents(gateway.audit))
+        app.register_blueprint(
+            admin_blueprint(gateway.policy_admin, oauth.registry, clients, gateway.jwks_fetch)
+        )
 
     if gateway.consents is not None:
         app.register_blueprint(citizen_blueprint(gateway, gateway.consents))

@@ -29,6 +29,7 @@ __all__ = [
     "ANSWER_ALGS",
     "BATCH_RESULTS",
     "MAX_BATCH_SUBJECTS",
+    "MAX_CLIENT_KEYS",
     "MAX_ROUNDS",
     "AccessLog",
     "AccessLogItem",
@@ -47,6 +48,9 @@ __all__ = [
     "BatchResponse",
     "BatchSubject",
     "ChangeApproved",
+    "ChangeDecided",
+    "ChangeList",
+    "ChangePending",
     "ChangeProposed",
     "ChangeRejected",
     "CheckRequest",
@@ -54,6 +58,10 @@ __all__ = [
     "ClaimDescription",
     "ClaimPurpose",
     "ClaimsResponse",
+    "ClientDisabled",
+    "ClientInfo",
+    "ClientList",
+    "ClientProposal",
     "Consent",
     "ConsentArtefactClaims",
     "ConsentGrant",
@@ -70,6 +78,7 @@ __all__ = [
     "InclusionProof",
     "InclusionQuery",
     "Jwk",
+    "JwkSetIn",
     "Jwks",
     "Liveness",
     "LoggedEntry",
@@ -92,6 +101,7 @@ __all__ = [
     "TokenResponse",
 ]
 
+CLIENT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # gateway.oauth.registry
 MAX_BATCH_SUBJECTS = 10_000
 MAX_ROUNDS = 200
 MAX_CONSENT_ITEMS = 32  # purposes or claims in one consent
@@ -697,9 +707,12 @@ class Consent(Reply):
 
 class PendingChange(Reply):
     id: ChangeId
+    kind: str = Field(description="`policy` (then `change` is a PolicyChange), `client`, ...")
     proposer: str
     status: Literal["pending"]
-    change: Annotated[dict[str, Any], schema_ref("PolicyChange")]
+    change: dict[str, Any] = Field(
+        description="For `policy`, the PolicyChange; else `{kind, spec}`, the proposal."
+    )
     base_version: PolicyVersion
 
 
@@ -815,11 +828,92 @@ class AuthorizationServerMetadata(Reply):
         )
 
 
+# --- requesters and two-person changes -----------------------------------------------------
+
+_ROLE = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MAX_CLIENT_KEYS = 8
+
+
+class JwkSetIn(Body):
+    model_config = _doc(
+        "Public keys only (SM2 as `{kty: EC, crv: SM2}`, or P-256), each with a `kid`; "
+        "one kind for the client, which pins its algorithm (SM2 or ES256)."
+    )
+
+    keys: Annotated[list[dict[str, str]], Field(min_length=1, max_length=MAX_CLIENT_KEYS)]
+
+
+class ClientProposal(Body):
+    model_config = _doc(
+        "A requester to register with `private_key_jwt`: its public keys inline (`jwks`) or "
+        "at an https URL (`jwks_uri`, fetched now, so that the second administrator reviews "
+        "the very keys that will be trusted), never both; no secret travels. Its `role` must "
+        "be one the policy grants something to."
+    )
+
+    client_id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+    display_name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
+    role: Annotated[str, Field(pattern=_ROLE)]
+    scopes: Annotated[
+        list[Literal["checks", "checks:batch", "audit:read", "admin", "statistics", "federation"]],
+        Field(min_length=1, max_length=6),
+    ]
+    jwks: JwkSetIn | SkipJsonSchema[None] = None
+    jwks_uri: (
+        Annotated[str, Field(pattern="^https?://", max_length=2048)] | SkipJsonSchema[None]
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClientProposal:
+        if (self.jwks is None) == (self.jwks_uri is None):
+            raise ValueError("expected exactly one of jwks and jwks_uri")
+        return self
+
+
+class ChangePending(Reply):
+    change_id: ChangeId
+    status: Literal["pending"]
+
+
+class ChangeDecided(Reply):
+    model_config = _doc("A two-person change, decided.")
+
+    id: ChangeId
+    kind: str = Field(description="`policy`, `client`, `client-enable`, ...")
+    status: Literal["approved", "rejected"]
+    policy_version: PolicyVersion | SkipJsonSchema[None] = Field(
+        default=None, description="For an approval: the policy version now enforced."
+    )
+
+
+class ClientInfo(Reply):
+    client_id: str
+    display_name: str
+    auth_method: Literal["client_secret_basic", "private_key_jwt"]
+    scopes: list[str]
+    enabled: bool
+    alg: Literal["SM2", "ES256"] | None
+    kids: list[str]
+
+
+class ClientList(Reply):
+    clients: list[ClientInfo]
+
+
+class ClientDisabled(Reply):
+    client_id: str
+    enabled: Literal[False]
+    audit_index: AuditIndex
+
+
+class ChangeList(Reply):
+    changes: list[PendingChange]
+
+
 # --- errors and the token request ------------------------------------------------------
 
 _TOKEN_REFUSALS = ("token-invalid", "token-expired", "token-not-yet-valid", "token-wrong-type",
                    "token-wrong-audience", "token-replayed", "rate-limited")  # fmt: skip
-CLIENT_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # gateway.oauth.registry
 _TOKEN_PROBLEMS = [PROBLEM_BASE + s for s in sorted(_TOKEN_REFUSALS)]
 _TokenProblem = Annotated[str, Field(json_schema_extra={"enum": _TOKEN_PROBLEMS})]
 _SCOPE = "(" + "|".join(sorted(s.replace(":", "[:]") for s in KNOWN_SCOPES)) + ")"

@@ -24,7 +24,14 @@ from pydantic import BaseModel
 
 from tongban.primitives.errors import PROBLEM_BASE, NotFound, TongbanError
 
-from . import views_audit, views_checks, views_citizen, views_federation, views_statistics
+from . import (
+    views_admin,
+    views_audit,
+    views_checks,
+    views_citizen,
+    views_federation,
+    views_statistics,
+)
 from .catalog import Catalog
 from .models import AnswerClaims, BatchAnswerClaims, ConsentArtefactClaims, Problem
 from .oauth.registry import KNOWN_SCOPES
@@ -91,6 +98,7 @@ _DOCS_ASSET = Operation(
 OPERATIONS: tuple[Operation, ...] = (
     *SERVICE_OPERATIONS,
     *views_checks.OPERATIONS,
+    *views_admin.OPERATIONS,
     *views_citizen.OPERATIONS,
     *views_audit.OPERATIONS,
     *views_statistics.OPERATIONS,

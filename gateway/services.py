@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -102,6 +102,8 @@ class Gateway:
     metrics: MetricsCredential | None = None
     # The pages' server-side sessions (the gateway database's page_sessions table).
     page_sessions: PageSessionStore | None = None
+    # How a proposed client's jwks_uri is fetched (default: https, or loopback http).
+    jwks_fetch: Callable[[str], Mapping[str, Any]] | None = None
     # The database engines the parts above opened, disposed of by close().
     engines: list[Engine] = field(default_factory=list)
 

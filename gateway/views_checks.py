@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from tongban.policies import InvalidPolicy, PolicyAdmin
+from tongban.policies import ChangeRecord, InvalidPolicy, PolicyAdmin, change_kind
 from tongban.policies.errors import (
     AuditFailed,
     ChangeConflict,
@@ -50,7 +50,13 @@ from .models import (
 from .oauth.flask import current_principal
 from .operations import AUDIT_WRITE, Errors, Operation, Out
 
-__all__ = ["BATCH_MAX_BODY", "OPERATIONS", "checks_blueprint"]
+__all__ = [
+    "BATCH_MAX_BODY",
+    "CHANGE_ID_PATTERN",
+    "OPERATIONS",
+    "checks_blueprint",
+    "pending_change",
+]
 
 CHANGE_ID_PATTERN = "^[0-9a-f]{32}$"  # uuid4().hex
 
@@ -211,7 +217,7 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
             version=enforcer.version,
             rules=[list(r.as_list()) for r in sorted(enforcer.policy.rules)],
             legal_bases=dict(enforcer.policy.legal_bases),
-            pending=[_change(c) for c in (admin.pending() if admin else [])],
+            pending=[pending_change(c) for c in (admin.pending() if admin else [])],
         )
 
     @PROPOSE.route(bp)
@@ -237,9 +243,11 @@ def checks_blueprint(checker: Checker, admin: PolicyAdmin | None) -> Blueprint:
     return bp
 
 
-def _change(record: Any) -> dict[str, Any]:
+def pending_change(record: ChangeRecord) -> dict[str, Any]:
+    """A pending change as ``GET /v1/admin/policy`` and ``/v1/admin/changes`` show it."""
     return {
         "id": record.id,
+        "kind": change_kind(record),
         "proposer": record.proposer,
         "status": str(record.status),
         "change": dict(record.body),

@@ -1,6 +1,8 @@
 """Policies: Casbin model, fail-closed enforcer, legal bases, two-person change approval."""
 
+from .admin import ChangeKind as ChangeKind
 from .admin import PolicyAdmin as PolicyAdmin
+from .admin import change_kind as change_kind
 from .admin import open_enforcer as open_enforcer
 from .change import BasisEdit as BasisEdit
 from .change import BasisOp as BasisOp
@@ -38,6 +40,7 @@ __all__ = [
     "BasisOp",
     "Change",
     "ChangeConflict",
+    "ChangeKind",
     "ChangeNotPending",
     "ChangeRecord",
     "ChangeStatus",
@@ -56,6 +59,7 @@ __all__ = [
     "TwoPersonRule",
     "UnknownChange",
     "build_policy",
+    "change_kind",
     "compile_policy",
     "default_legal_bases",
     "default_model_text",

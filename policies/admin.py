@@ -18,8 +18,8 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
@@ -27,7 +27,7 @@ from tongban.audit.sink import AuditSink
 from tongban.primitives.errors import BadRequest, TongbanError
 
 from .change import Change, apply_change
-from .enforcer import PolicyEnforcer, compile_policy
+from .enforcer import CompiledPolicy, PolicyEnforcer, compile_policy
 from .errors import AuditFailed, ChangeNotPending, TwoPersonRule, UnknownChange
 from .rules import (
     ClaimCatalog,
@@ -40,7 +40,7 @@ from .rules import (
 )
 from .store import ChangeRecord, ChangeStatus, PolicyStore
 
-__all__ = ["PolicyAdmin", "open_enforcer"]
+__all__ = ["ChangeKind", "PolicyAdmin", "change_kind", "open_enforcer"]
 
 _ADMIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 
@@ -59,6 +59,34 @@ def open_enforcer(
     return PolicyEnforcer(build_policy(rules, bases, catalog, model))
 
 
+class ChangeKind(Protocol):
+    """A kind of two-person change besides a policy edit: a client's registration, say.
+
+    Its ``spec`` (JSON-able, no secrets: it is stored and audited as is) is checked when it
+    is proposed and again when it is approved, inside the approval's transaction, against
+    whatever the stores hold by then; ``apply`` makes it, on that transaction's connection.
+    ``policy_delta`` is the policy edit it needs (a client's role, say), applied with it in
+    the same transaction by the same code as a policy change."""
+
+    name: str
+
+    def validate(self, conn: Connection, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The normalised spec, or a problem (``invalid-policy``, ``policy-change-conflict``)."""
+        ...
+
+    def policy_delta(self, spec: Mapping[str, Any], rules: frozenset[Rule]) -> Change | None: ...
+
+    def apply(self, conn: Connection, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Make the change; what it returns is added to the approval's audit event."""
+        ...
+
+
+def change_kind(record: ChangeRecord) -> str:
+    """``policy`` for a policy edit (stored as the change itself), else the kind's name."""
+    kind = record.body.get("kind")
+    return kind if isinstance(kind, str) else "policy"
+
+
 def _check_admin(admin_id: object) -> str:
     if not isinstance(admin_id, str) or not _ADMIN_ID.fullmatch(admin_id):
         raise BadRequest("admin_id: expected 1-128 of [A-Za-z0-9_.:@-]")
@@ -75,12 +103,22 @@ class PolicyAdmin:
         enforcer: PolicyEnforcer,
         catalog: ClaimCatalog,
         audit: AuditSink,
+        kinds: Iterable[ChangeKind] = (),
     ) -> None:
         self._store = store
         self._enforcer = enforcer
         self._catalog = catalog
         self._audit = audit
         self._lock = threading.Lock()
+        self._kinds = {k.name: k for k in kinds}
+
+    def add_kind(self, kind: ChangeKind) -> None:
+        """Accept changes of ``kind`` (before the first request)."""
+        self._kinds[kind.name] = kind
+
+    @property
+    def store(self) -> PolicyStore:
+        return self._store
 
     def _policy(self, rules: frozenset[Rule], bases: Mapping[str, str]) -> Policy:
         return build_policy(rules, bases, self._catalog, self._enforcer.policy.model_text)
@@ -120,6 +158,37 @@ class PolicyAdmin:
             )
         return change_id
 
+    def propose_kind(self, kind_name: str, admin_id: str, spec: Mapping[str, Any]) -> str:
+        """Record a change of another kind (:class:`ChangeKind`) as pending; its id."""
+        admin = _check_admin(admin_id)
+        kind = self._kind(kind_name)
+        change_id = uuid.uuid4().hex
+        with self._lock, self._store.transaction() as conn:
+            rules, bases = self._store.read(conn)
+            current = self._policy(rules, bases)
+            normal = kind.validate(conn, spec)
+            delta = kind.policy_delta(normal, rules)
+            if delta is not None:
+                compile_policy(self._policy(*apply_change(rules, bases, delta, self._catalog)))
+            body = {"kind": kind.name, "spec": normal}
+            self._store.insert_change(conn, change_id, admin, body, current.version)
+            self._emit(
+                {
+                    "kind": f"{kind.name}.change.proposed",
+                    "change_id": change_id,
+                    "admin": admin,
+                    "spec": normal,
+                    "policy_version": current.version,
+                }
+            )
+        return change_id
+
+    def _kind(self, name: object) -> ChangeKind:
+        kind = self._kinds.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise BadRequest("kind: this gateway takes no such change")
+        return kind
+
     def _pending(self, conn: Connection, change_id: object) -> ChangeRecord:
         if not isinstance(change_id, str) or not change_id:
             raise UnknownChange("change_id: no such policy change")
@@ -131,7 +200,8 @@ class PolicyAdmin:
         return record
 
     def approve(self, change_id: str, admin_id: str) -> str:
-        """Apply a pending change proposed by someone else; returns the new policy version.
+        """Apply a pending change proposed by someone else, of any kind; returns the policy
+        version now enforced (changed only if the change edits the policy).
         :class:`TwoPersonRule` if ``admin_id`` proposed it."""
         admin = _check_admin(admin_id)
         with self._lock:
@@ -140,38 +210,60 @@ class PolicyAdmin:
                 record = self._pending(conn, change_id)
                 if record.proposer == admin:
                     raise TwoPersonRule("admin_id: the proposer may not approve their own change")
-                change = Change.from_json(record.body)
+                name = change_kind(record)
                 rules, bases = self._store.read(conn)
                 old = self._policy(rules, bases)
-                new_rules, new_bases = apply_change(rules, bases, change, self._catalog)
-                compiled = compile_policy(self._policy(new_rules, new_bases))
-                new = compiled.policy
-                for rule in rules - new_rules:
-                    self._store.remove_rule(conn, rule)
-                for rule in sorted(new_rules - rules):
-                    self._store.add_rule(conn, rule)
-                for purpose in bases.keys() - new_bases.keys():
-                    self._store.unset_legal_basis(conn, purpose)
-                for purpose, basis in new_bases.items():
-                    if bases.get(purpose) != basis:
-                        self._store.set_legal_basis(conn, purpose, basis)
+                done: dict[str, Any] = {}
+                if name == "policy":
+                    delta: Change | None = Change.from_json(record.body)
+                    described: dict[str, Any] = {"change": delta.to_json() if delta else {}}
+                else:
+                    kind = self._kind(name)
+                    spec = kind.validate(conn, record.body.get("spec", {}))
+                    delta = kind.policy_delta(spec, rules)
+                    done = kind.apply(conn, spec)
+                    described = {"spec": spec}
+                compiled: CompiledPolicy | None = None
+                new_version = old.version
+                if delta is not None:
+                    compiled = self._write_policy(conn, rules, bases, delta)
+                    new_version = compiled.policy.version
                 if not self._store.finish_change(
-                    conn, record.id, ChangeStatus.APPROVED, admin, new.version
+                    conn, record.id, ChangeStatus.APPROVED, admin, new_version
                 ):
                     raise ChangeNotPending("change_id: the change was decided concurrently")
-                self._store.set_head(conn, new.version)
+                if compiled is not None:
+                    self._store.set_head(conn, new_version)
                 self._emit(
                     {
-                        "kind": "policy.change.approved",
+                        "kind": f"{name}.change.approved",
                         "change_id": record.id,
                         "admin": admin,
                         "proposer": record.proposer,
-                        "change": change.to_json(),
+                        **described,
+                        **done,
                         "old_policy_version": old.version,
-                        "new_policy_version": new.version,
+                        "new_policy_version": new_version,
                     }
                 )
-            return self._enforcer.load(compiled)
+            return self._enforcer.load(compiled) if compiled is not None else self._enforcer.version
+
+    def _write_policy(
+        self, conn: Connection, rules: frozenset[Rule], bases: Mapping[str, str], delta: Change
+    ) -> CompiledPolicy:
+        """Store the policy after ``delta`` on ``conn``; the compiled policy."""
+        new_rules, new_bases = apply_change(rules, bases, delta, self._catalog)
+        compiled = compile_policy(self._policy(new_rules, new_bases))
+        for rule in rules - new_rules:
+            self._store.remove_rule(conn, rule)
+        for rule in sorted(new_rules - rules):
+            self._store.add_rule(conn, rule)
+        for purpose in bases.keys() - new_bases.keys():
+            self._store.unset_legal_basis(conn, purpose)
+        for purpose, basis in new_bases.items():
+            if bases.get(purpose) != basis:
+                self._store.set_legal_basis(conn, purpose, basis)
+        return compiled
 
     def reject(self, change_id: str, admin_id: str) -> None:
         """Close a pending change without applying it. The proposer may withdraw their own
@@ -181,13 +273,19 @@ class PolicyAdmin:
             record = self._pending(conn, change_id)
             if not self._store.finish_change(conn, record.id, ChangeStatus.REJECTED, admin, None):
                 raise ChangeNotPending("change_id: the change was decided concurrently")
+            name = change_kind(record)
+            described = (
+                {"change": dict(record.body)}
+                if name == "policy"
+                else {"spec": dict(record.body.get("spec", {}))}
+            )
             self._emit(
                 {
-                    "kind": "policy.change.rejected",
+                    "kind": f"{name}.change.rejected",
                     "change_id": record.id,
                     "admin": admin,
                     "proposer": record.proposer,
-                    "change": dict(record.body),
+                    **described,
                     "policy_version": self._enforcer.version,
                 }
             )

@@ -223,7 +223,10 @@ def _openapi(node: Any) -> Any:
         (other,) = [o for o in options if o != {"type": "null"}]
         if isinstance(other.get("type"), str) and _MARK not in other:
             rest = {k: v for k, v in node.items() if k != "anyOf"}
-            return _openapi({**other, **rest, "type": [other["type"], "null"]})
+            flat = {**other, **rest, "type": [other["type"], "null"]}
+            if "enum" in flat:  # the enumeration must admit the null the type does
+                flat["enum"] = [*flat["enum"], None]
+            return _openapi(flat)
     if _MARK in node:
         siblings = {
             k: _openapi(v)

@@ -19,6 +19,7 @@ from werkzeug.test import TestResponse
 from tongban.gateway.openapi import ERROR_MODULES, build_openapi, docs_blueprint, problem_types
 from tongban.gateway.openapi_schemas import ID_NUMBER_PATTERN
 from tongban.primitives.errors import PROBLEM_BASE, TongbanError
+from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id
 
 from .hostile_harness import Hostile, build_hostile
@@ -125,8 +126,9 @@ def test_request_bodies_refuse_unknown_fields(spec: dict[str, Any]):
             assert schema["additionalProperties"] is False, (method, path, media)
             assert schema.get("required") or schema.get("anyOf"), (method, path)
             seen += 1
-    # token, check, batch, consent grant, policy change, statistic, federation, audit search
-    assert seen == 8
+    # token, check, batch, consent grant, policy change, statistic, federation, audit search,
+    # client proposal
+    assert seen == 9
     assert schemas["Subject"]["additionalProperties"] is False
     assert schemas["BatchSubject"]["additionalProperties"] is False
 
@@ -681,6 +683,29 @@ def _admin_scenario(served: Served, contract: Contract) -> None:
     )
 
 
+def _clients_scenario(served: Served, contract: Contract) -> None:
+    one, two = served.auth("admin-1"), served.auth("admin-2")
+    jwk = SM2PrivateKey.generate().public_key.to_jwk(kid="k1")
+    body = {"client_id": "school-9", "role": "education", "scopes": ["checks"],
+            "jwks": {"keys": [jwk]}}  # fmt: skip
+    first = _call(served, contract, "post", "/v1/admin/clients", 202, json=body, headers=one)
+    changes = _call(served, contract, "get", "/v1/admin/changes", 200, headers=two)
+    assert [c["kind"] for c in changes["changes"]] == ["client"]
+    url = f"/v1/admin/changes/{first['change_id']}"
+    assert _call(served, contract, "post", url + "/approve", 200, headers=two)["kind"] == "client"
+    clients = _call(served, contract, "get", "/v1/admin/clients", 200, headers=one)["clients"]
+    assert "school-9" in {c["client_id"] for c in clients}
+    _call(served, contract, "post", "/v1/admin/clients/school-9/disable", 200, headers=one)
+    again = _call(served, contract, "post", "/v1/admin/clients/school-9/enable", 202, headers=one)
+    _call(served, contract, "post", f"/v1/admin/changes/{again['change_id']}/reject", 200,
+          headers=one)  # fmt: skip
+    bad_role = {**body, "client_id": "school-10", "role": "x"}
+    _problem(
+        _call(served, contract, "post", "/v1/admin/clients", 400, json=bad_role, headers=one),
+        "invalid-policy",
+    )
+
+
 def _operations_and_docs_scenario(served: Served, contract: Contract) -> None:
     health = _call(served, contract, "get", "/healthz", 200)
     assert health["status"] in ("ok", "degraded")
@@ -743,6 +768,7 @@ SCENARIOS = {
     "consent": _consent_and_citizen_scenario,
     "audit": _audit_scenario,
     "admin": _admin_scenario,
+    "clients": _clients_scenario,
     "operations": _operations_and_docs_scenario,
 }
 

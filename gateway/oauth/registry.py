@@ -50,7 +50,9 @@ __all__ = [
     "Client",
     "ClientRegistry",
     "Registration",
+    "jwks_alg",
     "parse_scope",
+    "validated_jwks",
 ]
 
 GRANT_TYPE = "client_credentials"
@@ -136,6 +138,25 @@ class Registration:
 
     client: Client
     secret: str | None = field(repr=False)
+
+
+def jwks_alg(value: object) -> AssertionAlg:
+    """The one algorithm a JWK Set's keys are for: SM2 for SM2 keys, ES256 for P-256 ones
+    (each key's ``alg``, if given, must agree); BadRequest for a set that mixes them."""
+    keys = value.get("keys") if isinstance(value, Mapping) else None
+    if not isinstance(keys, list) or not keys:
+        raise BadRequest(f"jwks: expected a JWK Set with 1 to {_MAX_KEYS} keys")
+    crvs = {k.get("crv") for k in keys if isinstance(k, Mapping)}
+    if crvs == {"SM2"}:
+        return "SM2"
+    if crvs == {"P-256"}:
+        return "ES256"
+    raise BadRequest("jwks: expected SM2 keys or P-256 keys, one kind for the client")
+
+
+def validated_jwks(value: object, alg: AssertionAlg) -> dict[str, dict[str, str]]:
+    """:func:`_validated_jwks`, for callers outside the registry (a proposed client)."""
+    return _validated_jwks(value, alg)
 
 
 def _validated_jwks(value: object, alg: AssertionAlg) -> dict[str, dict[str, str]]:
@@ -257,8 +278,10 @@ class ClientRegistry:
         jwks: Mapping[str, Any] | None = None,
         alg: AssertionAlg | None = None,
         enabled: bool = True,
+        conn: Connection | None = None,
     ) -> Registration:
-        """Add a client; Conflict if ``client_id`` exists, BadRequest on invalid input."""
+        """Add a client; Conflict if ``client_id`` exists, BadRequest on invalid input.
+        On ``conn`` (a transaction of the caller's, on this registry's database) if given."""
         if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
             raise BadRequest("client_id: expected 3-64 letters, digits, dot, dash, underscore")
         if not display_name or len(display_name) > 200:
@@ -288,8 +311,13 @@ class ClientRegistry:
             secret_hash=self._store_secret(client_id, secret) if secret else None,
         )
         try:
-            with self.engine.begin() as conn:
+            if conn is not None:
+                if self.exists(client_id, conn=conn):
+                    raise Conflict("client_id: already registered")
                 conn.execute(insert(clients).values(**self._row(client)))
+            else:
+                with self.engine.begin() as own:
+                    own.execute(insert(clients).values(**self._row(client)))
         except IntegrityError:
             raise Conflict("client_id: already registered") from None
         except SQLAlchemyError as exc:
@@ -318,6 +346,11 @@ class ClientRegistry:
             row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
         return _client(row) if row is not None else None
 
+    def exists(self, client_id: str, *, conn: Connection) -> bool:
+        """Whether ``client_id`` is registered (enabled or not), read on ``conn``."""
+        query = select(clients.c.client_id).where(clients.c.client_id == client_id)
+        return conn.execute(query).first() is not None
+
     def query_client(self, client_id: str) -> Client | None:
         """Authlib's lookup: a disabled client is indistinguishable from an unknown one."""
         client = self.get(client_id)
@@ -331,18 +364,20 @@ class ClientRegistry:
             rows = conn.execute(select(clients).order_by(clients.c.client_id)).all()
         return [_client(r) for r in rows]
 
-    def _update(self, client_id: str, **values: Any) -> None:
-        with self._begin() as conn:
-            result = conn.execute(
-                update(clients).where(clients.c.client_id == client_id).values(**values)
-            )
+    def _update(self, client_id: str, conn: Connection | None = None, **values: Any) -> None:
+        query = update(clients).where(clients.c.client_id == client_id).values(**values)
+        if conn is not None:
+            result = conn.execute(query)
+        else:
+            with self._begin() as own:
+                result = own.execute(query)
         if result.rowcount != 1:
             raise NotFound("client_id: no such client")
 
-    def set_enabled(self, client_id: str, enabled: bool) -> None:
+    def set_enabled(self, client_id: str, enabled: bool, *, conn: Connection | None = None) -> None:
         """Disable (or re-enable) a client; its live tokens stop working on the next request
         when the resource server checks ``is_enabled``."""
-        self._update(client_id, enabled=enabled)
+        self._update(client_id, conn, enabled=enabled)
 
     def rotate_secret(self, client_id: str) -> str:
         """A new secret for a ``client_secret_basic`` client; the old one stops working."""
@@ -352,7 +387,7 @@ class ClientRegistry:
         if client.auth_method is not AuthMethod.CLIENT_SECRET_BASIC:
             raise Conflict("client_id: this client authenticates with private_key_jwt")
         secret = new_secret()
-        self._update(client_id, secret_hash=self._store_secret(client_id, secret))
+        self._update(client_id, None, secret_hash=self._store_secret(client_id, secret))
         return secret
 
     def set_jwks(self, client_id: str, jwks: Mapping[str, Any]) -> None:
@@ -364,4 +399,4 @@ class ClientRegistry:
             raise Conflict("client_id: this client authenticates with a secret")
         stored = _validated_jwks(jwks, client.assertion_alg)
         payload = json.dumps({"keys": list(stored.values())}, sort_keys=True)
-        self._update(client_id, jwks=payload)
+        self._update(client_id, None, jwks=payload)
