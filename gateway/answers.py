@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tongban.primitives.errors import BadRequest
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3
 from tongban.primitives.jws import PublicKey, sign_compact
+from tongban.primitives.rotation import KeySource, key_source
 
 __all__ = ["ANSWER_TYP", "AnswerSigner"]
 
@@ -34,21 +35,31 @@ def _kid(key: ec.EllipticCurvePublicKey) -> str:
 class AnswerSigner:
     def __init__(
         self,
-        sm2_key: SM2PrivateKey,
+        sm2_key: SM2PrivateKey | KeySource,
         *,
         issuer: str,
         pairwise_key: bytes,
         es256_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> None:
-        self.sm2_key = sm2_key
-        self.sm2_kid = sm2_key.public_key.key_id
+        """``sm2_key`` may rotate (a :class:`~tongban.primitives.rotation.FollowedKey`):
+        answers are signed with its current key, and its retired keys stay published."""
+        self._sm2 = key_source(sm2_key)
         self.es256_key = es256_key
         self.es256_kid = _kid(es256_key.public_key()) if es256_key is not None else None
         self.issuer = issuer
         self._pairwise = pairwise_key
 
+    @property
+    def sm2_key(self) -> SM2PrivateKey:
+        """The SM2 key answers are signed with now."""
+        return self._sm2.current()
+
+    @property
+    def sm2_kid(self) -> str:
+        return self.sm2_key.public_key.key_id
+
     def public_keys(self) -> dict[str, PublicKey]:
-        keys: dict[str, PublicKey] = {self.sm2_kid: self.sm2_key.public_key}
+        keys: dict[str, PublicKey] = dict(self._sm2.published())
         if self.es256_key is not None and self.es256_kid is not None:
             keys[self.es256_kid] = self.es256_key.public_key()
         return keys
@@ -71,7 +82,8 @@ class AnswerSigner:
             **claims,
         }
         if alg == "SM2":
-            return sign_compact(payload, self.sm2_key, typ=ANSWER_TYP, kid=self.sm2_kid)
+            key = self.sm2_key  # one key for the signature and its kid, whatever rotates
+            return sign_compact(payload, key, typ=ANSWER_TYP, kid=key.public_key.key_id)
         if alg == "ES256" and self.es256_key is not None and self.es256_kid is not None:
             return sign_compact(payload, self.es256_key, typ=ANSWER_TYP, kid=self.es256_kid)
         raise BadRequest("answer_alg: expected SM2 or ES256")

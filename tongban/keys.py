@@ -28,11 +28,21 @@ from tongban.primitives.gm import (
 
 from .config import DEPARTMENTS
 
-__all__ = ["SIGNING_PARTIES", "KeyRing", "init_hint"]
+__all__ = ["ROTATABLE", "SIGNING_PARTIES", "KeyRing", "init_hint"]
 
 #: Every SM2 key of a single-host deployment: the gateway's three roles, the demo identity
 #: provider, and one per department (``tongban keys init`` creates these).
 SIGNING_PARTIES = ("gateway", "gateway-answers", "gateway-tokens", "idp", *DEPARTMENTS)
+
+
+#: The signing keys ``tongban keys rotate --signing`` replaces, and for how many seconds the
+#: old public key stays published: as long as what it signed may still be presented, with
+#: a minute's margin. Answers live 10 minutes, but the answer key also signs consent
+#: artefacts, valid for up to a year; access tokens live at most an hour.
+ROTATABLE = {
+    "gateway-answers": 366 * 24 * 3600,
+    "gateway-tokens": 3600 + 60,
+}
 
 
 def init_hint(data_dir: Path) -> str:

@@ -6,14 +6,18 @@
     tongban keys encrypt --data-dir DIR (--department NAME | --all)
     tongban keys rotate  --data-dir DIR --department NAME [--index | --kek]
     tongban keys rotate  --data-dir DIR --vault
+    tongban keys rotate  --data-dir DIR --signing gateway-answers|gateway-tokens
 
 ``init`` creates the SM2 key ring and registers the demo requesters (credentials in
 ``DIR/clients.json``, mode 0600), never overwriting a key or rotating a known secret.
 ``convert`` rewrites SM2 private keys still in an old format (tongban's JSON, SEC1) as
 PKCS#8 PEM, which loading a key also does; it is for key directories the services cannot
 write, run by someone who can. The others manage encryption at rest of the department
-stores and the audit vault. Output is JSON on stdout (key ids, states and row counts,
-never key material); progress goes to stderr.
+stores and the audit vault; ``rotate --signing`` replaces a signing key, keeping the old
+public key published for as long as what it signed may be presented (a running gateway,
+every worker, signs with the new key within seconds; see docs/security.md). Output is
+JSON on stdout (key ids, states and row counts, never key material); progress goes to
+stderr.
 """
 
 from __future__ import annotations
@@ -190,8 +194,55 @@ def _encrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_signing(settings: Settings, name: str) -> int:
+    """Rotate the signing key ``name``: recorded in the audit log first (who, the old and
+    the new key id), then made; a log that refuses the entry leaves the key as it was."""
+    import getpass
+    import socket
+
+    from tongban.gateway.services import AuditEvents
+    from tongban.primitives.gm import SM2PrivateKey, load_private_key
+    from tongban.primitives.rotation import rotate_key
+
+    from .keys import ROTATABLE
+    from .wiring import open_audit_log
+
+    path = settings.keys_dir / f"{name}.key"
+    if not path.exists():
+        raise MissingPrerequisite(f"no key {path.name} in {settings.keys_dir.absolute()}")
+    old_kid = load_private_key(path).public_key.key_id
+    new = SM2PrivateKey.generate()
+    overlap = ROTATABLE[name]
+    try:
+        operator = f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        operator = f"unknown@{socket.gethostname()}"
+    audit = open_audit_log(settings)
+    try:
+        index = AuditEvents(audit).append(
+            {
+                "kind": "lifecycle",
+                "event": "key.rotated",
+                "key": name,
+                "old_kid": old_kid,
+                "new_kid": new.public_key.key_id,
+                "publish_old_for": overlap,
+                "operator": operator,
+            }
+        )
+    finally:
+        audit.close()
+    done = rotate_key(path, publish_old_for=overlap, new_key=new)
+    report = {"key": name, "old_kid": done.old_kid, "new_kid": done.new_kid,
+              "old_published_until": int(done.publish_old_until), "audit_index": index}  # fmt: skip
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _rotate(args: argparse.Namespace) -> int:
     settings = Settings.from_env(data_dir=args.data_dir)
+    if args.signing is not None:
+        return _rotate_signing(settings, args.signing)
     if args.vault:
         from tongban.audit.vault import VaultKeys, rotate_vault
 
@@ -279,11 +330,19 @@ def add_keys(sub: Any) -> None:
     encrypt.set_defaults(func=_guarded(_encrypt))
 
     rotate = command(
-        keys_sub, "rotate", "re-seal a store under a new data key (or --index, --kek), or the vault"
+        keys_sub,
+        "rotate",
+        "re-seal a store under a new data key (or --index, --kek), the vault, or a signing key",
     )
     target = rotate.add_mutually_exclusive_group(required=True)
     target.add_argument("--department", choices=DEPARTMENTS, help="a department's store")
     target.add_argument("--vault", action="store_true", help="the audit log's pseudonym vault")
+    target.add_argument(
+        "--signing",
+        choices=("gateway-answers", "gateway-tokens"),
+        metavar="NAME",
+        help="a signing key: gateway-answers (answers, consent artefacts) or gateway-tokens",
+    )
     kind = rotate.add_mutually_exclusive_group()
     kind.add_argument("--index", action="store_true", help="the blind-index key (re-index)")
     kind.add_argument("--kek", action="store_true", help="the key-encryption key (re-wrap)")

@@ -15,6 +15,7 @@ from typing import Any
 
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.jws import SUPPORTED_ALGORITHMS, PrivateKey, PublicKey, sign_compact
+from tongban.primitives.rotation import FixedKey, FollowedKey, KeySource
 
 from ._jwt import (
     bearer_token,
@@ -90,7 +91,7 @@ class TokenIssuer:
 
     def __init__(
         self,
-        key: PrivateKey,
+        key: PrivateKey | KeySource,
         *,
         issuer: str,
         audience: str,
@@ -98,18 +99,34 @@ class TokenIssuer:
         kid: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``key`` may rotate (a :class:`~tongban.primitives.rotation.FollowedKey`): tokens
+        are signed with its current key, and verified with it and its retired keys."""
         if not _MIN_LIFETIME <= lifetime <= _MAX_LIFETIME:
             raise ValueError(f"lifetime: expected {_MIN_LIFETIME}-{_MAX_LIFETIME} seconds")
-        self._key = key
+        self._source: KeySource | None = key if isinstance(key, FollowedKey | FixedKey) else None
+        self._key = key if self._source is None else self._source.current()
         self.issuer = issuer
         self.audience = audience
         self.lifetime = lifetime
-        self.kid = kid or key_id(_public(key))
+        self._kid = kid
         self._clock = clock
 
+    def _signing(self) -> tuple[PrivateKey, str]:
+        key = self._key if self._source is None else self._source.current()
+        assert not isinstance(key, FollowedKey | FixedKey)
+        return key, (self._kid if self._source is None and self._kid else key_id(_public(key)))
+
+    @property
+    def kid(self) -> str:
+        return self._signing()[1]
+
     def public_keys(self) -> dict[str, PublicKey]:
-        """``kid`` -> public key, for the verifier and for ``/.well-known/jwks.json``."""
-        return {self.kid: _public(self._key)}
+        """``kid`` -> public key, for the verifier and for ``/.well-known/jwks.json``: the
+        current key and, during a rotation's overlap, the retired ones."""
+        if self._source is not None:
+            return dict(self._source.published())
+        key, kid = self._signing()
+        return {kid: _public(key)}
 
     def issue(self, client_id: str, scopes: Iterable[str]) -> IssuedToken:
         now = int(self._clock())
@@ -125,7 +142,8 @@ class TokenIssuer:
             "exp": now + self.lifetime,
             "jti": jti,
         }
-        token = sign_compact(claims, self._key, typ=ACCESS_TOKEN_TYPE, kid=self.kid)
+        key, kid = self._signing()
+        token = sign_compact(claims, key, typ=ACCESS_TOKEN_TYPE, kid=kid)
         return IssuedToken(token, scope, self.lifetime, jti)
 
     def verifier(self, **options: Any) -> AccessTokenVerifier:
@@ -133,7 +151,7 @@ class TokenIssuer:
         options.setdefault("max_lifetime", self.lifetime)
         options.setdefault("clock", self._clock)
         return AccessTokenVerifier(
-            issuer=self.issuer, audience=self.audience, keys=self.public_keys(), **options
+            issuer=self.issuer, audience=self.audience, keys=self.public_keys, **options
         )
 
 
@@ -156,7 +174,7 @@ class AccessTokenVerifier:
         *,
         issuer: str,
         audience: str,
-        keys: Mapping[str, PublicKey],
+        keys: Mapping[str, PublicKey] | Callable[[], Mapping[str, PublicKey]],
         algorithms: Collection[str] = ("SM2", "ES256"),
         leeway: float = 5,
         max_lifetime: float = 300,
@@ -168,7 +186,8 @@ class AccessTokenVerifier:
             raise ValueError(f"algorithms: expected a subset of {sorted(SUPPORTED_ALGORITHMS)}")
         self.issuer = issuer
         self.audience = audience
-        self._keys = dict(keys)
+        # A callable is asked at every verification (a rotating key's current set).
+        self._keys = keys if callable(keys) else dict(keys)
         self._algorithms = frozenset(algorithms)
         self._leeway = leeway
         self._max_lifetime = max_lifetime
@@ -199,7 +218,10 @@ class AccessTokenVerifier:
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         payload = verify_signed(
-            token, self._keys, typ=ACCESS_TOKEN_TYPE, algorithms=self._algorithms
+            token,
+            self._keys() if callable(self._keys) else self._keys,
+            typ=ACCESS_TOKEN_TYPE,
+            algorithms=self._algorithms,
         )
         check_issuer(payload, self.issuer)
         check_audience(payload, self.audience)
