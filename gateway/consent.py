@@ -88,6 +88,7 @@ from tongban.primitives.errors import (
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import mask, parse
 from tongban.primitives.jws import PrivateKey, sign_compact
+from tongban.primitives.rotation import FixedKey, FollowedKey, KeySource
 from tongban.primitives.wire import Tri
 
 from .catalog import Catalog
@@ -439,7 +440,7 @@ class ConsentStore:
         pseudonyms: Pseudonymizer,
         catalog: Catalog,
         registry: ClientRegistry,
-        signing_key: PrivateKey,
+        signing_key: PrivateKey | KeySource,
         audit: AuditSink | None,
         pairwise: Callable[[str, str], str],
         guardian_check: GuardianCheck | None = None,
@@ -462,12 +463,28 @@ class ConsentStore:
         self.issuer = issuer
         self.max_lifetime = max_lifetime
         self.clock = clock
-        self._key = signing_key
+        # A rotating key (FollowedKey): artefacts are signed with its current key.
+        self._source: KeySource | None = None
+        if isinstance(signing_key, FollowedKey | FixedKey):
+            self._source = signing_key
+            self._key: PrivateKey = signing_key.current()
+        else:
+            self._key = signing_key
         if kid is None:
-            if not isinstance(signing_key, SM2PrivateKey):
+            if not isinstance(self._key, SM2PrivateKey):
                 raise ValueError("kid: required for a P-256 signing key")
-            kid = signing_key.public_key.key_id  # as /.well-known/jwks.json publishes it
-        self.kid = kid
+            kid = self._key.public_key.key_id  # as /.well-known/jwks.json publishes it
+        self._kid = kid
+
+    def _signing(self) -> tuple[PrivateKey, str]:
+        if self._source is None:
+            return self._key, self._kid
+        key = self._source.current()
+        return key, key.public_key.key_id
+
+    @property
+    def kid(self) -> str:
+        return self._signing()[1]
 
     def create_schema(self) -> None:
         """Create the consent table if absent (idempotent)."""
@@ -509,6 +526,7 @@ class ConsentStore:
         consent_id = secrets.token_urlsafe(16)
         subject = self.pseudonyms.pseudonym(subject_id)
         granted_by = self.pseudonyms.pseudonym(grantor)
+        key, kid = self._signing()
         artefact = sign_compact(
             {
                 "iss": self.issuer,
@@ -525,9 +543,9 @@ class ConsentStore:
                 "iat": now,
                 "max_uses": req.max_uses,
             },
-            self._key,
+            key,
             typ=CONSENT_TOKEN_TYPE,
-            kid=self.kid,
+            kid=kid,
         )
         row = {
             "id": consent_id,

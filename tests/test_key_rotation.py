@@ -162,3 +162,101 @@ def test_keys_rotate_signing_records_then_rotates(tmp_path: Path, capsys: Any):
         main(["keys", "rotate", "--signing", "gateway", "--data-dir", str(tmp_path)])
     assert exited.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_rotation_under_load_fails_no_check_and_every_answer_verifies(
+    tmp_path: Path,
+    small_population: Any,
+    party_keys: dict[str, SM2PrivateKey],
+    gateway_stores: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+):
+    """The answer key and the token key are each rotated twice while checks run, by the
+    operator's command against the running gateway's data directory: no check fails, and
+    every answer, before and after, verifies with the gateway's JWK Set; `audit verify`
+    passes afterwards. (The checkpoint key is not rotated here: see docs/security.md.)"""
+    import base64
+    import threading
+    import time
+
+    from tongban_client import verify_answer
+
+    from .gateway_harness import build_harness
+
+    for name, url in gateway_stores.items():  # the operator's command reads the same stores
+        monkeypatch.setenv("TONGBAN_" + name.upper(), url)
+    h = build_harness(tmp_path, small_population.urls, party_keys, **gateway_stores)
+    numbers = [str(r["id_number"]) for r in small_population.subjects()[:40]]
+    answers: list[dict[str, Any]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    basic = base64.b64encode(f"edu-bureau:{h.secrets['edu-bureau']}".encode()).decode()
+
+    def run() -> None:
+        client = h.app.test_client()
+        i = 0
+        while not stop.is_set():
+            token = client.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials", "scope": "checks"},
+                headers={"Authorization": f"Basic {basic}"},
+            )
+            if token.status_code != 200:
+                failures.append(f"token {token.status_code}")
+                continue
+            auth = {"Authorization": "Bearer " + token.get_json()["access_token"]}
+            got = time.monotonic()
+            # A token a second (the token endpoint's budget is 20 a client), used across a
+            # rotation of its key too.
+            while time.monotonic() - got < 1.0 and not stop.is_set():
+                body = {"subject": {"id_number": numbers[i % len(numbers)]},
+                        "claim": "birth_registered", "purpose": "school_enrollment",
+                        "params": {}}  # fmt: skip
+                i += 1
+                resp = client.post("/v1/checks", json=body, headers=auth)
+                if resp.status_code != 200:
+                    failures.append(f"check {resp.status_code} {resp.get_data(as_text=True)}")
+                else:
+                    answers.append(resp.get_json())
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        for name in ("gateway-answers", "gateway-tokens", "gateway-answers", "gateway-tokens"):
+            time.sleep(1.2)
+            code = main(["keys", "rotate", "--signing", name, "--data-dir", str(tmp_path)])
+            assert code == 0, capsys.readouterr().err
+        time.sleep(1.5)  # every worker has looked at the files again by now
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    try:
+        assert failures == []
+        jwks = h.client.get("/.well-known/jwks.json").get_json()
+        kids = set()
+        for answer in answers:
+            claims = verify_answer(answer["answer"], jwks, audience="edu-bureau")
+            assert claims["result"] == answer["result"]
+            kids.add(_kid(answer["answer"]))
+        assert len(kids) == 3, kids  # the first key and both of its successors signed
+        assert len(answers) > 30
+        assert h.gateway.checkpointer is not None
+        h.gateway.checkpointer.checkpoint()
+    finally:
+        h.close()
+    capsys.readouterr()
+    from tongban.keys import KeyRing
+
+    KeyRing(tmp_path / "keys").ensure("gateway")  # the harness keeps only the private key
+    assert main(["audit", "verify", "--data-dir", str(tmp_path)]) == 0, capsys.readouterr().err
+
+
+def _kid(jws: str) -> str:
+    import base64
+
+    header = jws.split(".", maxsplit=1)[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])

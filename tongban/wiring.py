@@ -305,7 +305,7 @@ def build_consents(
     audit: AuditLog,
     catalog: Catalog,
     registry: ClientRegistry,
-    signing_key: SM2PrivateKey,
+    signing_key: SM2PrivateKey | FollowedKey,
     departments: DepartmentClient,
     answers: AnswerSigner,
 ) -> ConsentStore:
