@@ -44,6 +44,7 @@ from tongban.policies import PolicyAdmin, PolicyStore, open_enforcer
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
 from tongban.primitives.metrics_auth import ensure_metrics_token
+from tongban.primitives.rotation import FollowedKey
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.tls import TLSFiles
 
@@ -352,8 +353,12 @@ def build_gateway(
     # requests and audit checkpoints. Answers and consent artefacts, and access tokens, get
     # keys of their own, so a compromise or rotation of one role leaves the others intact.
     signing_key = keys.private("gateway")
-    answer_key = keys.ensure("gateway-answers")
-    token_key = keys.ensure("gateway-tokens")
+    # These two rotate (`tongban keys rotate --signing`): followed on disk, so every
+    # worker signs with a new key within a second and still verifies the retired ones.
+    keys.ensure("gateway-answers")
+    keys.ensure("gateway-tokens")
+    answer_key = FollowedKey(keys.directory / "gateway-answers.key")
+    token_key = FollowedKey(keys.directory / "gateway-tokens.key")
     signer = RequestSigner(signing_key, issuer=settings.gateway_issuer)
     if department_keys is None:
         department_keys = {d: keys.public(d) for d in connected}
