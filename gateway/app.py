@@ -68,7 +68,13 @@ def create_app(gateway: Gateway) -> Flask:
     if gateway.policy_admin is not None and oauth is not None and gateway.audit is not None:
         clients = ClientAdmin(oauth.registry, AuditEvents(gateway.audit))
         app.register_blueprint(
-            admin_blueprint(gateway.policy_admin, oauth.registry, clients, gateway.jwks_fetch)
+            admin_blueprint(
+                gateway.policy_admin,
+                oauth.registry,
+                clients,
+                gateway.jwks_fetch,
+                gateway.keys_dir,
+            )
         )
 
     if gateway.consents is not None:

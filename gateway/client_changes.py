@@ -148,6 +148,9 @@ class ClientRegistration:
         )
         return {"client_id": spec["client_id"]}
 
+    def after_commit(self, spec: Mapping[str, Any], done: Mapping[str, Any]) -> None:
+        return None
+
 
 class ClientEnable:
     """The ``client-enable`` change kind: give a disabled client its access back."""
@@ -172,6 +175,9 @@ class ClientEnable:
     def apply(self, conn: Connection, spec: Mapping[str, Any]) -> dict[str, Any]:
         self._registry.set_enabled(str(spec["client_id"]), True, conn=conn)
         return {"client_id": spec["client_id"]}
+
+    def after_commit(self, spec: Mapping[str, Any], done: Mapping[str, Any]) -> None:
+        return None
 
 
 class ClientAdmin:

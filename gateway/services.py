@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
@@ -102,6 +103,8 @@ class Gateway:
     metrics: MetricsCredential | None = None
     # The pages' server-side sessions (the gateway database's page_sessions table).
     page_sessions: PageSessionStore | None = None
+    # The gateway host's key directory, for key rotations approved through the API.
+    keys_dir: Path | None = None
     # How a proposed client's jwks_uri is fetched (default: https, or loopback http).
     jwks_fetch: Callable[[str], Mapping[str, Any]] | None = None
     # The database engines the parts above opened, disposed of by close().

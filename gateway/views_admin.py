@@ -7,6 +7,8 @@ paths under ``/v1/admin/policy/changes/`` stay as aliases for policy changes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, Response, jsonify
 
 from tongban.policies import PolicyAdmin, change_kind
@@ -21,6 +23,7 @@ from tongban.policies.errors import (
 from tongban.primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 
 from .client_changes import ClientAdmin, ClientEnable, ClientRegistration, JwksFetch, fetch_jwks
+from .key_changes import ROTATABLE, KeyRotation
 from .models import (
     ChangeDecided,
     ChangeList,
@@ -127,8 +130,19 @@ REJECT = Operation(
     scopes=_ADMIN,
     path_params=_CHANGE_ID,
 )
+ROTATE_KEY = Operation(
+    "POST", "/v1/admin/keys/{name}/rotate", "proposeKeyRotation", "admin",
+    "Propose rotating a signing key (needs a second administrator)",
+    (Out(ChangePending, "Recorded as pending and audited.", 202),),
+    (*_WRITE, NotFound), scopes=_ADMIN,
+    path_params={"name": ("^(" + "|".join(sorted(ROTATABLE)) + ")$", "The key's name.")},
+    description="When a different administrator approves, the key is replaced and the old "
+    "public key stays published for as long as what it signed may be presented (answers and "
+    "consent artefacts: a year; access tokens: an hour); every worker signs with the new "
+    "key within a second.",
+)  # fmt: skip
 OPERATIONS = (LIST_CLIENTS, PROPOSE_CLIENT, DISABLE_CLIENT, ENABLE_CLIENT, LIST_CHANGES,
-              APPROVE, REJECT)  # fmt: skip
+              APPROVE, REJECT, ROTATE_KEY)  # fmt: skip
 
 
 def admin_blueprint(
@@ -136,10 +150,14 @@ def admin_blueprint(
     registry: ClientRegistry,
     clients: ClientAdmin,
     fetch: JwksFetch | None = None,
+    keys_dir: Path | None = None,
 ) -> Blueprint:
-    """The endpoints, with ``admin`` taught the client change kinds."""
+    """The endpoints, with ``admin`` taught the client change kinds (and key rotation, when
+    the gateway's key directory is known)."""
     admin.add_kind(ClientRegistration(registry, fetch or fetch_jwks))
     admin.add_kind(ClientEnable(registry))
+    if keys_dir is not None:
+        admin.add_kind(KeyRotation(keys_dir))
     bp = Blueprint("admin", __name__)
 
     @LIST_CLIENTS.route(bp)
@@ -166,6 +184,11 @@ def admin_blueprint(
     @LIST_CHANGES.route(bp)
     def list_changes() -> Response:
         return jsonify(changes=[pending_change(c) for c in admin.pending()])
+
+    @ROTATE_KEY.route(bp)
+    def rotate_key(name: str) -> tuple[Response, int]:
+        change_id = admin.propose_kind("key-rotation", current_principal().client_id, {"key": name})
+        return jsonify(change_id=change_id, status="pending"), 202
 
     @APPROVE.route(bp)
     def approve(change_id: str) -> Response:

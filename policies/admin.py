@@ -80,6 +80,11 @@ class ChangeKind(Protocol):
         """Make the change; what it returns is added to the approval's audit event."""
         ...
 
+    def after_commit(self, spec: Mapping[str, Any], done: Mapping[str, Any]) -> None:
+        """What cannot be part of the transaction (a key file), done once it committed:
+        the audit entry already says what it does, so it is never unaudited."""
+        ...
+
 
 def change_kind(record: ChangeRecord) -> str:
     """``policy`` for a policy edit (stored as the change itself), else the kind's name."""
@@ -214,6 +219,7 @@ class PolicyAdmin:
                 rules, bases = self._store.read(conn)
                 old = self._policy(rules, bases)
                 done: dict[str, Any] = {}
+                later: tuple[ChangeKind, dict[str, Any], dict[str, Any]] | None = None
                 if name == "policy":
                     delta: Change | None = Change.from_json(record.body)
                     described: dict[str, Any] = {"change": delta.to_json() if delta else {}}
@@ -223,6 +229,7 @@ class PolicyAdmin:
                     delta = kind.policy_delta(spec, rules)
                     done = kind.apply(conn, spec)
                     described = {"spec": spec}
+                    later = (kind, spec, done)
                 compiled: CompiledPolicy | None = None
                 new_version = old.version
                 if delta is not None:
@@ -246,6 +253,8 @@ class PolicyAdmin:
                         "new_policy_version": new_version,
                     }
                 )
+            if later is not None:
+                later[0].after_commit(later[1], later[2])
             return self._enforcer.load(compiled) if compiled is not None else self._enforcer.version
 
     def _write_policy(

@@ -260,3 +260,39 @@ def _kid(jws: str) -> str:
 
     header = jws.split(".", maxsplit=1)[0]
     return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+def test_two_administrators_rotate_the_answer_key_through_the_api(
+    tmp_path: Path, small_population: Any, party_keys: dict[str, SM2PrivateKey]
+):
+    import time
+
+    from .gateway_harness import build_harness
+
+    h = build_harness(tmp_path, small_population.urls, party_keys)
+    try:
+        number = str(small_population.subjects()[0]["id_number"])
+        body = {"subject": {"id_number": number}, "claim": "birth_registered",
+                "purpose": "school_enrollment", "params": {}}  # fmt: skip
+        before = _kid(h.check("edu-bureau", body).get_json()["answer"])
+        proposed = h.client.post("/v1/admin/keys/gateway-answers/rotate", headers=h.auth("admin-1"))
+        assert proposed.status_code == 202, proposed.get_data(as_text=True)
+        url = f"/v1/admin/changes/{proposed.get_json()['change_id']}/approve"
+        assert h.client.post(url, headers=h.auth("admin-1")).status_code == 403
+        # Pending: nothing rotated yet.
+        assert _kid(h.check("edu-bureau", body).get_json()["answer"]) == before
+        done = h.client.post(url, headers=h.auth("admin-2"))
+        assert done.status_code == 200 and done.get_json()["kind"] == "key-rotation"
+        assert h.gateway.audit is not None
+        rows, _ = h.gateway.audit.entries({"kind": "key-rotation.change.approved"}, limit=5)
+        (entry,) = [r.entry for r in rows]
+        assert entry["old_kid"] == before and entry["new_kid"] != before
+        time.sleep(1.2)  # the followed key is looked at once a second
+        after = h.check("edu-bureau", body).get_json()["answer"]
+        assert _kid(after) == entry["new_kid"]
+        kids = {k["kid"] for k in h.client.get("/.well-known/jwks.json").get_json()["keys"]}
+        assert {before, entry["new_kid"]} <= kids
+        unknown = h.client.post("/v1/admin/keys/gateway/rotate", headers=h.auth("admin-1"))
+        assert unknown.status_code == 404
+    finally:
+        h.close()

@@ -699,6 +699,10 @@ def _clients_scenario(served: Served, contract: Contract) -> None:
     again = _call(served, contract, "post", "/v1/admin/clients/school-9/enable", 202, headers=one)
     _call(served, contract, "post", f"/v1/admin/changes/{again['change_id']}/reject", 200,
           headers=one)  # fmt: skip
+    rotation = _call(served, contract, "post", "/v1/admin/keys/gateway-tokens/rotate", 202,
+                     headers=one)  # fmt: skip
+    _call(served, contract, "post", f"/v1/admin/changes/{rotation['change_id']}/reject", 200,
+          headers=one)  # fmt: skip
     bad_role = {**body, "client_id": "school-10", "role": "x"}
     _problem(
         _call(served, contract, "post", "/v1/admin/clients", 400, json=bad_role, headers=one),

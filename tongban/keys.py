@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tongban.gateway.key_changes import ROTATABLE as KEY_ROTATIONS
 from tongban.primitives.gm import (
     SM2PrivateKey,
     SM2PublicKey,
@@ -35,14 +36,9 @@ __all__ = ["ROTATABLE", "SIGNING_PARTIES", "KeyRing", "init_hint"]
 SIGNING_PARTIES = ("gateway", "gateway-answers", "gateway-tokens", "idp", *DEPARTMENTS)
 
 
-#: The signing keys ``tongban keys rotate --signing`` replaces, and for how many seconds the
-#: old public key stays published: as long as what it signed may still be presented, with
-#: a minute's margin. Answers live 10 minutes, but the answer key also signs consent
-#: artefacts, valid for up to a year; access tokens live at most an hour.
-ROTATABLE = {
-    "gateway-answers": 366 * 24 * 3600,
-    "gateway-tokens": 3600 + 60,
-}
+#: The signing keys ``tongban keys rotate --signing`` replaces, and for how long the old
+#: public key stays published (gateway/key_changes.py says why).
+ROTATABLE = KEY_ROTATIONS
 
 
 def init_hint(data_dir: Path) -> str:

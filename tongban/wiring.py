@@ -468,6 +468,7 @@ def build_gateway(
         federation=FederationJobs(settings.data_dir, events, jobs=jobs, store=job_store),
         metrics=ensure_metrics_token(settings.keys_dir),
         page_sessions=page_sessions,
+        keys_dir=keys.directory,
         engines=list({id(e): e for e in engines}.values()),
     )
     if start:
