@@ -40,6 +40,7 @@ __all__ = [
     "ClientRegistration",
     "JwksFetch",
     "fetch_jwks",
+    "fetch_loopback_jwks",
 ]
 
 MAX_JWKS_BYTES = 64 * 1024
@@ -78,6 +79,14 @@ def fetch_jwks(url: str, *, timeout: float = 5.0) -> Mapping[str, Any]:
     if not isinstance(doc, Mapping):
         raise BadRequest("jwks_uri: not a JSON JWK Set")
     return doc
+
+
+def fetch_loopback_jwks(url: str) -> Mapping[str, Any]:
+    """:func:`fetch_jwks` for a gateway that may reach nothing beyond this host (tests, an
+    isolated network): any other host is refused before a name is even resolved."""
+    if not _loopback(urllib.parse.urlsplit(url).hostname or ""):
+        raise BadRequest("jwks_uri: this gateway fetches JWK Sets from loopback only")
+    return fetch_jwks(url)
 
 
 def describe(client: Client) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from tongban.adapters.store import DepartmentStore
 from tongban.adapters.witness import MemoryWitnessState, Witness
 from tongban.config import Settings
 from tongban.gateway.app import create_app
+from tongban.gateway.client_changes import fetch_loopback_jwks
 from tongban.gateway.oauth import mint_citizen_token
 from tongban.gateway.services import Gateway
 from tongban.keys import KeyRing
@@ -129,6 +130,7 @@ def build_harness(
         department_keys={d: party_keys[d].public_key for d in DEPARTMENTS},
         start=False,
     )
+    gateway.jwks_fetch = fetch_loopback_jwks  # a test's jwks_uri never leaves the host
     app = create_app(gateway)
     assert gateway.oauth is not None
     registry = gateway.oauth.registry

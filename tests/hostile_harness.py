@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from tongban.config import Settings
 from tongban.gateway.app import create_app
+from tongban.gateway.client_changes import fetch_loopback_jwks
 from tongban.gateway.consent import consents_table as consent_table
 from tongban.gateway.oauth import mint_citizen_token
 from tongban.gateway.services import Gateway
@@ -93,6 +94,7 @@ def build_hostile(
     idp = ring.ensure("idp")
     config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
     gateway = build_gateway(config, start=False)
+    gateway.jwks_fetch = fetch_loopback_jwks  # the fuzzer's jwks_uri never leaves the host
     app = create_app(gateway)
     assert gateway.oauth is not None
     registry = gateway.oauth.registry

@@ -17,8 +17,9 @@ from tongban_client import verify_answer
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from tongban.gateway.client_changes import fetch_jwks
 from tongban.gateway.oauth import sign_client_assertion
-from tongban.primitives.errors import PROBLEM_BASE
+from tongban.primitives.errors import PROBLEM_BASE, BadRequest
 from tongban.primitives.gm import SM2PrivateKey
 
 from .conftest import Generated
@@ -175,7 +176,11 @@ def test_refused_proposals_and_approvals_change_nothing(h: Harness):
                 "jwks_uri": "http://gw.example/jwks.json"}  # fmt: skip
     resp = _post(h, "/v1/admin/clients", "admin-1", only_uri)
     assert (resp.status_code, _type(resp)) == (400, "bad-request")
-    assert "https" in resp.get_json()["detail"]  # refused before anything is fetched
+    assert resp.get_json()["detail"].startswith("jwks_uri: ")  # refused, nothing fetched
+    # The production fetcher takes https only (http to loopback aside), checked before
+    # any connection is made.
+    with pytest.raises(BadRequest, match="expected an https URL"):
+        fetch_jwks("http://gw.example/jwks.json")
     assert _audited(h, "client.change.proposed") == []
     no_admin = h.client.post("/v1/admin/clients", json={}, headers=h.auth("edu-bureau"))
     assert (no_admin.status_code, _type(no_admin)) == (403, "insufficient-scope")
