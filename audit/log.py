@@ -34,7 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from tongban.primitives.db import make_engine
+from tongban.primitives.db import is_memory_sqlite, make_engine
 from tongban.primitives.errors import StoreUnavailable, TongbanError
 
 from . import schema
@@ -232,8 +232,12 @@ class AuditLog:
         wait_timeout: float | None = 30.0,
         startup_check: int | None = None,
         on_append: Callable[[int], None] | None = None,
+        create: bool = False,
     ) -> None:
         self.url = url
+        # create: open() migrates the store to the audit chain's head revision (tests and
+        # the demo); otherwise it refuses a store that is not there (``tongban db upgrade``).
+        self.create = create
         # Told how many entries each commit made durable (the gateway counts them in
         # tongban_audit_appends_total): every kind of entry, whoever appended it.
         self.on_append = on_append
@@ -265,18 +269,24 @@ class AuditLog:
     # --- lifecycle --------------------------------------------------------------------
 
     def open(self) -> AuditLog:
-        """Create tables, fix or read the log's origin, rebuild the tree from the store,
-        check it against the latest signed checkpoint, and start the writer."""
+        """Check the store's schema revision (or, made with ``create``, migrate it), fix or
+        read the log's origin, rebuild the tree from the store, check it against the latest
+        signed checkpoint, and start the writer."""
+        from tongban.migrations import AUDIT, require_head, upgrade
+
         try:
-            schema.metadata.create_all(self.engine)
+            if self.create:
+                upgrade(self.engine, AUDIT)
+            else:  # by URL: a SQLite file that does not exist is refused, not made
+                require_head(self.engine if is_memory_sqlite(self.url) else self.url, AUDIT)
             self._pin_origin()
             with self.engine.connect() as conn:
                 self._load(conn)
         except SQLAlchemyError as exc:
             self._dispose()
             raise StoreUnavailable("the audit store is unavailable") from exc
-        except AuditIntegrityError:
-            self._dispose()  # a refused log keeps no connection open
+        except TongbanError:  # refused (integrity, schema revision): no connection kept
+            self._dispose()
             raise
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()

@@ -213,7 +213,7 @@ def _threads(log: AuditLog, threads: int, per_thread: int, offset: int = 0) -> f
 
 def _group_commit(url: str, threads: int, total: int) -> dict[str, Any]:
     url = _reset(url)
-    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()
     batches: list[int] = []
     write = log._write
 
@@ -244,7 +244,7 @@ def _group_commit(url: str, threads: int, total: int) -> dict[str, Any]:
 
 
 def _child(url: str, threads: int, per_thread: int, offset: int, ready: Any, go: Any) -> None:
-    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         ready.put(os.getpid())
         go.wait()
@@ -255,7 +255,9 @@ def _child(url: str, threads: int, per_thread: int, offset: int, ready: Any, go:
 
 def _processes(url: str, processes: int, threads: int, total: int) -> dict[str, Any]:
     url = _reset(url)
-    AuditLog(url, _pseudonymizer(), origin=ORIGIN).open().close()  # create the tables once
+    AuditLog(
+        url, _pseudonymizer(), origin=ORIGIN, create=True
+    ).open().close()  # create the tables once
     ctx = mp.get_context("spawn")
     ready, go = ctx.Queue(), ctx.Event()
     per_thread = max(1, total // (processes * threads))
@@ -278,7 +280,7 @@ def _processes(url: str, processes: int, threads: int, total: int) -> dict[str, 
     if any(proc.exitcode != 0 for proc in procs):
         raise RuntimeError("an appender process failed")
     count = processes * threads * per_thread
-    check = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()  # rebuilds: no gaps
+    check = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()  # rebuilds: no gaps
     try:
         assert check.size == count
     finally:
@@ -294,7 +296,7 @@ def _processes(url: str, processes: int, threads: int, total: int) -> dict[str, 
 def _raw_writer(url: str, total: int, batch: int = 2000) -> dict[str, Any]:
     """The writer alone: pre-prepared entries handed over in large batches."""
     url = _reset(url)
-    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         prepared = [log.prepare(_entry(i), _subject(i)) for i in range(batch)]
         started = time.perf_counter()
@@ -309,7 +311,7 @@ def _raw_writer(url: str, total: int, batch: int = 2000) -> dict[str, Any]:
 
 def _prepare_cost(samples: int = 5_000) -> dict[str, float]:
     """Uncontended CPU per entry on the appender's side (canonical JSON, pseudonym, seal)."""
-    log = AuditLog("sqlite://", _pseudonymizer(), origin=ORIGIN)
+    log = AuditLog("sqlite://", _pseudonymizer(), origin=ORIGIN, create=True)
     started = time.perf_counter()
     for i in range(samples):
         log.prepare(_entry(i), _subject(i))
@@ -355,7 +357,7 @@ def _build_million(
 ) -> dict[str, Any]:
     """Bulk-load prepared entries in large batches through the real writer, with signed and
     cosigned checkpoints along the way."""
-    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()
     witnesses = {
         w: Witness(
             w,
@@ -434,10 +436,10 @@ def _proofs_from_store(url: str, entries: int, samples: int) -> dict[str, Any]:
     # Baseline, same run: the open before start-up row checks (stored leaf hashes only,
     # the tree against the latest checkpoint) is what startup_check=1 leaves.
     started = time.perf_counter()
-    AuditLog(url, _pseudonymizer(), origin=ORIGIN, startup_check=1).open().close()
+    AuditLog(url, _pseudonymizer(), origin=ORIGIN, startup_check=1, create=True).open().close()
     stored_only = time.perf_counter() - started
     started = time.perf_counter()
-    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, _pseudonymizer(), origin=ORIGIN, create=True).open()
     opened = time.perf_counter() - started
     try:
         assert log.size == entries

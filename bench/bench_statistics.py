@@ -176,8 +176,9 @@ def build(parties: int, counters: int, tmp: Path, *, seed: int = 12, pool_size: 
         f"sqlite:///{tmp / 'audit.db'}",
         Pseudonymizer(os.urandom(32), os.urandom(16)),
         origin="bench.tongban/audit",
+        create=True,
     ).open()
-    jobs = StatisticsStore(f"sqlite:///{tmp / 'gateway.db'}", budget=100.0)
+    jobs = StatisticsStore(f"sqlite:///{tmp / 'gateway.db'}", budget=100.0, create=True)
     service = StatisticsService(
         client, AuditEvents(audit), jobs, registry=registry, threshold=1, workers=parties
     )

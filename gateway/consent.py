@@ -487,9 +487,12 @@ class ConsentStore:
         return self._signing()[1]
 
     def create_schema(self) -> None:
-        """Create the consent table if absent (idempotent)."""
+        """The gateway chain's head revision (tongban.migrations), which holds the consent
+        table, for tests and the demo; a deployment runs ``tongban db upgrade``."""
+        from tongban.migrations import GATEWAY, upgrade
+
         try:
-            metadata.create_all(self.engine, checkfirst=True)
+            upgrade(self.engine, GATEWAY)
         except SQLAlchemyError as exc:
             raise StoreUnavailable("the consent store is unavailable") from exc
 

@@ -118,8 +118,12 @@ class EnumerationGuard:
         )
 
     def create_schema(self) -> None:
+        """The gateway chain's head revision (tongban.migrations), for tests and the demo;
+        a deployment runs ``tongban db upgrade``."""
+        from tongban.migrations import GATEWAY, upgrade
+
         try:
-            metadata.create_all(self.engine, checkfirst=True)
+            upgrade(self.engine, GATEWAY)
         except SQLAlchemyError as exc:
             raise StoreUnavailable("the parameter record is unavailable") from exc
 

@@ -210,11 +210,12 @@ class SqlBucketStore:
         )
 
     def create_schema(self) -> None:
+        """The gateway chain's head revision (tongban.migrations), which holds both bucket
+        tables, for tests and the demo; a deployment runs ``tongban db upgrade``."""
+        from tongban.migrations import GATEWAY, upgrade
+
         try:
-            if self.table is buckets:
-                metadata.create_all(self.engine, checkfirst=True)
-            else:
-                self.table.create(self.engine, checkfirst=True)
+            upgrade(self.engine, GATEWAY)
         except SQLAlchemyError as exc:
             raise StoreUnavailable("rate limit store is unavailable") from exc
 
@@ -373,13 +374,12 @@ def build_rate_limiter(
     subject_per_second: float,
     pseudonym: Callable[[str], str],
 ) -> RateLimiter | None:
-    """The SQL-backed limiter on the gateway database ``url`` (table created if absent), or
-    None when both limits are off (a burst or rate of 0)."""
+    """The SQL-backed limiter on the gateway database ``url`` (its table comes with the
+    gateway chain's migrations), or None when both limits are off (a burst or rate of 0)."""
     requester = _bucket(requester_burst, requester_per_second)
     subject = _bucket(subject_burst, subject_per_second)
     if requester is None and subject is None:
         return None
     slowest = max(b.full_after for b in (requester, subject) if b is not None)
     store = SqlBucketStore(url, max_full_after=max(slowest, 1.0))
-    store.create_schema()
     return RateLimiter(store, requester=requester, subject=subject, pseudonym=pseudonym)

@@ -82,13 +82,19 @@ class BudgetExhausted(Forbidden):
 
 
 class StatisticsStore:
-    def __init__(self, engine_or_url: Engine | str, *, budget: float = 10.0) -> None:
+    def __init__(
+        self, engine_or_url: Engine | str, *, budget: float = 10.0, create: bool = False
+    ) -> None:
+        """``create``: bring the database to the gateway chain's head revision first (tests
+        and the demo); a deployment's tables come from ``tongban db upgrade``."""
         self.engine = (
             make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
         )
         self.budget_micro = round(budget * MICRO)
-        with self._begin():
-            metadata.create_all(self.engine, checkfirst=True)
+        if create:
+            from tongban.migrations import GATEWAY, upgrade
+
+            upgrade(self.engine, GATEWAY)
 
     def _begin(self) -> AbstractContextManager[Connection]:
         return transaction(self.engine, "the statistics store")

@@ -117,14 +117,17 @@ class PolicyStore:
     """Table access for policies. Methods taking ``conn`` run inside the caller's
     transaction (see :meth:`transaction`); the others open their own."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, create: bool = False) -> None:
+        """``create``: :meth:`create_schema` migrates the database to the code's revision
+        (tests and the demo) instead of only checking that it is there."""
         self.engine = engine
+        self.create = create
 
     @classmethod
-    def from_url(cls, url: str = "sqlite://") -> PolicyStore:
+    def from_url(cls, url: str = "sqlite://", *, create: bool = False) -> PolicyStore:
         """An engine for ``url``. In-memory SQLite gets one shared connection, so every
         thread sees the same database rather than a private empty one."""
-        return cls(make_engine(url))
+        return cls(make_engine(url), create=create)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -136,8 +139,16 @@ class PolicyStore:
             raise StoreUnavailable("policy store: the database could not be reached") from exc
 
     def create_schema(self) -> None:
+        """At start-up (``open_enforcer``): refuse a database that is not at the gateway
+        chain's head revision; a store made with ``create=True`` is migrated there instead.
+        A deployment's tables come from ``tongban db upgrade``."""
+        from tongban.migrations import GATEWAY, require_head, upgrade
+
         try:
-            metadata.create_all(self.engine)
+            if self.create:
+                upgrade(self.engine, GATEWAY)
+            else:
+                require_head(self.engine, GATEWAY)
         except OperationalError as exc:
             raise StoreUnavailable("policy store: the database could not be reached") from exc
 

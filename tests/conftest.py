@@ -166,6 +166,24 @@ def gateway_stores(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         admin.dispose()
 
 
+def reset_chain(engine_or_url: Any, chain: str) -> None:
+    """A database shared by several tests (``pg_scratch_url``) emptied of one migration
+    chain (tongban.migrations): its tables and its version table dropped, so that the next
+    upgrade (a store's ``create_schema()``, ``create=True``) starts from empty."""
+    from sqlalchemy import Engine
+
+    from tongban.migrations import CHAINS, model_metadata
+
+    engine = engine_or_url if isinstance(engine_or_url, Engine) else create_engine(engine_or_url)
+    try:
+        model_metadata(chain).drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {CHAINS[chain].version_table}"))
+    finally:
+        if engine is not engine_or_url:
+            engine.dispose()
+
+
 class RecordingAudit:
     """The one fake audit sink (``tongban.audit.sink.AuditSink``), for every core: keeps
     the events it is given with their subjects, checking each is canonical-JSON-able, or
@@ -211,14 +229,13 @@ class PolicyEnv:
 def policy_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PolicyStore]:
     """An empty policy store, on SQLite (a file, so threads share it) and on PostgreSQL."""
     from tongban.policies import PolicyStore
-    from tongban.policies.store import metadata
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'policy.db'}"
     else:
         url = request.getfixturevalue("pg_scratch_url")
-    store = PolicyStore.from_url(url)
-    metadata.drop_all(store.engine)
+    store = PolicyStore.from_url(url, create=True)
+    reset_chain(store.engine, "gateway")
     yield store
     store.engine.dispose()
 
@@ -288,7 +305,7 @@ def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentE
     in-memory requester registry holding ``insurer-a``, ``edu-bureau`` and a disabled
     ``retired-client``."""
     from tongban.audit.vault import Pseudonymizer
-    from tongban.gateway.consent import ConsentStore, metadata
+    from tongban.gateway.consent import ConsentStore
     from tongban.gateway.oauth import ClientRegistry
 
     registry = ClientRegistry("sqlite://", scrypt_n=2**4)
@@ -308,7 +325,7 @@ def make_consent_env(url: str, catalog: Catalog, key: SM2PrivateKey) -> ConsentE
         guardian_check=env.guardians,
         clock=env.clock,
     )
-    metadata.drop_all(env.store.engine)
+    reset_chain(env.store.engine, "gateway")
     env.store.create_schema()
     return env
 

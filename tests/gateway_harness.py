@@ -25,6 +25,7 @@ from tongban.gateway.oauth import mint_citizen_token
 from tongban.gateway.services import Gateway
 from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PrivateKey, save_private_key
+from tongban.provision import migrate
 from tongban.wiring import build_gateway
 
 PUBLIC_URL = "http://gw.test"
@@ -124,6 +125,7 @@ def build_harness(
     idp = ring.ensure("idp")
     config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
     stores = {d: DepartmentStore(DEPARTMENTS[d], urls[d]) for d in DEPARTMENTS}
+    migrate(config)  # what `tongban db upgrade` does for a deployment
     gateway = build_gateway(
         config,
         transport=in_process_departments(config, stores, party_keys),

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tongban.config import Settings
+from tongban.provision import migrate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,6 +66,7 @@ def gunicorn_gateway_process(
         "TONGBAN_CHECKPOINT_INTERVAL": "3600",
         **(env or {}),
     }
+    migrate(Settings.from_env(full_env))  # the deployment's `tongban db upgrade`
     gunicorn = Path(sys.executable).parent / "gunicorn"
     log = (data / "gunicorn.log").open("wb")
     options = ["-c", config] if config is not None else []

@@ -23,6 +23,7 @@ from tongban.gateway.services import Gateway
 from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id
+from tongban.provision import migrate
 from tongban.wiring import build_gateway
 
 PUBLIC_URL = "http://gw.test"
@@ -93,6 +94,7 @@ def build_hostile(
     ring.ensure("gateway")
     idp = ring.ensure("idp")
     config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
+    migrate(config)  # what `tongban db upgrade` does for a deployment
     gateway = build_gateway(config, start=False)
     gateway.jwks_fetch = fetch_loopback_jwks  # the fuzzer's jwks_uri never leaves the host
     app = create_app(gateway)

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_URL, SMALL_POPULATION, SMALL_SEED, Generated
+from tests.conftest import PG_URL, SMALL_POPULATION, SMALL_SEED, Generated, reset_chain
 from tongban.adapters.at_rest import SEALED, AtRestKeyError, KeyState, kek_path, read_state
 from tongban.adapters.departments import DEPARTMENTS, SEALED_TABLES
 from tongban.adapters.evaluate import Evaluator
@@ -36,7 +36,6 @@ from tongban.adapters.rekey import (
 from tongban.adapters.store import DepartmentStore
 from tongban.adapters.synthetic.population import REFERENCE_DATE, Population, build_population
 from tongban.adapters.synthetic.records import DEPARTMENT_ORDER, department_batches
-from tongban.audit import schema as audit_schema
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer, VaultKeys, rotate_vault, vault_key_usage
 from tongban.primitives.wire import PredicateCall, Tri
@@ -497,7 +496,7 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'audit.db'}"
     url: str = request.getfixturevalue("pg_scratch_url")
     engine = create_engine(url)
-    audit_schema.metadata.drop_all(engine)
+    reset_chain(engine, "audit")
     engine.dispose()
     return url
 
@@ -505,7 +504,7 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_vault_rotation_crashes_midway_and_resumes(audit_url: str, tmp_path: Path) -> None:
     keys_dir = tmp_path / "keys"
     keys = VaultKeys(keys_dir, refresh=0.0)
-    log = AuditLog(audit_url, Pseudonymizer(b"p" * 32, keys), origin="o").open()
+    log = AuditLog(audit_url, Pseudonymizer(b"p" * 32, keys), origin="o", create=True).open()
     people = [f"11010519900101{i:03d}X" for i in range(60)]
     try:
         for person in people:

@@ -374,6 +374,7 @@ def audit_log(tmp_path: Path) -> Iterator[AuditLog]:
         f"sqlite:///{tmp_path / 'audit.db'}",
         Pseudonymizer(b"p" * 32, b"v" * 16),
         origin=ORIGIN,
+        create=True,
     ).open()
     yield log
     log.close()

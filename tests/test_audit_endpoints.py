@@ -27,6 +27,7 @@ from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PublicKey
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.problem import PROBLEM_JSON
+from tongban.provision import migrate
 from tongban.wiring import build_gateway
 
 ALICE = make_id("110105", dt.date(1985, 3, 14), 27)
@@ -75,6 +76,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     keys = KeyRing(settings.keys_dir)
     for party in ("gateway", "idp", *DEPARTMENTS):
         keys.ensure(party)
+    migrate(settings)
     gateway = build_gateway(settings, start=False)
     app = create_app(gateway)
     client = app.test_client()
@@ -160,7 +162,10 @@ def test_checkpoint_is_the_signed_note(env: Env):
 
 def test_checkpoint_before_any_and_without_a_log(tmp_path: Path):
     log = AuditLog(
-        f"sqlite:///{tmp_path / 'a.db'}", Pseudonymizer(b"p" * 32, b"v" * 16), origin="o"
+        f"sqlite:///{tmp_path / 'a.db'}",
+        Pseudonymizer(b"p" * 32, b"v" * 16),
+        origin="o",
+        create=True,
     ).open()
     try:
         for audit in (log, None):

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.conftest import reset_chain
 from tests.test_audit_merkle import ref_mth, sm3
-from tongban.audit import schema
 from tongban.audit.canonical import canonical_json
 from tongban.audit.log import AuditIntegrityError, AuditLog, PreparedEntry
 from tongban.audit.merkle import verify_consistency, verify_inclusion
@@ -53,7 +53,7 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS audit_entries CASCADE"))
         conn.execute(text("DROP FUNCTION IF EXISTS audit_test_trigger() CASCADE"))
-    schema.metadata.drop_all(engine)
+    reset_chain(engine, "audit")
     engine.dispose()
     return url
 
@@ -64,7 +64,7 @@ def open_log(audit_url: str) -> Iterator[Callable[..., AuditLog]]:
     opened: list[AuditLog] = []
 
     def make(**kwargs: Any) -> AuditLog:
-        log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, **kwargs).open()
+        log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, **kwargs, create=True).open()
         opened.append(log)
         return log
 
@@ -177,7 +177,7 @@ def test_prepare_refuses_bad_entries(log: AuditLog, doc: dict[str, Any], error: 
 
 
 def test_append_needs_an_open_log(audit_url: str):
-    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN)
+    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True)
     with pytest.raises(StoreUnavailable):
         log.append(entry(0))
     log.open()
@@ -261,7 +261,7 @@ def test_erasing_a_subject_keeps_every_proof(
     assert report.ok, report.findings
     assert (report.entries, report.checkpoints) == (12, 1)
     log.close()
-    reopened = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN).open()
+    reopened = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         assert reopened.root() == before[1]
         assert reopened.append(entry(12), subject_id=ALICE) == 12  # a new vault row is fine
@@ -459,7 +459,8 @@ sys.path.insert(0, {str(ROOT)!r})
 from sqlalchemy import event
 from tongban.audit.log import AuditLog
 from tongban.audit.vault import Pseudonymizer
-log = AuditLog("sqlite:///{db}", Pseudonymizer({PSEUDONYM_KEY!r}, {VAULT_KEY!r}), origin="o")
+log = AuditLog("sqlite:///{db}", Pseudonymizer({PSEUDONYM_KEY!r}, {VAULT_KEY!r}), origin="o",
+               create=True)
 event.listen(log._writes, "connect", lambda c, r: c.create_function("die", 0, lambda: os._exit(9)))
 log.open()
 for i in range(5):
@@ -479,7 +480,7 @@ print("survived")
     url = f"sqlite:///{db}"
     assert [r.idx for r in rows(url)] == [0, 1, 2, 3, 4]  # rows 5..7 were rolled back
     execute(url, "DROP TRIGGER crash")
-    log = AuditLog(url, pseudonymizer(), origin="o").open()
+    log = AuditLog(url, pseudonymizer(), origin="o", create=True).open()
     try:
         assert log.size == 5
         assert log.append({"kind": "ok", "time": "t"}) == 5
@@ -494,9 +495,9 @@ def test_connection_killed_mid_batch_postgresql(pg_scratch_url: str):
     url = pg_scratch_url
     execute(url, "DROP TABLE IF EXISTS audit_entries CASCADE")
     engine = create_engine(url)
-    schema.metadata.drop_all(engine)
+    reset_chain(engine, "audit")
     engine.dispose()
-    log = AuditLog(url, pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         for i in range(3):
             log.append(entry(i))
@@ -602,7 +603,7 @@ def test_a_bad_entry_does_not_fail_its_batch_neighbours(
 
 
 def _build(url: str, key: SM2PrivateKey, n: int = 30, checkpoint_at: int = 20) -> bytes:
-    log = AuditLog(url, pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(url, pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         for i in range(n):
             log.append(entry(i), subject_id=ALICE if i % 2 else None)
@@ -615,7 +616,7 @@ def _build(url: str, key: SM2PrivateKey, n: int = 30, checkpoint_at: int = 20) -
 
 def test_restart_rebuilds_the_same_tree(audit_url: str, party_keys: dict[str, SM2PrivateKey]):
     root = _build(audit_url, party_keys["gateway"])
-    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         assert (log.size, log.root()) == (30, root)
         cp = log.latest_checkpoint()
@@ -645,7 +646,7 @@ def test_reopening_a_tampered_store_is_refused(
     body = Checkpoint(ORIGIN, 20, sm3(b"another root")).body()
     forged = SignedNote(body, (sign_line(body, GATEWAY, party_keys["gateway"]),)).text()
     execute(audit_url, tamper, h=sm3(b"x"), note=forged)
-    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN)
+    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True)
     with pytest.raises(AuditIntegrityError, match=message):
         log.open()
     log.close()
@@ -658,7 +659,7 @@ def test_entries_above_the_checkpoint_may_be_lost_but_never_rewritten(
     signed covers them); that is why checkpoints are taken every few seconds."""
     _build(audit_url, party_keys["gateway"])
     execute(audit_url, "DELETE FROM audit_entries WHERE idx >= 25")
-    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True).open()
     try:
         assert log.size == 25
     finally:
@@ -746,7 +747,7 @@ def test_close_drains_the_queue_and_stops_the_writer(log: AuditLog, audit_url: s
 
 
 def test_append_racing_close_does_not_hang(audit_url: str):
-    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN).open()
+    log = AuditLog(audit_url, pseudonymizer(), origin=ORIGIN, create=True).open()
     log.append(entry(0))
     outcome: list[object] = []
 

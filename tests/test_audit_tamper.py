@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.conftest import reset_chain
 from tongban.adapters.client import InProcessTransport, witnessed
 from tongban.adapters.witness import MemoryWitnessState, Witness
-from tongban.audit import schema
 from tongban.audit.log import AuditIntegrityError, AuditLog
 from tongban.audit.vault import Pseudonymizer
 from tongban.audit.verify import ask_witnesses, verify_store
@@ -47,7 +47,7 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'audit.db'}"
     url: str = request.getfixturevalue("pg_scratch_url")
     engine = create_engine(url)
-    schema.metadata.drop_all(engine)
+    reset_chain(engine, "audit")
     engine.dispose()
     return url
 
@@ -71,7 +71,7 @@ class World:
         self.opened: list[AuditLog] = []
 
     def open(self) -> AuditLog:
-        log = AuditLog(self.url, self.pseudonyms, origin=ORIGIN).open()
+        log = AuditLog(self.url, self.pseudonyms, origin=ORIGIN, create=True).open()
         self.opened.append(log)
         return log
 

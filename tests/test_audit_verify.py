@@ -47,7 +47,9 @@ def build_data_dir(data_dir: Path) -> None:
     for name in WITNESSES:
         keys.ensure(name)
     pseudonyms = Pseudonymizer(keys.secret("pseudonym", 32), keys.secret("vault", 16))
-    log = AuditLog(settings.audit_store_url(), pseudonyms, origin=settings.origin).open()
+    log = AuditLog(
+        settings.audit_store_url(), pseudonyms, origin=settings.origin, create=True
+    ).open()
     (data_dir / "departments").mkdir()
     stores = {
         name: DepartmentStore(DEPARTMENTS[name], settings.store_url(name)) for name in WITNESSES

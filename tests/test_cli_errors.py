@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -129,7 +131,9 @@ def test_gateway_serve_on_a_port_in_use_says_so_before_starting(keyed: Path):
 
     assert proc.returncode == EXIT_FAILURE
     assert f"cannot listen on 127.0.0.1:{port}" in one_line(proc)
-    assert not (keyed / "audit.db").exists()  # the gateway never started its log
+    # The gateway never started its log (`keys init` made its tables: no entry).
+    with closing(sqlite3.connect(keyed / "audit.db")) as db:
+        assert db.execute("SELECT count(*) FROM audit_entries").fetchone() == (0,)
 
 
 # --- audit verify -----------------------------------------------------------------------

@@ -50,6 +50,7 @@ from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PrivateKey
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.jws import jwks as server_jwks
+from tongban.provision import migrate
 from tongban.wiring import build_gateway
 
 from .conftest import Generated
@@ -135,6 +136,7 @@ def served(
         rate_subject_per_second=0.01,
     )
     stores = {d: DepartmentStore(DEPARTMENTS[d], small_population.urls[d]) for d in DEPARTMENTS}
+    migrate(config)
     gateway = build_gateway(
         config,
         transport=in_process_departments(config, stores, party_keys),

@@ -22,6 +22,7 @@ from tongban.config import Settings
 from tongban.gateway.oauth.throttle import CLIENT_BUCKET, SOURCE_BUCKET
 from tongban.holds import MAX_HOLD_SECONDS
 from tongban.keys import KeyRing
+from tongban.provision import migrate
 from tongban.wiring import build_registry
 
 from .gunicorn_gateway import gunicorn_gateway
@@ -43,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("holds")
     settings = Settings(data_dir=data)
     KeyRing(settings.keys_dir).ensure("gateway")
+    migrate(settings)
     registry = build_registry(settings)
     secret = str(registry.register_client("edu-bureau", "Edu", scopes=("checks",)).secret)
     registry.register_client("flooded", "Flooded", scopes=("checks",))

@@ -472,7 +472,9 @@ def test_real_audit_log_stores_no_id_number(tmp_path, claim_catalog, party_keys)
 
     env = make_consent_env(f"sqlite:///{tmp_path / 'gw.db'}", claim_catalog, party_keys["gateway"])
     pseudonyms = Pseudonymizer(b"p" * 32, b"v" * 16)
-    log = AuditLog(f"sqlite:///{tmp_path / 'audit.db'}", pseudonyms, origin="test/audit").open()
+    log = AuditLog(
+        f"sqlite:///{tmp_path / 'audit.db'}", pseudonyms, origin="test/audit", create=True
+    ).open()
     try:
         env.store.audit = AuditEvents(log)
         granted = _grant(env.store, ADULT, _body(subject=CHILD))

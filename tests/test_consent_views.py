@@ -63,7 +63,10 @@ def app(tmp_path, claim_catalog: Catalog, party_keys) -> Iterator[CitizenApp]:
     key = party_keys["gateway"]
     env = make_consent_env(f"sqlite:///{tmp_path / 'gateway.db'}", claim_catalog, key)
     log = AuditLog(
-        f"sqlite:///{tmp_path / 'audit.db'}", env.store.pseudonyms, origin="gateway.test/audit"
+        f"sqlite:///{tmp_path / 'audit.db'}",
+        env.store.pseudonyms,
+        origin="gateway.test/audit",
+        create=True,
     ).open()
     env.store.audit = AuditEvents(log)
     gateway = Gateway(

@@ -50,7 +50,7 @@ from tongban.primitives.envelope import Sealer
 from tongban.primitives.gm import SM2PrivateKey, save_private_key
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.wire import PredicateCall, Tri
-from tongban.provision import init_data_dir
+from tongban.provision import init_data_dir, migrate
 from tongban.wiring import build_file_adapter, build_gateway
 
 MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -322,6 +322,7 @@ def serve_files(tmp: Path, party_keys: dict[str, SM2PrivateKey], files: dict[str
     for name, path in files.items():
         cores[name], witnesses[name] = build_file_adapter(settings, load_department_file(path))
     ring = KeyRing(settings.keys_dir)
+    migrate(settings)
     gateway = build_gateway(
         settings,
         transport=InProcessTransport(cores, witnesses),
@@ -544,6 +545,7 @@ def test_a_file_department_contributes_to_no_statistic(served: Served) -> None:
 
 def _gateway_with(tmp_path: Path, party_keys: dict[str, SM2PrivateKey], *files: Path) -> None:
     settings = Settings(data_dir=keyed_dir(tmp_path, party_keys), department_files=files)
+    migrate(settings)
     gateway = build_gateway(
         settings, transport=InProcessTransport({}), department_keys={}, start=False
     )

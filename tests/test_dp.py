@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
+from tests.conftest import reset_chain
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.federation.dp import TAIL, DiscreteLaplace, InvalidEpsilon, parse_epsilon
 from tongban.federation.statistics import REGISTRY, Release
 from tongban.gateway.catalog import Catalog
 from tongban.gateway.jobs import declared_jobs
-from tongban.gateway.statistics_store import BudgetExhausted, StatisticsStore, metadata
+from tongban.gateway.statistics_store import BudgetExhausted, StatisticsStore
 from tongban.policies import InvalidPolicy, Rule
 from tongban.policies.rules import check_rule
 
@@ -91,9 +92,9 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Statistic
     else:  # the scratch database is shared by the session: start from empty tables
         url = str(request.getfixturevalue("pg_scratch_url"))
         engine = create_engine(url)
-        metadata.drop_all(engine)
+        reset_chain(engine, "gateway")
         engine.dispose()
-    store = StatisticsStore(url, budget=1.0)
+    store = StatisticsStore(url, budget=1.0, create=True)
     yield store
     store.engine.dispose()
 

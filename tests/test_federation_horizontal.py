@@ -308,8 +308,10 @@ def test_jobs_are_kept_in_the_gateway_store_for_every_worker(tmp_path: Path):
         progress({"event": "round", "round": 1, "loss": 0.5, "auc": 0.7})
         return {"model_sm3": "ab" * 32, "auc_federated": 0.8, "auc_centralized": 0.81}
 
-    one = FederationJobs(tmp_path, RecordingAudit(), trainer=trainer, store=StatisticsStore(url))
-    other = FederationJobs(tmp_path, RecordingAudit(), store=StatisticsStore(url))
+    one = FederationJobs(
+        tmp_path, RecordingAudit(), trainer=trainer, store=StatisticsStore(url, create=True)
+    )
+    other = FederationJobs(tmp_path, RecordingAudit(), store=StatisticsStore(url, create=True))
     try:
         job = one.submit(
             "analyst", parse_body(FederationJobRequest, {"kind": "horizontal", "rounds": 1})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.conftest import reset_chain
 from tongban.adapters.client import InProcessTransport
 from tongban.adapters.departments import DEPARTMENTS
 from tongban.adapters.store import DepartmentStore
@@ -23,7 +24,7 @@ from tongban.config import Settings
 from tongban.demo import demo_log_origin
 from tongban.keys import KeyRing
 from tongban.primitives.gm import SM2PrivateKey
-from tongban.provision import init_data_dir
+from tongban.provision import init_data_dir, migrate
 from tongban.wiring import build_adapter, build_gateway
 
 WITNESSES = ("health", "police")
@@ -42,7 +43,7 @@ def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS audit_entries CASCADE"))
-    schema.metadata.drop_all(engine)
+    reset_chain(engine, "audit")
     engine.dispose()
     yield url
 
@@ -53,12 +54,14 @@ def _entry(i: int) -> dict[str, object]:
 
 def test_a_reopened_log_keeps_its_origin(audit_url: str, caplog: pytest.LogCaptureFixture):
     assert read_origin(audit_url) is None  # no log yet, and looking creates none
-    log = AuditLog(audit_url, _pseudonyms(), origin="127.0.0.1:8080/audit").open()
+    log = AuditLog(audit_url, _pseudonyms(), origin="127.0.0.1:8080/audit", create=True).open()
     log.append(_entry(0))
     log.close()
 
     with caplog.at_level(logging.WARNING, logger="tongban.audit"):
-        reopened = AuditLog(audit_url, _pseudonyms(), origin="127.0.0.1:8090/audit").open()
+        reopened = AuditLog(
+            audit_url, _pseudonyms(), origin="127.0.0.1:8090/audit", create=True
+        ).open()
     try:
         assert reopened.origin == "127.0.0.1:8080/audit"
         assert reopened.size == 1
@@ -71,7 +74,7 @@ def test_a_reopened_log_keeps_its_origin(audit_url: str, caplog: pytest.LogCaptu
 
 def test_a_log_from_before_stored_origins_takes_its_first_checkpoints(audit_url: str):
     key = SM2PrivateKey.generate()
-    log = AuditLog(audit_url, _pseudonyms(), origin="old.example/audit").open()
+    log = AuditLog(audit_url, _pseudonyms(), origin="old.example/audit", create=True).open()
     try:
         log.append(_entry(0))
         body = Checkpoint("old.example/audit", 1, log.root(1)).body()
@@ -83,7 +86,7 @@ def test_a_log_from_before_stored_origins_takes_its_first_checkpoints(audit_url:
         conn.execute(schema.meta.delete())
     engine.dispose()
 
-    reopened = AuditLog(audit_url, _pseudonyms(), origin="new.example/audit").open()
+    reopened = AuditLog(audit_url, _pseudonyms(), origin="new.example/audit", create=True).open()
     try:
         assert reopened.origin == "old.example/audit"
     finally:
@@ -113,6 +116,7 @@ def _run_gateway_once(data: Path, audit_url: str, port: int) -> str:
     for name in WITNESSES:
         cores[name], witnesses[name] = build_adapter(settings, name)
     keys = KeyRing(settings.keys_dir)
+    migrate(settings)
     gateway = build_gateway(
         settings,
         transport=InProcessTransport(cores, witnesses),

@@ -1,7 +1,7 @@
 """Schema migrations (tongban.migrations, ``tongban db``), on SQLite and PostgreSQL: from
 empty, and from the schema the stores' ``create_all`` made before there were migrations
 (what a deployment of the previous release holds); the models and the migrated schema
-agree."""
+agree; a gateway refuses a database that is not at the code's revision."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ from sqlalchemy.pool import NullPool
 from tests.conftest import PG_URL
 from tongban import migrations
 from tongban.cli import main
+from tongban.config import Settings
+from tongban.keys import KeyRing
 from tongban.migrations import NotAtHead, SchemaRefused
+from tongban.wiring import build_gateway
 
 CHAINS = ["gateway", "audit"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -64,9 +68,7 @@ def _create_all(url: str, *chains: str) -> None:
     engine = _engine(url)
     for chain in chains:
         for name in migrations.CHAINS[chain].models:
-            module = importlib.import_module(name)
-            meta = getattr(module, "metadata", None) or module.schema.metadata
-            meta.create_all(engine)
+            importlib.import_module(name).metadata.create_all(engine)
     engine.dispose()
 
 
@@ -303,3 +305,67 @@ def test_a_database_that_is_down_is_one_line(
             "/tongban is unavailable (OperationalError)\n"
         )
         assert captured.out.startswith("audit: ")
+
+
+def _keyed(data: Path) -> Path:
+    ring = KeyRing(data / "keys")
+    for party in ("gateway", "idp"):
+        ring.ensure(party)
+    return data
+
+
+def test_the_gateway_refuses_to_start_on_a_database_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """No table is made at start-up: the gateway names the command, and creates nothing."""
+    data = _keyed(tmp_path / "data")
+    with pytest.raises(NotAtHead) as refused:
+        build_gateway(Settings(data_dir=data), start=False)
+    assert refused.value.detail == (
+        f"database gateway (sqlite:///{data}/gateway.db) is at revision none, the code "
+        "needs gateway_0001: run `tongban db upgrade`"
+    )
+    assert not (data / "gateway.db").exists() and not (data / "audit.db").exists()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["gateway", "serve", "--port", str(port), "--data-dir", str(data)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"tongban: {refused.value.detail}\n"
+
+
+def test_the_gateway_refuses_a_create_all_database_until_it_is_upgraded(tmp_path: Path):
+    """A data directory of the previous release: refused as it is, served once the
+    operator has run the upgrade."""
+    data = _keyed(tmp_path / "data")
+    settings = Settings(data_dir=data)
+    _create_all(settings.gateway_store_url(), "gateway")
+    _create_all(settings.audit_store_url(), "audit")
+    with pytest.raises(NotAtHead, match=r"at revision none, the code needs gateway_0001: run"):
+        build_gateway(settings, start=False)
+    assert main(["db", "upgrade", "--data-dir", str(data)]) == 0
+    gateway = build_gateway(settings, start=False)
+    gateway.close()
+
+
+def test_no_production_module_creates_tables():
+    """Tables come from the migrations only: no store of the gateway host calls
+    ``create_all`` (a department's store, rebuilt by ``tongban generate``, is not one)."""
+    found = []
+    for folder in ("gateway", "policies", "audit", "tongban"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "create_all(" in path.read_text(encoding="utf-8"):
+                found.append(str(path.relative_to(ROOT)))
+    assert found == []
+
+
+def test_an_operator_command_refuses_a_database_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    data = _keyed(tmp_path / "data")
+    assert main(["admin", "clients", "list", "--data-dir", str(data)]) == 2
+    assert capsys.readouterr().err == (
+        f"tongban: database gateway (sqlite:///{data}/gateway.db) is at revision none, the "
+        "code needs gateway_0001: run `tongban db upgrade`\n"
+    )
+    assert not (data / "gateway.db").exists()

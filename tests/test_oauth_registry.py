@@ -10,9 +10,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
+from tests.conftest import reset_chain
 from tongban.gateway import oauth
 from tongban.gateway.oauth import AuthMethod, ClientRegistry, SqlReplayCache
-from tongban.gateway.oauth._schema import clients, make_engine, metadata
+from tongban.gateway.oauth._schema import clients, create_schema, make_engine
 from tongban.gateway.oauth.credentials import hash_secret, verify_secret
 from tongban.primitives.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from tongban.primitives.gm import SM2PrivateKey
@@ -32,10 +33,10 @@ def db_url(request, tmp_path):
     else:
         url = request.getfixturevalue("pg_scratch_url")
     engine = make_engine(url)
-    metadata.drop_all(engine)
-    metadata.create_all(engine)
+    reset_chain(engine, "gateway")
+    create_schema(engine)
     yield url
-    metadata.drop_all(engine)
+    reset_chain(engine, "gateway")
     engine.dispose()
 
 

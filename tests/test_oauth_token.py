@@ -23,6 +23,7 @@ from sqlalchemy import Engine, create_engine, event, update
 from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
+from tests.conftest import reset_chain
 from tongban.gateway.oauth import ClientRegistry, TokenIssuer, credentials, sign_client_assertion
 from tongban.gateway.oauth import _schema as oauth_schema
 from tongban.gateway.oauth.flask import EXTENSION, current_principal, init_oauth, require_token
@@ -419,7 +420,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'oauth.db'}"
     url: str = request.getfixturevalue("pg_scratch_url")
     engine = create_engine(url)
-    oauth_schema.metadata.drop_all(engine)
+    reset_chain(engine, "gateway")
     engine.dispose()
     return url
 
@@ -514,7 +515,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path) -> Iterator[Hostile]:
     if request.param == "postgresql":
         url: str = request.getfixturevalue("pg_scratch_url")
         engine = create_engine(url)
-        oauth_schema.metadata.drop_all(engine)
+        reset_chain(engine, "gateway")
         engine.dispose()
         settings["gateway_db_url"] = url
     h = build_hostile(tmp_path, **settings)

@@ -51,7 +51,7 @@ def test_store_is_seeded_once(policy_env):
 
 
 def test_in_memory_sqlite_is_shared_across_threads(claim_catalog):
-    store = PolicyStore.from_url("sqlite://")
+    store = PolicyStore.from_url("sqlite://", create=True)
     version = open_enforcer(store, claim_catalog).version
     seen: list[str | None] = []
     thread = threading.Thread(target=lambda: seen.append(store.head_version()))

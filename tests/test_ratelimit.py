@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, select
 
+from tests.conftest import reset_chain
 from tongban.config import Settings
 from tongban.gateway.metrics import REGISTRY
 from tongban.gateway.oauth import _schema as oauth_schema
@@ -26,7 +27,6 @@ from tongban.gateway.ratelimit import (
     bucket_table,
     buckets,
     build_rate_limiter,
-    metadata,
 )
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import PROBLEM_BASE, RateLimited
@@ -62,7 +62,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ob
     def make() -> SqlBucketStore:
         store = SqlBucketStore(url)
         if not made:
-            metadata.drop_all(store.engine)
+            reset_chain(store.engine, "gateway")
         store.create_schema()
         made.append(store)
         return store
@@ -356,7 +356,7 @@ def oauth_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
     else:
         url = request.getfixturevalue("pg_scratch_url")
     engine = make_engine(url)
-    oauth_schema.metadata.drop_all(engine)
+    reset_chain(engine, "gateway")
     oauth_schema.create_schema(engine)
     yield engine
     engine.dispose()

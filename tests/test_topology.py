@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tongban.audit import schema
+from tests.conftest import reset_chain
 from tongban.audit.log import AuditLog
 from tongban.audit.note import SignedNote
 from tongban.audit.vault import Pseudonymizer
@@ -127,9 +127,11 @@ def test_a_checkpoint_round_waits_for_another_workers_round(
     else:
         url = request.getfixturevalue("pg_scratch_url")
         engine = create_engine(url)
-        schema.metadata.drop_all(engine)
+        reset_chain(engine, "audit")
         engine.dispose()
-    log = AuditLog(url, Pseudonymizer(b"p" * 32, b"v" * 16), origin="gw.test/audit").open()
+    log = AuditLog(
+        url, Pseudonymizer(b"p" * 32, b"v" * 16), origin="gw.test/audit", create=True
+    ).open()
     try:
         checkpointer = Checkpointer(
             log, SM2PrivateKey.generate(), name="gw", witnesses={}, transport=None
@@ -159,7 +161,7 @@ def test_an_appender_does_not_wait_forever_for_a_hung_store(tmp_path: Path) -> N
     hangs; the entry may land later, which is allowed (an entry without an answer)."""
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     log = AuditLog(url, Pseudonymizer(b"p" * 32, b"v" * 16), origin="gw.test/audit",
-                   wait_timeout=0.3).open()  # fmt: skip
+                   wait_timeout=0.3, create=True).open()  # fmt: skip
     blocker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")

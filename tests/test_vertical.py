@@ -340,7 +340,7 @@ def test_api_job_runs_vertically_audited_and_stored(small_population, claim_cata
 
     audit = RecordingAudit()
     policy = PolicyEnforcer(build_policy(default_rules(), default_legal_bases(), claim_catalog))
-    store = StatisticsStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    store = StatisticsStore(f"sqlite:///{tmp_path / 'gateway.db'}", create=True)
     jobs = FederationJobs(small_population.dir, audit, jobs=JobPolicy(policy, audit), store=store)
     try:
         with pytest.raises(JobDenied):

@@ -234,6 +234,7 @@ class Topology:
         from tongban.adapters.synthetic.generate import generate
         from tongban.config import Settings
         from tongban.keys import KeyRing
+        from tongban.provision import migrate
         from tongban.wiring import build_registry
 
         admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
@@ -249,7 +250,11 @@ class Topology:
         keys = KeyRing(self.data / "keys")
         for party in ("gateway", "idp", "gateway-answers", "gateway-tokens", *DEPARTMENTS):
             keys.ensure(party)
-        registry = build_registry(Settings(data_dir=self.data, gateway_db_url=self.pg_direct))
+        settings = Settings(
+            data_dir=self.data, gateway_db_url=self.pg_direct, audit_url=self.audit_store
+        )
+        migrate(settings)  # the deployment's `tongban db upgrade`
+        registry = build_registry(settings)
         for client_id, scopes in CLIENTS.items():
             self.client_secrets[client_id] = str(
                 registry.register_client(client_id, client_id, scopes=scopes).secret

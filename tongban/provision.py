@@ -5,6 +5,8 @@ One function, :func:`init_data_dir`, used by ``tongban keys init`` and by ``tong
 * every SM2 key of a single-host deployment under ``DIR/keys`` (``keys.SIGNING_PARTIES``),
   created only when absent: an existing key is never overwritten; and the operator's
   metrics token ``DIR/keys/metrics.token`` (tongban.primitives.metrics_auth), likewise;
+* the gateway and audit databases migrated to the code's revision (``tongban db upgrade``,
+  tongban.migrations), as the requesters are registered in the gateway database;
 * the demo requesters (:data:`DEMO_CLIENTS`) registered in the gateway database, their
   credentials written to ``DIR/clients.json`` (mode 0600). A secret already recorded
   there (or, for data directories from before that file, in ``DIR/demo.json``) that
@@ -35,6 +37,7 @@ __all__ = [
     "ensure_keys",
     "init_data_dir",
     "known_secrets",
+    "migrate",
     "read_credentials",
     "write_private_json",
 ]
@@ -163,10 +166,20 @@ def ensure_demo_clients(
     return out, registered, reissued
 
 
+def migrate(settings: Settings) -> None:
+    """Every store of ``settings`` at the code's revision (``tongban db upgrade``): the demo
+    requesters are registered in the gateway database, which needs its tables."""
+    from tongban.migrations import stores, upgrade
+
+    for store in stores(settings):
+        upgrade(store.url, store.chain, name=store.shown)
+
+
 def init_data_dir(data_dir: Path, settings: Settings | None = None) -> InitReport:
     """Keys and demo requesters for ``data_dir``; safe to run any number of times."""
     settings = settings or Settings.from_env(data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings)
     created = ensure_keys(settings.keys_dir)
     ensure_metrics_token(settings.keys_dir)
     clients, registered, reissued = ensure_demo_clients(settings)

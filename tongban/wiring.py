@@ -40,6 +40,7 @@ from tongban.gateway.ratelimit import SqlBucketStore, build_rate_limiter
 from tongban.gateway.services import AuditEvents, Gateway, OAuthParts
 from tongban.gateway.statistics import StatisticsService
 from tongban.gateway.statistics_store import StatisticsStore
+from tongban.migrations import GATEWAY, require_head, stores
 from tongban.policies import PolicyAdmin, PolicyStore, open_enforcer
 from tongban.primitives.errors import TongbanError
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, use_backend
@@ -48,7 +49,13 @@ from tongban.primitives.rotation import FollowedKey
 from tongban.primitives.wire import PredicateCall, Tri
 from tongban.tls import TLSFiles
 
-from .boundary import CommandFailed, MissingPrerequisite, UsageError, missing_sqlite_file
+from .boundary import (
+    CommandFailed,
+    MissingPrerequisite,
+    UsageError,
+    display_url,
+    missing_sqlite_file,
+)
 from .config import DEPARTMENTS as DEPARTMENT_NAMES
 from .config import Settings
 from .keys import KeyRing
@@ -65,6 +72,7 @@ __all__ = [
     "open_audit_log",
     "open_file_source",
     "party_tls",
+    "require_current_schema",
     "require_department_data",
 ]
 
@@ -80,6 +88,14 @@ def require_department_data(settings: Settings, department: str) -> None:
             f"no {department} data at {missing}: run `tongban generate --population 1000 "
             f"--seed 7 --out {settings.data_dir.absolute()}` (or pass --store-url)"
         )
+
+
+def require_current_schema(settings: Settings) -> None:
+    """Refuse, in one line, to start on a store that is not at the code's revision:
+    ``database X is at revision R, the code needs H: run `tongban db upgrade```. Nothing is
+    created at start-up: the operator's ``tongban db upgrade`` makes and migrates tables."""
+    for store in stores(settings):
+        require_head(store.url, store.chain, name=store.shown)
 
 
 def party_tls(settings: Settings, name: str) -> TLSFiles | None:
@@ -296,9 +312,9 @@ def build_registry(settings: Settings) -> ClientRegistry:
     # Client secrets are stored as HMAC-SM3 under this pepper, which stays out of the
     # database (gateway/oauth/credentials.py); every process of the gateway reads the same.
     pepper = KeyRing(settings.keys_dir).secret("client-pepper", 32)
-    registry = ClientRegistry(settings.gateway_store_url(), pepper=pepper)
-    registry.create_schema()
-    return registry
+    url = settings.gateway_store_url()
+    require_head(url, GATEWAY, name=f"gateway ({display_url(url)})")
+    return ClientRegistry(url, pepper=pepper)
 
 
 def build_consents(
@@ -329,7 +345,6 @@ def build_consents(
         guardian_check=guardian_check,
         issuer=settings.public_url,
     )
-    store.create_schema()
     return store
 
 
@@ -349,6 +364,7 @@ def build_gateway(
     keys = KeyRing(settings.keys_dir)
     connected = [d for d in DEPARTMENT_NAMES if d in settings.adapter_urls]
     keys.require(private=["gateway"], public=connected if department_keys is None else ())
+    require_current_schema(settings)
     # One key per role. "gateway" is the key the departments know: it signs predicate
     # requests and audit checkpoints. Answers and consent artefacts, and access tokens, get
     # keys of their own, so a compromise or rotation of one role leaves the others intact.
@@ -404,9 +420,7 @@ def build_gateway(
     )
     consents = build_consents(settings, audit, catalog, registry, answer_key, client, answers)
     enumeration = EnumerationGuard(policy_store.engine, pseudonym=pseudonyms.pseudonym)
-    enumeration.create_schema()
     page_sessions = PageSessionStore(policy_store.engine)
-    page_sessions.create_schema()
     checker = Checker(
         catalog,
         enforcer,

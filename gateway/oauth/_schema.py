@@ -59,8 +59,12 @@ token_buckets = bucket_table("oauth_rate_buckets", metadata)
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the OAuth tables if absent (idempotent; run once at deployment or start-up)."""
+    """Bring ``engine``'s database to the gateway chain's head revision (tongban.migrations),
+    which holds the OAuth tables: for tests and the demo. A deployment runs ``tongban db
+    upgrade``; a gateway only checks the revision (tongban.wiring)."""
+    from tongban.migrations import GATEWAY, upgrade
+
     try:
-        metadata.create_all(engine, checkfirst=True)
+        upgrade(engine, GATEWAY)
     except SQLAlchemyError as exc:
         raise StoreUnavailable("oauth store is unavailable") from exc

@@ -118,8 +118,11 @@ class PageSessionStore:
         return store
 
     def create_schema(self) -> None:
-        with transaction(self.engine, _STORE) as conn:
-            metadata.create_all(conn)
+        """The gateway chain's head revision (tongban.migrations), for tests and the demo;
+        a deployment runs ``tongban db upgrade``."""
+        from tongban.migrations import GATEWAY, upgrade
+
+        upgrade(self.engine, GATEWAY)
 
     def create(self, data: Mapping[str, Any]) -> str:
         """A new session holding ``data``; returns the id for the cookie."""

@@ -56,6 +56,8 @@ __all__ = [
     "NotAtHead",
     "SchemaRefused",
     "Store",
+    "Upgraded",
+    "baseline_metadata",
     "current",
     "differences",
     "head",
@@ -78,7 +80,7 @@ class Chain:
     """One chain of revisions: its scripts' folder and the table holding its revision."""
 
     name: str
-    #: Modules whose ``metadata`` (or ``schema.metadata``) hold the chain's models.
+    #: Modules whose ``metadata`` holds some of the chain's models.
     models: tuple[str, ...]
 
     @property
@@ -177,8 +179,7 @@ def model_metadata(chain: Chain | str) -> MetaData:
 
     merged = MetaData()
     for name in _chain(chain).models:
-        module = importlib.import_module(name)
-        meta: MetaData = getattr(module, "metadata", None) or module.schema.metadata
+        meta: MetaData = importlib.import_module(name).metadata
         for table in meta.tables.values():
             if table.name not in merged.tables:
                 table.to_metadata(merged)
@@ -404,16 +405,6 @@ def _listing(chain: Chain) -> str:
 def _is_ancestor(chain: Chain, older: str, newer: str) -> bool:
     """Whether ``older`` comes before ``newer`` in the chain."""
     return any(s.revision == older for s in _script(chain).iterate_revisions(newer, "base"))
-
-
-def downgrade_to_base(engine_or_url: Engine | str, chain: Chain | str) -> None:
-    """Every table of ``chain`` dropped (its baseline's downgrade): tests reset a shared
-    database with it. No command runs it."""
-    from alembic import command
-
-    chain = _chain(chain)
-    with _engine(engine_or_url) as engine, engine.begin() as conn:
-        command.downgrade(_config(chain, conn), "base")
 
 
 def require_head(

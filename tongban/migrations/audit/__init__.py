@@ -1,0 +1,3 @@
+"""The audit chain of revisions (tongban.migrations)."""
+
+__all__: list[str] = []

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from tongban.migrations import run_environment
 
+__all__: list[str] = []
+
 run_environment()

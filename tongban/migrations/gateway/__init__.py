@@ -1,0 +1,3 @@
+"""The gateway chain of revisions (tongban.migrations)."""
+
+__all__: list[str] = []

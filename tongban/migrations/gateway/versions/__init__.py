@@ -1,0 +1,3 @@
+"""The gateway chain's revision scripts, which Alembic loads by file (tongban.migrations)."""
+
+__all__: list[str] = []
