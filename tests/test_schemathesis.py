@@ -147,7 +147,8 @@ def test_the_checks_catch_a_lying_route(tmp_path: Path):
     h = build_hostile(tmp_path)
     try:
         app = h.app
-        app.view_functions["operations.healthz"] = lambda: jsonify(status="sleeping")  # not in the enum
+        # "sleeping" is not in the document's enumeration.
+        app.view_functions["operations.healthz"] = lambda: jsonify(status="sleeping")
 
         def broken_asset(asset: str) -> Any:
             raise RuntimeError("boom")
