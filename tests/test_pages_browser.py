@@ -158,8 +158,9 @@ def test_officer_and_citizen_pages_in_chromium(served, small_population: Generat
     assert seen["signature"]["key"] == gateway_key.public_key.key_id
     assert seen["note"] == latest.text()
     # ... pinned in the browser at that first visit, and found pinned at the next ...
-    assert seen["signature"]["pinned"] == "now" and "pinned in this browser now" in (
-        seen["signature"]["text"]
+    assert (
+        seen["signature"]["pinned"] == "now"
+        and "pinned in this browser now" in (seen["signature"]["text"])
     )
     assert seen["second_visit"]["verified"] == "true" and seen["second_visit"]["pinned"] == "before"
     # ... so a checkpoint signed by another key is NOT verified even with a JWK Set holding
