@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import secrets
+import socket
 import tarfile
 import threading
 import zipfile
@@ -202,6 +203,15 @@ def test_backup_while_serving_restores_verifies_and_serves(
         finally:
             r.gateway.close()
         assert _verify(new, capsys)["entries"] == made["audit_entries"] + 1
+        if gateway_stores:  # the serving gateway's PostgreSQL database: never, even forced
+            config = tmp_path / "over.toml"
+            url = gateway_stores["gateway_db_url"]
+            config.write_text(f'gateway_db_url = "{url}"\naudit_url = "{url}"\n')
+            argv = ["restore", "--from", str(out), "--data-dir", str(tmp_path / "over"),
+                    "--config", str(config), "--force"]  # fmt: skip
+            line = _one_line_refusal(capsys, argv)
+            assert "has other sessions: is a gateway running on it?" in line
+            assert not (tmp_path / "over").exists()
     finally:
         h.close()
 
@@ -529,10 +539,30 @@ def _digests(data_dir: Path) -> dict[str, str]:
     }
 
 
+class _Closing:
+    """An in-process transport where the command line expects an HttpTransport."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def handle_request(self, department: str, request: Any, timeout: float) -> Any:
+        return self.inner.handle_request(department, request, timeout)
+
+    def close(self) -> None:
+        pass
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_a_restore_older_than_a_witness_cosigned_is_refused(
     tmp_path: Path,
     small_population: Generated,
     party_keys: dict[str, SM2PrivateKey],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ):
     h = _serving(tmp_path / "gw", small_population, party_keys, {})
@@ -562,8 +592,27 @@ def test_a_restore_older_than_a_witness_cosigned_is_refused(
         create_backup(h.settings, newer, PASSPHRASE.encode(), scrypt_n=FAST)
         done = restore_backup(newer, Settings(data_dir=fresh), PASSPHRASE.encode(), witnessed=ask)
         assert done.witnesses_checked == dict.fromkeys(DEPARTMENTS, later)
+        # The same through the command line, the witnesses reached over the transport.
+        adapters = [f"--adapter={d}=http://{d}.test" for d in DEPARTMENTS]
+        argv = ["restore", "--from", str(out), "--data-dir", str(tmp_path / "cli"),
+                "--witness-check", *adapters]  # fmt: skip
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                "tongban.adapters.client.HttpTransport", lambda urls, tls=None: _Closing(transport)
+            )
+            line = _one_line_refusal(capsys, argv)
+        assert f"witness civil has cosigned {later} entries of the log (the witness itself)" in line
+        assert not (tmp_path / "cli").exists()
     finally:
         h.close()
+    # A witness that cannot be asked refuses a checked restore; without URLs, no check.
+    argv = ["restore", "--from", str(out), "--data-dir", str(tmp_path / "cli"), "--witness-check"]
+    assert "--witness-check needs the witnesses' URLs" in _one_line_refusal(capsys, argv)
+    line = _one_line_refusal(
+        capsys, [*argv, "--adapter", f"health=http://127.0.0.1:{_closed_port()}"]
+    )
+    assert line.startswith("tongban: witness health could not be asked what it cosigned")
+    assert not (tmp_path / "cli").exists()
     # Over the stopped deployment itself (--force): its store records the cosignatures.
     before = _digests(h.settings.data_dir)
     line = _one_line_refusal(
