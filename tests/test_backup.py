@@ -30,6 +30,7 @@ from tongban.audit import schema as audit_schema
 from tongban.audit.log import AuditLog
 from tongban.audit.verify import ask_witnesses
 from tongban.backup import (
+    Backup,
     BackupRefused,
     create_backup,
     open_backup,
@@ -566,6 +567,11 @@ def test_a_restore_older_than_a_witness_cosigned_is_refused(
     capsys: pytest.CaptureFixture[str],
 ):
     h = _serving(tmp_path / "gw", small_population, party_keys, {})
+    gw = str(h.settings.data_dir)
+    # A PKI, so that a checked restore reaches the witnesses with the backup's certificate.
+    assert main(["pki", "init", "--data-dir", gw]) == 0
+    assert main(["pki", "issue", "gateway", "--data-dir", gw]) == 0
+    capsys.readouterr()
     try:
         out = tmp_path / "old.tar"
         old = create_backup(h.settings, out, PASSPHRASE.encode(), scrypt_n=FAST)
@@ -577,7 +583,7 @@ def test_a_restore_older_than_a_witness_cosigned_is_refused(
         assert transport is not None
 
         # Asked directly (--witness-check): each witness remembers the larger tree.
-        def ask() -> tuple[dict[str, str], dict[str, str]]:
+        def ask(_backup: Backup) -> tuple[dict[str, str], dict[str, str]]:
             return ask_witnesses(list(DEPARTMENTS), lambda n: witnessed(transport, n, 5.0))
 
         fresh = tmp_path / "fresh"
@@ -596,11 +602,16 @@ def test_a_restore_older_than_a_witness_cosigned_is_refused(
         adapters = [f"--adapter={d}=http://{d}.test" for d in DEPARTMENTS]
         argv = ["restore", "--from", str(out), "--data-dir", str(tmp_path / "cli"),
                 "--witness-check", *adapters]  # fmt: skip
+        certs: list[bytes] = []
+
+        def over_tls(urls: Any, tls: Any = None) -> _Closing:
+            certs.append(tls.cert.read_bytes())
+            return _Closing(transport)
+
         with monkeypatch.context() as patch:
-            patch.setattr(
-                "tongban.adapters.client.HttpTransport", lambda urls, tls=None: _Closing(transport)
-            )
+            patch.setattr("tongban.adapters.client.HttpTransport", over_tls)
             line = _one_line_refusal(capsys, argv)
+        assert certs == [(h.settings.data_dir / "pki" / "gateway.pem").read_bytes()]
         assert f"witness civil has cosigned {later} entries of the log (the witness itself)" in line
         assert not (tmp_path / "cli").exists()
     finally:

@@ -1054,11 +1054,11 @@ def _sqlite_sidecars(path: Path) -> list[Path]:
 
 
 def _ask_witnesses(
-    backup: Backup, witnessed: Callable[[], tuple[dict[str, str], dict[str, str]]]
+    backup: Backup, witnessed: Callable[[Backup], tuple[dict[str, str], dict[str, str]]]
 ) -> list[Seen]:
     """What each witness says it cosigned last; a witness that cannot be asked, or whose
     answer does not verify, refuses the restore (the operator asked for the check)."""
-    notes, unreachable = witnessed()
+    notes, unreachable = witnessed(backup)
     if unreachable:
         name, why = sorted(unreachable.items())[0]
         raise BackupRefused(f"witness {name} could not be asked what it cosigned: {why}")
@@ -1140,14 +1140,15 @@ def restore_backup(
     passphrase: bytes,
     *,
     force: bool = False,
-    witnessed: Callable[[], tuple[dict[str, str], dict[str, str]]] | None = None,
+    witnessed: Callable[[Backup], tuple[dict[str, str], dict[str, str]]] | None = None,
     console: Any = None,
 ) -> RestoreSummary:
     """Restore the backup at ``path`` into ``settings``' data directory and databases.
 
     Everything is verified first (:func:`open_backup`; the target: :func:`_check_target`;
     the witnesses: the target's recorded cosignatures and, with ``witnessed``, each
-    witness's own last checkpoint, ``(notes, unreachable)``). Then each database is loaded
+    witness's own last checkpoint, ``(notes, unreachable)``, asked knowing the verified
+    backup (whose PKI may be what reaches the witnesses)). Then each database is loaded
     in one transaction (PostgreSQL) or into a temporary file (SQLite), the key files into a
     temporary directory, and only then are the transactions committed and the files renamed
     into place. A failure before that leaves the target as it was."""

@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEPARTMENTS, Settings
 from .parsing import DATA_DIR_HELP, command
+
+if TYPE_CHECKING:
+    from .backup import Backup
+    from .tls import TLSFiles
 
 __all__ = ["add_backup"]
 
@@ -55,13 +60,33 @@ def _witness_url(text: str) -> tuple[str, str]:
     return name, url.rstrip("/")
 
 
+def _gateway_tls(settings: Settings, backup: Backup, tmp: Path) -> TLSFiles | None:
+    """The gateway's client certificate for mutual TLS to the witnesses: the target's PKI
+    if it has one, else the backup's (written to ``tmp``, private, for the check only)."""
+    from .pki import files
+    from .wiring import party_tls
+
+    found = party_tls(settings, "gateway")
+    if found is not None:
+        return found
+    wanted = files(Path("pki"), "gateway")
+    names = [p.as_posix() for p in (wanted.cert, wanted.key, wanted.ca)]
+    if not all(n in backup.files for n in names):
+        return None  # plain HTTP (loopback adapters without a PKI)
+    for name in names:
+        target = tmp / name
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        target.write_bytes(backup.files[name][1])
+        target.chmod(0o600)
+    return files(tmp / "pki", "gateway")
+
+
 def _restore(args: argparse.Namespace) -> int:
     from tongban.adapters.client import HttpTransport, witnessed
     from tongban.audit.verify import ask_witnesses
 
     from .backup import read_passphrase, restore_backup
     from .boundary import UsageError
-    from .wiring import party_tls
 
     settings = Settings.from_env(config=args.restore_config, data_dir=args.data_dir)
     passphrase = read_passphrase(args.passphrase_file)
@@ -74,15 +99,16 @@ def _restore(args: argparse.Namespace) -> int:
                 "TONGBAN_ADAPTER_URL_<DEPARTMENT> / adapter_urls in the configuration"
             )
 
-        def ask() -> tuple[dict[str, str], dict[str, str]]:
-            transport = HttpTransport(urls, tls=party_tls(settings, "gateway"))
-            try:
-                return ask_witnesses(
-                    sorted(urls),
-                    lambda name: witnessed(transport, name, settings.adapter_timeout),
-                )
-            finally:
-                transport.close()
+        def ask(backup: Backup) -> tuple[dict[str, str], dict[str, str]]:
+            with tempfile.TemporaryDirectory(prefix="tongban-restore-") as tmp:
+                transport = HttpTransport(urls, tls=_gateway_tls(settings, backup, Path(tmp)))
+                try:
+                    return ask_witnesses(
+                        sorted(urls),
+                        lambda name: witnessed(transport, name, settings.adapter_timeout),
+                    )
+                finally:
+                    transport.close()
 
     summary = restore_backup(
         args.source,
