@@ -508,6 +508,28 @@ def test_the_passphrase_is_never_an_argument_and_has_a_minimum(
     assert not (tmp_path / "b.tar").exists()
 
 
+def test_a_backup_of_a_directory_without_a_gateway_creates_nothing(
+    backup_file: Made, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out" / "b.tar"
+    argv = ["backup", "--data-dir", str(empty), "--out", str(out)]
+    assert "no keys in" in _one_line_refusal(capsys, argv)
+    (empty / "keys").mkdir()
+    assert f"no database at {empty}/gateway.db" in _one_line_refusal(capsys, argv)
+    served = str(backup_file[1].settings.data_dir)
+    line = _one_line_refusal(capsys, ["backup", "--data-dir", served, "--out", str(out)])
+    assert "no such directory for the backup" in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty", "keys"]
+    # And an existing file is never overwritten.
+    existing = tmp_path / "existing.tar"
+    existing.write_bytes(b"keep")
+    argv = ["backup", "--data-dir", served, "--out", str(existing)]
+    assert "exists: a backup never overwrites a file" in _one_line_refusal(capsys, argv)
+    assert existing.read_bytes() == b"keep"
+
+
 def test_a_non_empty_target_needs_force(
     backup_file: Made, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -43,6 +43,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import secrets
@@ -70,7 +71,7 @@ from tongban.primitives.db import make_engine
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3, sm3, sm4_decrypt
 from tongban.primitives.gm import sm4_encrypt as _sm4_encrypt
 
-from .boundary import CommandFailed, UsageError, display_url
+from .boundary import CommandFailed, MissingPrerequisite, UsageError, display_url
 from .config import Settings
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "witness_conflict",
 ]
 
+log = logging.getLogger("tongban.backup")
 FORMAT = "tongban-backup/1"
 _MARKER = "tongban-backup"
 MIN_PASSPHRASE = 12
@@ -314,8 +316,19 @@ def create_backup(
     if out.exists():
         raise UsageError(f"{out} exists: a backup never overwrites a file")
     if not settings.keys_dir.is_dir():
-        raise BackupRefused(f"no keys in {settings.keys_dir.absolute()}: nothing to back up")
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise MissingPrerequisite(
+            f"no keys in {settings.keys_dir.absolute()}: not a gateway's data directory "
+            "(pass the --data-dir the gateway serves from)"
+        )
+    for url in (settings.gateway_store_url(), settings.audit_store_url()):
+        file = _sqlite_file(url)
+        if file is not None and not file.exists():
+            raise MissingPrerequisite(
+                f"no database at {file.absolute()}: nothing to back up (run `tongban db "
+                "upgrade` and start the gateway first)"
+            )
+    if not out.parent.is_dir():
+        raise UsageError(f"{out.parent}: no such directory for the backup")
     salt = secrets.token_bytes(16)
     kdf = {"name": "scrypt", "salt": base64.b64encode(salt).decode(), "n": scrypt_n, "r": 8,
            "p": 1}  # fmt: skip
@@ -1163,6 +1176,14 @@ def restore_backup(
     conflict = witness_conflict(backup, seen)
     if conflict is not None:
         raise BackupRefused(f"not restored: {conflict}")
+    if settings.gateway_issuer != backup.gateway_name:
+        log.warning(
+            "the backed-up gateway signed its checkpoints as %r, this configuration names "
+            "%r: set gateway_issuer (TONGBAN_GATEWAY_ISSUER) to the former, or the witnesses "
+            "refuse the restored gateway's checkpoints",
+            backup.gateway_name,
+            settings.gateway_issuer,
+        )
     data_dir = settings.data_dir
     created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
