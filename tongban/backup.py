@@ -62,11 +62,14 @@ from sqlalchemy import Connection, MetaData, Table, create_engine, inspect, sele
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+# tongban.migrations first: it quiets Alembic's logger before Alembic is imported.
+from tongban import migrations
 from tongban.audit import schema as audit_schema
 from tongban.audit.log import stored_origin
 from tongban.audit.merkle import MerkleTree
 from tongban.audit.note import NoteError, SignedNote
 from tongban.audit.rows import ROW_FIELDS, check_row
+from tongban.migrations import CHAINS, head, model_metadata
 from tongban.primitives.db import make_engine
 from tongban.primitives.gm import SM2PrivateKey, SM2PublicKey, hmac_sm3, sm3, sm4_decrypt
 from tongban.primitives.gm import sm4_encrypt as _sm4_encrypt
@@ -248,8 +251,6 @@ def _snapshot(url: str) -> Iterator[Connection]:
 def _revision(conn: Connection, chain: str) -> str | None:
     from alembic.migration import MigrationContext
 
-    from tongban.migrations import CHAINS
-
     ctx = MigrationContext.configure(conn, opts={"version_table": CHAINS[chain].version_table})
     return ctx.get_current_revision()
 
@@ -383,8 +384,6 @@ def _dump_databases(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     """Every table of both chains, one snapshot per database (chains sharing a URL share
     it); the chains' manifest entries, the audit snapshot's state, rows per table."""
-    from tongban.migrations import head, model_metadata
-
     chains: dict[str, Any] = {}
     audit_state: dict[str, Any] = {}
     rows: dict[str, int] = {}
@@ -744,8 +743,6 @@ def _check_revisions(manifest: Mapping[str, Any], path: Path) -> None:
     migrated, and loading it into this code's tables could drop what it holds."""
     from alembic.script import ScriptDirectory
 
-    from tongban.migrations import CHAINS
-
     for chain in _CHAINS:
         revision = manifest["chains"][chain]["revision"]
         script = ScriptDirectory(str(CHAINS[chain].location))
@@ -925,8 +922,6 @@ class RestoreSummary:
 
 
 def _has_tables(conn: Connection, chain: str) -> bool:
-    from tongban.migrations import CHAINS, model_metadata
-
     names = set(inspect(conn).get_table_names())
     return bool(names & (set(model_metadata(chain).tables) | {CHAINS[chain].version_table}))
 
@@ -1017,8 +1012,6 @@ def _check_database(url: str, chains: Sequence[str], backup: Backup, *, force: b
 def _load_chain(conn: Connection, backup: Backup, chain: str, rows: dict[str, int]) -> None:
     """Create ``chain``'s schema at the backup's revision, load every row, then migrate
     to the code's head: all on ``conn``, inside its transaction."""
-    from tongban import migrations
-
     revision = backup.manifest["chains"][chain]["revision"]
     migrations._upgrade(conn, migrations.CHAINS[chain], revision, chain)
     tables = backup.manifest["chains"][chain]["tables"]
@@ -1056,8 +1049,6 @@ def _load_chain(conn: Connection, backup: Backup, chain: str, rows: dict[str, in
 
 
 def _drop_chain(conn: Connection, chain: str) -> None:
-    from tongban.migrations import CHAINS, model_metadata
-
     model_metadata(chain).drop_all(conn)
     conn.execute(text(f"DROP TABLE IF EXISTS {CHAINS[chain].version_table}"))
 
