@@ -123,6 +123,8 @@ def build_harness(
     save_private_key(party_keys["gateway"], keys_dir / "gateway.key")
     ring = KeyRing(keys_dir)
     idp = ring.ensure("idp")
+    # The demo identity provider, as `tongban demo` enables it: tests mint with its key.
+    settings = {"citizen_idp_demo": True, **settings}
     config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
     stores = {d: DepartmentStore(DEPARTMENTS[d], urls[d]) for d in DEPARTMENTS}
     migrate(config)  # what `tongban db upgrade` does for a deployment

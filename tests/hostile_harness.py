@@ -93,6 +93,8 @@ def build_hostile(
     ring = KeyRing(tmp / "keys")
     ring.ensure("gateway")
     idp = ring.ensure("idp")
+    # The demo identity provider, as `tongban demo` enables it: tests mint with its key.
+    settings = {"citizen_idp_demo": True, **settings}
     config = Settings(data_dir=tmp, public_url=PUBLIC_URL, checkpoint_interval=3600, **settings)
     migrate(config)  # what `tongban db upgrade` does for a deployment
     gateway = build_gateway(config, start=False)

@@ -177,11 +177,16 @@ def test_citizen_token_refuses_without_the_idp_key(tmp_path: Path):
     assert _tree(tmp_path) == []
 
 
-def test_citizen_token_signs_with_the_data_dirs_idp_key(keyed: Path):
+def test_citizen_token_signs_with_the_data_dirs_idp_key(keyed: Path, tmp_path: Path):
     from tongban.primitives.jws import verify_compact
 
     before = _tree(keyed)
-    proc = tongban("citizen-token", VALID, "--data-dir", str(keyed))
+    refused = tongban("citizen-token", VALID, "--data-dir", str(keyed))
+    assert refused.returncode == EXIT_PREREQUISITE and refused.stdout == ""
+    assert "not a production login" in one_line(refused)  # no gateway trusts the demo IdP
+    config = tmp_path / "gateway.toml"  # a gateway configured as `tongban demo` runs it
+    config.write_text("citizen_idp_demo = true\n")
+    proc = tongban("--config", str(config), "citizen-token", VALID, "--data-dir", str(keyed))
 
     assert proc.returncode == 0, proc.stderr
     idp = KeyRing(keyed / "keys").public("idp")

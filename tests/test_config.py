@@ -44,6 +44,14 @@ def test_every_field_is_settable_from_its_variable() -> None:
         "rate_subject_burst": ("5", 5.0),
         "rate_subject_per_second": ("0.1", 0.1),
         "request_read_timeout": ("7", 7.0),
+        "citizen_idp_demo": ("false", False),
+        "citizen_idp_issuer": ("https://idp.gov.example/oidc", "https://idp.gov.example/oidc"),
+        "citizen_idp_audience": ("tongban-gw", "tongban-gw"),
+        "citizen_idp_algorithms": ("SM2,ES256", ("SM2", "ES256")),
+        "citizen_idp_subject_claim": ("id_number", "id_number"),
+        "citizen_idp_jwks_ttl": ("60", 60.0),
+        "citizen_idp_timeout": ("1.5", 1.5),
+        "citizen_idp_jwks_url": ("https://idp.gov.example/jwks", "https://idp.gov.example/jwks"),
     }
     assert set(samples) | set(MAPS) == set(Settings.model_fields)
     env = {_variable(field): raw for field, (raw, _) in samples.items()}
@@ -145,6 +153,33 @@ def test_a_configuration_file_then_variables_then_flags(tmp_path: Path) -> None:
     assert Settings.from_env(env, adapter_timeout=7.0).adapter_timeout == 7.0
     assert Settings.from_env(env).public_url == "https://gateway.example"
     assert Settings.unknown_variables(env) == []
+
+
+CITIZEN_IDP = """\
+citizen_idp_issuer = "https://idp.gov.example"
+citizen_idp_audience = "tongban-gateway"
+citizen_idp_jwks_url = "https://idp.gov.example/.well-known/jwks.json"
+citizen_idp_algorithms = ["SM2"]
+citizen_idp_subject_claim = "id_number"
+"""
+
+
+def test_a_citizen_idp_from_a_configuration_file(tmp_path: Path) -> None:
+    """The example of docs/security.md, "Citizen login"."""
+    path = tmp_path / "tongban.toml"
+    path.write_text(CITIZEN_IDP)
+    settings = Settings.from_env({}, config=path)
+    assert settings.citizen_idp_jwks_url == "https://idp.gov.example/.well-known/jwks.json"
+    assert settings.citizen_idp_algorithms == ("SM2",)
+    assert settings.citizen_idp_subject_claim == "id_number" and not settings.citizen_idp_demo
+    page = (ROOT / "docs" / "security.md").read_text("utf-8")
+    assert CITIZEN_IDP in page
+    path.write_text(CITIZEN_IDP.replace('["SM2"]', '["SM2", "HS256"]'))
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({}, config=path)
+    assert str(caught.value) == (
+        f"{path}: citizen_idp_algorithms: expected a list of SM2 and ES256"
+    )
 
 
 @pytest.mark.parametrize(

@@ -253,8 +253,11 @@ def test_the_readme_sequence_works_without_the_demo(tmp_path: Path):
     assert verify.returncode == 0, verify.stdout + verify.stderr
     summary = json.loads(verify.stdout)
     assert summary["ok"] and summary["entries"] >= 2 and summary["cosignatures"]["health"] >= 1
+    # This gateway trusts no citizen identity provider (only `tongban demo` enables the
+    # demo's): citizen-token refuses in one line rather than mint a token it would refuse.
     minted = _cli("citizen-token", subject, "--data-dir", str(data))
-    assert minted.returncode == 0 and minted.stdout.count(".") == 2, minted.stderr
+    assert minted.returncode == 2 and minted.stdout == "", minted.stderr
+    assert "not a production login" in minted.stderr and subject not in minted.stderr
 
     for log in (health_log, gateway_log):
         text = log.read_text(encoding="utf-8", errors="replace")

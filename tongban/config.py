@@ -28,15 +28,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from tongban.adapters.builtin import builtin_names
 from tongban.primitives.errors import TongbanError
+from tongban.primitives.jws import SUPPORTED_ALGORITHMS
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -45,6 +48,8 @@ DEPARTMENTS = builtin_names()
 PREFIX = "TONGBAN_"
 #: The per-department variables of the two maps (``TONGBAN_STORE_URL_HEALTH``, …).
 _NOT_SETTINGS = ("TONGBAN_STORE_URL_", "TONGBAN_ADAPTER_URL_")
+#: A JWT claim name the ID number may be read from (it appears in problem details).
+_CLAIM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}")
 
 
 class ConfigError(TongbanError):
@@ -86,7 +91,24 @@ class Settings(BaseModel):
     audit_startup_check: int = 0
     # Seconds between a gunicorn worker's checks for a policy another worker approved.
     policy_poll_interval: float = 2.0
+    # The demo identity provider's issuer (`tongban citizen-token` signs as it). Its key,
+    # DIR/keys/idp.jwk.json, is trusted only with citizen_idp_demo, which `tongban demo`
+    # sets: never because the file exists.
     idp_issuer: str = "https://idp.tongban.example"
+    citizen_idp_demo: bool = False
+    # The citizens' OpenID Connect provider (docs/security.md, "Citizen login"): its ID
+    # tokens' exact iss, the gateway's client id at it (aud), the algorithms it signs with
+    # (a pinned list of SM2 and ES256; TONGBAN_CITIZEN_IDP_ALGORITHMS comma-separated), the
+    # claim holding the GB 11643 ID number, and its JWK Set's https:// URL with the seconds
+    # it is cached and a fetch may take. Issuer, audience and URL come together; none of
+    # them and no citizen_idp_demo: the gateway accepts no citizen login.
+    citizen_idp_issuer: str | None = None
+    citizen_idp_audience: str | None = None
+    citizen_idp_algorithms: tuple[str, ...] = ("ES256",)
+    citizen_idp_subject_claim: str = "sub"
+    citizen_idp_jwks_ttl: float = Field(default=300.0, gt=0)
+    citizen_idp_timeout: float = Field(default=2.0, gt=0)
+    citizen_idp_jwks_url: str | None = Field(default=None, validate_default=True)
     sm2_backend: str | None = None  # "tongsuo" or "gmssl"; None chooses automatically
     # Encrypted statistics: each analyst's lifetime differential-privacy budget (sum of the
     # epsilons of its DP jobs), and whether jobs without noise are refused.
@@ -105,6 +127,61 @@ class Settings(BaseModel):
     # Seconds a gunicorn thread may spend on one request before a slow client is cut off
     # (tongban/gunicorn_worker.py; only with that worker class).
     request_read_timeout: float = 10.0
+
+    @field_validator("citizen_idp_issuer", "citizen_idp_audience")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise PydanticCustomError("citizen_idp", "expected a non-empty value")
+        return value
+
+    @field_validator("citizen_idp_algorithms", mode="before")
+    @classmethod
+    def _algorithms(cls, value: Any) -> Any:
+        names = [a.strip() for a in value.split(",")] if isinstance(value, str) else value
+        if (
+            not isinstance(names, list | tuple)
+            or not names
+            or not all(isinstance(a, str) for a in names)
+            or set(names) - SUPPORTED_ALGORITHMS
+        ):
+            # Pinned: never none, never an HMAC (a public key must not become a secret).
+            raise PydanticCustomError("citizen_idp", "expected a list of SM2 and ES256")
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("citizen_idp_subject_claim")
+    @classmethod
+    def _claim(cls, value: str) -> str:
+        if not _CLAIM_NAME.fullmatch(value):
+            raise PydanticCustomError("citizen_idp", "expected a claim name")
+        return value
+
+    @field_validator("citizen_idp_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Validated after the issuer and the audience (field order), so it can ask for them.
+        given = [info.data.get("citizen_idp_issuer"), info.data.get("citizen_idp_audience")]
+        if value is None:
+            if any(v is not None for v in given):
+                raise PydanticCustomError(
+                    "citizen_idp", "required with citizen_idp_issuer and citizen_idp_audience"
+                )
+            return None
+        from tongban.gateway.oauth.citizen import check_jwks_url  # the gateway's, lazily
+
+        try:
+            check_jwks_url(value)
+        except ValueError as exc:
+            raise PydanticCustomError("citizen_idp", str(exc)) from None
+        if any(v is None for v in given):
+            raise PydanticCustomError(
+                "citizen_idp", "needs citizen_idp_issuer and citizen_idp_audience too"
+            )
+        if info.data.get("citizen_idp_demo"):
+            raise PydanticCustomError(
+                "citizen_idp", "one identity provider: not with citizen_idp_demo"
+            )
+        return value
 
     @classmethod
     def from_env(

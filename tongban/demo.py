@@ -282,8 +282,11 @@ GATEWAY_THREADS = 32
 def _gateway_env(
     env: dict[str, str], adapters: dict[str, str], files: dict[str, Path]
 ) -> dict[str, str]:
-    """The demo's environment, plus where the adapters and the department files are."""
+    """The demo's environment, plus where the adapters and the department files are, and
+    the demo identity provider enabled: the demo's gateway, and only it, trusts the key
+    `tongban citizen-token` signs with (DIR/keys/idp.key)."""
     out = dict(env)
+    out["TONGBAN_CITIZEN_IDP_DEMO"] = "true"
     for dept, url in adapters.items():
         out[f"TONGBAN_ADAPTER_URL_{dept.upper()}"] = url
     if files:
@@ -377,6 +380,8 @@ def _write_demo_json(
         "ca": str(ca),
         "clients": clients,
         "truth": str(data_dir / "truth.jsonl"),
+        # The gateway trusts the demo identity provider: `tongban citizen-token` mints for it.
+        "citizen_idp": "demo",
         # /metrics (gateway and adapters) answers this file's token only.
         "metrics_token_file": str(data_dir / "keys" / "metrics.token"),
     }

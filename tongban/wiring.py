@@ -62,6 +62,7 @@ from .keys import KeyRing
 
 __all__ = [
     "build_adapter",
+    "build_citizen_verifier",
     "build_consents",
     "build_file_adapter",
     "build_gateway",
@@ -348,6 +349,40 @@ def build_consents(
     return store
 
 
+def build_citizen_verifier(
+    settings: Settings, keys: KeyRing, *, allow_loopback_http: bool = False
+) -> CitizenTokenVerifier | None:
+    """The verifier of citizen logins: the configured OpenID Connect provider's ID tokens
+    (its JWK Set fetched from ``citizen_idp_jwks_url``), or the demo IdP's tokens when
+    ``citizen_idp_demo`` is set (`tongban demo` sets it), or None: no citizen login, and
+    citizen requests get ``citizen-login-not-configured``. The demo key in the data
+    directory is never trusted for being there. ``allow_loopback_http`` is for tests."""
+    from tongban.gateway.oauth.citizen import JwksKeys
+
+    if settings.citizen_idp_jwks_url is not None:
+        if settings.citizen_idp_issuer is None or settings.citizen_idp_audience is None:
+            raise UsageError("citizen_idp_jwks_url needs citizen_idp_issuer and _audience")
+        jwks = JwksKeys(
+            settings.citizen_idp_jwks_url,
+            ttl=settings.citizen_idp_jwks_ttl,
+            timeout=settings.citizen_idp_timeout,
+            allow_loopback_http=allow_loopback_http,
+        )
+        return CitizenTokenVerifier.oidc(
+            issuer=settings.citizen_idp_issuer,
+            audience=settings.citizen_idp_audience,
+            keys=jwks,
+            algorithms=settings.citizen_idp_algorithms,
+            subject_claim=settings.citizen_idp_subject_claim,
+        )
+    if settings.citizen_idp_demo:
+        idp = keys.ensure("idp").public_key
+        return CitizenTokenVerifier(
+            issuer=settings.idp_issuer, audience=settings.public_url, keys={idp.key_id: idp}
+        )
+    return None
+
+
 def build_gateway(
     settings: Settings,
     *,
@@ -402,10 +437,7 @@ def build_gateway(
     issuer = TokenIssuer(
         token_key, issuer=settings.public_url, audience=settings.public_url + "/v1"
     )
-    idp = keys.ensure("idp").public_key
-    citizen = CitizenTokenVerifier(
-        issuer=settings.idp_issuer, audience=settings.public_url, keys={idp.key_id: idp}
-    )
+    citizen = build_citizen_verifier(settings, keys)
     files = department_files(settings.department_files)
     catalog = load_catalog(files)
     policy_store = PolicyStore.from_url(settings.gateway_store_url())

@@ -15,6 +15,12 @@
     BadRequest (primitives)                   400
     └── InsecureTransport     insecure-transport    token request over plain HTTP to a
                                                     non-loopback host (as the request says)
+    TongbanError (primitives)                 503
+    ├── IdentityProviderUnavailable  identity-provider-unavailable   the citizen IdP's
+    │                                key set cannot be fetched (or is malformed) and no
+    │                                usable copy is cached
+    └── CitizenLoginNotConfigured    citizen-login-not-configured    this gateway trusts
+                                     no citizen identity provider
 
 A client fixing its integration needs to know *which* check failed, so each failure class
 has its own slug; none of them says anything an attacker could not learn by decoding the
@@ -25,10 +31,12 @@ copies it into an RFC 6749 ``error_description``, which forbids those characters
 
 from __future__ import annotations
 
-from tongban.primitives.errors import BadRequest, Forbidden, Unauthenticated
+from tongban.primitives.errors import BadRequest, Forbidden, TongbanError, Unauthenticated
 
 __all__ = [
     "REALM",
+    "CitizenLoginNotConfigured",
+    "IdentityProviderUnavailable",
     "InsecureTransport",
     "InsufficientScope",
     "InvalidToken",
@@ -122,3 +130,25 @@ class InsufficientScope(Forbidden):
     def response_headers(self) -> dict[str, str]:
         challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{self.scope}"'
         return {"WWW-Authenticate": challenge}
+
+
+class IdentityProviderUnavailable(TongbanError):
+    """The citizen identity provider's JWK Set could not be fetched, or was refused as
+    malformed, and no copy of it is cached: the token may be fine, the gateway cannot tell.
+    The citizen's client should retry later; ``detail`` says which, never the token."""
+
+    status = 503
+    slug = "identity-provider-unavailable"
+    title = "The citizen identity provider is unavailable"
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}  # about the JWKS refresh interval (gateway/oauth/citizen.py)
+
+
+class CitizenLoginNotConfigured(TongbanError):
+    """This gateway trusts no citizen identity provider (none is configured, and the demo's
+    is enabled only by ``tongban demo``): no citizen token can be accepted here."""
+
+    status = 503
+    slug = "citizen-login-not-configured"
+    title = "Citizen login is not configured"

@@ -25,7 +25,7 @@ from tongban.primitives.replay import ReplayCache
 
 from .assertion import PrivateKeyJWT
 from .citizen import Citizen, CitizenTokenVerifier
-from .errors import InsecureTransport
+from .errors import CitizenLoginNotConfigured, InsecureTransport
 from .registry import ClientRegistry
 from .replay import SqlReplayCache
 from .server import configure_server
@@ -253,13 +253,17 @@ def current_principal() -> Principal:
 
 def require_citizen(view: Callable[P, R]) -> Callable[P, R]:
     """Decorate a citizen view: verify the IdP-signed citizen token (see
-    :func:`current_citizen`). Needs ``citizen_verifier`` in :func:`init_oauth`."""
+    :func:`current_citizen`). Without a ``citizen_verifier`` in :func:`init_oauth` (no
+    citizen identity provider is configured) every request is refused with
+    :class:`CitizenLoginNotConfigured` (503): the route stays, as documented."""
 
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         citizen_verifier = _state().citizen_verifier
         if citizen_verifier is None:
-            raise RuntimeError("init_oauth(citizen_verifier=...) is not configured")
+            raise CitizenLoginNotConfigured(
+                "citizen login: this gateway trusts no citizen identity provider"
+            )
         g.oauth_citizen = citizen_verifier.verify_citizen_token(
             request.headers.get("Authorization")
         )

@@ -1,8 +1,10 @@
 """``/me/``: the citizen's page: who checked what about me, and my consents.
 
-Behind a citizen token (DEMO ONLY: pasted from ``tongban citizen-token``; a deployment
-puts the real identity provider's login here). The ID number is never rendered, only
-its masked form.
+Behind a citizen token pasted or posted to ``/me/login`` (field ``token``): an ID token
+of the configured OpenID Connect provider, or in the demo one ``tongban citizen-token``
+minted. There is no redirect flow (authorization code, nonce) yet: whatever obtained the
+ID token posts it here. A gateway with no citizen IdP answers the login 503
+``citizen-login-not-configured``. The ID number is never rendered, only its masked form.
 """
 
 from __future__ import annotations
@@ -24,8 +26,17 @@ from tongban.primitives.idnumber import mask
 from ..consent import ConsentStore
 from ..models import ConsentGrant
 from ..oauth import Citizen
+from ..oauth.errors import CitizenLoginNotConfigured
 from ..services import Gateway
-from .session import LoginFailed, check_csrf, csrf_token, current_page_citizen, end_session
+from .session import (
+    CITIZEN_LOGIN_UNAVAILABLE,
+    LoginFailed,
+    check_csrf,
+    citizen_login_configured,
+    csrf_token,
+    current_page_citizen,
+    end_session,
+)
 from .session import citizen_login as accept_citizen_token
 
 __all__ = [
@@ -37,6 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 ACCESS_KINDS = ("check", "officer_lookup")
+NOT_CONFIGURED = "citizen login: this gateway trusts no citizen identity provider"
 ACCESS_PAGE = 100
 
 RESULT_TEXT = {
@@ -168,17 +180,27 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
         client = store().registry.get(client_id) if consents is not None else None
         return client.display_name if client is not None else client_id
 
+    def unavailable(exc: TongbanError) -> tuple[str, int, dict[str, str]]:
+        """The login form with why no token can be checked now (the problem's fixed
+        detail, never the token), under the problem's status."""
+        page = render_template("citizen_login.html", csrf=csrf_token(), error=exc.detail)
+        return page, exc.status, exc.response_headers()
+
     @bp.get("/me/login")
-    def citizen_login_form() -> str:
+    def citizen_login_form() -> str | tuple[str, int, dict[str, str]]:
+        if not citizen_login_configured():
+            return unavailable(CitizenLoginNotConfigured(NOT_CONFIGURED))
         return render_template("citizen_login.html", csrf=csrf_token(), error=None)
 
     @bp.post("/me/login")
-    def citizen_login() -> WResponse | tuple[str, int]:
+    def citizen_login() -> WResponse | tuple[str, int] | tuple[str, int, dict[str, str]]:
         check_csrf(request.form.get("csrf"))
         try:
             accept_citizen_token(request.form.get("token", ""))
         except LoginFailed as exc:
             return render_template("citizen_login.html", csrf=csrf_token(), error=str(exc)), 401
+        except CITIZEN_LOGIN_UNAVAILABLE as exc:
+            return unavailable(exc)
         return redirect(url_for("pages.citizen_home"))
 
     @bp.post("/me/logout")

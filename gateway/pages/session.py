@@ -7,10 +7,11 @@ the row, so the old cookie names nothing afterwards.
 
 The officer logs in with their OAuth client id and secret: the page asks the gateway's
 own ``/oauth/token`` endpoint (``client_secret_basic``, scope ``audit:read``) and keeps the
-short-lived access token in the session. The citizen page takes a citizen token as the
-demo identity provider mints it (``tongban citizen-token``): a DEMO-ONLY stand-in for a
-real IdP login. Every request re-verifies the stored token, so an expired or revoked one
-logs out.
+short-lived access token in the session. The citizen page takes a token of the gateway's
+citizen identity provider, pasted or posted to ``/me/login``: an OpenID Connect ID token
+where one is configured, else (the demo only) one the demo IdP mints (``tongban
+citizen-token``). Every request re-verifies the stored token, so an expired or revoked one
+logs out; an IdP whose keys cannot be fetched does not (its 503 is answered instead).
 
 A visitor who is not logged in gets an id too, stored nowhere: the CSRF token of the login
 forms is ``HMAC-SM3(pages key, id)``, so an anonymous page view writes no row.
@@ -30,18 +31,21 @@ from tongban.primitives.errors import Forbidden, TongbanError
 from tongban.primitives.gm import hmac_sm3
 
 from ..oauth import Citizen, Principal, require_scope
+from ..oauth.errors import CitizenLoginNotConfigured, IdentityProviderUnavailable
 from ..oauth.flask import EXTENSION, OAuthState
 from ..services import Gateway
 from .store import PageSessionStore, new_session_id, valid_session_id
 
 __all__ = [
     "API_APP",
+    "CITIZEN_LOGIN_UNAVAILABLE",
     "COOKIE",
     "SESSIONS",
     "CsrfFailed",
     "LoginFailed",
     "check_csrf",
     "citizen_login",
+    "citizen_login_configured",
     "csrf_token",
     "current_page_citizen",
     "current_page_officer",
@@ -203,19 +207,35 @@ def current_page_officer() -> Principal | None:
         return None
 
 
+#: Refusals that say nothing about the citizen's token: the gateway cannot check one now.
+CITIZEN_LOGIN_UNAVAILABLE = (CitizenLoginNotConfigured, IdentityProviderUnavailable)
+
+
+def citizen_login_configured() -> bool:
+    """Whether this gateway trusts a citizen identity provider at all."""
+    state: OAuthState | None = current_app.extensions.get(EXTENSION)
+    return state is not None and state.citizen_verifier is not None
+
+
 def _verify_citizen(token: str) -> Citizen:
     verifier = _state().citizen_verifier
     if verifier is None:
-        raise LoginFailed("this gateway accepts no citizen tokens")
+        raise CitizenLoginNotConfigured(
+            "citizen login: this gateway trusts no citizen identity provider"
+        )
     return verifier.verify(token)
 
 
 def citizen_login(token: str) -> Citizen:
+    """Start a citizen session with ``token``. LoginFailed (safe to show) for a token that
+    is refused; the :data:`CITIZEN_LOGIN_UNAVAILABLE` errors (503) propagate."""
     token = token.strip()
     if not token:
         raise LoginFailed("a citizen token is required")
     try:
         citizen = _verify_citizen(token)
+    except CITIZEN_LOGIN_UNAVAILABLE:
+        raise
     except TongbanError as exc:
         raise LoginFailed(f"the citizen token was not accepted ({exc.slug})") from None
     _start({"citizen": token})
@@ -223,11 +243,15 @@ def citizen_login(token: str) -> Citizen:
 
 
 def current_page_citizen() -> Citizen | None:
+    """The session's citizen; None (and the session ended) if its token no longer
+    verifies. An IdP that cannot be asked now raises its 503 and keeps the session."""
     token = _data().get("citizen")
     if not isinstance(token, str):
         return None
     try:
         return _verify_citizen(token)
+    except CITIZEN_LOGIN_UNAVAILABLE:
+        raise
     except (TongbanError, LoginFailed):
         end_session()
         return None
