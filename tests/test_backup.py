@@ -6,6 +6,7 @@ wrongly unlocked file is refused in one line with nothing written; no key in cle
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -231,6 +232,16 @@ def fresh_pg() -> Iterator[str]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def engine_of(url: str) -> Iterator[Any]:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def _counts(gateway_url: str, audit_url: str) -> dict[str, int]:
     from tongban.migrations import model_metadata
 
@@ -290,6 +301,21 @@ def test_a_sqlite_backup_restores_into_postgresql(
     assert _one_line_refusal(capsys, argv)  # not without --force
     assert main([*argv, "--force"]) == 0, capsys.readouterr().err
     assert _counts(fresh_pg, fresh_pg) == original
+    # A failure after the databases are loaded, before anything is committed: nothing moves.
+    with engine_of(fresh_pg) as pg:  # a row the failed restore must not take away
+        pg.execute(text("INSERT INTO audit_meta (key, value) VALUES ('marker', 'kept')"))
+    before = _digests(new)
+
+    def fail(staging: Path, backup: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tongban.backup._write_files", fail)
+        line = _one_line_refusal(capsys, [*argv, "--force"])
+    assert "No space left on device" in line
+    assert _counts(fresh_pg, fresh_pg) == {**original, "audit_meta": original["audit_meta"] + 1}
+    assert _digests(new) == before
+    assert not list(new.glob(".restore-*"))
 
 
 # --- one good backup, and what is done to it ---------------------------------------------
@@ -528,6 +554,27 @@ def test_a_backup_of_a_directory_without_a_gateway_creates_nothing(
     argv = ["backup", "--data-dir", served, "--out", str(existing)]
     assert "exists: a backup never overwrites a file" in _one_line_refusal(capsys, argv)
     assert existing.read_bytes() == b"keep"
+
+
+def test_a_failed_forced_restore_leaves_the_sqlite_target_as_it_was(
+    backup_file: Made, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+):  # fmt: skip
+    new = tmp_path / "new"
+    argv = ["restore", "--from", str(backup_file[0]), "--data-dir", str(new)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    with engine_of(f"sqlite:///{new / 'audit.db'}") as db:
+        db.execute(text("INSERT INTO audit_meta (key, value) VALUES ('marker', 'kept')"))
+    before = _digests(new)
+
+    def fail(staging: Path, backup: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("tongban.backup._write_files", fail)
+    assert "No space left on device" in _one_line_refusal(capsys, [*argv, "--force"])
+    assert _digests(new) == before
+    assert sorted(p.name for p in new.iterdir()) == ["audit.db", "gateway.db", "keys"]
 
 
 def test_a_non_empty_target_needs_force(
