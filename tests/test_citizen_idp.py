@@ -797,3 +797,17 @@ def test_citizen_token_mints_where_the_demo_idp_is_enabled(idp_dir: Path) -> Non
     demo = Settings(data_dir=idp_dir, citizen_idp_demo=True)
     v = build_citizen_verifier(demo, KeyRing(idp_dir / "keys"))
     assert v is not None and v.verify(by_config.stdout.strip()).id_number == CITIZEN
+
+
+def test_the_demo_enables_the_demo_idp_for_its_gateway_and_says_so(tmp_path: Path) -> None:
+    """`tongban demo`'s gateway environment turns the demo IdP on (it drops every other
+    TONGBAN_* variable), and its demo.json tells `tongban citizen-token` so."""
+    from tongban.demo import _gateway_env, _write_demo_json
+
+    env = _gateway_env({"TONGBAN_DATA_DIR": str(tmp_path)}, {}, {})
+    settings = Settings.from_env(env)
+    assert settings.citizen_idp_demo and settings.citizen_idp_jwks_url is None
+    verifier_of_demo = build_citizen_verifier(settings, KeyRing(tmp_path / "keys"))
+    assert verifier_of_demo is not None and isinstance(verifier_of_demo.keys, StaticKeys)
+    _write_demo_json(tmp_path, "http://127.0.0.1:8080", {}, {}, {}, ca=tmp_path / "ca.pem")
+    assert json.loads((tmp_path / "demo.json").read_text())["citizen_idp"] == "demo"

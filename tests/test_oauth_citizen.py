@@ -142,3 +142,46 @@ def test_require_citizen_over_http():
     assert refused.status_code == 401
     assert (refused.json or {})["type"] == PROBLEM_BASE + "token-missing"
     registry.engine.dispose()
+
+
+def test_the_demo_verifier_takes_its_own_typ_only():
+    claims = {"iss": IDP, "aud": GATEWAY, "sub": ID_NUMBER, "iat": NOW, "exp": NOW + 60}
+    for typ in ("JWT", "tongban-citizen+JWT", "at+jwt"):
+        token = sign_compact(claims, IDP_KEY, typ=typ, kid=IDP_KEY.public_key.key_id)
+        assert _slug(token) == "token-wrong-type"
+
+
+def test_azp_must_name_the_audience_when_present():
+    claims = {"iss": IDP, "aud": GATEWAY, "sub": ID_NUMBER, "iat": NOW, "exp": NOW + 60}
+    kid = IDP_KEY.public_key.key_id
+    for extra in ({"azp": "someone-else"}, {"aud": [GATEWAY, "https://other.test"]}):
+        token = sign_compact({**claims, **extra}, IDP_KEY, typ="tongban-citizen+jwt", kid=kid)
+        assert _slug(token) == "token-wrong-audience"
+
+
+def test_a_verifier_needs_a_pinned_algorithm_and_a_typ():
+    for kwargs in ({"algorithms": ()}, {"algorithms": ("HS256",)}, {"token_types": ()}):
+        with pytest.raises(ValueError):
+            CitizenTokenVerifier(issuer=IDP, audience=GATEWAY, keys={}, **kwargs)
+
+
+def test_require_citizen_without_a_verifier_is_citizen_login_not_configured():
+    registry = ClientRegistry("sqlite://")
+    registry.create_schema()
+    app = Flask("oauth-citizen-unconfigured")
+    install_problem_handlers(app, 64 * 1024, logging.getLogger("oauth-citizen-test"))
+    gateway = TokenIssuer(SM2PrivateKey.generate(), issuer="https://gateway.test", audience=GATEWAY)
+    init_oauth(app, registry, gateway, token_endpoint="https://gateway.test/oauth/token")
+
+    @app.get("/v1/me/access-log")
+    @require_citizen
+    def access_log():
+        return jsonify(masked=repr(current_citizen()))
+
+    resp = app.test_client().get(
+        "/v1/me/access-log", headers={"Authorization": f"Bearer {_mint()}"}
+    )
+    assert resp.status_code == 503  # it was a RuntimeError, so a 500
+    assert (resp.json or {})["type"] == PROBLEM_BASE + "citizen-login-not-configured"
+    assert ID_NUMBER not in resp.get_data(as_text=True)
+    registry.engine.dispose()
