@@ -151,7 +151,12 @@ class _Keys:
     def derive(cls, passphrase: bytes, kdf: Mapping[str, Any]) -> _Keys:
         n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
         salt = base64.b64decode(kdf["salt"])
-        if kdf.get("name") != "scrypt" or not (2 <= n <= _MAX_N) or r > 16 or p > 4:
+        if (
+            kdf.get("name") != "scrypt"
+            or not (2 <= n <= _MAX_N)
+            or not (1 <= r <= 8)
+            or not (1 <= p <= 4)
+        ):
             raise BackupRefused("the backup names a key derivation this code does not accept")
         out = hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, dklen=48, maxmem=2**31 - 1)
         return cls(out[:16], out[16:])
