@@ -34,6 +34,7 @@ from .config import DEPARTMENTS, Settings
 from .db_cli import add_db
 from .department_cli import add_department
 from .federation_cli import add_federation
+from .init_cli import add_init
 from .keys_cli import add_keys
 from .parsing import DATA_DIR_HELP, Parser, add_debug, command, version
 from .pki_cli import add_pki
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_servers(sub)
     _add_citizen_and_audit(sub)
     _add_stats(sub)
+    add_init(sub)
     add_keys(sub)
     add_admin(sub)
     add_db(sub)
