@@ -37,6 +37,8 @@ PUBLIC_URL = "https://gw.example.org"
 
 @pytest.fixture(autouse=True)
 def _no_tongban_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `tongban --config FILE` sets TONGBAN_CONFIG for the process: undone after each test.
+    monkeypatch.setenv("TONGBAN_CONFIG", "")
     for var in list(os.environ):
         if var.startswith("TONGBAN_") and not var.startswith("TONGBAN_TEST_"):
             monkeypatch.delenv(var)
@@ -157,6 +159,28 @@ def test_config_elsewhere_and_force_config_keeps_a_backup(
     assert Path(report["config"]["backup"]).read_text() == edited
     assert "adapter_timeout = 3.5" not in config.read_text()
     assert Settings.from_env({}, config=config) == Settings.from_env({}, data_dir=data)
+
+
+def test_the_global_config_option_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, config = tmp_path / "data", tmp_path / "etc" / "gateway.toml"
+    assert main(["--config", str(config), "init", "--data-dir", str(data), "--no-pki"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"] == {"path": str(config), "state": "created"}
+    assert Settings.from_env({}, config=config).data_dir == data
+
+
+def test_an_existing_file_of_another_data_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.toml"
+    assert _init(capsys, "--data-dir", str(tmp_path / "a"), "--config", str(config))[0] == 0
+    before = config.read_bytes()
+    code, report, err = _init(capsys, "--data-dir", str(tmp_path / "b"), "--config", str(config))
+    assert code != 0 and report is None
+    assert "is not --data-dir" in _one_line(err)
+    assert config.read_bytes() == before and not (tmp_path / "b").exists()
 
 
 def test_settings_from_variables_are_written_out(
