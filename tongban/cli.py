@@ -23,6 +23,7 @@ from tongban.primitives.errors import InvalidIdNumber
 from tongban.primitives.idnumber import parse
 
 from .admin_cli import add_admin
+from .backup_cli import add_backup
 from .boundary import (
     MissingPrerequisite,
     UsageError,
@@ -301,8 +302,11 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 def _citizen_token(args: argparse.Namespace) -> int:
     """DEMO ONLY: mint a citizen token with the demo's local identity-provider key. A real
-    deployment accepts tokens from the province's identity provider instead. Refuses,
-    creating nothing, when the data directory has no identity-provider key."""
+    deployment accepts ID tokens from its OpenID Connect provider instead. Refuses,
+    creating nothing, when the data directory has no identity-provider key, and when the
+    gateway does not trust the demo IdP: its configuration names an OpenID Connect
+    provider, or neither it (``citizen_idp_demo``) nor ``tongban demo`` (``DIR/demo.json``)
+    enabled the demo IdP."""
     from tongban.gateway.oauth import mint_citizen_token
 
     from .keys import KeyRing
@@ -313,6 +317,11 @@ def _citizen_token(args: argparse.Namespace) -> int:
     except InvalidIdNumber as exc:
         print(f"invalid: {exc.detail.removeprefix('id_number: ')}", file=sys.stderr)
         return 1
+    if settings.citizen_idp_jwks_url is not None:
+        raise UsageError(
+            f"the gateway's citizen identity provider is {settings.citizen_idp_issuer}, not the "
+            "demo's: citizen-token mints demo tokens, which that gateway refuses"
+        )
     keys = KeyRing(settings.keys_dir)
     if keys.missing(private=["idp"]):
         data_dir = settings.data_dir.resolve()
@@ -320,9 +329,16 @@ def _citizen_token(args: argparse.Namespace) -> int:
             f"no demo identity-provider key in {data_dir / 'keys'}: pass --data-dir with the "
             f"directory `tongban demo` uses, or run `tongban keys init --data-dir {data_dir}`"
         )
-    idp = keys.private("idp")
     demo = settings.data_dir / "demo.json"
-    audience = json.loads(demo.read_text())["gateway"] if demo.exists() else settings.public_url
+    doc = json.loads(demo.read_text()) if demo.exists() else {}
+    if not (settings.citizen_idp_demo or doc.get("citizen_idp") == "demo"):
+        raise UsageError(
+            f"no gateway of {settings.data_dir.resolve()} trusts the demo identity provider: "
+            "citizen-token is for `tongban demo` (or a gateway run with "
+            "TONGBAN_CITIZEN_IDP_DEMO=true), not a production login"
+        )
+    idp = keys.private("idp")
+    audience = doc.get("gateway", settings.public_url)
     print(
         mint_citizen_token(
             idp, number, issuer=settings.idp_issuer, audience=audience, lifetime=args.lifetime
@@ -411,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys(sub)
     add_admin(sub)
     add_db(sub)
+    add_backup(sub)
     add_pki(sub)
     add_department(sub)
     add_federation(sub)
