@@ -39,6 +39,7 @@ __all__ = [
     "ClientEnable",
     "ClientRegistration",
     "JwksFetch",
+    "describe",
     "fetch_jwks",
     "fetch_loopback_jwks",
 ]

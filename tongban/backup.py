@@ -90,6 +90,7 @@ __all__ = [
     "open_backup",
     "read_passphrase",
     "restore_backup",
+    "seen_in_notes",
     "witness_conflict",
 ]
 

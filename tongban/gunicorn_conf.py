@@ -50,6 +50,7 @@ __all__ = [
     "on_exit",
     "on_starting",
     "preload_app",
+    "prepare_metrics_dir",
     "threads",
     "timeout",
     "worker_class",

@@ -56,6 +56,8 @@ __all__ = [
     "CONFIG_NAME",
     "GATEWAY_SECRETS",
     "GATEWAY_SIGNING_KEYS",
+    "FieldNotes",
+    "Report",
     "add_init",
     "describe_fields",
     "render_config",
