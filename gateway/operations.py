@@ -34,6 +34,8 @@ from tongban.primitives.errors import (
 )
 
 from .oauth.errors import (
+    CitizenLoginNotConfigured,
+    IdentityProviderUnavailable,
     InsufficientScope,
     InvalidToken,
     TokenExpired,
@@ -72,7 +74,12 @@ _BEARER: Errors = (
     TokenWrongAudience,
     TokenRevoked,
 )
-_CITIZEN: Errors = tuple(e for e in _BEARER if e is not TokenRevoked)
+#: A citizen's token: an IdP's ID token, so also the two ways the IdP can be missing.
+_CITIZEN: Errors = (
+    *(e for e in _BEARER if e is not TokenRevoked),
+    IdentityProviderUnavailable,
+    CitizenLoginNotConfigured,
+)
 #: What an operation that appends to the audit log can fail with.
 AUDIT_WRITE: Errors = (StoreUnavailable, AuditIntegrityError)
 _REQUEST_ID = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}

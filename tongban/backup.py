@@ -1019,7 +1019,7 @@ def _load_chain(conn: Connection, backup: Backup, chain: str, rows: dict[str, in
     """Create ``chain``'s schema at the backup's revision, load every row, then migrate
     to the code's head: all on ``conn``, inside its transaction."""
     revision = backup.manifest["chains"][chain]["revision"]
-    migrations._upgrade(conn, migrations.CHAINS[chain], revision, chain)
+    migrations.upgrade_on(conn, chain, revision)
     tables = backup.manifest["chains"][chain]["tables"]
     meta = MetaData()
     meta.reflect(conn, only=list(tables))
@@ -1051,7 +1051,7 @@ def _load_chain(conn: Connection, backup: Backup, chain: str, rows: dict[str, in
                         ),
                         {"s": seq},
                     )
-    migrations._upgrade(conn, migrations.CHAINS[chain], "head", chain)
+    migrations.upgrade_on(conn, chain, "head")
 
 
 def _drop_chain(conn: Connection, chain: str) -> None:

@@ -66,6 +66,7 @@ __all__ = [
     "run_environment",
     "stores",
     "upgrade",
+    "upgrade_on",
 ]
 
 _HERE = Path(__file__).parent
@@ -366,6 +367,13 @@ def upgrade(
             raise StoreUnavailable(
                 f"database {shown} is unavailable ({type(exc).__name__})"
             ) from exc
+
+
+def upgrade_on(conn: Connection, chain: Chain | str, revision: str = "head") -> Upgraded:
+    """:func:`upgrade` on the caller's open transaction (a restore that creates a chain's
+    schema, loads rows and migrates to head, committing once)."""
+    found = _chain(chain)
+    return _upgrade(conn, found, revision, found.name)
 
 
 def _upgrade(conn: Connection, chain: Chain, revision: str, shown: str) -> Upgraded:
