@@ -660,6 +660,9 @@ def _csrf(client: Any, path: str) -> str:
 def test_the_citizen_page_takes_a_posted_id_token(harness: Harness, idp: Idp) -> None:
     _use(harness, verifier(idp))
     client = harness.app.test_client()
+    # A production login page: no word of the demo's command-line tokens.
+    form = client.get("/me/login").get_data(as_text=True)
+    assert "DEMO ONLY" not in form and "citizen-token" not in form and "ID token" in form
     token = id_token(idp.keys["es-1"], "es-1")
     resp = client.post("/me/login", data={"csrf": _csrf(client, "/me/login"), "token": token})
     assert resp.status_code == 302 and resp.headers["Location"].endswith("/me/")

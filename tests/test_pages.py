@@ -55,6 +55,9 @@ def officer(harness: Harness, client_id: str = "privacy-officer") -> FlaskClient
 
 def citizen(harness: Harness, id_number: str) -> FlaskClient:
     client = harness.app.test_client()
+    # The demo's login page says it is the demo's (a production one does not: see
+    # tests/test_citizen_idp.py).
+    assert "DEMO ONLY" in client.get("/me/login").get_data(as_text=True)
     bearer = harness.citizen(id_number)["Authorization"].removeprefix("Bearer ")
     resp = client.post("/me/login", data={"csrf": csrf(client, "/me/login"), "token": bearer})
     assert resp.status_code == 302, resp.get_data(as_text=True)

@@ -325,6 +325,12 @@ class CitizenTokenVerifier:
         self._max_lifetime = max_lifetime
         self._clock = clock
 
+    @property
+    def demo(self) -> bool:
+        """Whether this is the demo identity provider's verifier (its own token type and
+        a key given in code), which the login page says plainly."""
+        return CITIZEN_TOKEN_TYPE in self._types and isinstance(self.keys, StaticKeys)
+
     @classmethod
     def oidc(
         cls,

@@ -33,6 +33,7 @@ from .session import (
     LoginFailed,
     check_csrf,
     citizen_login_configured,
+    citizen_login_demo,
     csrf_token,
     current_page_citizen,
     end_session,
@@ -183,14 +184,18 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
     def unavailable(exc: TongbanError) -> tuple[str, int, dict[str, str]]:
         """The login form with why no token can be checked now (the problem's fixed
         detail, never the token), under the problem's status."""
-        page = render_template("citizen_login.html", csrf=csrf_token(), error=exc.detail)
+        page = render_template(
+            "citizen_login.html", csrf=csrf_token(), demo=citizen_login_demo(), error=exc.detail
+        )
         return page, exc.status, exc.response_headers()
 
     @bp.get("/me/login")
     def citizen_login_form() -> str | tuple[str, int, dict[str, str]]:
         if not citizen_login_configured():
             return unavailable(CitizenLoginNotConfigured(NOT_CONFIGURED))
-        return render_template("citizen_login.html", csrf=csrf_token(), error=None)
+        return render_template(
+            "citizen_login.html", csrf=csrf_token(), demo=citizen_login_demo(), error=None
+        )
 
     @bp.post("/me/login")
     def citizen_login() -> WResponse | tuple[str, int] | tuple[str, int, dict[str, str]]:
@@ -198,7 +203,9 @@ def install_citizen(bp: Blueprint, gateway: Gateway) -> None:
         try:
             accept_citizen_token(request.form.get("token", ""))
         except LoginFailed as exc:
-            return render_template("citizen_login.html", csrf=csrf_token(), error=str(exc)), 401
+            return render_template(
+                "citizen_login.html", csrf=csrf_token(), demo=citizen_login_demo(), error=str(exc)
+            ), 401
         except CITIZEN_LOGIN_UNAVAILABLE as exc:
             return unavailable(exc)
         return redirect(url_for("pages.citizen_home"))

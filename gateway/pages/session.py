@@ -46,6 +46,7 @@ __all__ = [
     "check_csrf",
     "citizen_login",
     "citizen_login_configured",
+    "citizen_login_demo",
     "csrf_token",
     "current_page_citizen",
     "current_page_officer",
@@ -215,6 +216,13 @@ def citizen_login_configured() -> bool:
     """Whether this gateway trusts a citizen identity provider at all."""
     state: OAuthState | None = current_app.extensions.get(EXTENSION)
     return state is not None and state.citizen_verifier is not None
+
+
+def citizen_login_demo() -> bool:
+    """Whether the identity provider trusted is the demo's (the login page says so)."""
+    state: OAuthState | None = current_app.extensions.get(EXTENSION)
+    verifier = state.citizen_verifier if state is not None else None
+    return verifier is not None and verifier.demo
 
 
 def _verify_citizen(token: str) -> Citizen:
