@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tongban import gunicorn_conf
 from tongban.config import Settings
-from tongban.gunicorn_conf import MULTIPROC_VAR, prepare_metrics_dir
+from tongban.metrics_dir import MULTIPROC_VAR, prepare_metrics_dir
 from tongban.primitives.idnumber import make_id
 from tongban.primitives.metrics_auth import TOKEN_FILE
 from tongban.provision import init_data_dir, known_secrets
