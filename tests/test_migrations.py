@@ -369,3 +369,28 @@ def test_an_operator_command_refuses_a_database_not_migrated(
         "code needs gateway_0001: run `tongban db upgrade`\n"
     )
     assert not (data / "gateway.db").exists()
+
+
+def test_sqlite_upgrades_of_one_file_take_turns(tmp_path: Path) -> None:
+    """Two processes upgrading one SQLite file at once (a demo and a test, say) take
+    turns: both succeed and the schema is at head once (SQLite's DDL is not
+    transactional, so interleaved upgrades would fail on tables the other made)."""
+    import multiprocessing
+
+    from tongban.migrations import GATEWAY, head, upgrade
+
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=upgrade, args=(url, GATEWAY)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT version_num FROM alembic_version_gateway")).scalars()
+        assert list(found) == [head(GATEWAY)]
+    engine.dispose()

@@ -26,9 +26,11 @@ its data, every time it is generated or ingested.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import io
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -256,6 +258,27 @@ def _engine(engine_or_url: Engine | str) -> Iterator[Engine]:
         engine.dispose()
 
 
+@contextmanager
+def _sqlite_lock(engine: Engine, chain: Chain) -> Iterator[None]:
+    """One upgrade of a chain at a time on a SQLite file (PostgreSQL takes an advisory
+    lock inside the transaction; SQLite's DDL is not transactional, so two processes
+    starting at once, a demo and a test, say, must not interleave): an exclusive lock on
+    ``<file>.<chain>.migrate.lock`` beside the database. In-memory databases need none."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    lock = Path(database).with_name(f"{Path(database).name}.{chain.name}.migrate.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _shown(chain: Chain, engine_or_url: Engine | str) -> str:
     url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
     return f"{chain.name} ({display_url(url)})"
@@ -359,7 +382,7 @@ def upgrade(
     (one upgrade at a time: an advisory lock). Tests and the demo call it too."""
     chain = _chain(chain)
     shown = name or _shown(chain, engine_or_url)
-    with _engine(engine_or_url) as engine:
+    with _engine(engine_or_url) as engine, _sqlite_lock(engine, chain):
         try:
             with engine.begin() as conn:
                 return _upgrade(conn, chain, revision, shown)
