@@ -58,7 +58,8 @@ class KeyRotation:
         name = str(spec["key"])
         old = load_private_key(self._dir / f"{name}.key").public_key.key_id
         new = SM2PrivateKey.generate()
-        self._pending[new.public_key.key_id] = new
+        # Only the latest: a key chosen by an approval that then rolled back is dropped.
+        self._pending = {new.public_key.key_id: new}
         return {"old_kid": old, "new_kid": new.public_key.key_id,
                 "publish_old_for": ROTATABLE[name]}  # fmt: skip
 
