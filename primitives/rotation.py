@@ -19,19 +19,18 @@ a second or two of a rotation and keeps verifying with the old one during the ov
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import TongbanError
 from .gm import SM2PrivateKey, SM2PublicKey, load_private_key, save_private_key
+from .locks import exclusive_lock
 
 __all__ = [
     "FixedKey",
@@ -119,18 +118,6 @@ def _write_json(path: Path, doc: Any) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def _locked(key_path: Path) -> Iterator[None]:
-    lock = key_path.with_name(key_path.name + ".rotate.lock")
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def rotate_key(
     key_path: Path,
     *,
@@ -144,7 +131,7 @@ def rotate_key(
     if publish_old_for < 0:
         raise ValueError("publish_old_for: expected seconds >= 0")
     name = key_path.name.removesuffix(".key")
-    with _locked(key_path):
+    with exclusive_lock(key_path.with_name(key_path.name + ".rotate.lock")):
         try:
             old = load_private_key(key_path)
         except FileNotFoundError:

@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEPARTMENTS, Settings
-from .parsing import DATA_DIR_HELP, command
+from .config import Settings
+from .parsing import DATA_DIR_HELP, adapter_url, command
 
 if TYPE_CHECKING:
     from .backup import Backup
@@ -48,16 +48,6 @@ def _backup(args: argparse.Namespace) -> int:
     summary = create_backup(settings, args.out, passphrase, console=_console())
     print(json.dumps(summary.to_json(), indent=2))
     return 0
-
-
-def _witness_url(text: str) -> tuple[str, str]:
-    name, sep, url = text.partition("=")
-    if not sep or name not in DEPARTMENTS or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=URL with NAME one of {', '.join(DEPARTMENTS)}, e.g. "
-            "health=http://127.0.0.1:8081"
-        )
-    return name, url.rstrip("/")
 
 
 def _gateway_tls(settings: Settings, backup: Backup, tmp: Path) -> TLSFiles | None:
@@ -176,7 +166,7 @@ def add_backup(sub: Any) -> None:
     restore.add_argument(
         "--adapter",
         action="append",
-        type=_witness_url,
+        type=adapter_url,
         default=[],
         metavar="NAME=URL",
         help="a witness to ask with --witness-check (repeatable; default: the "

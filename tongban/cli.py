@@ -37,7 +37,7 @@ from .department_cli import add_department
 from .federation_cli import add_federation
 from .init_cli import add_init
 from .keys_cli import add_keys
-from .parsing import DATA_DIR_HELP, Parser, add_debug, command, version
+from .parsing import DATA_DIR_HELP, Parser, adapter_url, add_debug, command, version
 from .pki_cli import add_pki
 
 __all__ = ["DESCRIPTION", "build_parser", "main"]
@@ -171,17 +171,6 @@ def _adapter_transport(
     context = server_context(found.cert, found.key, found.ca, pinned_client="gateway")
     app = create_app(core, witness, tls_status=status_source(found.cert), metrics=metrics)
     return app, context
-
-
-def _adapter_url(text: str) -> tuple[str, str]:
-    """``--adapter NAME=URL``."""
-    name, sep, url = text.partition("=")
-    if not sep or name not in DEPARTMENTS or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=URL with NAME one of {', '.join(DEPARTMENTS)}, e.g. "
-            "health=http://127.0.0.1:8081"
-        )
-    return name, url.rstrip("/")
 
 
 def _gateway_serve(args: argparse.Namespace) -> int:
@@ -513,7 +502,7 @@ def _add_servers(sub: Any) -> None:
     g_serve.add_argument(
         "--adapter",
         action="append",
-        type=_adapter_url,
+        type=adapter_url,
         default=[],
         metavar="NAME=URL",
         help="a department adapter to connect, e.g. health=http://127.0.0.1:8081; repeat "
@@ -555,7 +544,7 @@ def _add_citizen_and_audit(sub: Any) -> None:
     verify.add_argument(
         "--adapter",
         action="append",
-        type=_adapter_url,
+        type=adapter_url,
         default=[],
         metavar="NAME=URL",
         help="a witness to ask what it last cosigned (repeatable; default: "

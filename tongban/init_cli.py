@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import textwrap
 import tokenize
 from dataclasses import dataclass, field
@@ -203,22 +202,6 @@ def render_config(settings: Settings, *, version: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path`` atomically, mode 0600."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 # -- the steps ---------------------------------------------------------------------------
 
 
@@ -371,7 +354,9 @@ def _ensure_config(settings: Settings, path: Path, from_file: bool, report: Repo
             backup = path.with_name(path.name + ".bak")
             shutil.copy2(path, backup)
             report.backup = backup
-        _write_private(path, text)
+        from .pki import write_atomic
+
+        write_atomic(path, text.encode("utf-8"), private=True)
     except OSError as exc:
         raise CommandFailed(
             f"{path}: cannot write ({exc.strerror or type(exc).__name__})"

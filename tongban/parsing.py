@@ -13,11 +13,14 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
 
+from .config import DEPARTMENTS
+
 __all__ = [
     "DATA_DIR_HELP",
     "DEBUG_HELP",
     "HelpFormatter",
     "Parser",
+    "adapter_url",
     "add_debug",
     "command",
     "version",
@@ -88,3 +91,14 @@ def command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.Argume
     )
     add_debug(parser)
     return parser
+
+
+def adapter_url(text: str) -> tuple[str, str]:
+    """``--adapter NAME=URL`` (a department and its adapter's URL), for argparse."""
+    name, sep, url = text.partition("=")
+    if not sep or name not in DEPARTMENTS or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=URL with NAME one of {', '.join(DEPARTMENTS)}, e.g. "
+            "health=http://127.0.0.1:8081"
+        )
+    return name, url.rstrip("/")

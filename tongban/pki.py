@@ -62,6 +62,7 @@ __all__ = [
     "pki_dir",
     "status",
     "status_source",
+    "write_atomic",
 ]
 
 #: A leaf certificate's default lifetime, and the CA's.
@@ -108,7 +109,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_atomic(path: Path, data: bytes, *, private: bool) -> None:
+def write_atomic(path: Path, data: bytes, *, private: bool) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -258,10 +259,10 @@ def init(pki: Path, *, days: int = CA_DAYS) -> Issued:
         key = _load_key(key_path)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_atomic(key_path, _key_pem(key), private=True)
+        write_atomic(key_path, _key_pem(key), private=True)
         created = True
     if created or not cert_path.exists() or not _public_matches(key, _load_cert(cert_path)):
-        _write_atomic(
+        write_atomic(
             cert_path,
             _new_ca_cert(key, days).public_bytes(serialization.Encoding.PEM),
             private=False,
@@ -393,8 +394,8 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     start = (now - _BACKDATE) if valid_from is None else valid_from
     cert = _leaf(name, key, alt, ca, ca_key, start, days)
-    _write_atomic(target.key, _key_pem(key), private=True)
-    _write_atomic(target.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_atomic(target.key, _key_pem(key), private=True)
+    write_atomic(target.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return Issued(name, target, True, status(target.cert))
 
 

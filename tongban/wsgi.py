@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flask import Flask
+
+from tongban.primitives.locks import exclusive_lock
 
 from .boundary import UsageError
 from .config import Settings
@@ -48,13 +49,8 @@ log = logging.getLogger("tongban.wsgi")
 
 @contextlib.contextmanager
 def _one_at_a_time(settings: Settings, name: str) -> Iterator[None]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.data_dir / f".{name}-start.lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(settings.data_dir / f".{name}-start.lock"):
+        yield
 
 
 def _wait_for_stores(*urls: str) -> None:

@@ -26,11 +26,9 @@ its data, every time it is generated or ingested.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import io
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tongban.boundary import CommandFailed, MissingPrerequisite, display_url, missing_sqlite_file
 from tongban.primitives.db import make_engine
 from tongban.primitives.errors import StoreUnavailable
+from tongban.primitives.locks import exclusive_lock
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -268,15 +267,10 @@ def _sqlite_lock(engine: Engine, chain: Chain) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    lock = Path(database).with_name(f"{Path(database).name}.{chain.name}.migrate.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(
+        Path(database).with_name(f"{Path(database).name}.{chain.name}.migrate.lock")
+    ):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _shown(chain: Chain, engine_or_url: Engine | str) -> str:
