@@ -168,6 +168,11 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _parsed(retired: list[RetiredKey]) -> dict[str, tuple[SM2PublicKey, float]]:
+    """The retired keys parsed once per change of the history, not at every request."""
+    return {r.kid: (r.public_key, r.publish_until) for r in retired}
+
+
 class FollowedKey:
     """A signing key and its published retired predecessors, followed on disk.
 
@@ -191,7 +196,7 @@ class FollowedKey:
         self._lock = threading.Lock()
         self._key = load_private_key(key_path)
         self._stamps = (_stamp(key_path), _stamp(self._history_path))
-        self._retired = read_history(key_path)
+        self._retired = _parsed(read_history(key_path))
         self._checked = clock()
 
     def _refresh(self) -> None:
@@ -210,7 +215,7 @@ class FollowedKey:
                 key = load_private_key(self.path, convert=False)
             except (OSError, ValueError, TongbanError):
                 return  # mid-replacement: look again at the next interval
-            self._key, self._retired, self._stamps = key, retired, stamps
+            self._key, self._retired, self._stamps = key, _parsed(retired), stamps
 
     def current(self) -> SM2PrivateKey:
         """The key to sign with now."""
@@ -222,7 +227,7 @@ class FollowedKey:
         self._refresh()
         wall = self._wall()
         out: dict[str, SM2PublicKey] = {
-            r.kid: r.public_key for r in self._retired if r.publish_until > wall
+            kid: public for kid, (public, until) in self._retired.items() if until > wall
         }
         out[self._key.public_key.key_id] = self._key.public_key
         return out
